@@ -1,0 +1,2 @@
+//! `ballast-chaos`: chaos harness and model check for ballast.
+fn main() {}

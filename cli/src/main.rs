@@ -1,0 +1,2 @@
+//! `ballast`: the one binary of ballast.
+fn main() {}

@@ -1,0 +1,42 @@
+//! Errors of the driver layer.
+
+use ballast_store::VmId;
+
+/// A driver call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The hypervisor holds no such VM. Nothing changed.
+    #[error("VM {0} is not known to this hypervisor")]
+    NotFound(VmId),
+    /// The VM is not in a state that allows the call (e.g. resume of a VM not incoming).
+    /// Nothing changed.
+    #[error("VM {vm}: {reason}")]
+    BadState {
+        /// The VM.
+        vm: VmId,
+        /// Why the call is not allowed now.
+        reason: String,
+    },
+    /// The migration failed or was cancelled; the source copy still holds the VM.
+    #[error("migration of {vm} failed: {reason}")]
+    MigrationFailed {
+        /// The VM.
+        vm: VmId,
+        /// What the hypervisor said.
+        reason: String,
+    },
+    /// The hypervisor (process, QMP socket, plugin) did not answer in time. The VM's state
+    /// is unknown; ask again.
+    #[error("hypervisor timed out: {0}")]
+    Timeout(String),
+    /// The hypervisor answered something that could not be understood (garbage, protocol
+    /// violation). The VM's state is unknown.
+    #[error("hypervisor protocol error: {0}")]
+    Protocol(String),
+    /// Starting or talking to the hypervisor failed at the OS level.
+    #[error("hypervisor I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The driver refused the VM spec (e.g. zero memory). Nothing changed.
+    #[error("invalid VM spec: {0}")]
+    InvalidSpec(String),
+}

@@ -1,0 +1,138 @@
+//! The hypervisor driver plugin of DESIGN §6: what the agent needs from a hypervisor.
+//!
+//! Submodules hold the drivers: `sim` (synthetic, for demo, simulation and tests), `qemu`
+//! (one `qemu-system` process per VM, QMP, live migration over TCP) and `exec` (any
+//! executable speaking the line-delimited JSON protocol of `docs/driver-protocol.md`).
+//!
+//! Handoff contract (DESIGN §4): `prepare_incoming` leaves the destination copy **paused**;
+//! `migrate_out` returns once the hypervisor's switchover is complete, leaving the source
+//! copy paused; the destination copy runs only after `resume_incoming`. Before the commit
+//! point the source may `cancel_outgoing` (the source runs again) and the destination
+//! `cancel_incoming` (its copy is dropped). After the commit point the source calls
+//! `finish_outgoing` (quits its paused copy). Every call is idempotent where the doc says so.
+
+mod error;
+
+pub use error::DriverError;
+
+use async_trait::async_trait;
+use ballast_store::{VmId, VmSpec};
+use serde::{Deserialize, Serialize};
+
+/// What a hypervisor says about one VM it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmRunState {
+    /// Running guest code.
+    Running,
+    /// Paused: an incoming copy waiting for resume, or a source after its switchover.
+    Paused,
+    /// An incoming copy still receiving its state.
+    Incoming,
+    /// Stopped or crashed but not yet cleaned up.
+    Stopped,
+}
+
+/// One VM the hypervisor holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// The VM.
+    pub vm: VmId,
+    /// Its run state.
+    pub state: VmRunState,
+}
+
+/// Cumulative usage counters of one VM at one instant; the agent differentiates them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageSample {
+    /// CPU time used since the VM started, in seconds on this host's CPUs.
+    pub cpu_time_s: f64,
+    /// I/O bytes (read + written) since the VM started.
+    pub io_bytes: u64,
+    /// Resident memory now, in bytes.
+    pub mem_bytes: u64,
+}
+
+/// Where an incoming VM waits for its state: opaque to the agent, meaningful to drivers
+/// of the same kind (for QEMU `tcp:HOST:PORT`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationTarget(pub String);
+
+/// What the hypervisor says about an outgoing migration, asked during recovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationStatus {
+    /// No migration known for this VM (never started, or cancelled).
+    None,
+    /// Still transferring.
+    Active,
+    /// Switchover complete: the source copy is paused and the destination has the VM.
+    Completed,
+    /// The migration failed; the source copy still holds the VM.
+    Failed,
+}
+
+/// Progress of an outgoing migration, reported while it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationProgress {
+    /// Bytes transferred so far.
+    pub transferred_bytes: u64,
+    /// Bytes remaining (an estimate).
+    pub remaining_bytes: u64,
+}
+
+/// A hypervisor, as the agent drives it. Implementations must be safe to call from
+/// several tasks at once.
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// The driver's name (`sim`, `qemu`, `exec`).
+    fn name(&self) -> &'static str;
+
+    /// Every VM this hypervisor holds on this host.
+    async fn list(&self) -> Result<Vec<VmInfo>, DriverError>;
+
+    /// Starts `vm` from `spec` and lets it run. Idempotent: a running VM is left alone.
+    async fn start(&self, vm: &VmId, spec: &VmSpec) -> Result<(), DriverError>;
+
+    /// Stops `vm` and frees its resources. Idempotent: an absent VM is Ok.
+    async fn stop(&self, vm: &VmId) -> Result<(), DriverError>;
+
+    /// Cumulative usage counters of `vm` now.
+    async fn usage(&self, vm: &VmId) -> Result<UsageSample, DriverError>;
+
+    /// Readies a **paused** copy of `vm` to receive its state; returns where to send it.
+    /// Idempotent: a second call for the same VM returns the same target.
+    async fn prepare_incoming(&self, vm: &VmId, spec: &VmSpec)
+        -> Result<MigrationTarget, DriverError>;
+
+    /// Migrates `vm` to `target` and returns once the switchover is complete; the source
+    /// copy is left paused. `progress` is called now and then while it runs.
+    async fn migrate_out(
+        &self,
+        vm: &VmId,
+        target: &MigrationTarget,
+        progress: &(dyn Fn(MigrationProgress) + Send + Sync),
+    ) -> Result<(), DriverError>;
+
+    /// What became of an outgoing migration of `vm` (used on recovery).
+    async fn migration_status(&self, vm: &VmId) -> Result<MigrationStatus, DriverError>;
+
+    /// Before the commit point: stops an outgoing migration and lets the source copy run
+    /// again (QEMU: `migrate_cancel`, or `cont` when paused). Idempotent.
+    async fn cancel_outgoing(&self, vm: &VmId) -> Result<(), DriverError>;
+
+    /// After the commit point: quits the paused source copy. Idempotent.
+    async fn finish_outgoing(&self, vm: &VmId) -> Result<(), DriverError>;
+
+    /// Starts the paused incoming copy (QEMU: `cont`). Idempotent when already running.
+    async fn resume_incoming(&self, vm: &VmId) -> Result<(), DriverError>;
+
+    /// Drops the incoming copy of `vm`. Idempotent.
+    async fn cancel_incoming(&self, vm: &VmId) -> Result<(), DriverError>;
+
+    /// Whether this host holds a complete incoming copy of `vm` (all state received),
+    /// asked only when an operator has forgotten the source (`ballast node forget`).
+    async fn incoming_complete(&self, vm: &VmId) -> Result<bool, DriverError>;
+
+    /// After an agent restart: finds the VMs still running from the previous agent and
+    /// takes them over (QEMU: reconnects to their QMP sockets) without restarting them.
+    async fn adopt(&self) -> Result<Vec<VmInfo>, DriverError>;
+}
