@@ -1,0 +1,89 @@
+//! The policy's configuration; every field has a default chosen with `ballast simulate`.
+
+use serde::{Deserialize, Serialize};
+
+/// Which side of a pair hands VMs over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sender {
+    /// The busier side of the pair sends, whichever side opened the session.
+    #[default]
+    Busier,
+    /// Only the side that opened the session may send (DESIGN §3 as first written).
+    Initiator,
+}
+
+/// How a round picks its peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerChoice {
+    /// One uniformly random live peer.
+    Uniform,
+    /// Two uniformly random live peers; pair with the one whose load differs more.
+    #[default]
+    TwoChoice,
+}
+
+/// The knobs of the balancing policy. Loads are in the load model's units (a host's
+/// load is the sum of its VMs' loads on it).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// No session unless the sender's load exceeds the receiver's by more than this.
+    pub threshold: f64,
+    /// A move must lower the pair's larger load by at least this much (hysteresis).
+    pub min_gain: f64,
+    /// A VM that moved is not moved again for this long, in milliseconds.
+    pub cooldown_ms: u64,
+    /// How many moves one session may plan, each by the nearest-half-difference rule
+    /// applied to the loads the previous moves leave.
+    pub max_moves_per_session: usize,
+    /// Which side of a pair sends.
+    pub sender: Sender,
+    /// How a round picks its peer.
+    pub peer_choice: PeerChoice,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 0.02,
+            min_gain: 0.005,
+            cooldown_ms: 60_000,
+            max_moves_per_session: 8,
+            sender: Sender::Busier,
+            peer_choice: PeerChoice::TwoChoice,
+        }
+    }
+}
+
+/// A policy setting that cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyConfigError {
+    /// `threshold` or `min_gain` is negative or not a number.
+    #[error("policy.{field} must be a finite number >= 0, got {value}")]
+    Negative {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// `max_moves_per_session` is 0: nothing could ever move.
+    #[error("policy.max_moves_per_session must be at least 1")]
+    NoMoves,
+}
+
+impl PolicyConfig {
+    /// Checks that the settings can work.
+    pub fn validate(&self) -> Result<(), PolicyConfigError> {
+        for (field, value) in [("threshold", self.threshold), ("min_gain", self.min_gain)] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(PolicyConfigError::Negative { field, value });
+            }
+        }
+        if self.max_moves_per_session == 0 {
+            return Err(PolicyConfigError::NoMoves);
+        }
+        Ok(())
+    }
+}

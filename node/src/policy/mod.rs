@@ -1,0 +1,17 @@
+//! The balancing policy of DESIGN §3, as pure functions of plain data.
+//!
+//! No I/O, no clock, no randomness except an RNG passed in: the agent and the simulator
+//! (`ballast simulate`) call exactly these functions.
+//!
+//! - [`config`]: the policy's knobs (threshold, min_gain, cooldown, moves per session…).
+//! - [`decide`]: `(local view, peer view, config) -> Decision`, the nearest-half-difference
+//!   rule, re-applied on the updated loads when a session may plan several moves.
+//! - [`peer`]: the choice of a uniformly random peer (or the more different of two).
+
+pub mod config;
+pub mod decide;
+pub mod peer;
+
+pub use config::{PeerChoice, PolicyConfig, Sender};
+pub use decide::{decide, plan_moves, Candidate, Decision, PlannedMove, Stay, View};
+pub use peer::choose_peer;
