@@ -1,0 +1,7 @@
+//! Shared test support: the driver conformance suite (DESIGN §6, STYLE 9).
+//!
+//! Include it from a test crate with `mod common;` (under `node/tests/`) or with
+//! `#[path = "../../node/tests/common/mod.rs"] mod common;` from another crate.
+#![allow(dead_code)]
+
+pub mod conformance;

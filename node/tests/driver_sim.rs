@@ -1,0 +1,3 @@
+//! The driver conformance suite on the sim driver, in-process mode.
+
+mod common;
