@@ -2,12 +2,33 @@
 //!
 //! Modules:
 //! - [`types`]: the records kept (schedule entries, handoff records, node metadata).
+//! - `error`: [`StoreError`] and [`Outcome`] (applied or duplicate).
+//! - `store`: the [`Store`] handle, its reads, [`StoreSnapshot`] and the one write path.
+//! - `transitions`: the schedule's state transitions (create, begin/abort/commit a move,
+//!   accept/promote/drop an incoming VM, pin, load factors).
+//! - `open`: opening a directory, first-time creation, metadata and record checks.
+//! - `generation`: the write generation and its witness file (detects lost writes).
+//! - `codec`: bincode 2 encoding with a size limit, and the key layout.
+//! - `validate`: checks on caller input.
 //!
 //! Every change that touches more than one key is one sled transaction followed by a
 //! flush before the call returns, so no caller can act on a write that is not durable.
+//! See `docs/design-store.md` for the trees and keys.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 
+mod codec;
+mod error;
+mod generation;
+mod open;
+mod store;
+mod transitions;
 pub mod types;
+mod validate;
 
+pub use codec::{RECORD_BYTES_MAX, VM_ID_BYTES_MAX};
+pub use error::{Outcome, StoreError};
+pub use open::FORMAT_VERSION;
+pub use store::{Store, StoreSnapshot};
 pub use types::*;
+pub use validate::FACTOR_BATCH_MAX;
