@@ -404,3 +404,63 @@ pub fn check_invariants(s: &StoreSnapshot) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The peers valid-history generators hand VMs to and receive them from.
+pub const PEERS: [&str; 2] = ["node-b", "node-c"];
+
+/// How many distinct VMs valid-history generators use.
+pub const VALID_HISTORY_VMS: usize = 24;
+
+/// A call that the model accepts (`Applied`), chosen at random: VMs are created, handed
+/// off (begin, then commit or abort), come back (accept, then promote or drop), get
+/// pinned, and have their transfer records forgotten. Every VM ever created stays in the
+/// schedule or in a transfer record: records are forgotten only while the VM is back
+/// here, and an incoming VM is dropped only while its transfer record is kept.
+pub fn next_valid_op(model: &Model, rng: &mut impl rand::Rng) -> Op {
+    let vm = format!("vm-{:02}", rng.random_range(0..VALID_HISTORY_VMS));
+    let peer = PEERS[rng.random_range(0..PEERS.len())].to_owned();
+    let highest = model.highest(&vm);
+    let next_epoch = highest + 1;
+    let transfers = model.transfers_of(&vm);
+    match model.entries.get(&vm).map(|e| (&e.state, e.pinned)) {
+        None if transfers.is_empty() => Op::Create { vm, epoch: highest },
+        None => Op::Accept {
+            vm,
+            from: peer,
+            epoch: next_epoch,
+        },
+        Some((VmState::MigratingOut { epoch, .. }, _)) => {
+            if rng.random_ratio(7, 10) {
+                Op::Commit { vm, epoch: *epoch }
+            } else {
+                Op::Abort { vm, epoch: *epoch }
+            }
+        }
+        Some((VmState::Incoming { epoch, .. }, _)) => {
+            if !transfers.is_empty() && rng.random_ratio(1, 4) {
+                Op::Drop { vm, epoch: *epoch }
+            } else {
+                Op::Promote {
+                    vm,
+                    epoch: *epoch,
+                    now: rng.random_range(0..1_000_000),
+                }
+            }
+        }
+        Some((VmState::Running, pinned)) => match rng.random_range(0..10) {
+            0 => Op::Pin {
+                vm,
+                pinned: !pinned,
+            },
+            1..=3 if !transfers.is_empty() => Op::Forget {
+                vm,
+                epoch: transfers[0],
+            },
+            _ => Op::Begin {
+                vm,
+                to: peer,
+                epoch: next_epoch,
+            },
+        },
+    }
+}
