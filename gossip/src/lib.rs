@@ -1,3 +1,60 @@
 //! `ballast-gossip`: the one network endpoint of a ballast agent (QUIC + mutual TLS).
+//!
+//! Modules:
+//! - `endpoint` — [`Endpoint`]: the quinn endpoint, chitchat on it, view, RPC, shutdown.
+//! - `transport` — chitchat's `Transport`/`Socket` over QUIC unidirectional streams.
+//! - `codec` — chitchat envelopes to bytes and back (through chitchat's own UDP codec).
+//! - `rpc` — [`RpcHandler`], [`RpcClient`]: request/response on bidirectional streams.
+//! - `frame` — RPC framing: version, u64 length, bincode 2 payload, hard limits.
+//! - `membership` — [`PeerView`]: live peers, checked against certificate bindings.
+//! - `bindings` — which certificate name was proven at which address.
+//! - `summary` — [`LoadSummary`] and its chitchat keys.
+//! - `tls` — [`TlsBundle`], rustls/quinn configs (ring), the server-name verifier.
+//! - `pki` — the cluster CA: [`create_ca`], [`issue_node_cert`], [`issue_admin_cert`].
+//! - `pem_files` — saving/loading PEM files (keys 0600).
+//! - `identity` — [`PeerIdentity`] and [`Role`] read from certificates.
+//! - `conn_cache` — outgoing connections reused per peer.
+//! - `faults` — the fault hook that drops traffic to chosen addresses.
+//! - `stats` — [`EndpointStats`]: refusal and traffic counters.
+//! - `tasks` — spawning tasks and waiting for them at shutdown.
+//! - `bench` — [`bench_gossip`]: in-process cluster measurements.
+//! - `error` — the error enums.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
+
+pub mod bench;
+mod bindings;
+mod codec;
+mod conn_cache;
+mod endpoint;
+pub mod error;
+mod faults;
+pub mod frame;
+mod identity;
+mod membership;
+mod pem_files;
+mod pki;
+mod rpc;
+mod stats;
+mod summary;
+mod tasks;
+mod tls;
+mod transport;
+
+pub use bench::{bench_gossip, GossipBenchOptions, GossipBenchReport};
+pub use codec::GOSSIP_MESSAGE_BYTES_MAX;
+pub use endpoint::{Endpoint, EndpointConfig, INBOUND_CONNECTIONS_MAX};
+pub use error::{EndpointError, FrameError, IdentityError, PkiError, RpcError, TlsError};
+pub use identity::{identity_from_cert, validate_name, PeerIdentity, Role, NAME_LEN_MAX};
+pub use membership::PeerView;
+pub use pem_files::{
+    load_ca, load_cert_bundle, save_ca, save_cert_bundle, CERT_FILE_MODE, KEY_FILE_MODE,
+};
+pub use pki::{create_ca, issue_admin_cert, issue_node_cert, CaBundle, CertBundle};
+pub use rpc::{
+    RpcClient, RpcClientConfig, RpcHandler, REFUSE_BAD_FRAME, REFUSE_BLOCKED, REFUSE_RESPONSE,
+    REFUSE_TIMEOUT, RPC_FRAME_BYTES_DEFAULT,
+};
+pub use stats::EndpointStats;
+pub use summary::{LoadSummary, NodeRunState, PROTOCOL_VERSION};
+pub use tls::{TlsBundle, ALPN_GOSSIP, ALPN_RPC};

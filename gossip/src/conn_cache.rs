@@ -1,0 +1,82 @@
+//! A cache of outgoing QUIC connections, one per (address, ALPN, expected server name),
+//! so messages and calls reuse a connection instead of handshaking each time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::identity::{identity_of_connection, PeerIdentity};
+
+/// Most cached connections; past it, closed ones are evicted, then an arbitrary one.
+pub(crate) const CACHED_CONNECTIONS_MAX: usize = 4_096;
+
+type Key = (SocketAddr, &'static [u8], String);
+
+/// Outgoing connections by destination.
+#[derive(Debug)]
+pub(crate) struct ConnCache {
+    endpoint: quinn::Endpoint,
+    connect_timeout: Duration,
+    /// std lock: only map operations under it, never an await.
+    map: Mutex<HashMap<Key, quinn::Connection>>,
+}
+
+impl ConnCache {
+    pub(crate) fn new(endpoint: quinn::Endpoint, connect_timeout: Duration) -> Self {
+        Self {
+            endpoint,
+            connect_timeout,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Returns a live cached connection or makes a new one (bounded by the connect
+    /// timeout), with the identity the server proved.
+    pub(crate) async fn get(
+        &self,
+        addr: SocketAddr,
+        alpn: &'static [u8],
+        server_name: &str,
+        config: &quinn::ClientConfig,
+    ) -> Result<(quinn::Connection, PeerIdentity), String> {
+        let key = (addr, alpn, server_name.to_owned());
+        let cached = {
+            let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(&key).cloned()
+        };
+        if let Some(conn) = cached {
+            if conn.close_reason().is_none() {
+                if let Ok(id) = identity_of_connection(&conn) {
+                    return Ok((conn, id));
+                }
+            }
+        }
+        let connecting = self
+            .endpoint
+            .connect_with(config.clone(), addr, server_name)
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| "handshake timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let id = identity_of_connection(&conn).map_err(|e| e.to_string())?;
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= CACHED_CONNECTIONS_MAX {
+            map.retain(|_, c| c.close_reason().is_none());
+            if map.len() >= CACHED_CONNECTIONS_MAX {
+                if let Some(k) = map.keys().next().cloned() {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(key, conn.clone());
+        Ok((conn, id))
+    }
+
+    /// Drops `conn` from the cache (after it failed), unless it was already replaced.
+    pub(crate) fn forget(&self, conn: &quinn::Connection) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, c| c.stable_id() != conn.stable_id());
+    }
+}

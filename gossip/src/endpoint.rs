@@ -1,0 +1,521 @@
+//! The agent's one network endpoint: a quinn endpoint serving gossip and RPC, chitchat
+//! running over it, the membership view, and the RPC client sharing its socket.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chitchat::{
+    spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
+    ProtocolVersion,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::bindings::Bindings;
+use crate::codec::GOSSIP_MESSAGE_BYTES_MAX;
+use crate::conn_cache::ConnCache;
+use crate::error::EndpointError;
+use crate::faults::FaultHook;
+use crate::identity::{identity_of_connection, PeerIdentity, Role};
+use crate::membership::{compute_view, report, PeerView, Reported, ViewTx, VIEW_REFRESH};
+use crate::rpc::{
+    serve_rpc_connection, RpcClient, RpcHandler, RpcServer, RpcService, RPC_FRAME_BYTES_DEFAULT,
+};
+use crate::stats::{EndpointStats, Refusal, Stats};
+use crate::summary::{LoadSummary, PROTOCOL_VERSION};
+use crate::tasks::{TaskOwner, Tasks};
+use crate::tls::{client_config, server_config, TlsBundle, ALPN_GOSSIP, ALPN_RPC};
+use crate::transport::{serve_gossip_connection, GossipParts, GossipShared, QuicTransport};
+
+/// Most inbound connections at once (handshaking or established).
+pub const INBOUND_CONNECTIONS_MAX: usize = 4_096;
+/// Concurrent gossip streams a peer may open on one connection.
+const UNI_STREAMS_MAX: u32 = 64;
+/// Concurrent RPC streams a peer may open on one connection.
+const BI_STREAMS_MAX: u32 = 32;
+/// Bound on waiting for connections to drain at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Settings of an [`Endpoint`]. Every field has a default (see [`Default`]).
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// UDP address to bind; port 0 picks a free port (read it with [`Endpoint::local_addr`]).
+    pub listen_addr: SocketAddr,
+    /// Address peers use to reach us; defaults to the bound address, which must then not
+    /// be unspecified (0.0.0.0).
+    pub advertise_addr: Option<SocketAddr>,
+    /// Our node id; must equal the name in our certificate.
+    pub node_id: String,
+    /// chitchat cluster id; nodes of other clusters are answered `BadCluster`.
+    pub cluster_id: String,
+    /// Addresses (`ip:port` or `host:port`) to gossip with at start.
+    pub seeds: Vec<String>,
+    /// Period of chitchat's gossip rounds.
+    pub gossip_interval: Duration,
+    /// Phi above which the failure detector marks a node dead.
+    pub phi_threshold: f64,
+    /// How long a dead node stays in chitchat's state before it is forgotten.
+    pub dead_grace: Duration,
+    /// Limit of one gossip message (at most 65 507, chitchat's own limit).
+    pub max_gossip_message_bytes: usize,
+    /// Limit of an RPC frame's payload.
+    pub max_rpc_frame_bytes: usize,
+    /// Bound on one RPC (client: whole call; server: reading the request, handling it).
+    pub rpc_timeout: Duration,
+    /// Bound on a QUIC handshake.
+    pub connect_timeout: Duration,
+    /// The summary to publish from the start, if known.
+    pub initial_summary: Option<LoadSummary>,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            advertise_addr: None,
+            node_id: String::new(),
+            cluster_id: "ballast".to_owned(),
+            seeds: Vec::new(),
+            gossip_interval: Duration::from_millis(500),
+            phi_threshold: 8.0,
+            dead_grace: Duration::from_secs(3600),
+            max_gossip_message_bytes: GOSSIP_MESSAGE_BYTES_MAX,
+            max_rpc_frame_bytes: RPC_FRAME_BYTES_DEFAULT,
+            rpc_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            initial_summary: None,
+        }
+    }
+}
+
+/// quinn transport settings shared by server and clients.
+pub(crate) fn transport_config(idle: Duration) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_uni_streams(UNI_STREAMS_MAX.into());
+    t.max_concurrent_bidi_streams(BI_STREAMS_MAX.into());
+    let idle = idle.max(Duration::from_secs(10)) * 3;
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    t.keep_alive_interval(Some(idle / 3));
+    t
+}
+
+/// A running endpoint. Call [`Endpoint::shutdown`] to stop it.
+pub struct Endpoint {
+    node_id: String,
+    local_addr: SocketAddr,
+    quic: quinn::Endpoint,
+    chitchat: Option<ChitchatHandle>,
+    gossip: Arc<GossipShared>,
+    rpc: RpcClient,
+    faults: Arc<FaultHook>,
+    stats: Arc<Stats>,
+    view_rx: watch::Receiver<Arc<Vec<PeerView>>>,
+    owner: TaskOwner,
+}
+
+impl Endpoint {
+    /// Binds the socket, starts serving gossip and RPC (with `handler`) and joins the
+    /// cluster through the seeds.
+    pub async fn start<Req, Resp, H>(
+        config: EndpointConfig,
+        tls: TlsBundle,
+        handler: Arc<H>,
+    ) -> Result<Self, EndpointError>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        H: RpcHandler<Req, Resp>,
+    {
+        check_identity(&config, tls.identity())?;
+        Self::start_unchecked(config, tls, handler).await
+    }
+
+    /// [`Endpoint::start`] without the check that the node id is the certificate's
+    /// (tests use it to play a node that lies about its id).
+    pub(crate) async fn start_unchecked<Req, Resp, H>(
+        config: EndpointConfig,
+        tls: TlsBundle,
+        handler: Arc<H>,
+    ) -> Result<Self, EndpointError>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        H: RpcHandler<Req, Resp>,
+    {
+        if config.max_gossip_message_bytes > GOSSIP_MESSAGE_BYTES_MAX
+            || config.gossip_interval.is_zero()
+        {
+            return Err(EndpointError::Config(format!(
+                "max_gossip_message_bytes must be <= {GOSSIP_MESSAGE_BYTES_MAX} and gossip_interval > 0"
+            )));
+        }
+        let transport = Arc::new(transport_config(config.rpc_timeout));
+        let server = server_config(&tls, transport.clone())?;
+        let bind_err = |source| EndpointError::Bind {
+            addr: config.listen_addr,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.listen_addr).map_err(bind_err)?;
+        let quic = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err)?;
+        let bound = quic.local_addr().map_err(bind_err)?;
+        let local_addr = config.advertise_addr.unwrap_or(bound);
+        if local_addr.ip().is_unspecified() {
+            return Err(EndpointError::Config(
+                "set advertise_addr when binding 0.0.0.0".into(),
+            ));
+        }
+        let (owner, tasks) = TaskOwner::new();
+        let stats = Arc::new(Stats::default());
+        let faults = Arc::new(FaultHook::default());
+        let bindings = Arc::new(Bindings::default());
+        let cache = Arc::new(ConnCache::new(quic.clone(), config.connect_timeout));
+        let gossip = GossipShared::new(GossipParts {
+            cache: cache.clone(),
+            client_config: client_config(&tls, ALPN_GOSSIP, transport.clone())?,
+            faults: faults.clone(),
+            bindings: bindings.clone(),
+            stats: stats.clone(),
+            tasks: tasks.clone(),
+            max_message_bytes: config.max_gossip_message_bytes,
+            local_addr,
+        });
+        let rpc = RpcClient::from_parts(
+            cache,
+            client_config(&tls, ALPN_RPC, transport)?,
+            faults.clone(),
+            config.max_rpc_frame_bytes,
+            config.rpc_timeout,
+            None,
+        );
+        let service: Arc<dyn RpcService> = Arc::new(RpcServer {
+            handler,
+            max_frame_bytes: config.max_rpc_frame_bytes,
+            timeout: config.rpc_timeout,
+            stats: stats.clone(),
+            faults: faults.clone(),
+            _types: std::marker::PhantomData,
+        });
+        let acceptor = Acceptor {
+            quic: quic.clone(),
+            gossip: gossip.clone(),
+            rpc: service,
+            stats: stats.clone(),
+            tasks: tasks.clone(),
+            handshake_timeout: config.connect_timeout,
+        };
+        tasks.spawn(acceptor.run());
+
+        let node_id = config.node_id.clone();
+        let chitchat = start_chitchat(&config, local_addr, gossip.clone()).await;
+        let chitchat = match chitchat {
+            Ok(c) => c,
+            Err(e) => {
+                let mut owner = owner;
+                owner.shutdown().await;
+                quic.close(0u32.into(), b"start failed");
+                return Err(e);
+            }
+        };
+        let live = chitchat.with_chitchat(|c| c.live_nodes_watcher()).await;
+        let (view_tx, view_rx) = watch::channel(Arc::new(Vec::new()));
+        tasks.spawn(run_view(
+            node_id.clone(),
+            live,
+            view_tx,
+            gossip.clone(),
+            stats.clone(),
+        ));
+        info!(node = %node_id, addr = %local_addr, "endpoint started");
+        let endpoint = Self {
+            node_id,
+            local_addr,
+            quic,
+            chitchat: Some(chitchat),
+            gossip,
+            rpc,
+            faults,
+            stats,
+            view_rx,
+            owner,
+        };
+        if let Some(summary) = config.initial_summary {
+            endpoint.publish(summary).await;
+        }
+        Ok(endpoint)
+    }
+
+    /// Our node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The address peers reach us at (gossip and RPC).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Publishes our load summary (its `rpc_addr` is set to our address and
+    /// `protocol_version` to this crate's). Only changed keys are gossiped.
+    pub async fn publish(&self, mut summary: LoadSummary) {
+        summary.rpc_addr = self.local_addr;
+        summary.protocol_version = PROTOCOL_VERSION;
+        if let Some(c) = &self.chitchat {
+            c.with_chitchat(|chitchat| {
+                let state = chitchat.self_node_state();
+                for (k, v) in summary.to_kv() {
+                    state.set(k, v);
+                }
+            })
+            .await;
+        }
+    }
+
+    /// The live, verified peers with their summaries (not us), sorted by node id.
+    pub fn live_peers(&self) -> Arc<Vec<PeerView>> {
+        self.view_rx.borrow().clone()
+    }
+
+    /// A receiver of the live-peer view; it changes when a peer joins, dies, or
+    /// publishes a new summary.
+    pub fn watch_peers(&self) -> watch::Receiver<Arc<Vec<PeerView>>> {
+        self.view_rx.clone()
+    }
+
+    /// Node ids chitchat's failure detector currently considers dead.
+    pub async fn dead_peers(&self) -> Vec<String> {
+        match &self.chitchat {
+            Some(c) => {
+                c.with_chitchat(|chitchat| {
+                    chitchat
+                        .dead_nodes()
+                        .map(|id| id.node_id.to_string())
+                        .collect()
+                })
+                .await
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The RPC client sharing this endpoint's socket and connections.
+    pub fn rpc_client(&self) -> &RpcClient {
+        &self.rpc
+    }
+
+    /// Calls the RPC of the node `expected_node` at `addr`.
+    pub async fn call<Req, Resp>(
+        &self,
+        addr: SocketAddr,
+        expected_node: &str,
+        req: &Req,
+    ) -> Result<Resp, crate::error::RpcError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        self.rpc.call(addr, Some(expected_node), req).await
+    }
+
+    /// Fault hook: drop all gossip and RPC traffic to and from these addresses
+    /// (replaces the previous set; an empty set heals).
+    pub fn set_blocked_peers(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        self.faults.set_blocked(addrs);
+    }
+
+    /// Counters of refusals and gossip traffic.
+    pub fn stats(&self) -> EndpointStats {
+        self.stats.snapshot()
+    }
+
+    /// Stops gossip, signals every task and waits until each is done, then closes the
+    /// QUIC endpoint (waiting a bounded time for connections to drain).
+    pub async fn shutdown(mut self) {
+        if let Some(c) = self.chitchat.take() {
+            if let Err(e) = c.shutdown().await {
+                warn!(reason = %e, "chitchat stopped with an error");
+            }
+        }
+        self.owner.shutdown().await;
+        self.quic.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.quic.wait_idle()).await;
+        drop(self.gossip);
+        info!(node = %self.node_id, "endpoint stopped");
+    }
+}
+
+fn check_identity(config: &EndpointConfig, own: &PeerIdentity) -> Result<(), EndpointError> {
+    if own.role != Role::Node {
+        return Err(EndpointError::NotANode);
+    }
+    if own.name != config.node_id {
+        return Err(EndpointError::IdentityMismatch {
+            configured: config.node_id.clone(),
+            certificate: own.name.clone(),
+        });
+    }
+    Ok(())
+}
+
+async fn start_chitchat(
+    config: &EndpointConfig,
+    local_addr: SocketAddr,
+    gossip: Arc<GossipShared>,
+) -> Result<ChitchatHandle, EndpointError> {
+    let generation = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let interval = config.gossip_interval;
+    let cc = ChitchatConfig {
+        chitchat_id: ChitchatId::new(config.node_id.clone(), generation, local_addr),
+        cluster_id: config.cluster_id.clone(),
+        gossip_interval: interval,
+        listen_addr: local_addr,
+        seed_nodes: config.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: config.phi_threshold,
+            sampling_window_size: 100,
+            max_interval: interval * 20,
+            initial_interval: interval,
+            dead_node_grace_period: config.dead_grace,
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        protocol_version: ProtocolVersion::V1,
+    };
+    let transport = QuicTransport { shared: gossip };
+    spawn_chitchat(cc, Vec::new(), &transport)
+        .await
+        .map_err(|e| EndpointError::Gossip(e.to_string()))
+}
+
+/// Keeps the membership view up to date.
+async fn run_view(
+    self_id: String,
+    mut live: watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
+    view_tx: ViewTx,
+    gossip: Arc<GossipShared>,
+    stats: Arc<Stats>,
+) {
+    let mut reported = Reported::default();
+    let mut tick = tokio::time::interval(VIEW_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let outcome = {
+            let nodes = live.borrow_and_update();
+            compute_view(&self_id, &nodes, |a| gossip.bindings.name_at(a))
+        };
+        for _ in 0..report(&outcome, &mut reported) {
+            stats.refuse(Refusal::NodeIdMismatch);
+        }
+        for addr in &outcome.unverified {
+            gossip.probe(*addr);
+        }
+        view_tx.send_if_modified(|current| {
+            if **current == outcome.peers {
+                false
+            } else {
+                *current = Arc::new(outcome.peers);
+                true
+            }
+        });
+        tokio::select! {
+            changed = live.changed() => if changed.is_err() { return },
+            _ = gossip.bindings.changed.notified() => {}
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Accepts connections and hands each to the gossip or RPC server by ALPN.
+struct Acceptor {
+    quic: quinn::Endpoint,
+    gossip: Arc<GossipShared>,
+    rpc: Arc<dyn RpcService>,
+    stats: Arc<Stats>,
+    tasks: Tasks,
+    handshake_timeout: Duration,
+}
+
+impl Acceptor {
+    async fn run(self) {
+        let this = Arc::new(self);
+        let limit = Arc::new(Semaphore::new(INBOUND_CONNECTIONS_MAX));
+        while let Some(incoming) = this.quic.accept().await {
+            let from = incoming.remote_address();
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                warn!(%from, reason = "too many connections", "connection refused");
+                incoming.refuse();
+                continue;
+            };
+            let this2 = this.clone();
+            this.tasks.spawn(async move {
+                this2.serve(incoming, from).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn serve(&self, incoming: quinn::Incoming, from: SocketAddr) {
+        let conn = match tokio::time::timeout(self.handshake_timeout, incoming).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                self.stats.refuse(Refusal::Handshake);
+                warn!(%from, reason = %e, "handshake refused");
+                return;
+            }
+            Err(_) => {
+                self.stats.refuse(Refusal::Handshake);
+                warn!(%from, reason = "handshake timed out", "handshake refused");
+                return;
+            }
+        };
+        let peer = match identity_of_connection(&conn) {
+            Ok(peer) => peer,
+            Err(e) => {
+                self.stats.refuse(Refusal::BadIdentity);
+                warn!(%from, reason = %e, "connection refused");
+                conn.close(1u32.into(), b"bad identity");
+                return;
+            }
+        };
+        let alpn = conn
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| d.protocol);
+        match alpn.as_deref() {
+            Some(ALPN_GOSSIP) if peer.role == Role::Node => {
+                self.gossip.bindings.record(from, &peer.name);
+                debug!(%from, peer = %peer.name, "gossip connection accepted");
+                serve_gossip_connection(self.gossip.clone(), conn, peer).await;
+            }
+            Some(ALPN_GOSSIP) => {
+                self.stats.refuse(Refusal::AdminGossip);
+                warn!(%from, peer = %peer.name, reason = "admin certificates may not gossip", "connection refused");
+                conn.close(2u32.into(), b"admins may not gossip");
+            }
+            Some(ALPN_RPC) => {
+                if peer.role == Role::Node {
+                    self.gossip.bindings.record(from, &peer.name);
+                }
+                serve_rpc_connection(self.rpc.clone(), self.tasks.clone(), conn, peer).await;
+            }
+            other => {
+                self.stats.refuse(Refusal::Handshake);
+                warn!(%from, alpn = ?other.map(String::from_utf8_lossy), reason = "no known ALPN", "connection refused");
+                conn.close(3u32.into(), b"unknown protocol");
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The cluster's own certificate authority: create it, issue node and admin certificates.
+//!
+//! All keys are ECDSA P-256 made by rcgen with the ring backend. Certificates use rcgen's
+//! default validity (no expiry in practice); rotation is by issuing a new CA.
+
+use std::net::IpAddr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IdentityError, PkiError};
+use crate::identity::{validate_name, Role, OU_ADMIN, OU_NODE};
+
+/// A cluster CA: its certificate and private key, PEM encoded.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CaBundle {
+    /// The cluster's name, as written in the CA's organization field.
+    pub cluster_name: String,
+    /// The CA certificate (PEM).
+    pub cert_pem: String,
+    /// The CA private key (PEM, PKCS#8). Secret.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaBundle")
+            .field("cluster_name", &self.cluster_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node or admin certificate with its key and the CA certificate that signed it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CertBundle {
+    /// The node id or admin name in the certificate.
+    pub name: String,
+    /// The role the certificate grants.
+    pub role: Role,
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM, PKCS#8). Secret.
+    pub key_pem: String,
+    /// The cluster CA certificate (PEM), the trust root both sides check against.
+    pub ca_cert_pem: String,
+}
+
+impl std::fmt::Debug for CertBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertBundle")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates a new cluster CA named after `cluster_name`.
+pub fn create_ca(cluster_name: &str) -> Result<CaBundle, PkiError> {
+    if cluster_name.is_empty()
+        || cluster_name.len() > 64
+        || cluster_name.chars().any(char::is_control)
+    {
+        return Err(IdentityError::InvalidName {
+            name: cluster_name.chars().take(80).collect(),
+        }
+        .into());
+    }
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("ballast CA {cluster_name}"));
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, cluster_name);
+    let cert = params.self_signed(&key)?;
+    Ok(CaBundle {
+        cluster_name: cluster_name.to_owned(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issues a node certificate: `node_id` as its DNS name (and common name), the given
+/// addresses as IP names, role `Node`; usable as TLS server and client.
+pub fn issue_node_cert(
+    ca: &CaBundle,
+    node_id: &str,
+    addrs: &[IpAddr],
+) -> Result<CertBundle, PkiError> {
+    let sans = addrs.iter().map(|ip| SanType::IpAddress(*ip)).collect();
+    issue(ca, node_id, Role::Node, sans)
+}
+
+/// Issues an admin certificate: `name` as its DNS name, role `Admin`; usable only as a
+/// TLS client (it cannot serve or gossip).
+pub fn issue_admin_cert(ca: &CaBundle, name: &str) -> Result<CertBundle, PkiError> {
+    issue(ca, name, Role::Admin, Vec::new())
+}
+
+fn issue(
+    ca: &CaBundle,
+    name: &str,
+    role: Role,
+    extra_sans: Vec<SanType>,
+) -> Result<CertBundle, PkiError> {
+    validate_name(name)?;
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![name.to_owned()])?;
+    params.subject_alt_names.extend(extra_sans);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match role {
+        Role::Node => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        Role::Admin => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.distinguished_name.push(DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, ca.cluster_name.as_str());
+    let unit = match role {
+        Role::Node => OU_NODE,
+        Role::Admin => OU_ADMIN,
+    };
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, unit);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CertBundle {
+        name: name.to_owned(),
+        role,
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        ca_cert_pem: ca.cert_pem.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::identity_from_cert;
+    use crate::tls::certs_from_pem;
+
+    #[test]
+    fn issued_certificates_carry_name_and_role() {
+        let ca = create_ca("test").expect("ca");
+        let node =
+            issue_node_cert(&ca, "node-1", &["127.0.0.1".parse().expect("ip")]).expect("node cert");
+        let admin = issue_admin_cert(&ca, "ops").expect("admin cert");
+        let node_der = certs_from_pem(&node.cert_pem).expect("pem");
+        let admin_der = certs_from_pem(&admin.cert_pem).expect("pem");
+        let id = identity_from_cert(&node_der[0]).expect("node identity");
+        assert_eq!((id.name.as_str(), id.role), ("node-1", Role::Node));
+        let id = identity_from_cert(&admin_der[0]).expect("admin identity");
+        assert_eq!((id.name.as_str(), id.role), ("ops", Role::Admin));
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let ca = create_ca("test").expect("ca");
+        assert!(issue_node_cert(&ca, "no_de", &[]).is_err());
+        assert!(issue_admin_cert(&ca, "").is_err());
+        assert!(create_ca("").is_err());
+    }
+}

@@ -1,0 +1,150 @@
+//! The load summary a node publishes, and its encoding as chitchat key/values.
+//!
+//! One key per field under the prefix `ballast.`; numbers in Rust's round-tripping
+//! decimal form. A peer whose keys are missing or do not parse is left out of the
+//! membership view (with a logged reason).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate publishes (`ballast.protocol_version`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Whether a node takes new VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeRunState {
+    /// Takes part in balancing.
+    Active,
+    /// Being drained: gives VMs away, takes none.
+    Draining,
+}
+
+/// What a node tells the cluster about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadSummary {
+    /// The node's load `L_h` (DESIGN §3).
+    pub load: f64,
+    /// CPU capacity (reference cores).
+    pub cpu_capacity: f64,
+    /// I/O capacity (bytes per second).
+    pub io_capacity: f64,
+    /// Memory capacity (bytes).
+    pub mem_capacity: f64,
+    /// Free memory (bytes) for incoming VMs.
+    pub mem_free: f64,
+    /// VMs in the node's schedule.
+    pub vm_count: u32,
+    /// Active or draining.
+    pub state: NodeRunState,
+    /// Where the node serves RPC. [`crate::Endpoint::publish`] sets it to the endpoint's
+    /// own address, which serves both gossip and RPC.
+    pub rpc_addr: SocketAddr,
+    /// The ballast protocol version the node speaks.
+    pub protocol_version: u32,
+}
+
+const K_LOAD: &str = "ballast.load";
+const K_CPU: &str = "ballast.cpu_capacity";
+const K_IO: &str = "ballast.io_capacity";
+const K_MEM: &str = "ballast.mem_capacity";
+const K_MEM_FREE: &str = "ballast.mem_free";
+const K_VMS: &str = "ballast.vm_count";
+const K_STATE: &str = "ballast.state";
+const K_RPC: &str = "ballast.rpc_addr";
+const K_PROTO: &str = "ballast.protocol_version";
+
+impl LoadSummary {
+    /// The chitchat key/values of this summary.
+    pub(crate) fn to_kv(&self) -> Vec<(&'static str, String)> {
+        let state = match self.state {
+            NodeRunState::Active => "active",
+            NodeRunState::Draining => "draining",
+        };
+        vec![
+            (K_LOAD, self.load.to_string()),
+            (K_CPU, self.cpu_capacity.to_string()),
+            (K_IO, self.io_capacity.to_string()),
+            (K_MEM, self.mem_capacity.to_string()),
+            (K_MEM_FREE, self.mem_free.to_string()),
+            (K_VMS, self.vm_count.to_string()),
+            (K_STATE, state.to_owned()),
+            (K_RPC, self.rpc_addr.to_string()),
+            (K_PROTO, self.protocol_version.to_string()),
+        ]
+    }
+
+    /// Reads a summary back from a node's key/values; `Err` names the bad key.
+    pub(crate) fn from_lookup<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<Self, String> {
+        fn field<'a, T: std::str::FromStr>(
+            get: &impl Fn(&str) -> Option<&'a str>,
+            key: &str,
+        ) -> Result<T, String> {
+            let raw = get(key).ok_or_else(|| format!("missing key {key}"))?;
+            raw.parse()
+                .map_err(|_| format!("unparseable {key}={raw:?}"))
+        }
+        let finite = |key: &str| -> Result<f64, String> {
+            let v: f64 = field(&get, key)?;
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err(format!("non-finite {key}"))
+            }
+        };
+        let state = match get(K_STATE) {
+            Some("active") => NodeRunState::Active,
+            Some("draining") => NodeRunState::Draining,
+            other => return Err(format!("bad {K_STATE}={other:?}")),
+        };
+        Ok(Self {
+            load: finite(K_LOAD)?,
+            cpu_capacity: finite(K_CPU)?,
+            io_capacity: finite(K_IO)?,
+            mem_capacity: finite(K_MEM)?,
+            mem_free: finite(K_MEM_FREE)?,
+            vm_count: field(&get, K_VMS)?,
+            state,
+            rpc_addr: field(&get, K_RPC)?,
+            protocol_version: field(&get, K_PROTO)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn sample() -> LoadSummary {
+        LoadSummary {
+            load: 0.1 + 0.2,
+            cpu_capacity: 16.0,
+            io_capacity: 1e9,
+            mem_capacity: 64e9,
+            mem_free: 12.5e9,
+            vm_count: 7,
+            state: NodeRunState::Draining,
+            rpc_addr: "127.0.0.1:7000".parse().expect("addr"),
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+
+    #[test]
+    fn round_trips_exactly() {
+        let kv: HashMap<_, _> = sample().to_kv().into_iter().collect();
+        let back = LoadSummary::from_lookup(|k| kv.get(k).map(String::as_str)).expect("parse");
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let mut kv: HashMap<_, _> = sample().to_kv().into_iter().collect();
+        kv.insert(K_LOAD, "NaN".into());
+        let err = LoadSummary::from_lookup(|k| kv.get(k).map(String::as_str)).expect_err("NaN");
+        assert!(err.contains(K_LOAD), "{err}");
+        kv.remove(K_LOAD);
+        let err = LoadSummary::from_lookup(|k| kv.get(k).map(String::as_str)).expect_err("missing");
+        assert!(err.contains("missing"), "{err}");
+    }
+}

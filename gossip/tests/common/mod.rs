@@ -1,0 +1,145 @@
+//! Helpers shared by the integration tests: a CA, endpoints on loopback, an echo RPC
+//! handler and bounded waiting.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ballast_gossip::{
+    create_ca, issue_node_cert, CaBundle, Endpoint, EndpointConfig, LoadSummary, NodeRunState,
+    PeerIdentity, RpcHandler, TlsBundle, PROTOCOL_VERSION,
+};
+use serde::{Deserialize, Serialize};
+
+/// The test protocol's request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Req {
+    Echo(String),
+    Add(u64, u64),
+    WhoAmI,
+    Sleep(u64),
+}
+
+/// The test protocol's response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Resp {
+    Echo(String),
+    Sum(u64),
+    You(PeerIdentity),
+    Slept,
+}
+
+pub struct Echo;
+
+#[async_trait]
+impl RpcHandler<Req, Resp> for Echo {
+    async fn handle(&self, peer: PeerIdentity, req: Req) -> Resp {
+        match req {
+            Req::Echo(s) => Resp::Echo(s),
+            Req::Add(a, b) => Resp::Sum(a.wrapping_add(b)),
+            Req::WhoAmI => Resp::You(peer),
+            Req::Sleep(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Resp::Slept
+            }
+        }
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "ballast_gossip=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn summary(load: f64) -> LoadSummary {
+    LoadSummary {
+        load,
+        cpu_capacity: 8.0,
+        io_capacity: 1e9,
+        mem_capacity: 32e9,
+        mem_free: 16e9,
+        vm_count: 1,
+        state: NodeRunState::Active,
+        rpc_addr: ([127, 0, 0, 1], 0).into(),
+        protocol_version: PROTOCOL_VERSION,
+    }
+}
+
+pub fn node_tls(ca: &CaBundle, name: &str) -> TlsBundle {
+    let bundle = issue_node_cert(ca, name, &[]).expect("issue node cert");
+    TlsBundle::from_cert_bundle(&bundle).expect("tls bundle")
+}
+
+pub fn config(name: &str, seeds: &[std::net::SocketAddr], interval: Duration) -> EndpointConfig {
+    EndpointConfig {
+        node_id: name.to_owned(),
+        seeds: seeds.iter().map(ToString::to_string).collect(),
+        gossip_interval: interval,
+        initial_summary: Some(summary(1.0)),
+        rpc_timeout: Duration::from_secs(5),
+        ..EndpointConfig::default()
+    }
+}
+
+pub async fn start(
+    ca: &CaBundle,
+    name: &str,
+    seeds: &[std::net::SocketAddr],
+    interval: Duration,
+) -> Endpoint {
+    Endpoint::start(
+        config(name, seeds, interval),
+        node_tls(ca, name),
+        Arc::new(Echo),
+    )
+    .await
+    .expect("endpoint starts")
+}
+
+/// Starts `n` endpoints `node-0..`, each seeded with node-0.
+pub async fn start_cluster(n: usize, interval: Duration) -> (CaBundle, Vec<Endpoint>) {
+    let ca = create_ca("test").expect("ca");
+    let mut eps = Vec::new();
+    let mut seeds = Vec::new();
+    for i in 0..n {
+        let ep = start(&ca, &format!("node-{i}"), &seeds, interval).await;
+        if seeds.is_empty() {
+            seeds.push(ep.local_addr());
+        }
+        eps.push(ep);
+    }
+    (ca, eps)
+}
+
+/// Waits until `cond` holds, polling every 20 ms; panics with `what` after `deadline`.
+pub async fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs a whole test body under a hard bound.
+pub async fn bounded<F: Future<Output = ()>>(limit: Duration, body: F) {
+    tokio::time::timeout(limit, body)
+        .await
+        .expect("test exceeded its time bound");
+}
+
+pub fn names(ep: &Endpoint) -> Vec<String> {
+    ep.live_peers().iter().map(|p| p.node_id.clone()).collect()
+}
