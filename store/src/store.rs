@@ -200,7 +200,8 @@ impl Store {
     /// `WrongNode`, a newer format `NewerFormat`; damaged files or records give `Corrupt`
     /// (every record is decoded and cross-checked here), a directory open elsewhere
     /// `Locked`. sled panics on some damaged files; such a panic is caught and reported as
-    /// `Corrupt`.
+    /// `Corrupt`. A locked directory is retried for about a second (a handle dropped in
+    /// this process releases sled's lock a few milliseconds late) before `Locked`.
     pub fn open(dir: &Path, cluster_id: &str, node_id: &NodeId) -> Result<Store, StoreError> {
         if cluster_id.is_empty() || node_id.as_str().is_empty() {
             return Err(StoreError::InvalidInput {
@@ -208,16 +209,16 @@ impl Store {
                 reason: "cluster id and node id must not be empty".to_owned(),
             });
         }
-        let opened = panic::catch_unwind(AssertUnwindSafe(|| open_dir(dir, cluster_id, node_id)))
-            .unwrap_or_else(|payload| {
-            Err(StoreError::Corrupt {
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "sled panicked while reading the store: {}",
-                    panic_message(&*payload)
-                ),
-            })
-        })?;
+        let mut attempt = 1;
+        let opened = loop {
+            match open_catching_panics(dir, cluster_id, node_id) {
+                Err(StoreError::Locked { .. }) if attempt < LOCKED_ATTEMPTS_MAX => {
+                    attempt += 1;
+                    std::thread::sleep(LOCKED_RETRY_INTERVAL);
+                }
+                result => break result?,
+            }
+        };
         tracing::info!(path = %dir.display(), node = %node_id, format = FORMAT_VERSION, "opened store");
         Ok(Store {
             path: dir.to_path_buf(),
@@ -419,6 +420,32 @@ impl Store {
     pub(crate) fn check_vm(vm: &VmId) -> impl FnOnce(&Store) -> Result<(), StoreError> + '_ {
         move |_| validate::vm_id(vm)
     }
+}
+
+/// How often `open` tries a locked directory before it reports `Locked`. A `Store`
+/// dropped in this process can keep sled's file (and its lock) open for a few
+/// milliseconds, until sled's background I/O threads finish their last buffer writes.
+const LOCKED_ATTEMPTS_MAX: u32 = 50;
+/// The pause between two attempts on a locked directory (50 × 20 ms: about one second).
+const LOCKED_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Opens the directory; a panic inside sled is reported as `Corrupt`.
+fn open_catching_panics(
+    dir: &Path,
+    cluster_id: &str,
+    node_id: &NodeId,
+) -> Result<crate::open::Opened, StoreError> {
+    panic::catch_unwind(AssertUnwindSafe(|| open_dir(dir, cluster_id, node_id))).unwrap_or_else(
+        |payload| {
+            Err(StoreError::Corrupt {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "sled panicked while reading the store: {}",
+                    panic_message(&*payload)
+                ),
+            })
+        },
+    )
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

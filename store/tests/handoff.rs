@@ -262,3 +262,47 @@ fn factors_pins_and_deletes_persist_after_a_clean_close() {
         "a deleted VM keeps its highest epoch"
     );
 }
+
+#[test]
+fn concurrent_callers_on_one_handle_each_get_whole_transactions() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Store>();
+    let dir = TempDir::new().unwrap();
+    let store = std::sync::Arc::new(open(&dir, "node-a"));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let vm = VmId::from(format!("vm-{t}-{i}"));
+                    store.create(&running(vm.as_str(), 0)).unwrap();
+                    let epoch = store.next_epoch(&vm).unwrap();
+                    assert_eq!(
+                        store
+                            .begin_migrate_out(&vm, &"node-b".into(), epoch)
+                            .unwrap(),
+                        Outcome::Applied
+                    );
+                    if i % 2 == 0 {
+                        assert_eq!(
+                            store.commit_migrate_out(&vm, epoch).unwrap().0,
+                            Outcome::Applied
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("writer thread");
+    }
+    drop(store);
+    let snapshot = open(&dir, "node-a").snapshot().unwrap();
+    assert_eq!(snapshot.entries.len(), 20);
+    assert!(snapshot
+        .entries
+        .iter()
+        .all(|e| matches!(e.state, VmState::MigratingOut { epoch: 1, .. })));
+    assert_eq!(snapshot.transfers.len(), 20);
+    assert_eq!(snapshot.highest_epochs.len(), 40);
+}
