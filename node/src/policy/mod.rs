@@ -12,6 +12,6 @@ pub mod config;
 pub mod decide;
 pub mod peer;
 
-pub use config::{PeerChoice, PolicyConfig, Sender};
+pub use config::{PeerChoice, PolicyConfig, PolicyConfigError, Sender};
 pub use decide::{decide, plan_moves, Candidate, Decision, PlannedMove, Stay, View};
 pub use peer::choose_peer;

@@ -1,0 +1,158 @@
+//! One round of decentralized balancing: every host, in random order, opens at most one
+//! session with a peer it picks; a host already in a session this round answers `Busy`.
+//! Each session calls [`crate::policy::decide`] with both hosts' fresh figures.
+
+use super::cluster::Cluster;
+use crate::policy::{choose_peer, decide, Candidate, Decision, PolicyConfig, Sender, View};
+use rand::{seq::SliceRandom, Rng};
+
+/// Buffers reused from round to round, so a round allocates nothing.
+#[derive(Debug)]
+pub struct RoundState {
+    order: Vec<u32>,
+    busy_in_round: Vec<u32>,
+    round: u32,
+    mine: Vec<Candidate>,
+    theirs: Vec<Candidate>,
+    indices: Vec<usize>,
+}
+
+impl RoundState {
+    /// Buffers for a cluster of `hosts` hosts.
+    pub fn new(hosts: usize) -> Self {
+        Self {
+            order: (0..hosts as u32).collect(),
+            busy_in_round: vec![0; hosts],
+            round: 0,
+            mine: Vec::new(),
+            theirs: Vec::new(),
+            indices: Vec::new(),
+        }
+    }
+
+    fn fit(&mut self, hosts: usize) {
+        if self.order.len() != hosts {
+            *self = Self::new(hosts);
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RoundOutcome {
+    /// Sessions opened.
+    pub sessions: u64,
+    /// Sessions refused because the peer was busy.
+    pub busy: u64,
+    /// VMs moved.
+    pub migrations: u64,
+    /// Sum of the raw loads moved.
+    pub load_moved: f64,
+}
+
+/// Runs one round over every host of `cluster`. `now_ms` is the round's time (for the
+/// policy's cooldown).
+pub fn run_round<R: Rng + ?Sized>(
+    cluster: &mut Cluster,
+    st: &mut RoundState,
+    cfg: &PolicyConfig,
+    now_ms: u64,
+    rng: &mut R,
+) -> RoundOutcome {
+    let n = cluster.host_count();
+    st.fit(n);
+    st.round += 1;
+    let round = st.round;
+    let mut out = RoundOutcome::default();
+    st.order.shuffle(rng);
+    for k in 0..n {
+        let a = st.order[k] as usize;
+        if st.busy_in_round[a] == round {
+            continue;
+        }
+        let l_a = cluster.hosts[a].load;
+        // Peers are numbered 0..n-1 with `a` left out.
+        let other = |i: usize| if i >= a { i + 1 } else { i };
+        let Some(i) = choose_peer(
+            rng,
+            n - 1,
+            l_a,
+            |i| cluster.hosts[other(i)].load,
+            cfg.peer_choice,
+        ) else {
+            continue;
+        };
+        let b = other(i);
+        if gossip_shows_no_gap(l_a, cluster.hosts[b].load, cfg) {
+            continue;
+        }
+        if st.busy_in_round[b] == round {
+            out.busy += 1;
+            continue;
+        }
+        st.busy_in_round[a] = round;
+        st.busy_in_round[b] = round;
+        out.sessions += 1;
+        session(cluster, st, a, b, cfg, now_ms, &mut out);
+    }
+    out
+}
+
+/// Step 2 of the round: the gossiped loads already show there is nothing to do.
+fn gossip_shows_no_gap(l_a: f64, l_b: f64, cfg: &PolicyConfig) -> bool {
+    match cfg.sender {
+        Sender::Initiator => l_a <= l_b + cfg.threshold,
+        Sender::Busier => (l_a - l_b).abs() <= cfg.threshold,
+    }
+}
+
+/// One session between `a` (opened it) and `b`: both sides' figures, one decision, the
+/// planned moves applied one after another.
+fn session(
+    cluster: &mut Cluster,
+    st: &mut RoundState,
+    a: usize,
+    b: usize,
+    cfg: &PolicyConfig,
+    now_ms: u64,
+    out: &mut RoundOutcome,
+) {
+    fill_candidates(cluster, a, b, &mut st.mine);
+    fill_candidates(cluster, b, a, &mut st.theirs);
+    let local = View {
+        load: cluster.hosts[a].load,
+        candidates: &st.mine,
+        free_mem_bytes: u64::MAX,
+    };
+    let peer = View {
+        load: cluster.hosts[b].load,
+        candidates: &st.theirs,
+        free_mem_bytes: u64::MAX,
+    };
+    let (from, to, moves) = match decide(&local, &peer, now_ms, cfg) {
+        Decision::Send(m) => (a, b, m),
+        Decision::Receive(m) => (b, a, m),
+        Decision::Stay(_) => return,
+    };
+    // Remove from the highest index down so swap_remove keeps the others in place.
+    st.indices.clear();
+    st.indices.extend(moves.iter().map(|m| m.index));
+    st.indices.sort_unstable_by(|x, y| y.cmp(x));
+    for &i in &st.indices {
+        out.load_moved += cluster.move_vm(from, i, to);
+        out.migrations += 1;
+    }
+}
+
+/// The VMs of `host` weighed there and on `other`.
+fn fill_candidates(cluster: &Cluster, host: usize, other: usize, into: &mut Vec<Candidate>) {
+    let (here, there) = (cluster.hosts[host].capacity, cluster.hosts[other].capacity);
+    into.clear();
+    into.extend(cluster.hosts[host].vms.iter().map(|&raw| Candidate {
+        load_here: raw / here,
+        load_there: raw / there,
+        mem_bytes: 0,
+        pinned: false,
+        last_moved_ms: None,
+    }));
+}
