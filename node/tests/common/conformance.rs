@@ -78,7 +78,10 @@ pub async fn wait_cpu_above(d: &dyn Driver, vm: &VmId, than: f64) -> UsageSample
     let deadline = tokio::time::Instant::now() + SETTLE;
     loop {
         let u = d.usage(vm).await.expect("usage");
-        assert!(u.cpu_time_s.is_finite() && u.cpu_time_s >= 0.0, "bad sample {u:?}");
+        assert!(
+            u.cpu_time_s.is_finite() && u.cpu_time_s >= 0.0,
+            "bad sample {u:?}"
+        );
         if u.cpu_time_s > than {
             return u;
         }
@@ -113,14 +116,29 @@ fn no_progress() -> impl Fn(MigrationProgress) + Send + Sync {
 /// are Ok, nothing appears in `list`.
 pub async fn unknown_vm_errors(d: &dyn Driver) {
     let vm = VmId::from("conf-unknown");
-    assert!(matches!(d.usage(&vm).await, Err(DriverError::NotFound(_))), "usage of unknown");
-    assert!(d.resume_incoming(&vm).await.is_err(), "resume_incoming of unknown VM must fail");
+    assert!(
+        matches!(d.usage(&vm).await, Err(DriverError::NotFound(_))),
+        "usage of unknown"
+    );
+    assert!(
+        d.resume_incoming(&vm).await.is_err(),
+        "resume_incoming of unknown VM must fail"
+    );
     let target = MigrationTarget("tcp:127.0.0.1:9".into());
     let r = d.migrate_out(&vm, &target, &no_progress()).await;
-    assert!(matches!(r, Err(DriverError::NotFound(_))), "migrate_out of unknown: {r:?}");
-    d.stop(&vm).await.expect("stop of unknown VM is Ok (idempotent)");
-    d.cancel_incoming(&vm).await.expect("cancel_incoming of unknown VM is Ok");
-    d.finish_outgoing(&vm).await.expect("finish_outgoing of unknown VM is Ok");
+    assert!(
+        matches!(r, Err(DriverError::NotFound(_))),
+        "migrate_out of unknown: {r:?}"
+    );
+    d.stop(&vm)
+        .await
+        .expect("stop of unknown VM is Ok (idempotent)");
+    d.cancel_incoming(&vm)
+        .await
+        .expect("cancel_incoming of unknown VM is Ok");
+    d.finish_outgoing(&vm)
+        .await
+        .expect("finish_outgoing of unknown VM is Ok");
     match d.migration_status(&vm).await {
         Ok(MigrationStatus::None) | Err(DriverError::NotFound(_)) => {}
         other => panic!("migration_status of unknown VM: {other:?}"),
@@ -141,16 +159,27 @@ pub async fn lifecycle(d: &dyn Driver, spec: SpecFactory<'_>) {
     wait_state(d, &vm, "Running", running).await;
     let a = d.usage(&vm).await.expect("usage");
     let b = wait_cpu_above(d, &vm, a.cpu_time_s).await;
-    assert!(b.io_bytes >= a.io_bytes, "io_bytes went back: {a:?} then {b:?}");
+    assert!(
+        b.io_bytes >= a.io_bytes,
+        "io_bytes went back: {a:?} then {b:?}"
+    );
     assert!(b.mem_bytes > 0, "a running VM uses memory: {b:?}");
-    d.start(&vm, &spec).await.expect("start of a running VM is Ok");
+    d.start(&vm, &spec)
+        .await
+        .expect("start of a running VM is Ok");
     wait_state(d, &vm, "Running", running).await;
     let c = d.usage(&vm).await.expect("usage");
-    assert!(c.cpu_time_s >= b.cpu_time_s, "second start restarted the VM: {b:?} then {c:?}");
+    assert!(
+        c.cpu_time_s >= b.cpu_time_s,
+        "second start restarted the VM: {b:?} then {c:?}"
+    );
     d.stop(&vm).await.expect("stop");
     wait_state(d, &vm, "absent", absent).await;
     d.stop(&vm).await.expect("second stop is Ok");
-    assert!(matches!(d.usage(&vm).await, Err(DriverError::NotFound(_))), "usage after stop");
+    assert!(
+        matches!(d.usage(&vm).await, Err(DriverError::NotFound(_))),
+        "usage after stop"
+    );
 }
 
 /// prepare_incoming leaves a paused (or still-incoming) copy, a second call returns the
@@ -158,17 +187,37 @@ pub async fn lifecycle(d: &dyn Driver, spec: SpecFactory<'_>) {
 pub async fn prepare_incoming_paused_idempotent(d: &dyn Driver, spec: SpecFactory<'_>) {
     let vm = VmId::from("conf-prep");
     let spec = spec();
-    let t1 = d.prepare_incoming(&vm, &spec).await.expect("prepare_incoming");
-    assert!(waiting_incoming(state_of(d, &vm).await), "incoming copy must not run");
-    let t2 = d.prepare_incoming(&vm, &spec).await.expect("second prepare_incoming");
+    let t1 = d
+        .prepare_incoming(&vm, &spec)
+        .await
+        .expect("prepare_incoming");
+    assert!(
+        waiting_incoming(state_of(d, &vm).await),
+        "incoming copy must not run"
+    );
+    let t2 = d
+        .prepare_incoming(&vm, &spec)
+        .await
+        .expect("second prepare_incoming");
     assert_eq!(t1, t2, "prepare_incoming is idempotent");
     assert!(!d.incoming_complete(&vm).await.expect("incoming_complete"));
-    assert!(d.resume_incoming(&vm).await.is_err(), "resumed an incoming copy with no state");
-    assert!(waiting_incoming(state_of(d, &vm).await), "failed resume changed the copy");
-    assert!(d.start(&vm, &spec).await.is_err(), "start over an incoming copy must fail");
+    assert!(
+        d.resume_incoming(&vm).await.is_err(),
+        "resumed an incoming copy with no state"
+    );
+    assert!(
+        waiting_incoming(state_of(d, &vm).await),
+        "failed resume changed the copy"
+    );
+    assert!(
+        d.start(&vm, &spec).await.is_err(),
+        "start over an incoming copy must fail"
+    );
     d.cancel_incoming(&vm).await.expect("cancel_incoming");
     wait_state(d, &vm, "absent", absent).await;
-    d.cancel_incoming(&vm).await.expect("second cancel_incoming");
+    d.cancel_incoming(&vm)
+        .await
+        .expect("second cancel_incoming");
 }
 
 /// Starts `vm` on `src`, waits for it to use some CPU, prepares `dst`, migrates.
@@ -181,13 +230,21 @@ async fn start_and_migrate(
 ) -> UsageSample {
     src.start(vm, spec).await.expect("start on src");
     let before = wait_cpu_above(src, vm, 0.0).await;
-    let target = dst.prepare_incoming(vm, spec).await.expect("prepare_incoming on dst");
-    assert_eq!(src.migration_status(vm).await.expect("status"), MigrationStatus::None);
+    let target = dst
+        .prepare_incoming(vm, spec)
+        .await
+        .expect("prepare_incoming on dst");
+    assert_eq!(
+        src.migration_status(vm).await.expect("status"),
+        MigrationStatus::None
+    );
     let calls = AtomicU64::new(0);
     let progress = |_: MigrationProgress| {
         calls.fetch_add(1, Ordering::Relaxed);
     };
-    src.migrate_out(vm, &target, &progress).await.expect("migrate_out");
+    src.migrate_out(vm, &target, &progress)
+        .await
+        .expect("migrate_out");
     before
 }
 
@@ -198,22 +255,35 @@ pub async fn migrate_commit(src: &dyn Driver, dst: &dyn Driver, spec: SpecFactor
     let vm = VmId::from("conf-commit");
     let spec = spec();
     start_and_migrate(src, dst, &vm, &spec).await;
-    assert!(paused(state_of(src, &vm).await), "source must be paused after switchover");
+    assert!(
+        paused(state_of(src, &vm).await),
+        "source must be paused after switchover"
+    );
     let st = src.migration_status(&vm).await.expect("migration_status");
     assert_eq!(st, MigrationStatus::Completed);
     wait_state(dst, &vm, "Paused", paused).await;
     assert!(dst.incoming_complete(&vm).await.expect("incoming_complete"));
-    assert!(paused(state_of(dst, &vm).await), "destination ran before resume_incoming");
+    assert!(
+        paused(state_of(dst, &vm).await),
+        "destination ran before resume_incoming"
+    );
     // Paused copies do not run: the source's CPU time stands still.
     let s1 = src.usage(&vm).await.expect("usage of paused source");
     dst.resume_incoming(&vm).await.expect("resume_incoming");
     wait_state(dst, &vm, "Running", running).await;
-    dst.resume_incoming(&vm).await.expect("second resume_incoming is Ok");
+    dst.resume_incoming(&vm)
+        .await
+        .expect("second resume_incoming is Ok");
     let s2 = src.usage(&vm).await.expect("usage of paused source");
-    assert!(s2.cpu_time_s <= s1.cpu_time_s + 0.25, "paused source still runs: {s1:?} {s2:?}");
+    assert!(
+        s2.cpu_time_s <= s1.cpu_time_s + 0.25,
+        "paused source still runs: {s1:?} {s2:?}"
+    );
     src.finish_outgoing(&vm).await.expect("finish_outgoing");
     wait_state(src, &vm, "absent", absent).await;
-    src.finish_outgoing(&vm).await.expect("second finish_outgoing");
+    src.finish_outgoing(&vm)
+        .await
+        .expect("second finish_outgoing");
     // Independence (I4): the destination copy keeps running without the source.
     let d1 = dst.usage(&vm).await.expect("usage on dst");
     wait_cpu_above(dst, &vm, d1.cpu_time_s).await;
@@ -228,12 +298,22 @@ pub async fn cancel_before_migrate(src: &dyn Driver, dst: &dyn Driver, spec: Spe
     let vm = VmId::from("conf-cancel-early");
     let spec = spec();
     src.start(&vm, &spec).await.expect("start");
-    dst.prepare_incoming(&vm, &spec).await.expect("prepare_incoming");
-    src.cancel_outgoing(&vm).await.expect("cancel_outgoing with no migration");
-    assert!(running(state_of(src, &vm).await), "cancel_outgoing must leave the VM running");
+    dst.prepare_incoming(&vm, &spec)
+        .await
+        .expect("prepare_incoming");
+    src.cancel_outgoing(&vm)
+        .await
+        .expect("cancel_outgoing with no migration");
+    assert!(
+        running(state_of(src, &vm).await),
+        "cancel_outgoing must leave the VM running"
+    );
     dst.cancel_incoming(&vm).await.expect("cancel_incoming");
     wait_state(dst, &vm, "absent", absent).await;
-    assert_eq!(src.migration_status(&vm).await.expect("status"), MigrationStatus::None);
+    assert_eq!(
+        src.migration_status(&vm).await.expect("status"),
+        MigrationStatus::None
+    );
     let a = src.usage(&vm).await.expect("usage");
     wait_cpu_above(src, &vm, a.cpu_time_s).await;
     src.stop(&vm).await.expect("stop");
@@ -249,14 +329,23 @@ pub async fn cancel_after_switchover(src: &dyn Driver, dst: &dyn Driver, spec: S
     assert!(paused(state_of(src, &vm).await));
     src.cancel_outgoing(&vm).await.expect("cancel_outgoing");
     wait_state(src, &vm, "Running", running).await;
-    src.cancel_outgoing(&vm).await.expect("second cancel_outgoing");
+    src.cancel_outgoing(&vm)
+        .await
+        .expect("second cancel_outgoing");
     assert!(running(state_of(src, &vm).await));
     let st = src.migration_status(&vm).await.expect("status");
-    assert_ne!(st, MigrationStatus::Active, "cancelled migration still active");
+    assert_ne!(
+        st,
+        MigrationStatus::Active,
+        "cancelled migration still active"
+    );
     dst.cancel_incoming(&vm).await.expect("cancel_incoming");
     wait_state(dst, &vm, "absent", absent).await;
     let u = wait_cpu_above(src, &vm, before.cpu_time_s).await;
-    assert!(u.cpu_time_s >= before.cpu_time_s, "source restarted instead of resumed");
+    assert!(
+        u.cpu_time_s >= before.cpu_time_s,
+        "source restarted instead of resumed"
+    );
     src.stop(&vm).await.expect("stop");
     wait_state(src, &vm, "absent", absent).await;
 }
@@ -271,15 +360,26 @@ pub async fn migrate_to_dead_target_fails(
     let vm = VmId::from("conf-dead-target");
     let spec = spec();
     src.start(&vm, &spec).await.expect("start");
-    let target = dst.prepare_incoming(&vm, &spec).await.expect("prepare_incoming");
+    let target = dst
+        .prepare_incoming(&vm, &spec)
+        .await
+        .expect("prepare_incoming");
     dst.cancel_incoming(&vm).await.expect("cancel_incoming");
     wait_state(dst, &vm, "absent", absent).await;
     let r = src.migrate_out(&vm, &target, &no_progress()).await;
-    assert!(matches!(r, Err(DriverError::MigrationFailed { .. })), "got {r:?}");
+    assert!(
+        matches!(r, Err(DriverError::MigrationFailed { .. })),
+        "got {r:?}"
+    );
     wait_state(src, &vm, "Running", running).await;
     let st = src.migration_status(&vm).await.expect("status");
-    assert!(matches!(st, MigrationStatus::Failed | MigrationStatus::None), "status {st:?}");
-    src.cancel_outgoing(&vm).await.expect("cancel_outgoing after a failure");
+    assert!(
+        matches!(st, MigrationStatus::Failed | MigrationStatus::None),
+        "status {st:?}"
+    );
+    src.cancel_outgoing(&vm)
+        .await
+        .expect("cancel_outgoing after a failure");
     assert!(running(state_of(src, &vm).await));
     src.stop(&vm).await.expect("stop");
 }
@@ -292,8 +392,13 @@ pub async fn migrate_back_and_forth(src: &dyn Driver, dst: &dyn Driver, spec: Sp
     dst.resume_incoming(&vm).await.expect("resume on dst");
     src.finish_outgoing(&vm).await.expect("finish on src");
     wait_state(src, &vm, "absent", absent).await;
-    let target = src.prepare_incoming(&vm, &spec).await.expect("prepare back on src");
-    dst.migrate_out(&vm, &target, &no_progress()).await.expect("migrate back");
+    let target = src
+        .prepare_incoming(&vm, &spec)
+        .await
+        .expect("prepare back on src");
+    dst.migrate_out(&vm, &target, &no_progress())
+        .await
+        .expect("migrate back");
     wait_state(src, &vm, "Paused", paused).await;
     src.resume_incoming(&vm).await.expect("resume on src");
     dst.finish_outgoing(&vm).await.expect("finish on dst");
@@ -316,14 +421,23 @@ where
     let first = make().await;
     first.start(&vm, &spec).await.expect("start");
     let before = wait_cpu_above(&first, &vm, 0.0).await;
-    let target = first.prepare_incoming(&inc, &spec).await.expect("prepare_incoming");
+    let target = first
+        .prepare_incoming(&inc, &spec)
+        .await
+        .expect("prepare_incoming");
     drop(first);
 
     let second = make().await;
     let adopted = second.adopt().await.expect("adopt");
     let find = |id: &VmId| adopted.iter().find(|i| &i.vm == id).map(|i| i.state);
-    assert!(running(find(&vm)), "adopt did not find the running VM: {adopted:?}");
-    assert!(waiting_incoming(find(&inc)), "adopt did not find the incoming copy: {adopted:?}");
+    assert!(
+        running(find(&vm)),
+        "adopt did not find the running VM: {adopted:?}"
+    );
+    assert!(
+        waiting_incoming(find(&inc)),
+        "adopt did not find the incoming copy: {adopted:?}"
+    );
     let after = second.usage(&vm).await.expect("usage after adopt");
     assert!(
         after.cpu_time_s >= before.cpu_time_s,
@@ -332,7 +446,10 @@ where
         after.cpu_time_s
     );
     assert!(running(state_of(&second, &vm).await));
-    let again = second.prepare_incoming(&inc, &spec).await.expect("prepare after adopt");
+    let again = second
+        .prepare_incoming(&inc, &spec)
+        .await
+        .expect("prepare after adopt");
     assert_eq!(again, target, "adopted incoming copy keeps its target");
     second.cancel_incoming(&inc).await.expect("cancel_incoming");
     second.stop(&vm).await.expect("stop");
