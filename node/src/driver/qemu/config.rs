@@ -1,0 +1,149 @@
+//! Configuration of the `qemu` driver: the `[driver.qemu]` section of the agent's TOML.
+//!
+//! Every field has a default, so an empty section is valid; unknown keys are refused so a
+//! typo does not silently fall back to a default.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which accelerator QEMU uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when `/dev/kvm` can be opened read-write (with TCG as QEMU's own fallback),
+    /// else TCG.
+    #[default]
+    Auto,
+    /// KVM only; starting a VM fails where KVM is unusable.
+    Kvm,
+    /// TCG (software emulation) only; works everywhere.
+    Tcg,
+}
+
+/// Timeouts of the QEMU driver, in milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QemuTimeouts {
+    /// One QMP command (connect, greeting, reply).
+    pub qmp_ms: u64,
+    /// Launching a QEMU process until its QMP socket listens.
+    pub start_ms: u64,
+    /// A graceful `quit` before the process is killed.
+    pub stop_ms: u64,
+    /// A whole outgoing migration; past it the migration is cancelled.
+    pub migration_ms: u64,
+    /// Interval between two `query-migrate` polls during a migration.
+    pub poll_ms: u64,
+}
+
+impl Default for QemuTimeouts {
+    fn default() -> Self {
+        Self {
+            qmp_ms: 5_000,
+            start_ms: 30_000,
+            stop_ms: 10_000,
+            migration_ms: 600_000,
+            poll_ms: 50,
+        }
+    }
+}
+
+impl QemuTimeouts {
+    /// [`Self::qmp_ms`] as a duration.
+    pub fn qmp(&self) -> Duration {
+        Duration::from_millis(self.qmp_ms.max(1))
+    }
+    /// [`Self::start_ms`] as a duration.
+    pub fn start(&self) -> Duration {
+        Duration::from_millis(self.start_ms.max(1))
+    }
+    /// [`Self::stop_ms`] as a duration.
+    pub fn stop(&self) -> Duration {
+        Duration::from_millis(self.stop_ms.max(1))
+    }
+    /// [`Self::migration_ms`] as a duration.
+    pub fn migration(&self) -> Duration {
+        Duration::from_millis(self.migration_ms.max(1))
+    }
+    /// [`Self::poll_ms`] as a duration.
+    pub fn poll(&self) -> Duration {
+        Duration::from_millis(self.poll_ms.max(1))
+    }
+}
+
+/// The `qemu` driver's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QemuConfig {
+    /// The QEMU system emulator to run (looked up in `PATH` when relative).
+    pub binary: PathBuf,
+    /// Where the driver keeps one directory per VM (QMP socket, pid file, spec). Must
+    /// survive agent restarts: adoption reads it. Keep the path short: a QMP socket path
+    /// must fit in 107 bytes.
+    pub state_dir: PathBuf,
+    /// The QEMU machine type (`-machine`), e.g. `pc` or `q35`. Source and destination of
+    /// a migration must use the same.
+    pub machine: String,
+    /// The accelerator.
+    pub accel: Accel,
+    /// The address an incoming VM listens on for its migration stream; it is also the
+    /// host part of the target the source connects to, so it must be reachable from
+    /// the other hosts.
+    pub migration_host: String,
+    /// Inclusive range of TCP ports for incoming migrations, `[first, last]`.
+    pub port_range: [u16; 2],
+    /// Maximum downtime of a live migration (QMP `downtime-limit`), in milliseconds.
+    pub downtime_limit_ms: u64,
+    /// Bandwidth cap of a live migration (QMP `max-bandwidth`) in megabits per second;
+    /// 0 keeps QEMU's default.
+    pub bandwidth_mbps: u64,
+    /// Arguments appended to every VM's command line (before the spec's own).
+    pub extra_args: Vec<String>,
+    /// Bus of disks given as a bare path (`-drive if=...`): `virtio`, `ide`, `scsi`.
+    pub disk_interface: String,
+    /// Timeouts.
+    pub timeouts: QemuTimeouts,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        Self {
+            binary: PathBuf::from("qemu-system-x86_64"),
+            state_dir: PathBuf::from("/var/lib/ballast/qemu"),
+            machine: "pc".to_owned(),
+            accel: Accel::Auto,
+            migration_host: "127.0.0.1".to_owned(),
+            port_range: [49_152, 49_407],
+            downtime_limit_ms: 300,
+            bandwidth_mbps: 1_000,
+            extra_args: Vec::new(),
+            disk_interface: "virtio".to_owned(),
+            timeouts: QemuTimeouts::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_section_gives_defaults() {
+        let c: QemuConfig = toml::from_str("").expect("parse");
+        assert_eq!(c, QemuConfig::default());
+    }
+
+    #[test]
+    fn fields_parse_and_unknown_keys_fail() {
+        let c: QemuConfig =
+            toml::from_str("accel = \"tcg\"\nport_range = [5000, 5010]\n[timeouts]\nqmp_ms = 7\n")
+                .expect("parse");
+        assert_eq!(c.accel, Accel::Tcg);
+        assert_eq!(c.port_range, [5000, 5010]);
+        assert_eq!(c.timeouts.qmp_ms, 7);
+        assert_eq!(c.timeouts.poll_ms, QemuTimeouts::default().poll_ms);
+        assert!(toml::from_str::<QemuConfig>("acel = \"tcg\"").is_err());
+        assert!(toml::from_str::<QemuConfig>("accel = \"xen\"").is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! The destination side of a live migration: prepare a paused incoming copy, resume it
+//! after the commit point, drop it on abort, tell whether it holds the whole VM.
+
+use super::cmdline::{self, Launch};
+use super::qmp;
+use super::vm_dir::{self, Role, VmDir, VmMeta};
+use super::{ports, QemuDriver};
+use crate::driver::{DriverError, MigrationTarget};
+use ballast_store::{VmId, VmSpec};
+use std::collections::BTreeSet;
+
+impl QemuDriver {
+    /// Ports held or about to be held by incoming VMs of this state directory.
+    fn ports_taken(&self) -> BTreeSet<u16> {
+        let mut taken = self
+            .reserved_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for dir in vm_dir::scan(&self.cfg.state_dir).unwrap_or_default() {
+            if let Ok(Some(VmMeta {
+                role: Role::Incoming { target },
+                ..
+            })) = dir.read_meta()
+            {
+                taken.extend(ports::port_of(&target));
+            }
+        }
+        taken
+    }
+
+    fn reserve(&self, port: u16, on: bool) {
+        let mut r = self
+            .reserved_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if on {
+            r.insert(port);
+        } else {
+            r.remove(&port);
+        }
+    }
+
+    pub(super) async fn prepare(
+        &self,
+        vm: &VmId,
+        spec: &VmSpec,
+    ) -> Result<MigrationTarget, DriverError> {
+        let dir = self.dir(vm)?;
+        let slot = self.slot(vm);
+        let _op = slot.op.lock().await;
+        if let Some(meta) = dir.read_meta()? {
+            if Self::live_pid(&dir).is_some() {
+                return match meta.role {
+                    Role::Incoming { target } => Ok(MigrationTarget(target)),
+                    Role::Running => Err(DriverError::BadState {
+                        vm: vm.clone(),
+                        reason: "the VM already runs on this host".into(),
+                    }),
+                };
+            }
+            self.terminate(vm, &dir, false).await?;
+        }
+        cmdline::validate(spec)?;
+        let offset: u32 = rand::random();
+        let mut launched = false;
+        for port in ports::candidates(self.cfg.port_range, &self.ports_taken(), offset) {
+            if !ports::is_free(&self.cfg.migration_host, port) {
+                continue;
+            }
+            self.reserve(port, true);
+            let target = ports::uri(&self.cfg.migration_host, port);
+            let meta = VmMeta::new(
+                vm.clone(),
+                spec.clone(),
+                Role::Incoming {
+                    target: target.clone(),
+                },
+            );
+            let r = self.listen(vm, &dir, &meta, &mut launched).await;
+            self.reserve(port, false);
+            match r {
+                Ok(()) => {
+                    tracing::info!(vm = %vm, target = %target, "incoming copy waits");
+                    return Ok(MigrationTarget(target));
+                }
+                Err(DriverError::BadState { reason, .. }) => {
+                    tracing::debug!(vm = %vm, port, reason = %reason, "port refused; trying another");
+                }
+                Err(e) => {
+                    let _ = self.terminate(vm, &dir, false).await;
+                    return Err(e);
+                }
+            }
+        }
+        let _ = self.terminate(vm, &dir, false).await;
+        Err(DriverError::Io(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!(
+                "no free migration port in {:?} on {}",
+                self.cfg.port_range, self.cfg.migration_host
+            ),
+        )))
+    }
+
+    /// Launches the paused copy (first time) and makes it listen as `meta` says. A
+    /// `BadState` error means QEMU refused the address: try another port.
+    async fn listen(
+        &self,
+        vm: &VmId,
+        dir: &VmDir,
+        meta: &VmMeta,
+        launched: &mut bool,
+    ) -> Result<(), DriverError> {
+        if *launched {
+            dir.write_meta(meta)?;
+        } else {
+            self.launch(vm, dir, meta, Launch::Incoming).await?;
+            *launched = true;
+            // Keep the destination's disks inactive until `cont`, so that an abort after
+            // the switchover can resume the source on shared storage.
+            let caps = vec![qmp::CapabilityState {
+                capability: "late-block-activate",
+                state: true,
+            }];
+            self.qmp(vm, dir, qmp::MigrateSetCapabilities { capabilities: caps })
+                .await
+                .map_err(|e| DriverError::Protocol(format!("late-block-activate: {e}")))?;
+        }
+        let Role::Incoming { target } = &meta.role else {
+            return Err(DriverError::Protocol("listen on a running VM".into()));
+        };
+        self.qmp(
+            vm,
+            dir,
+            qmp::MigrateIncoming {
+                uri: target.clone(),
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn resume_in(&self, vm: &VmId) -> Result<(), DriverError> {
+        let dir = self.dir(vm)?;
+        let slot = self.slot(vm);
+        let _op = slot.op.lock().await;
+        let meta = dir
+            .read_meta()?
+            .ok_or_else(|| DriverError::NotFound(vm.clone()))?;
+        if Self::live_pid(&dir).is_none() {
+            return Err(DriverError::NotFound(vm.clone()));
+        }
+        let status = self.runstate(vm, &dir).await?;
+        if status == "running" {
+            if meta.role != Role::Running {
+                dir.write_meta(&VmMeta {
+                    role: Role::Running,
+                    ..meta
+                })?;
+            }
+            return Ok(());
+        }
+        let bad = |reason: &str| DriverError::BadState {
+            vm: vm.clone(),
+            reason: reason.to_owned(),
+        };
+        if meta.role == Role::Running {
+            return Err(bad("not an incoming copy and not running"));
+        }
+        if status == "inmigrate" {
+            return Err(bad("the incoming copy has not received the VM's state"));
+        }
+        let mig = self.qmp(vm, &dir, qmp::QueryMigrate {}).await?;
+        if mig.status.as_deref() != Some("completed") {
+            return Err(bad("the incoming migration did not complete"));
+        }
+        self.qmp(vm, &dir, qmp::Cont {}).await?;
+        dir.write_meta(&VmMeta {
+            role: Role::Running,
+            ..meta
+        })?;
+        tracing::info!(vm = %vm, "incoming copy resumed");
+        Ok(())
+    }
+
+    pub(super) async fn cancel_in(&self, vm: &VmId) -> Result<(), DriverError> {
+        let dir = self.dir(vm)?;
+        let slot = self.slot(vm);
+        let _op = slot.op.lock().await;
+        let Some(meta) = dir.read_meta()? else {
+            return Ok(());
+        };
+        if meta.role == Role::Running && Self::live_pid(&dir).is_some() {
+            return Err(DriverError::BadState {
+                vm: vm.clone(),
+                reason: "the VM runs here; it is not an incoming copy".into(),
+            });
+        }
+        self.terminate(vm, &dir, false).await?;
+        tracing::info!(vm = %vm, "incoming copy dropped");
+        Ok(())
+    }
+
+    pub(super) async fn incoming_done(&self, vm: &VmId) -> Result<bool, DriverError> {
+        let dir = self.dir(vm)?;
+        let Some(meta) = dir.read_meta()? else {
+            return Ok(false);
+        };
+        if Self::live_pid(&dir).is_none() {
+            return Ok(false);
+        }
+        if meta.role == Role::Running {
+            return Ok(true);
+        }
+        if self.runstate(vm, &dir).await? == "inmigrate" {
+            return Ok(false);
+        }
+        let mig = self.qmp(vm, &dir, qmp::QueryMigrate {}).await?;
+        Ok(mig.status.as_deref() == Some("completed"))
+    }
+}

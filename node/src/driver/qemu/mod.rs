@@ -1,0 +1,307 @@
+//! The `qemu` driver (DESIGN §6): one `qemu-system` process per VM, driven over QMP.
+//!
+//! Each VM lives in its own directory under the configured state directory (see
+//! [`vm_dir`]); the QEMU process is daemonized so it outlives the agent, and a restarted
+//! agent adopts it through its pid file and QMP socket instead of starting it twice.
+//! Live migration: the destination is started paused with `-incoming defer` and
+//! `late-block-activate` (so its disks stay inactive until `cont` and an aborted
+//! migration can resume the source), then listens with `migrate-incoming`; the source
+//! runs `migrate` and polls `query-migrate`.
+//!
+//! Files: [`config`] (the TOML section), `cmdline` (spec → arguments), [`guest`] (a tiny demo guest), `vm_dir` (state
+//! layout), `procfs` (usage), `process` (launch/kill), `qmp` (QMP client), `ports`
+//! (incoming ports), `lifecycle` (start/stop/list/usage/adopt), `incoming` (destination
+//! side), `outgoing` (source side), [`bench`] (bare QMP migration timing).
+
+pub mod bench;
+mod cmdline;
+pub mod config;
+pub mod guest;
+mod incoming;
+mod lifecycle;
+mod outgoing;
+mod ports;
+mod process;
+mod procfs;
+mod qmp;
+mod vm_dir;
+
+pub use config::{Accel, QemuConfig, QemuTimeouts};
+
+use crate::driver::{
+    Driver, DriverError, MigrationProgress, MigrationStatus, MigrationTarget, UsageSample, VmInfo,
+    VmRunState,
+};
+use async_trait::async_trait;
+use ballast_store::{VmId, VmSpec};
+use qmp::{Qmp, QmpError};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use vm_dir::VmDir;
+
+/// Per-VM in-memory state of the driver.
+#[derive(Default)]
+struct VmSlot {
+    /// Serializes lifecycle calls on one VM (start, stop, prepare, resume, cancel,
+    /// finish); a tokio mutex because it is held across QMP calls. `migrate_out` holds it
+    /// only for its checks, so `cancel_outgoing` can interrupt a running migration.
+    op: tokio::sync::Mutex<()>,
+    /// The cached QMP connection (QEMU serves one QMP client per socket); a tokio mutex
+    /// because connecting happens while it is held.
+    qmp: tokio::sync::Mutex<Option<Arc<Qmp>>>,
+}
+
+/// The QEMU driver. Cheap to share behind an `Arc`; safe to call from many tasks.
+pub struct QemuDriver {
+    cfg: QemuConfig,
+    /// Whether `/dev/kvm` opened read-write when the driver was made.
+    kvm: bool,
+    /// In-memory state per VM; a std mutex, never held across `.await`.
+    slots: Mutex<HashMap<VmId, Arc<VmSlot>>>,
+    /// Incoming ports this instance has picked but QEMU may not yet hold; never held
+    /// across `.await`.
+    reserved_ports: Mutex<std::collections::BTreeSet<u16>>,
+}
+
+impl QemuDriver {
+    /// A driver for `cfg`. Creates the state directory (mode 0700); starts nothing: call
+    /// [`Driver::adopt`] to take over VMs left running by a previous agent.
+    pub fn new(cfg: QemuConfig) -> Result<Self, DriverError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cfg.state_dir)?;
+        if cfg.port_range[0] > cfg.port_range[1] || cfg.port_range[0] == 0 {
+            return Err(DriverError::InvalidSpec(format!(
+                "port_range {:?} is empty or starts at 0",
+                cfg.port_range
+            )));
+        }
+        let kvm = cmdline::kvm_usable();
+        tracing::info!(state_dir = %cfg.state_dir.display(), accel = ?cfg.accel, kvm, "qemu driver ready");
+        Ok(Self {
+            cfg,
+            kvm,
+            slots: Mutex::new(HashMap::new()),
+            reserved_ports: Mutex::new(Default::default()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &QemuConfig {
+        &self.cfg
+    }
+
+    /// Kills (SIGKILL) every QEMU process whose pid file lies under `state_dir` and whose
+    /// command line names its QMP socket, and waits (bounded) until they are gone.
+    /// Synchronous, for test teardown and `Drop` guards; returns how many were killed.
+    pub fn kill_all_in(state_dir: &Path) -> usize {
+        let Ok(dirs) = vm_dir::scan(state_dir) else {
+            return 0;
+        };
+        let mut killed = 0;
+        for d in dirs {
+            if let Some(pid) = d.read_pid() {
+                if process::alive(pid, &d.qmp) {
+                    process::kill_blocking(pid, &d.qmp);
+                    killed += 1;
+                }
+            }
+        }
+        killed
+    }
+
+    fn dir(&self, vm: &VmId) -> Result<VmDir, DriverError> {
+        VmDir::of(&self.cfg.state_dir, vm)
+    }
+
+    fn slot(&self, vm: &VmId) -> Arc<VmSlot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(vm.clone()).or_default().clone()
+    }
+
+    fn forget_slot(&self, vm: &VmId) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.remove(vm);
+    }
+
+    /// The pid of `dir`'s QEMU when it is alive.
+    fn live_pid(dir: &VmDir) -> Option<u32> {
+        dir.read_pid().filter(|&p| process::alive(p, &dir.qmp))
+    }
+
+    /// Runs one QMP command on `vm`, connecting (or reconnecting) as needed.
+    async fn qmp<C>(&self, vm: &VmId, dir: &VmDir, cmd: C) -> Result<C::Ok, DriverError>
+    where
+        C: qapi::qmp::QmpCommand + 'static,
+    {
+        let slot = self.slot(vm);
+        let conn = {
+            let mut cached = slot.qmp.lock().await;
+            match cached.as_ref() {
+                Some(c) if !c.is_closed() => c.clone(),
+                _ => {
+                    *cached = None;
+                    let c = Qmp::connect(&dir.qmp, self.cfg.timeouts.qmp())
+                        .await
+                        .map_err(|e| qmp_error(vm, e))?;
+                    let c = Arc::new(c);
+                    *cached = Some(c.clone());
+                    c
+                }
+            }
+        };
+        match conn.run(cmd).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.breaks_connection() {
+                    let mut cached = slot.qmp.lock().await;
+                    if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+                        *cached = None;
+                    }
+                }
+                Err(qmp_error(vm, e))
+            }
+        }
+    }
+
+    /// QEMU's run state of `vm` (`running`, `paused`, `inmigrate`, `postmigrate`, ...).
+    async fn runstate(&self, vm: &VmId, dir: &VmDir) -> Result<String, DriverError> {
+        Ok(self.qmp(vm, dir, qmp::QueryStatus {}).await?.status)
+    }
+
+    /// Ends `vm`'s process (QMP `quit` when `graceful`, SIGKILL after the stop timeout or
+    /// at once), then removes its directory and in-memory state.
+    async fn terminate(&self, vm: &VmId, dir: &VmDir, graceful: bool) -> Result<(), DriverError> {
+        if let Some(pid) = Self::live_pid(dir) {
+            if graceful {
+                if let Err(e) = self.qmp(vm, dir, qmp::Quit {}).await {
+                    tracing::debug!(vm = %vm, error = %e, "quit over QMP failed; killing");
+                }
+                if !process::wait_gone(pid, &dir.qmp, self.cfg.timeouts.stop()).await {
+                    tracing::warn!(vm = %vm, pid, "QEMU ignored quit; killing");
+                }
+            }
+            process::kill(pid, &dir.qmp).await;
+        }
+        self.drop_connection(vm).await;
+        dir.remove()?;
+        self.forget_slot(vm);
+        Ok(())
+    }
+
+    async fn drop_connection(&self, vm: &VmId) {
+        let slot = self.slot(vm);
+        slot.qmp.lock().await.take();
+    }
+}
+
+/// Maps a QMP failure on `vm` to the driver's error.
+fn qmp_error(vm: &VmId, e: QmpError) -> DriverError {
+    match e {
+        QmpError::Timeout(_) => DriverError::Timeout(format!("VM {vm}: {e}")),
+        QmpError::Io { ref source, .. } => {
+            DriverError::Io(std::io::Error::new(source.kind(), format!("VM {vm}: {e}")))
+        }
+        QmpError::Refused { .. } => DriverError::BadState {
+            vm: vm.clone(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Maps a QEMU run state to the driver's view.
+fn run_state(status: &str) -> VmRunState {
+    match status {
+        "running" => VmRunState::Running,
+        "inmigrate" => VmRunState::Incoming,
+        "shutdown" | "internal-error" | "io-error" | "guest-panicked" | "watchdog" => {
+            VmRunState::Stopped
+        }
+        _ => VmRunState::Paused,
+    }
+}
+
+#[async_trait]
+impl Driver for QemuDriver {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn list(&self) -> Result<Vec<VmInfo>, DriverError> {
+        self.list_vms().await
+    }
+
+    async fn start(&self, vm: &VmId, spec: &VmSpec) -> Result<(), DriverError> {
+        self.start_vm(vm, spec).await
+    }
+
+    async fn stop(&self, vm: &VmId) -> Result<(), DriverError> {
+        self.stop_vm(vm).await
+    }
+
+    async fn usage(&self, vm: &VmId) -> Result<UsageSample, DriverError> {
+        self.usage_of(vm)
+    }
+
+    async fn prepare_incoming(
+        &self,
+        vm: &VmId,
+        spec: &VmSpec,
+    ) -> Result<MigrationTarget, DriverError> {
+        self.prepare(vm, spec).await
+    }
+
+    async fn migrate_out(
+        &self,
+        vm: &VmId,
+        target: &MigrationTarget,
+        progress: &(dyn Fn(MigrationProgress) + Send + Sync),
+    ) -> Result<(), DriverError> {
+        self.migrate(vm, target, progress).await
+    }
+
+    async fn migration_status(&self, vm: &VmId) -> Result<MigrationStatus, DriverError> {
+        self.outgoing_status(vm).await
+    }
+
+    async fn cancel_outgoing(&self, vm: &VmId) -> Result<(), DriverError> {
+        self.cancel_out(vm).await
+    }
+
+    async fn finish_outgoing(&self, vm: &VmId) -> Result<(), DriverError> {
+        self.finish_out(vm).await
+    }
+
+    async fn resume_incoming(&self, vm: &VmId) -> Result<(), DriverError> {
+        self.resume_in(vm).await
+    }
+
+    async fn cancel_incoming(&self, vm: &VmId) -> Result<(), DriverError> {
+        self.cancel_in(vm).await
+    }
+
+    async fn incoming_complete(&self, vm: &VmId) -> Result<bool, DriverError> {
+        self.incoming_done(vm).await
+    }
+
+    async fn adopt(&self) -> Result<Vec<VmInfo>, DriverError> {
+        self.adopt_all().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_states_map() {
+        assert_eq!(run_state("running"), VmRunState::Running);
+        assert_eq!(run_state("inmigrate"), VmRunState::Incoming);
+        assert_eq!(run_state("postmigrate"), VmRunState::Paused);
+        assert_eq!(run_state("paused"), VmRunState::Paused);
+        assert_eq!(run_state("shutdown"), VmRunState::Stopped);
+    }
+}
