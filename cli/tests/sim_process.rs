@@ -310,3 +310,32 @@ async fn in_process_to_process_mode_migration() {
     recs.extend(read_runlog(&b.runlog_path()).unwrap());
     assert!(check_no_double_run(&recs, &[]).is_empty());
 }
+
+/// Stopping and at once restarting a VM never trips over the ending process (its
+/// socket lingers for a moment and answers `NotFound`).
+#[tokio::test]
+async fn restart_right_after_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let reaper = Reaper::default();
+    let d = SimDriver::new(config(dir.path(), "a", SimMode::Process)).unwrap();
+    let vm = VmId::from("phoenix");
+    let rounds = async {
+        for _ in 0..15 {
+            d.start(&vm, &spec()).await.unwrap();
+            reaper.note(&d).await;
+            assert_eq!(
+                conformance::state_of(&d, &vm).await,
+                Some(VmRunState::Running)
+            );
+            d.stop(&vm).await.unwrap();
+        }
+    };
+    tokio::time::timeout(TEST_BOUND, rounds)
+        .await
+        .expect("bound");
+    wait_dead(&reaper.live()).await;
+    let recs = read_runlog(&d.runlog_path()).unwrap();
+    let runs = recs.iter().filter(|r| r.event == RunEvent::Run).count();
+    let stops = recs.iter().filter(|r| r.event == RunEvent::Stop).count();
+    assert_eq!((runs, stops), (15, 15));
+}

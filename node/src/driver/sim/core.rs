@@ -267,7 +267,12 @@ impl VmCore {
     }
 
     /// Executes one request.
+    /// A stopped VM answers `NotFound` to everything: it is gone, even if its process
+    /// (or registry entry) lingers for a moment.
     pub(crate) async fn handle(self: &Arc<Self>, req: VmRequest, pid: u32) -> VmReply {
+        if self.is_stopped() {
+            return VmReply::from_error(&DriverError::NotFound(self.vm.clone()));
+        }
         let r = match req {
             VmRequest::Info => {
                 return VmReply::Info {

@@ -161,8 +161,14 @@ impl SimDriver {
         f.fail_prob > 0.0 && f.rng.next_f64() < f.fail_prob
     }
 
-    /// One request to `vm`; `None` when this host holds no such VM.
+    /// One request to `vm`; `None` when this host holds no such VM (or only its
+    /// stopped remains, which answer `NotFound`).
     async fn call(&self, vm: &VmId, req: VmRequest) -> Result<Option<VmReply>, DriverError> {
+        let reply = self.call_raw(vm, req).await?;
+        Ok(reply.filter(|r| !r.is_not_found()))
+    }
+
+    async fn call_raw(&self, vm: &VmId, req: VmRequest) -> Result<Option<VmReply>, DriverError> {
         match &self.backend {
             Backend::InProcess(h) => {
                 let Some(core) = h.get(vm) else {

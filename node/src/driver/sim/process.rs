@@ -196,6 +196,7 @@ impl ProcHost {
             };
             match self.call(&vm, &VmRequest::Info).await? {
                 Some(VmReply::Info { status }) => out.push(status),
+                Some(other) if other.is_not_found() => {}
                 Some(other) => return Err(other.into_error(&vm)),
                 None => {}
             }

@@ -11,7 +11,7 @@
 use super::core::VmCore;
 use super::process::{call_socket, create_vms_dir, socket_name};
 use super::runlog::RunLog;
-use super::wire::{read_msg, write_msg, VmRequest};
+use super::wire::{read_msg, write_msg, VmReply, VmRequest};
 use ballast_store::{NodeId, VmId, VmSpec};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -177,7 +177,9 @@ async fn claim_socket_path(a: &VmArgs) -> Result<PathBuf, i32> {
         1
     })?;
     let path = dir.join(socket_name(&a.vm));
-    if call_socket(&path, &VmRequest::Info).await.is_ok() {
+    // A live VM answers `Info`; an ending one (stopped, not yet exited) answers
+    // `NotFound` and its stale socket may be replaced (it only removes its own inode).
+    if let Ok(VmReply::Info { .. }) = call_socket(&path, &VmRequest::Info).await {
         eprintln!("ballast sim-vm: {} already runs on this host", a.vm);
         return Err(3);
     }

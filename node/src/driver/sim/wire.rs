@@ -107,6 +107,17 @@ impl VmReply {
         Self::Err { kind, reason }
     }
 
+    /// Whether this is the `NotFound` error (the VM is gone).
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Self::Err {
+                kind: ErrKind::NotFound,
+                ..
+            }
+        )
+    }
+
     /// Ok, or the error this reply carries; any other reply is a protocol error.
     pub(crate) fn into_unit(self, vm: &VmId) -> Result<(), DriverError> {
         match self {
