@@ -22,6 +22,13 @@ enum Command {
     Simulate(cmd::simulate::Args),
     /// Print a shell completion script.
     Completions(cmd::completions::Args),
+    /// One simulated VM process (started by the sim driver in process mode).
+    #[command(hide = true)]
+    SimVm {
+        /// The VM process's own arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -33,6 +40,11 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        // The VM process builds its own runtime and has its own exit codes.
+        Command::SimVm { args } => {
+            let code = ballast_node::driver::sim::vm_process_main(args);
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Completions(args) => cmd::completions::run(args, &mut Cli::command()),
     };

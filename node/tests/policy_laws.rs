@@ -1,11 +1,12 @@
 //! Laws of the balancing policy, as property tests against brute force (STYLE 17).
 
 use ballast_node::policy::{
-    decide, plan_moves, Candidate, Decision, PolicyConfig, Sender, Stay, View,
+    decide, plan_moves, Candidate, Context, Decision, PolicyConfig, Sender, Stay, View,
 };
 use proptest::prelude::*;
 
 const NOW: u64 = 1_000_000;
+const CTX: Context = Context { now_ms: NOW };
 
 fn cfg(threshold: f64, min_gain: f64, max_moves: usize) -> PolicyConfig {
     PolicyConfig {
@@ -56,7 +57,7 @@ proptest! {
         let l_a: f64 = vms.iter().sum::<f64>() + peer; // keep A the busier
         let mut out = Vec::new();
         let c = cfg(0.0, 0.0, 1);
-        prop_assert!(plan_moves(&view(l_a, &cands), peer, u64::MAX, NOW, &c, &mut out).is_ok());
+        prop_assert!(plan_moves(&view(l_a, &cands), peer, u64::MAX, &CTX, &c, &mut out).is_ok());
         let half = (l_a - peer) / 2.0;
         let best = vms.iter().map(|l| (l - half).abs()).fold(f64::INFINITY, f64::min);
         prop_assert!(((vms[out[0].index] - half).abs() - best).abs() < 1e-9);
@@ -72,7 +73,7 @@ proptest! {
         let c = cfg(0.0, 0.0, 1);
         let gap = |&(h, t): &(f64, f64)| ((l_a - h) - (l_b + t)).abs();
         let best = vms.iter().map(gap).fold(f64::INFINITY, f64::min);
-        match plan_moves(&view(l_a, &cands), l_b, u64::MAX, NOW, &c, &mut out) {
+        match plan_moves(&view(l_a, &cands), l_b, u64::MAX, &CTX, &c, &mut out) {
             Ok(()) => prop_assert!((gap(&vms[out[0].index]) - best).abs() < 1e-9),
             Err(Stay::WithinThreshold) => prop_assert!(l_a <= l_b),
             Err(Stay::GainTooSmall) => {
@@ -91,7 +92,7 @@ proptest! {
         let cands = unlike(&vms);
         let mut out = Vec::new();
         let c = cfg(0.0, min_gain, moves);
-        if plan_moves(&view(l_a, &cands), l_b, u64::MAX, NOW, &c, &mut out).is_ok() {
+        if plan_moves(&view(l_a, &cands), l_b, u64::MAX, &CTX, &c, &mut out).is_ok() {
             let after_a = l_a - out.iter().map(|m| m.load_from).sum::<f64>();
             let after_b = l_b + out.iter().map(|m| m.load_to).sum::<f64>();
             prop_assert!(after_a.max(after_b) <= l_a.max(l_b) - min_gain * out.len() as f64 + 1e-9);
@@ -105,7 +106,7 @@ proptest! {
         let cands = same_everywhere(&vms);
         let l_a = l_b + within * thr;
         let mut out = Vec::new();
-        let r = plan_moves(&view(l_a, &cands), l_b, u64::MAX, NOW, &cfg(thr, 0.0, 8), &mut out);
+        let r = plan_moves(&view(l_a, &cands), l_b, u64::MAX, &CTX, &cfg(thr, 0.0, 8), &mut out);
         prop_assert_eq!(r, Err(Stay::WithinThreshold));
         prop_assert!(out.is_empty());
     }
@@ -131,7 +132,7 @@ proptest! {
             let (co, cp) = (build(opener), build(other));
             let lo: f64 = co.iter().map(|c| c.load_here).sum();
             let lp: f64 = cp.iter().map(|c| c.load_here).sum();
-            let (from, mv) = match decide(&view(lo, &co), &view(lp, &cp), NOW, &c) {
+            let (from, mv) = match decide(&view(lo, &co), &view(lp, &cp), &CTX, &c) {
                 Decision::Send(m) => (opener, m),
                 Decision::Receive(m) => (other, m),
                 Decision::Stay(_) => break,
@@ -166,11 +167,21 @@ fn pinned_cooling_and_too_big_vms_stay() {
         free_mem_bytes: 50,
     };
     assert_eq!(
-        plan_moves(&sender, 0.0, 50, NOW, &c, &mut out),
+        plan_moves(&sender, 0.0, 50, &CTX, &c, &mut out),
         Err(Stay::NoEligibleVm)
     );
     // Once the cooldown is over the 5.0 VM may move.
-    assert!(plan_moves(&sender, 0.0, 50, NOW + 2_000, &c, &mut out).is_ok());
+    assert!(plan_moves(
+        &sender,
+        0.0,
+        50,
+        &Context {
+            now_ms: NOW + 2_000
+        },
+        &c,
+        &mut out
+    )
+    .is_ok());
     assert_eq!(out[0].index, 1);
 }
 
@@ -182,14 +193,14 @@ fn the_busier_side_sends_unless_only_the_initiator_may() {
     let peer = view(9.0, &theirs);
     let busier = cfg(0.1, 0.1, 1);
     assert!(
-        matches!(decide(&local, &peer, NOW, &busier), Decision::Receive(ref m) if m.len() == 1)
+        matches!(decide(&local, &peer, &CTX, &busier), Decision::Receive(ref m) if m.len() == 1)
     );
     let initiator = PolicyConfig {
         sender: Sender::Initiator,
         ..busier
     };
     assert_eq!(
-        decide(&local, &peer, NOW, &initiator),
+        decide(&local, &peer, &CTX, &initiator),
         Decision::Stay(Stay::PeerIsBusier)
     );
 }
@@ -200,7 +211,7 @@ fn several_moves_reapply_the_rule_on_updated_loads() {
     let cands = same_everywhere(&[1.0; 8]);
     let mut out = Vec::new();
     let c = cfg(0.25, 0.1, 8);
-    assert!(plan_moves(&view(8.0, &cands), 0.0, u64::MAX, NOW, &c, &mut out).is_ok());
+    assert!(plan_moves(&view(8.0, &cands), 0.0, u64::MAX, &CTX, &c, &mut out).is_ok());
     assert_eq!(
         out.len(),
         4,

@@ -302,7 +302,7 @@ fn run_variants(base: &SimOptions, json: bool) -> anyhow::Result<()> {
         let vs = |a: f64, f: fn(&simulate::BaselineReport) -> f64| {
             r.baseline
                 .as_ref()
-                .map(|b| f(b))
+                .map(f)
                 .filter(|&b| b > 0.0)
                 .map(|b| a / b)
         };

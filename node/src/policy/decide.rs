@@ -71,18 +71,18 @@ pub enum Decision {
     Stay(Stay),
 }
 
+/// What a session knows besides the two hosts' figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Context {
+    /// Now, in milliseconds of the clock `Candidate::last_moved_ms` uses.
+    pub now_ms: u64,
+}
+
 /// Decides a session between the local host and a peer from both sides' figures.
-pub fn decide(local: &View<'_>, peer: &View<'_>, now_ms: u64, cfg: &PolicyConfig) -> Decision {
+pub fn decide(local: &View<'_>, peer: &View<'_>, ctx: &Context, cfg: &PolicyConfig) -> Decision {
     let mut moves = Vec::new();
     if local.load >= peer.load {
-        match plan_moves(
-            local,
-            peer.load,
-            peer.free_mem_bytes,
-            now_ms,
-            cfg,
-            &mut moves,
-        ) {
+        match plan_moves(local, peer.load, peer.free_mem_bytes, ctx, cfg, &mut moves) {
             Ok(()) => Decision::Send(moves),
             Err(why) => Decision::Stay(why),
         }
@@ -93,14 +93,7 @@ pub fn decide(local: &View<'_>, peer: &View<'_>, now_ms: u64, cfg: &PolicyConfig
             Stay::WithinThreshold
         })
     } else {
-        match plan_moves(
-            peer,
-            local.load,
-            local.free_mem_bytes,
-            now_ms,
-            cfg,
-            &mut moves,
-        ) {
+        match plan_moves(peer, local.load, local.free_mem_bytes, ctx, cfg, &mut moves) {
             Ok(()) => Decision::Receive(moves),
             Err(why) => Decision::Stay(why),
         }
@@ -114,7 +107,7 @@ pub fn plan_moves(
     sender: &View<'_>,
     receiver_load: f64,
     receiver_free_mem_bytes: u64,
-    now_ms: u64,
+    ctx: &Context,
     cfg: &PolicyConfig,
     out: &mut Vec<PlannedMove>,
 ) -> Result<(), Stay> {
@@ -124,7 +117,7 @@ pub fn plan_moves(
         if l_s <= l_r + cfg.threshold {
             return first_or(out, Stay::WithinThreshold);
         }
-        let Some((index, c)) = nearest_half(sender.candidates, l_s, l_r, free, now_ms, cfg, out)
+        let Some((index, c)) = nearest_half(sender.candidates, l_s, l_r, free, ctx, cfg, out)
         else {
             return first_or(out, Stay::NoEligibleVm);
         };
@@ -160,13 +153,13 @@ fn nearest_half<'c>(
     l_s: f64,
     l_r: f64,
     free_mem_bytes: u64,
-    now_ms: u64,
+    ctx: &Context,
     cfg: &PolicyConfig,
     planned: &[PlannedMove],
 ) -> Option<(usize, &'c Candidate)> {
     let mut best: Option<(usize, &Candidate, f64)> = None;
     for (i, c) in candidates.iter().enumerate() {
-        if !eligible(c, free_mem_bytes, now_ms, cfg) || planned.iter().any(|m| m.index == i) {
+        if !eligible(c, free_mem_bytes, ctx.now_ms, cfg) || planned.iter().any(|m| m.index == i) {
             continue;
         }
         let gap = ((l_s - c.load_here) - (l_r + c.load_there)).abs();

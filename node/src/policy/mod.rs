@@ -13,5 +13,5 @@ pub mod decide;
 pub mod peer;
 
 pub use config::{PeerChoice, PolicyConfig, PolicyConfigError, Sender};
-pub use decide::{decide, plan_moves, Candidate, Decision, PlannedMove, Stay, View};
+pub use decide::{decide, plan_moves, Candidate, Context, Decision, PlannedMove, Stay, View};
 pub use peer::choose_peer;

@@ -55,6 +55,19 @@ impl Cluster {
         raw
     }
 
+    /// The load every host would carry if the cluster were perfectly balanced:
+    /// `Σ raw / Σ capacity`.
+    pub fn mean_load(&self) -> f64 {
+        let (raw, cap) = self.hosts.iter().fold((0.0, 0.0), |(r, c), h| {
+            (r + h.load * h.capacity, c + h.capacity)
+        });
+        if cap > 0.0 {
+            raw / cap
+        } else {
+            0.0
+        }
+    }
+
     /// `(max_h L_h / mean, coefficient of variation)` where the mean is the load every
     /// host would carry if the cluster were perfectly balanced: `Σ raw / Σ capacity`.
     pub fn imbalance(&self) -> (f64, f64) {

@@ -3,7 +3,9 @@
 //! Each session calls [`crate::policy::decide`] with both hosts' fresh figures.
 
 use super::cluster::Cluster;
-use crate::policy::{choose_peer, decide, Candidate, Decision, PolicyConfig, Sender, View};
+use crate::policy::{
+    choose_peer, decide, Candidate, Context, Decision, PolicyConfig, Sender, View,
+};
 use rand::{seq::SliceRandom, Rng};
 
 /// Buffers reused from round to round, so a round allocates nothing.
@@ -64,6 +66,7 @@ pub fn run_round<R: Rng + ?Sized>(
     st.round += 1;
     let round = st.round;
     let mut out = RoundOutcome::default();
+    let ctx = Context { now_ms };
     st.order.shuffle(rng);
     for k in 0..n {
         let a = st.order[k] as usize;
@@ -93,7 +96,7 @@ pub fn run_round<R: Rng + ?Sized>(
         st.busy_in_round[a] = round;
         st.busy_in_round[b] = round;
         out.sessions += 1;
-        session(cluster, st, a, b, cfg, now_ms, &mut out);
+        session(cluster, st, a, b, cfg, &ctx, &mut out);
     }
     out
 }
@@ -114,7 +117,7 @@ fn session(
     a: usize,
     b: usize,
     cfg: &PolicyConfig,
-    now_ms: u64,
+    ctx: &Context,
     out: &mut RoundOutcome,
 ) {
     fill_candidates(cluster, a, b, &mut st.mine);
@@ -129,7 +132,7 @@ fn session(
         candidates: &st.theirs,
         free_mem_bytes: u64::MAX,
     };
-    let (from, to, moves) = match decide(&local, &peer, now_ms, cfg) {
+    let (from, to, moves) = match decide(&local, &peer, ctx, cfg) {
         Decision::Send(m) => (a, b, m),
         Decision::Receive(m) => (b, a, m),
         Decision::Stay(_) => return,
