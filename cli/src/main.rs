@@ -17,6 +17,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the agent of this host.
+    Agent(cmd::agent::Args),
+    /// Run a benchmark and print its figures.
+    Bench(cmd::bench::Args),
     /// Simulate thousands of hosts in one process with the agent's own policy code,
     /// next to a central-greedy baseline.
     Simulate(cmd::simulate::Args),
@@ -45,6 +49,8 @@ fn main() -> ExitCode {
             let code = ballast_node::driver::sim::vm_process_main(args);
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
+        Command::Agent(args) => cmd::agent::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Completions(args) => cmd::completions::run(args, &mut Cli::command()),
     };
