@@ -1,0 +1,57 @@
+//! [`HandoffConfig`]: the machine's intervals and limits, and the planted bugs that let
+//! the model check prove it can fail.
+
+use serde::{Deserialize, Serialize};
+
+/// Intervals (milliseconds on the agent's clock) and limits of the handoff machine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandoffConfig {
+    /// Source: re-send `Prepare` this often while waiting for `Prepared`.
+    pub prepare_retry_ms: u64,
+    /// Source: abort if `Prepared` has not come this long after the first `Prepare`.
+    pub prepare_timeout_ms: u64,
+    /// Source: cancel and abort a migration still running after this long.
+    pub migrate_timeout_ms: u64,
+    /// Source, after its commit point: re-send `Commit` this often until `CommitAck`.
+    pub commit_retry_ms: u64,
+    /// Destination: ask the source for the outcome this often while waiting.
+    pub query_interval_ms: u64,
+    /// Re-run a failed store op after this long.
+    pub store_retry_ms: u64,
+    /// Most handoffs (either side, not counting settling records) at once; a `Prepare`
+    /// beyond it is refused `Busy`, a move beyond it is not started.
+    pub handoffs_max: usize,
+    /// Deliberate protocol bugs, for the model check only. Never set in production.
+    #[serde(skip)]
+    pub planted_bug: PlantedBug,
+}
+
+impl Default for HandoffConfig {
+    fn default() -> Self {
+        Self {
+            prepare_retry_ms: 1_000,
+            prepare_timeout_ms: 10_000,
+            migrate_timeout_ms: 600_000,
+            commit_retry_ms: 1_000,
+            query_interval_ms: 2_000,
+            store_retry_ms: 500,
+            handoffs_max: 16,
+            planted_bug: PlantedBug::None,
+        }
+    }
+}
+
+/// A deliberate violation of DESIGN §4, so that tests can show the model check and the
+/// invariant checkers find real bugs. Off (`None`) by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PlantedBug {
+    /// The correct protocol.
+    #[default]
+    None,
+    /// The destination promotes itself when its query timer fires instead of asking the
+    /// source ("B decides on a timeout").
+    PromoteOnTimeout,
+    /// The destination acks `Commit` before its `Running` entry is durable.
+    AckBeforeDurable,
+}
