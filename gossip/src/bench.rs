@@ -223,9 +223,7 @@ pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport,
                 + s.node_id_mismatch
         })
         .sum();
-    for e in eps {
-        e.shutdown().await;
-    }
+    futures::future::join_all(eps.into_iter().map(Endpoint::shutdown)).await;
     Ok(GossipBenchReport {
         nodes: n,
         interval_ms: interval.as_millis() as u64,

@@ -19,7 +19,7 @@ pub(crate) struct ConnCache {
     endpoint: quinn::Endpoint,
     connect_timeout: Duration,
     /// std lock: only map operations under it, never an await.
-    map: Mutex<HashMap<Key, quinn::Connection>>,
+    map: Mutex<HashMap<Key, (quinn::Connection, PeerIdentity)>>,
 }
 
 impl ConnCache {
@@ -40,16 +40,27 @@ impl ConnCache {
         server_name: &str,
         config: &quinn::ClientConfig,
     ) -> Result<(quinn::Connection, PeerIdentity), String> {
+        self.get_fresh(addr, alpn, server_name, config)
+            .await
+            .map(|(conn, id, _)| (conn, id))
+    }
+
+    /// Like [`ConnCache::get`], also telling whether the connection was just made.
+    pub(crate) async fn get_fresh(
+        &self,
+        addr: SocketAddr,
+        alpn: &'static [u8],
+        server_name: &str,
+        config: &quinn::ClientConfig,
+    ) -> Result<(quinn::Connection, PeerIdentity, bool), String> {
         let key = (addr, alpn, server_name.to_owned());
         let cached = {
             let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             map.get(&key).cloned()
         };
-        if let Some(conn) = cached {
+        if let Some((conn, id)) = cached {
             if conn.close_reason().is_none() {
-                if let Ok(id) = identity_of_connection(&conn) {
-                    return Ok((conn, id));
-                }
+                return Ok((conn, id, false));
             }
         }
         let connecting = self
@@ -61,22 +72,47 @@ impl ConnCache {
             .map_err(|_| "handshake timed out".to_owned())?
             .map_err(|e| e.to_string())?;
         let id = identity_of_connection(&conn).map_err(|e| e.to_string())?;
+        self.insert(key, conn.clone(), id.clone());
+        Ok((conn, id, true))
+    }
+
+    /// Offers an inbound connection for reuse in the other direction: a peer that dialled
+    /// us (proving `id`) is reached over the same connection, saving a handshake. Only
+    /// fills an empty or dead slot.
+    pub(crate) fn adopt_inbound(
+        &self,
+        alpn: &'static [u8],
+        server_name: &str,
+        conn: &quinn::Connection,
+        id: &PeerIdentity,
+    ) {
+        let key = (conn.remote_address(), alpn, server_name.to_owned());
+        let live = {
+            let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(&key)
+                .is_some_and(|(c, _)| c.close_reason().is_none())
+        };
+        if !live {
+            self.insert(key, conn.clone(), id.clone());
+        }
+    }
+
+    fn insert(&self, key: Key, conn: quinn::Connection, id: PeerIdentity) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= CACHED_CONNECTIONS_MAX {
-            map.retain(|_, c| c.close_reason().is_none());
+            map.retain(|_, (c, _)| c.close_reason().is_none());
             if map.len() >= CACHED_CONNECTIONS_MAX {
                 if let Some(k) = map.keys().next().cloned() {
                     map.remove(&k);
                 }
             }
         }
-        map.insert(key, conn.clone());
-        Ok((conn, id))
+        map.insert(key, (conn, id));
     }
 
     /// Drops `conn` from the cache (after it failed), unless it was already replaced.
     pub(crate) fn forget(&self, conn: &quinn::Connection) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, c| c.stable_id() != conn.stable_id());
+        map.retain(|_, (c, _)| c.stable_id() != conn.stable_id());
     }
 }

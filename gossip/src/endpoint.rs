@@ -28,7 +28,9 @@ use crate::rpc::{
 use crate::stats::{EndpointStats, Refusal, Stats};
 use crate::summary::{LoadSummary, PROTOCOL_VERSION};
 use crate::tasks::{TaskOwner, Tasks};
-use crate::tls::{client_config, server_config, TlsBundle, ALPN_GOSSIP, ALPN_RPC};
+use crate::tls::{
+    client_config, server_config, TlsBundle, ALPN_GOSSIP, ALPN_RPC, ANY_NODE_SERVER_NAME,
+};
 use crate::transport::{serve_gossip_connection, GossipParts, GossipShared, QuicTransport};
 
 /// Most inbound connections at once (handshaking or established).
@@ -38,7 +40,7 @@ const UNI_STREAMS_MAX: u32 = 64;
 /// Concurrent RPC streams a peer may open on one connection.
 const BI_STREAMS_MAX: u32 = 32;
 /// Bound on waiting for connections to drain at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings of an [`Endpoint`]. Every field has a default (see [`Default`]).
 #[derive(Clone, Debug)]
@@ -86,7 +88,7 @@ impl Default for EndpointConfig {
             max_gossip_message_bytes: GOSSIP_MESSAGE_BYTES_MAX,
             max_rpc_frame_bytes: RPC_FRAME_BYTES_DEFAULT,
             rpc_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(5),
             initial_summary: None,
         }
     }
@@ -409,18 +411,21 @@ async fn run_view(
     stats: Arc<Stats>,
 ) {
     let mut reported = Reported::default();
+    let mut probes = ProbeLimiter::default();
     let mut tick = tokio::time::interval(VIEW_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let outcome = {
             let nodes = live.borrow_and_update();
-            compute_view(&self_id, &nodes, |a| gossip.bindings.name_at(a))
+            compute_view(&self_id, gossip.local_addr, &nodes, |a| {
+                gossip.bindings.name_at(a)
+            })
         };
         for _ in 0..report(&outcome, &mut reported) {
             stats.refuse(Refusal::NodeIdMismatch);
         }
-        for addr in &outcome.unverified {
-            gossip.probe(*addr);
+        for addr in probes.pick(&outcome.unverified) {
+            gossip.probe(addr);
         }
         view_tx.send_if_modified(|current| {
             if **current == outcome.peers {
@@ -435,6 +440,35 @@ async fn run_view(
             _ = gossip.bindings.changed.notified() => {}
             _ = tick.tick() => {}
         }
+    }
+}
+
+/// New addresses dialled per view evaluation, to avoid a handshake storm at start-up.
+const PROBES_PER_ROUND: usize = 4;
+/// An address is dialled for verification at most once per this period.
+const PROBE_PERIOD: Duration = Duration::from_secs(2);
+
+/// Chooses which unverified addresses to dial now.
+#[derive(Default)]
+struct ProbeLimiter {
+    last: std::collections::HashMap<SocketAddr, tokio::time::Instant>,
+}
+
+impl ProbeLimiter {
+    fn pick(&mut self, unverified: &[SocketAddr]) -> Vec<SocketAddr> {
+        let now = tokio::time::Instant::now();
+        self.last
+            .retain(|_, t| now.duration_since(*t) < PROBE_PERIOD);
+        let picked: Vec<SocketAddr> = unverified
+            .iter()
+            .filter(|a| !self.last.contains_key(a))
+            .take(PROBES_PER_ROUND)
+            .copied()
+            .collect();
+        for a in &picked {
+            self.last.insert(*a, now);
+        }
+        picked
     }
 }
 
@@ -497,6 +531,9 @@ impl Acceptor {
         match alpn.as_deref() {
             Some(ALPN_GOSSIP) if peer.role == Role::Node => {
                 self.gossip.bindings.record(from, &peer.name);
+                self.gossip
+                    .cache
+                    .adopt_inbound(ALPN_GOSSIP, ANY_NODE_SERVER_NAME, &conn, &peer);
                 debug!(%from, peer = %peer.name, "gossip connection accepted");
                 serve_gossip_connection(self.gossip.clone(), conn, peer).await;
             }

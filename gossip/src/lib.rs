@@ -35,6 +35,8 @@ mod membership;
 mod pem_files;
 mod pki;
 mod rpc;
+#[cfg(test)]
+mod spoof_tests;
 mod stats;
 mod summary;
 mod tasks;

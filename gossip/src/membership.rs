@@ -46,6 +46,7 @@ pub(crate) struct ViewOutcome {
 /// Builds the view; pure apart from the `name_at` lookup.
 pub(crate) fn compute_view(
     self_id: &str,
+    self_addr: SocketAddr,
     live: &BTreeMap<ChitchatId, NodeState>,
     name_at: impl Fn(&SocketAddr) -> Option<String>,
 ) -> ViewOutcome {
@@ -54,7 +55,7 @@ pub(crate) fn compute_view(
     for (id, state) in live {
         let node_id = id.node_id.as_ref();
         let addr = id.gossip_advertise_addr;
-        if node_id == self_id {
+        if node_id == self_id && addr == self_addr {
             continue;
         }
         match name_at(&addr) {
@@ -66,6 +67,7 @@ pub(crate) fn compute_view(
                 out.mismatches.push((node_id.to_owned(), addr, proven));
                 continue;
             }
+            Some(_) if node_id == self_id => continue, // an older generation of us
             Some(_) => {}
         }
         let summary = match LoadSummary::from_lookup(|k| state.get(k)) {

@@ -95,7 +95,8 @@ impl LoadSummary {
         let state = match get(K_STATE) {
             Some("active") => NodeRunState::Active,
             Some("draining") => NodeRunState::Draining,
-            other => return Err(format!("bad {K_STATE}={other:?}")),
+            None => return Err(format!("missing key {K_STATE}")),
+            Some(other) => return Err(format!("bad {K_STATE}={other:?}")),
         };
         Ok(Self {
             load: finite(K_LOAD)?,

@@ -141,12 +141,20 @@ impl GossipShared {
         }
     }
 
-    async fn connect(&self, to: SocketAddr) -> Result<quinn::Connection, String> {
-        let (conn, id) = self
+    /// A connection to `to` (cached, or new — whose incoming streams we then read too,
+    /// since the peer reuses it to gossip back).
+    async fn connect(self: &Arc<Self>, to: SocketAddr) -> Result<quinn::Connection, String> {
+        let (conn, id, fresh) = self
             .cache
-            .get(to, ALPN_GOSSIP, ANY_NODE_SERVER_NAME, &self.client_config)
+            .get_fresh(to, ALPN_GOSSIP, ANY_NODE_SERVER_NAME, &self.client_config)
             .await?;
         self.bindings.record(to, &id.name);
+        if fresh {
+            let shared = self.clone();
+            let conn2 = conn.clone();
+            self.tasks
+                .spawn(async move { serve_gossip_connection(shared, conn2, id).await });
+        }
         Ok(conn)
     }
 }

@@ -143,3 +143,55 @@ pub async fn bounded<F: Future<Output = ()>>(limit: Duration, body: F) {
 pub fn names(ep: &Endpoint) -> Vec<String> {
     ep.live_peers().iter().map(|p| p.node_id.clone()).collect()
 }
+
+/// A bare quinn client for hostile tests: optional client certificate, any ALPN, and a
+/// server check against `ca` for the name `server`.
+pub fn raw_client(
+    ca: &CaBundle,
+    client: Option<&ballast_gossip::CertBundle>,
+    alpn: &[u8],
+) -> (quinn::Endpoint, quinn::ClientConfig) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.cert_pem.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots);
+    let mut cfg = match client {
+        Some(b) => {
+            let chain = rustls_pemfile::certs(&mut b.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("cert pem");
+            let key = rustls_pemfile::private_key(&mut b.key_pem.as_bytes())
+                .expect("key pem")
+                .expect("a key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).expect("quic config");
+    let endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).expect("client endpoint");
+    (endpoint, quinn::ClientConfig::new(Arc::new(quic)))
+}
+
+/// Connects with a bare client; `Err` if the handshake (or the first stream) fails.
+pub async fn raw_connect(
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+    server: &str,
+) -> Result<quinn::Connection, String> {
+    let connecting = endpoint
+        .connect_with(config.clone(), addr, server)
+        .map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .map_err(|_| "handshake timeout".to_owned())?
+        .map_err(|e| e.to_string())
+}
