@@ -35,8 +35,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE.png")]
     plot: Option<PathBuf>,
     /// Moves one session may plan [default: the agent's default].
-    #[arg(long)]
-    max_moves: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    max_moves: Option<u64>,
     /// Which side sends: busier or initiator [default: the agent's default].
     #[arg(long, value_parser = parse_sender)]
     sender: Option<Sender>,
@@ -44,10 +44,10 @@ pub struct Args {
     #[arg(long, value_parser = parse_peer_choice)]
     peer_choice: Option<PeerChoice>,
     /// No session unless loads differ by more than this (VM mean load = 1).
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = 0.25, value_parser = non_negative)]
     threshold: f64,
     /// A move must lower the pair's larger load by at least this much.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = non_negative)]
     min_gain: f64,
     /// Skip the central-greedy baseline.
     #[arg(long)]
@@ -56,6 +56,13 @@ pub struct Args {
     /// sends, uniform vs two-choice peers) on the same seed and print one row each.
     #[arg(long, conflicts_with = "plot")]
     variants: bool,
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("expected a number >= 0, got {s:?}")),
+    }
 }
 
 fn parse_sender(s: &str) -> Result<Sender, String> {
@@ -82,7 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..default_sim_policy()
     };
     if let Some(m) = args.max_moves {
-        policy.max_moves_per_session = m;
+        policy.max_moves_per_session = m as usize;
     }
     if let Some(s) = args.sender {
         policy.sender = s;

@@ -19,8 +19,12 @@ pub struct GreedyOutcome {
 /// Runs the baseline on its own copy of `initial`.
 pub fn run(initial: &Cluster, min_gain: f64) -> GreedyOutcome {
     let mut c = initial.clone();
-    // Loads are >= 0, so the bit patterns of the f64s sort like the numbers.
-    let key = |c: &Cluster, h: usize| (c.hosts[h].load.max(0.0).to_bits(), h);
+    // Positive f64s sort like their bit patterns. Zero (and -0.0, which an empty f64
+    // sum yields) keys as 0, the lowest.
+    let key = |c: &Cluster, h: usize| {
+        let l = c.hosts[h].load;
+        (if l > 0.0 { l.to_bits() } else { 0 }, h)
+    };
     let mut by_load: BTreeSet<(u64, usize)> = (0..c.host_count()).map(|h| key(&c, h)).collect();
     let (mut migrations, mut load_moved) = (0u64, 0.0);
     let limit = 100 * c.vm_count() as u64 + 1;

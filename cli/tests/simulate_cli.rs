@@ -1,0 +1,135 @@
+//! `ballast simulate` as a user runs it: JSON shape, plot file, bad arguments.
+
+use std::process::Command;
+
+fn ballast() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ballast"))
+}
+
+#[test]
+fn json_has_every_documented_field() {
+    let out = ballast()
+        .args([
+            "simulate",
+            "--hosts",
+            "200",
+            "--scenario",
+            "hotspot",
+            "--seed",
+            "5",
+            "--rounds",
+            "40",
+            "--json",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    assert_eq!(v["scenario"], "hotspot");
+    assert_eq!(v["hosts"], 200);
+    assert_eq!(v["seed"], 5);
+    assert!(v["vms"].as_u64().is_some_and(|n| n > 1000));
+    let rounds = v["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 41, "round 0 plus 40 rounds");
+    for k in ["round", "max_over_mean", "cv", "migrations"] {
+        assert!(!rounds[1][k].is_null(), "rounds[].{k}");
+    }
+    for k in [
+        "rounds_to_1_10",
+        "rounds_to_1_05",
+        "final_max_over_mean",
+        "migrations",
+        "load_moved",
+    ] {
+        assert!(v["summary"].get(k).is_some(), "summary.{k}");
+    }
+    assert_eq!(v["baseline"]["name"], "central-greedy");
+    for k in ["final_max_over_mean", "migrations", "load_moved"] {
+        assert!(v["baseline"][k].as_f64().is_some(), "baseline.{k}");
+    }
+    assert!(v["elapsed_s"].as_f64().is_some_and(|s| s > 0.0));
+    // The hotspot starts far from balanced and ends near it.
+    assert!(rounds[0]["max_over_mean"].as_f64().unwrap_or(0.0) > 3.0);
+    assert!(v["summary"]["final_max_over_mean"].as_f64().unwrap_or(9.0) < 1.15);
+}
+
+#[test]
+fn plot_writes_a_png() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let png = dir.path().join("imbalance.png");
+    let out = ballast()
+        .args(["simulate", "--hosts", "100", "--rounds", "20", "--plot"])
+        .arg(&png)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&png).expect("plot written");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(
+        bytes.len() > 5_000,
+        "suspiciously small plot: {} bytes",
+        bytes.len()
+    );
+}
+
+#[test]
+fn human_output_has_tables_and_the_baseline() {
+    let out = ballast()
+        .args(["simulate", "--hosts", "100", "--rounds", "20"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "max/mean",
+        "central-greedy",
+        "migrations",
+        "rounds to max/mean <= 1.05",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_reason() {
+    for (args, needle) in [
+        (&["simulate", "--scenario", "nope"][..], "unknown scenario"),
+        (&["simulate", "--hosts", "1"][..], "hosts"),
+        (
+            &["simulate", "--sender", "whoever"][..],
+            "busier or initiator",
+        ),
+        (&["simulate", "--bogus"][..], "--bogus"),
+    ] {
+        let out = ballast().args(args).output().expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = ballast()
+        .args([
+            "simulate",
+            "--min-gain=-1",
+            "--rounds",
+            "1",
+            "--hosts",
+            "10",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a negative min_gain is bad usage"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected a number >= 0"));
+}

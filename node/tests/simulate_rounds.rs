@@ -1,0 +1,139 @@
+//! The simulator: deterministic per seed, conserves VMs, respects one session per host
+//! per round, and its baseline never makes things worse.
+
+use ballast_node::policy::{PeerChoice, PolicyConfig, Sender};
+use ballast_node::simulate::{
+    self, default_sim_policy, greedy, round, scenario, Scenario, SimOptions,
+};
+use rand::{rngs::StdRng, SeedableRng};
+
+fn opts(scenario: Scenario, policy: PolicyConfig) -> SimOptions {
+    SimOptions {
+        hosts: 300,
+        scenario,
+        seed: 42,
+        rounds: 60,
+        policy,
+        baseline: true,
+    }
+}
+
+#[test]
+fn one_seed_reproduces_a_run() {
+    for s in Scenario::ALL {
+        let a = simulate::run(&opts(s, default_sim_policy()), &mut |_| {});
+        let b = simulate::run(&opts(s, default_sim_policy()), &mut |_| {});
+        assert_eq!(
+            serde_json::to_string(&a).ok(),
+            serde_json::to_string(&b).ok(),
+            "scenario {s:?}"
+        );
+        let c = simulate::run(
+            &SimOptions {
+                seed: 43,
+                ..opts(s, default_sim_policy())
+            },
+            &mut |_| {},
+        );
+        assert_ne!(
+            a.summary.migrations, c.summary.migrations,
+            "another seed is another run ({s:?})"
+        );
+    }
+}
+
+#[test]
+fn rounds_conserve_vms_and_pair_each_host_at_most_once() {
+    for s in Scenario::ALL {
+        let p = default_sim_policy();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut c = scenario::build(s, 500, &p, &mut rng);
+        let (vms, raw) = (c.vm_count(), total_raw(&c));
+        let mut st = round::RoundState::new(c.host_count());
+        for r in 0..40 {
+            let out = round::run_round(&mut c, &mut st, &p, r * 1000, &mut rng);
+            assert!(
+                out.sessions * 2 <= c.host_count() as u64,
+                "a host took part in two sessions"
+            );
+            assert_eq!(
+                c.vm_count(),
+                vms,
+                "a VM was lost or duplicated ({s:?}, round {r})"
+            );
+            assert!((total_raw(&c) - raw).abs() < 1e-6 * raw);
+            for h in &c.hosts {
+                let sum: f64 = h.vms.iter().sum::<f64>() / h.capacity;
+                assert!(
+                    (h.load - sum).abs() < 1e-6 * (1.0 + sum),
+                    "cached load drifted"
+                );
+            }
+        }
+    }
+}
+
+fn total_raw(c: &simulate::Cluster) -> f64 {
+    c.hosts.iter().flat_map(|h| h.vms.iter()).sum()
+}
+
+#[test]
+fn every_scenario_balances_and_the_baseline_never_worsens() {
+    for s in Scenario::ALL {
+        let r = simulate::run(&opts(s, default_sim_policy()), &mut |_| {});
+        let first = r.rounds[0].max_over_mean;
+        let b = r.baseline.as_ref().expect("baseline ran");
+        assert!(
+            b.final_max_over_mean <= first + 1e-9,
+            "{s:?}: greedy made it worse"
+        );
+        assert!(
+            r.summary.final_max_over_mean < 1.15,
+            "{s:?}: ended at {}",
+            r.summary.final_max_over_mean
+        );
+        assert!(
+            r.summary.rounds_to_1_10.is_some(),
+            "{s:?}: never reached 1.10"
+        );
+    }
+}
+
+#[test]
+fn several_moves_per_session_drain_a_hotspot_faster_than_one() {
+    let reference = PolicyConfig {
+        max_moves_per_session: 1,
+        sender: Sender::Initiator,
+        peer_choice: PeerChoice::Uniform,
+        ..default_sim_policy()
+    };
+    let one = simulate::run(&opts(Scenario::Hotspot, reference), &mut |_| {});
+    let many = simulate::run(&opts(Scenario::Hotspot, default_sim_policy()), &mut |_| {});
+    let at = |r: &simulate::SimReport| r.summary.rounds_to_1_10.unwrap_or(u32::MAX);
+    assert!(
+        at(&many) < at(&one),
+        "defaults {} vs one move {}",
+        at(&many),
+        at(&one)
+    );
+}
+
+#[test]
+fn greedy_alone_reaches_a_good_balance() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let c = scenario::build(Scenario::Uniform, 200, &default_sim_policy(), &mut rng);
+    let g = greedy::run(&c, 0.1);
+    assert!(g.final_max_over_mean < 1.1, "{}", g.final_max_over_mean);
+    assert!(g.migrations > 0);
+}
+
+#[test]
+fn greedy_fills_empty_hosts_first() {
+    // Empty hosts (whose f64 load sum is -0.0) must count as the least loaded.
+    let mut rng = StdRng::seed_from_u64(1);
+    let c = scenario::build(Scenario::NewHosts, 1000, &default_sim_policy(), &mut rng);
+    let empty = c.hosts.iter().filter(|h| h.vms.is_empty()).count();
+    assert_eq!(empty, 100, "10 % new, empty hosts");
+    let g = greedy::run(&c, 0.1);
+    assert!(g.migrations > 500 && g.final_max_over_mean < 1.1, "{g:?}");
+}
