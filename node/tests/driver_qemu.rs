@@ -119,8 +119,8 @@ async fn raw_query_status(sock: &Path) -> String {
 async fn conformance_suite() {
     let hosts = Hosts::new();
     limited(async {
-        let a = hosts.driver("a", [47_100, 47_149]);
-        let b = hosts.driver("b", [47_150, 47_199]);
+        let a = hosts.driver("a", [21_100, 21_149]);
+        let b = hosts.driver("b", [21_150, 21_199]);
         conformance::run_all(&a, &b, &|| hosts.spec()).await;
     })
     .await;
@@ -130,7 +130,7 @@ async fn conformance_suite() {
 async fn conformance_adopt_after_restart() {
     let hosts = Hosts::new();
     limited(async {
-        let make = || async { hosts.driver("a", [47_200, 47_249]) };
+        let make = || async { hosts.driver("a", [21_200, 21_249]) };
         conformance::adopt_after_restart(make, &|| hosts.spec()).await;
     })
     .await;
@@ -142,8 +142,8 @@ async fn live_migration_between_two_hosts() {
     limited(async {
         let vm = VmId::from("mig1");
         let spec = hosts.spec();
-        let a = hosts.driver("a", [47_250, 47_299]);
-        let b = hosts.driver("b", [47_300, 47_349]);
+        let a = hosts.driver("a", [21_250, 21_299]);
+        let b = hosts.driver("b", [21_300, 21_349]);
         a.start(&vm, &spec).await.expect("start");
         wait_state(&a, &vm, "Running", |s| s == Some(VmRunState::Running)).await;
 
@@ -158,7 +158,7 @@ async fn live_migration_between_two_hosts() {
 
         let target = b.prepare_incoming(&vm, &spec).await.expect("prepare");
         assert!(
-            target.0.starts_with("tcp:127.0.0.1:47"),
+            target.0.starts_with("tcp:127.0.0.1:21"),
             "target {target:?}"
         );
         let seen = std::sync::Mutex::new(Vec::new());
@@ -214,10 +214,10 @@ async fn cancelled_migration_keeps_source_and_drops_destination() {
         // 1 Mbit/s: the transfer takes seconds, long enough to cancel mid-way.
         let slow = QemuConfig {
             bandwidth_mbps: 1,
-            ..hosts.config("a", [47_350, 47_399])
+            ..hosts.config("a", [21_350, 21_399])
         };
         let a = QemuDriver::new(slow).expect("driver");
-        let b = hosts.driver("b", [47_400, 47_449]);
+        let b = hosts.driver("b", [21_400, 21_449]);
         a.start(&vm, &spec).await.expect("start");
         let before = wait_cpu_above(&a, &vm, 0.0).await;
         let target = b.prepare_incoming(&vm, &spec).await.expect("prepare");
@@ -263,7 +263,7 @@ async fn cancelled_migration_keeps_source_and_drops_destination() {
 async fn bare_qmp_migration_timing() {
     let hosts = Hosts::new();
     limited(async {
-        let cfg = hosts.config("c", [47_450, 47_499]);
+        let cfg = hosts.config("c", [21_450, 21_499]);
         let spec = hosts.spec();
         let t = bench::bench_qmp_migrate(&cfg, &spec, Duration::from_millis(200))
             .await
@@ -291,7 +291,7 @@ async fn start_failures_are_reported() {
         let vm = VmId::from("bad");
         let missing = QemuDriver::new(QemuConfig {
             binary: PathBuf::from("/nonexistent/qemu-system-x86_64"),
-            ..hosts.config("a", [47_500, 47_509])
+            ..hosts.config("a", [21_500, 21_509])
         })
         .expect("driver");
         let r = missing.start(&vm, &hosts.spec()).await;
@@ -305,7 +305,7 @@ async fn start_failures_are_reported() {
             "failed start left a VM"
         );
 
-        let b = hosts.driver("b", [47_510, 47_519]);
+        let b = hosts.driver("b", [21_510, 21_519]);
         let mut spec = hosts.spec();
         spec.memory_mib = 0;
         assert!(matches!(

@@ -12,6 +12,7 @@
 //! `finish_outgoing` (quits its paused copy). Every call is idempotent where the doc says so.
 
 mod error;
+pub mod exec;
 pub mod qemu;
 pub mod sim;
 

@@ -114,7 +114,7 @@ impl Default for QemuConfig {
             machine: "pc".to_owned(),
             accel: Accel::Auto,
             migration_host: "127.0.0.1".to_owned(),
-            port_range: [49_152, 49_407],
+            port_range: [30_100, 30_199],
             downtime_limit_ms: 300,
             bandwidth_mbps: 1_000,
             extra_args: Vec::new(),

@@ -79,6 +79,13 @@ impl QemuDriver {
                 cfg.port_range
             )));
         }
+        if let Some([lo, hi]) = ports::ephemeral_range() {
+            if cfg.port_range[0] <= hi && lo <= cfg.port_range[1] {
+                tracing::warn!(port_range = ?cfg.port_range, ephemeral = ?[lo, hi],
+                    "migration port_range overlaps the kernel's ephemeral ports: binds may fail and a \
+                     migration to a dead local target may connect to itself");
+            }
+        }
         let kvm = cmdline::kvm_usable();
         tracing::info!(state_dir = %cfg.state_dir.display(), accel = ?cfg.accel, kvm, "qemu driver ready");
         Ok(Self {

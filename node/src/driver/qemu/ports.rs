@@ -35,6 +35,13 @@ pub(crate) fn is_free(host: &str, port: u16) -> bool {
     TcpListener::bind((host.trim_start_matches('[').trim_end_matches(']'), port)).is_ok()
 }
 
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`), if readable.
+pub(crate) fn ephemeral_range() -> Option<[u16; 2]> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some([it.next()??, it.next()??])
+}
+
 /// The migration URI for `host:port` (IPv6 literals in brackets).
 pub(crate) fn uri(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {

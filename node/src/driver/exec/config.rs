@@ -1,0 +1,100 @@
+//! Configuration of the `exec` driver: the `[driver.exec]` section of the agent's TOML.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The `exec` driver's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecConfig {
+    /// The plugin's command line: program (looked up in `PATH` when relative) and
+    /// arguments. Required.
+    pub command: Vec<String>,
+    /// Extra environment variables for the plugin (it also inherits the agent's).
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the plugin; the agent's when unset.
+    pub working_dir: Option<PathBuf>,
+    /// How long the plugin may take to answer one request, in milliseconds. Past it the
+    /// plugin counts as hung: it is killed and restarted on the next call.
+    pub timeout_ms: u64,
+    /// The same limit for `migrate_out`, which lasts as long as the transfer.
+    pub migrate_timeout_ms: u64,
+    /// The same limit for the `hello` handshake of a freshly started plugin (an
+    /// interpreter may take a while to start on a busy host).
+    pub hello_timeout_ms: u64,
+    /// Wait before restarting a plugin that failed, in milliseconds; doubled after each
+    /// further failure in a row, up to `restart_backoff_max_ms`.
+    pub restart_backoff_ms: u64,
+    /// Upper bound of the restart wait, in milliseconds.
+    pub restart_backoff_max_ms: u64,
+    /// Longest line accepted from (or sent to) the plugin, in bytes.
+    pub max_line_bytes: usize,
+    /// Most requests in flight at once; further calls wait (within their timeout).
+    pub max_in_flight: usize,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        Self {
+            command: Vec::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            timeout_ms: 30_000,
+            migrate_timeout_ms: 600_000,
+            hello_timeout_ms: 30_000,
+            restart_backoff_ms: 500,
+            restart_backoff_max_ms: 30_000,
+            max_line_bytes: 1 << 20,
+            max_in_flight: 64,
+        }
+    }
+}
+
+impl ExecConfig {
+    /// [`Self::timeout_ms`] as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.max(1))
+    }
+    /// [`Self::hello_timeout_ms`] as a duration.
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.hello_timeout_ms.max(1))
+    }
+    /// [`Self::migrate_timeout_ms`] as a duration.
+    pub fn migrate_timeout(&self) -> Duration {
+        Duration::from_millis(self.migrate_timeout_ms.max(1))
+    }
+    /// The wait before the next restart after `failures` failures in a row.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            return Duration::ZERO;
+        }
+        let shift = (failures - 1).min(20);
+        let ms = self.restart_backoff_ms.saturating_mul(1 << shift);
+        Duration::from_millis(ms.min(self.restart_backoff_max_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults_and_backs_off() {
+        let c: ExecConfig =
+            toml::from_str("command = [\"python3\", \"plugin.py\"]\ntimeout_ms = 5\n")
+                .expect("parse");
+        assert_eq!(c.command, ["python3", "plugin.py"]);
+        assert_eq!(c.timeout_ms, 5);
+        assert_eq!(
+            c.restart_backoff_ms,
+            ExecConfig::default().restart_backoff_ms
+        );
+        assert!(toml::from_str::<ExecConfig>("comand = []").is_err());
+        assert_eq!(c.backoff(0), Duration::ZERO);
+        assert_eq!(c.backoff(1), Duration::from_millis(500));
+        assert_eq!(c.backoff(3), Duration::from_millis(2_000));
+        assert_eq!(c.backoff(99), Duration::from_millis(30_000));
+    }
+}
