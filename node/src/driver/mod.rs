@@ -103,8 +103,11 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Readies a **paused** copy of `vm` to receive its state; returns where to send it.
     /// Idempotent: a second call for the same VM returns the same target.
-    async fn prepare_incoming(&self, vm: &VmId, spec: &VmSpec)
-        -> Result<MigrationTarget, DriverError>;
+    async fn prepare_incoming(
+        &self,
+        vm: &VmId,
+        spec: &VmSpec,
+    ) -> Result<MigrationTarget, DriverError>;
 
     /// Migrates `vm` to `target` and returns once the switchover is complete; the source
     /// copy is left paused. `progress` is called now and then while it runs.
