@@ -2,6 +2,9 @@
 //! comment; `ballast config default` prints them all and `ballast config check` validates
 //! a file. Unknown keys are errors, so a typo never silently falls back to a default.
 
+use crate::driver::qemu::QemuConfig;
+use crate::driver::sim::SimConfig;
+use crate::handoff::HandoffConfig;
 use crate::load::{HostCapacity, LoadMode, Weights};
 use crate::policy::{PolicyConfig, PolicyConfigError};
 use serde::{Deserialize, Serialize};
@@ -123,6 +126,95 @@ impl Default for BalancingSection {
     }
 }
 
+/// The gossip endpoint's knobs (the `ballast-gossip` crate's `EndpointConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GossipSection {
+    /// Period of chitchat's gossip rounds, in milliseconds.
+    pub interval_ms: u64,
+    /// Phi above which the failure detector marks a node dead.
+    pub phi_threshold: f64,
+    /// How long a dead node stays in the gossip state before it is forgotten, in ms.
+    pub dead_grace_ms: u64,
+    /// Bound on one RPC (sessions, handoff messages, admin calls), in milliseconds.
+    pub rpc_timeout_ms: u64,
+    /// Bound on a QUIC handshake, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Limit of one RPC frame's payload, in bytes.
+    pub max_rpc_frame_bytes: usize,
+}
+
+impl Default for GossipSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: 500,
+            phi_threshold: 8.0,
+            dead_grace_ms: 3_600_000,
+            rpc_timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+            max_rpc_frame_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Which hypervisor driver the agent uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverKind {
+    /// The simulated hypervisor (`[driver.sim]`).
+    #[default]
+    Sim,
+    /// QEMU (`[driver.qemu]`).
+    Qemu,
+}
+
+/// The hypervisor driver and its settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriverSection {
+    /// `sim` or `qemu`.
+    pub kind: DriverKind,
+    /// Settings of the sim driver (its `host` is set to the node id when empty; a
+    /// relative `state_dir` is relative to `node.data_dir`).
+    pub sim: SimConfig,
+    /// Settings of the qemu driver (a relative `state_dir` is relative to
+    /// `node.data_dir`).
+    pub qemu: QemuConfig,
+}
+
+/// Start-up and periodic reconciliation of the hypervisor with the schedule (DESIGN §6).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileSection {
+    /// Time between two reconciliations, in milliseconds.
+    pub interval_ms: u64,
+}
+
+impl Default for ReconcileSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: 10_000,
+        }
+    }
+}
+
+/// Fault injection for tests and the chaos harness. Off by default; never set in
+/// production. The environment variable `BALLAST_FAILPOINTS` (comma separated) adds
+/// to `exit_at`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailpointsSection {
+    /// Handoff steps at which the agent kills itself (SIGKILL): `before:OP` /
+    /// `after:OP` around a store transition (`begin_migrate_out`, `commit_migrate_out`,
+    /// `abort_migrate_out`, `forget_transfer`, `accept_incoming`, `promote_incoming`,
+    /// `drop_incoming`), `before-send:MSG` / `after-send:MSG` around a handoff message
+    /// (`prepare`, `prepared`, `commit`, `commit_ack`, `abort`, `query_outcome`,
+    /// `outcome`, `prepare_refused`).
+    pub exit_at: Vec<String>,
+    /// Send every handoff message twice (duplicates must change nothing).
+    pub duplicate_sends: bool,
+}
+
 /// The whole agent configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -140,6 +232,17 @@ pub struct AgentConfig {
     pub policy: PolicyConfig,
     /// Round timing and migration limits.
     pub balancing: BalancingSection,
+    /// The gossip endpoint.
+    pub gossip: GossipSection,
+    /// The hypervisor driver.
+    pub driver: DriverSection,
+    /// The handoff machine's intervals and limits (`handoffs_max` is raised to
+    /// `balancing.max_outgoing + balancing.max_incoming` when lower).
+    pub handoff: HandoffConfig,
+    /// Reconciliation of the hypervisor with the schedule.
+    pub reconcile: ReconcileSection,
+    /// Fault injection (tests only).
+    pub failpoints: FailpointsSection,
 }
 
 /// A configuration that cannot be used.
@@ -234,6 +337,15 @@ impl AgentConfig {
                 *p = dir.join(&*p);
             }
         }
+        let data = self.node.data_dir.clone();
+        for p in [
+            &mut self.driver.sim.state_dir,
+            &mut self.driver.qemu.state_dir,
+        ] {
+            if p.is_relative() {
+                *p = data.join(&*p);
+            }
+        }
     }
 
     /// Checks every value's range.
@@ -302,6 +414,59 @@ impl AgentConfig {
             );
         }
         self.policy.validate()?;
+        self.validate_agent_sections()
+    }
+
+    fn validate_agent_sections(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                field: field.into(),
+                reason: reason.into(),
+            })
+        };
+        let g = &self.gossip;
+        for (field, v) in [
+            ("gossip.interval_ms", g.interval_ms),
+            ("gossip.rpc_timeout_ms", g.rpc_timeout_ms),
+            ("gossip.connect_timeout_ms", g.connect_timeout_ms),
+            (
+                "balancing.session_timeout_ms",
+                self.balancing.session_timeout_ms,
+            ),
+            ("reconcile.interval_ms", self.reconcile.interval_ms),
+        ] {
+            if v == 0 {
+                return invalid(field, "must be above 0");
+            }
+        }
+        if !(g.phi_threshold.is_finite() && g.phi_threshold > 0.0) {
+            return invalid("gossip.phi_threshold", "must be a finite number > 0");
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&g.max_rpc_frame_bytes) {
+            return invalid("gossip.max_rpc_frame_bytes", "must be in [1024, 64 MiB]");
+        }
+        if !(0.0..=1.0).contains(&self.driver.sim.fail_prob) {
+            return invalid("driver.sim.fail_prob", "must be in [0, 1]");
+        }
+        let h = &self.handoff;
+        for (field, v) in [
+            ("handoff.prepare_retry_ms", h.prepare_retry_ms),
+            ("handoff.prepare_timeout_ms", h.prepare_timeout_ms),
+            ("handoff.migrate_timeout_ms", h.migrate_timeout_ms),
+            ("handoff.commit_retry_ms", h.commit_retry_ms),
+            ("handoff.query_interval_ms", h.query_interval_ms),
+            ("handoff.store_retry_ms", h.store_retry_ms),
+        ] {
+            if v == 0 {
+                return invalid(field, "must be above 0");
+            }
+        }
+        for fp in &self.failpoints.exit_at {
+            crate::agent::failpoints::check_name(fp).map_err(|reason| ConfigError::Invalid {
+                field: "failpoints.exit_at".into(),
+                reason,
+            })?;
+        }
         Ok(())
     }
 

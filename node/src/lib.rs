@@ -7,9 +7,11 @@
 //! - [`simulate`]: an in-process simulation of many hosts running the same policy.
 //! - [`handoff`]: the pure handoff state machine of DESIGN §4 (events in, effects out).
 //! - [`driver`]: the hypervisor driver trait and its drivers (sim, qemu, exec).
+//! - [`agent`]: the running agent — rounds, sessions, handoffs, admin API, metrics.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod agent;
 pub mod config;
 pub mod driver;
 pub mod handoff;

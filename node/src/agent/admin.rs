@@ -1,0 +1,267 @@
+//! The admin API's handlers (admin certificate required, checked by the RPC layer) and
+//! the placement of new VMs (`Place`, node to node).
+
+use super::figures::summary;
+use super::handoff_task::{handoffs_in_flight, move_vm, Input};
+use super::shared::{lock, Shared};
+use super::wire::{
+    AdminError, AdminRequest, AdminResponse, AgentRequest, AgentResponse, HandoffInfo, NodeStatus,
+    PeerStatus, Placement, Request, Response, StoreView,
+};
+use crate::handoff::Role;
+use ballast_store::{NodeId, ScheduleEntry, StoreError, VmState};
+use rand::Rng;
+use std::sync::atomic::Ordering;
+use tracing::info;
+
+/// Name of the marker file that keeps a node draining across restarts.
+pub(crate) const DRAINING_FILE: &str = "draining";
+
+fn store_err(e: StoreError) -> AdminError {
+    match e {
+        StoreError::NotFound { vm } => AdminError::NotFound(vm),
+        StoreError::AlreadyExists { vm, detail } => AdminError::AlreadyExists { vm, detail },
+        StoreError::WrongState { vm, found, .. } => AdminError::Busy {
+            vm,
+            detail: format!("{found:?}"),
+        },
+        StoreError::InvalidInput { reason, .. } => AdminError::Invalid(reason),
+        other => AdminError::Store(other.to_string()),
+    }
+}
+
+/// Handles one admin request.
+pub(crate) async fn handle_admin(
+    shared: &Shared,
+    req: AdminRequest,
+) -> Result<AdminResponse, AdminError> {
+    match req {
+        AdminRequest::CreateVm {
+            vm,
+            spec,
+            node,
+            pinned,
+        } => {
+            let p = Placement { vm, spec, pinned };
+            let node = create(shared, p, node).await?;
+            Ok(AdminResponse::Created { node })
+        }
+        AdminRequest::ListVms => shared
+            .with_store(|s| s.list())
+            .await
+            .map(AdminResponse::Vms)
+            .map_err(store_err),
+        AdminRequest::DeleteVm { vm } => delete(shared, vm).await,
+        AdminRequest::SetPinned { vm, pinned } => {
+            let _outcome = shared
+                .with_store(move |s| s.set_pinned(&vm, pinned))
+                .await
+                .map_err(store_err)?;
+            Ok(AdminResponse::Done)
+        }
+        AdminRequest::Status => Ok(AdminResponse::Status(Box::new(status(shared).await?))),
+        AdminRequest::Snapshot => {
+            let snap = shared
+                .with_store(|s| s.snapshot())
+                .await
+                .map_err(store_err)?;
+            Ok(AdminResponse::Snapshot(Box::new(StoreView {
+                entries: snap.entries,
+                transfers: snap.transfers,
+                highest_epochs: snap.highest_epochs,
+            })))
+        }
+        AdminRequest::Drain => set_draining(shared, true),
+        AdminRequest::Undrain => set_draining(shared, false),
+        AdminRequest::ForgetNode { node } => {
+            if node == shared.me {
+                return Err(AdminError::Invalid("a node cannot forget itself".into()));
+            }
+            info!(node = %node, "operator: forget node");
+            shared
+                .inputs
+                .send(Input::Forget(node))
+                .await
+                .map_err(|_| AdminError::Timeout("agent shutting down".into()))?;
+            Ok(AdminResponse::Done)
+        }
+        AdminRequest::MoveVm { vm, to } => {
+            if shared.addr_of(&to).is_none() {
+                return Err(AdminError::UnknownNode(to));
+            }
+            match move_vm(shared, vm.clone(), to).await {
+                Ok(r) => Ok(AdminResponse::Moved {
+                    committed: r.committed,
+                    epoch: r.epoch,
+                }),
+                Err(detail) => Err(AdminError::Busy { vm, detail }),
+            }
+        }
+        AdminRequest::RecentSessions => Ok(AdminResponse::Sessions(
+            lock(&shared.sessions).iter().cloned().collect(),
+        )),
+    }
+}
+
+fn set_draining(shared: &Shared, on: bool) -> Result<AdminResponse, AdminError> {
+    let marker = shared.cfg.node.data_dir.join(DRAINING_FILE);
+    let r = if on {
+        std::fs::write(&marker, b"draining\n")
+    } else {
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    };
+    r.map_err(|e| AdminError::Store(format!("{}: {e}", marker.display())))?;
+    shared.draining.store(on, Ordering::Relaxed);
+    shared.summary_dirty.notify_one();
+    info!(draining = on, "operator: drain state changed");
+    Ok(AdminResponse::Done)
+}
+
+/// Picks where a new VM goes: the named node, or the less loaded of two random live,
+/// active nodes (this one included).
+async fn create(shared: &Shared, p: Placement, node: Option<NodeId>) -> Result<NodeId, AdminError> {
+    let target = match node {
+        Some(n) => n,
+        None => {
+            let mut nodes: Vec<(NodeId, f64)> = shared
+                .active_peers()
+                .iter()
+                .map(|v| (NodeId::from(v.node_id.as_str()), v.summary.load))
+                .collect();
+            if !shared.is_draining() {
+                let own = summary(shared).await.map_err(store_err)?;
+                nodes.push((shared.me.clone(), own.load));
+            }
+            if nodes.is_empty() {
+                return Err(AdminError::NoNode);
+            }
+            let mut rng = rand::rng();
+            let a = &nodes[rng.random_range(0..nodes.len())];
+            let b = &nodes[rng.random_range(0..nodes.len())];
+            if b.1 < a.1 {
+                b.0.clone()
+            } else {
+                a.0.clone()
+            }
+        }
+    };
+    if target == shared.me {
+        place_here(shared, p).await?;
+        return Ok(target);
+    }
+    forward(shared, p, target).await
+}
+
+async fn forward(shared: &Shared, p: Placement, node: NodeId) -> Result<NodeId, AdminError> {
+    let addr = shared
+        .addr_of(&node)
+        .ok_or_else(|| AdminError::UnknownNode(node.clone()))?;
+    let rpc = shared
+        .rpc()
+        .ok_or_else(|| AdminError::Timeout("no endpoint".into()))?;
+    let req = AgentRequest::V1(Request::Place(p));
+    let fail = |reason: String| AdminError::Forward {
+        node: node.clone(),
+        reason,
+    };
+    match rpc
+        .call::<_, AgentResponse>(addr, Some(node.as_str()), &req)
+        .await
+    {
+        Ok(AgentResponse::V1(Response::Placed(r))) => r,
+        Ok(other) => Err(fail(format!("unexpected answer {other:?}"))),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// Creates a VM on this node: durable entry first, then the hypervisor.
+pub(crate) async fn place_here(shared: &Shared, p: Placement) -> Result<(), AdminError> {
+    let entry = ScheduleEntry {
+        vm: p.vm.clone(),
+        factors: p.spec.target.unwrap_or_default(),
+        spec: p.spec,
+        state: VmState::Running,
+        epoch: 0,
+        pinned: p.pinned,
+        last_moved_unix_ms: None,
+    };
+    let e2 = entry.clone();
+    shared
+        .with_store(move |s| s.create(&e2))
+        .await
+        .map_err(store_err)?;
+    info!(vm = %entry.vm, "VM created");
+    shared.summary_dirty.notify_one();
+    shared
+        .driver
+        .start(&entry.vm, &entry.spec)
+        .await
+        .map_err(|e| AdminError::Driver(e.to_string()))
+}
+
+async fn delete(shared: &Shared, vm: ballast_store::VmId) -> Result<AdminResponse, AdminError> {
+    let busy = handoffs_in_flight(shared).await.iter().any(|h| h.vm == vm);
+    let vm2 = vm.clone();
+    let entry = shared
+        .with_store(move |s| s.get(&vm2))
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| AdminError::NotFound(vm.clone()))?;
+    if busy || entry.state != VmState::Running {
+        return Err(AdminError::Busy {
+            vm,
+            detail: "in a handoff".into(),
+        });
+    }
+    shared
+        .driver
+        .stop(&vm)
+        .await
+        .map_err(|e| AdminError::Driver(e.to_string()))?;
+    let vm2 = vm.clone();
+    shared
+        .with_store(move |s| s.delete(&vm2))
+        .await
+        .map_err(store_err)?;
+    info!(vm = %vm, "VM deleted");
+    shared.summary_dirty.notify_one();
+    Ok(AdminResponse::Done)
+}
+
+async fn status(shared: &Shared) -> Result<NodeStatus, AdminError> {
+    let summary = summary(shared).await.map_err(store_err)?;
+    let handoffs = handoffs_in_flight(shared)
+        .await
+        .into_iter()
+        .map(|h| HandoffInfo {
+            vm: h.vm,
+            peer: h.peer,
+            epoch: h.epoch,
+            role: match h.role {
+                Role::Source => "source".into(),
+                Role::Destination => "destination".into(),
+            },
+            step: h.step.to_owned(),
+        })
+        .collect();
+    let peers = shared
+        .peers()
+        .iter()
+        .map(|p| PeerStatus {
+            node: NodeId::from(p.node_id.as_str()),
+            summary: p.summary.clone(),
+        })
+        .collect();
+    Ok(NodeStatus {
+        node: shared.me.clone(),
+        summary,
+        draining: shared.is_draining(),
+        peers,
+        handoffs,
+        counters: shared.metrics.counters(),
+        unclaimed_vms: lock(&shared.unclaimed).clone(),
+    })
+}

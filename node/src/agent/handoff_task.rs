@@ -1,0 +1,524 @@
+//! The task that owns the node's [`Handoffs`] machine (STYLE 7): it takes [`Input`]s
+//! from one bounded channel, feeds them to the machine and executes the machine's
+//! effects in order — a store effect runs to completion (transaction + flush) and its
+//! result is fed back before the next effect; driver calls and messages run in their own
+//! tasks and come back as inputs; timers are tokio sleeps that come back as inputs.
+//! Failpoints fire around every store transition and message.
+
+use super::shared::Shared;
+use super::wire::{AgentRequest, AgentResponse, Request};
+use crate::driver::{Driver, DriverError};
+use crate::handoff::{
+    CallKind, DriverAction, DriverCall, DriverOutcome, DriverReply, Effect, HandoffConfig,
+    HandoffMsg, HandoffStatus, Handoffs, Notice, RefuseReason, Role, StoreOp, StoreOutcome,
+    StoreRefusal, Timer,
+};
+use ballast_store::{NodeId, StoreError, VmId};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::{debug, info, warn, Instrument};
+
+/// Capacity of the input channel.
+pub(crate) const INPUTS_MAX: usize = 1_024;
+/// Most handoff messages being sent at once; more are dropped (the machine retries).
+const SENDS_IN_FLIGHT_MAX: usize = 256;
+
+/// How a move ended, for whoever started it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MoveResult {
+    /// Committed (true) or aborted.
+    pub(crate) committed: bool,
+    /// The epoch of the move.
+    pub(crate) epoch: u64,
+}
+
+/// Everything the machine's owner takes in.
+pub(crate) enum Input {
+    /// A handoff message from an authenticated node.
+    Message {
+        /// The sender (from its certificate).
+        from: NodeId,
+        /// The message.
+        msg: HandoffMsg,
+    },
+    /// Start moving `vm` to `to`; `done` gets the outcome once the source resolved it.
+    StartMove {
+        /// The VM.
+        vm: VmId,
+        /// The destination.
+        to: NodeId,
+        /// Answered with the outcome, or why the move did not start.
+        done: oneshot::Sender<Result<MoveResult, String>>,
+    },
+    /// A driver call finished.
+    Driver(DriverReply),
+    /// A timer came due.
+    Timer(Timer),
+    /// The operator forgot a node.
+    Forget(NodeId),
+    /// The handoffs in flight, for `status` and reconciliation.
+    Status(oneshot::Sender<Vec<HandoffStatus>>),
+}
+
+struct Waiter {
+    epoch: u64,
+    started: Instant,
+    done: oneshot::Sender<Result<MoveResult, String>>,
+}
+
+/// The owner of the machine.
+pub(crate) struct Owner {
+    shared: Arc<Shared>,
+    machine: Handoffs,
+    waiters: HashMap<VmId, Waiter>,
+    sends: Arc<Semaphore>,
+}
+
+/// The machine's configuration: the agent's `[handoff]` with room for the limits.
+pub(crate) fn machine_config(shared: &Shared) -> HandoffConfig {
+    let mut c = shared.cfg.handoff.clone();
+    let b = &shared.cfg.balancing;
+    c.handoffs_max = c.handoffs_max.max(b.max_outgoing + b.max_incoming);
+    c
+}
+
+impl Owner {
+    /// Recovers the machine from the store (DESIGN §4 recovery) and executes its first
+    /// effects.
+    pub(crate) async fn recover(shared: Arc<Shared>) -> Result<Self, StoreError> {
+        let (entries, transfers) = shared
+            .with_store(|s| Ok((s.list()?, s.transfers()?)))
+            .await?;
+        let recovering = entries
+            .iter()
+            .filter(|e| e.state != ballast_store::VmState::Running)
+            .count()
+            + transfers.len();
+        if recovering > 0 {
+            info!(handoffs = recovering, "recovering handoffs from the store");
+        }
+        let machine = Handoffs::start(
+            shared.me.clone(),
+            machine_config(&shared),
+            shared.now_ms(),
+            entries,
+            transfers,
+        );
+        let mut owner = Self {
+            shared,
+            machine,
+            waiters: HashMap::new(),
+            sends: Arc::new(Semaphore::new(SENDS_IN_FLIGHT_MAX)),
+        };
+        owner.drain().await;
+        Ok(owner)
+    }
+
+    /// Takes inputs until the channel closes or shutdown is asked.
+    pub(crate) async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let input = tokio::select! {
+                i = inputs.recv() => i,
+                _ = shutdown.changed() => None,
+            };
+            let Some(input) = input else { break };
+            self.handle(input).await;
+            self.drain().await;
+            debug_assert!(self.machine.poll_effect().is_none());
+        }
+        for (_, w) in self.waiters.drain() {
+            let _ = w.done.send(Err("agent shutting down".into()));
+        }
+    }
+
+    async fn handle(&mut self, input: Input) {
+        let now = self.shared.now_ms();
+        match input {
+            Input::Message { from, msg } => self.on_message(now, from, msg),
+            Input::StartMove { vm, to, done } => self.start_move(now, vm, to, done).await,
+            Input::Driver(reply) => self.machine.handle_driver(now, reply),
+            Input::Timer(timer) => self.machine.handle_timer(now, timer),
+            Input::Forget(node) => self.machine.handle_forget(now, &node),
+            Input::Status(reply) => {
+                let _ = reply.send(self.machine.handoffs());
+            }
+        }
+    }
+
+    fn incoming_count(&self) -> usize {
+        self.machine
+            .handoffs()
+            .iter()
+            .filter(|h| h.role == Role::Destination)
+            .count()
+    }
+
+    fn outgoing_count(&self) -> usize {
+        self.machine
+            .handoffs()
+            .iter()
+            .filter(|h| h.role == Role::Source && h.step != "settling")
+            .count()
+    }
+
+    fn on_message(&mut self, now: u64, from: NodeId, msg: HandoffMsg) {
+        // The node's incoming limit: a new Prepare beyond it is refused Busy.
+        if let HandoffMsg::Prepare { vm, epoch, .. } = &msg {
+            let limit = self.shared.cfg.balancing.max_incoming;
+            if !self.machine.is_busy(vm) && self.incoming_count() >= limit {
+                debug!(vm = %vm, epoch, peer = %from, "prepare refused: incoming limit");
+                let refuse = HandoffMsg::PrepareRefused {
+                    vm: vm.clone(),
+                    epoch: *epoch,
+                    reason: RefuseReason::Busy,
+                };
+                self.send(from, refuse);
+                return;
+            }
+        }
+        self.machine.handle_message(now, &from, msg);
+    }
+
+    async fn start_move(
+        &mut self,
+        now: u64,
+        vm: VmId,
+        to: NodeId,
+        done: oneshot::Sender<Result<MoveResult, String>>,
+    ) {
+        if self.outgoing_count() >= self.shared.cfg.balancing.max_outgoing {
+            let _ = done.send(Err("outgoing migration limit reached".into()));
+            return;
+        }
+        let vm2 = vm.clone();
+        let read = self
+            .shared
+            .with_store(move |s| Ok((s.get(&vm2)?, s.highest_epoch(&vm2)?)))
+            .await;
+        let (entry, highest) = match read {
+            Ok((Some(e), h)) => (e, h),
+            Ok((None, _)) => {
+                let _ = done.send(Err(format!("VM {vm} is not on this node")));
+                return;
+            }
+            Err(e) => {
+                let _ = done.send(Err(e.to_string()));
+                return;
+            }
+        };
+        match self.machine.start_move(now, &entry, to.clone(), highest) {
+            Ok(epoch) => {
+                info!(vm = %vm, peer = %to, epoch, "handoff started");
+                self.waiters.insert(
+                    vm,
+                    Waiter {
+                        epoch,
+                        started: Instant::now(),
+                        done,
+                    },
+                );
+            }
+            Err(e) => {
+                let _ = done.send(Err(e.to_string()));
+            }
+        }
+    }
+
+    /// Executes every queued effect, in order.
+    async fn drain(&mut self) {
+        while let Some(effect) = self.machine.poll_effect() {
+            match effect {
+                Effect::Store(op) => {
+                    let outcome = self.run_store(&op).await;
+                    let now = self.shared.now_ms();
+                    self.machine.handle_store(now, op, outcome);
+                }
+                Effect::Send { to, msg } => self.send(to, msg),
+                Effect::Driver(call) => self.spawn_driver(call),
+                Effect::ArmTimer { timer, at } => self.arm(timer, at),
+                Effect::Notify(notice) => self.notice(notice),
+            }
+        }
+        let (out, inc) = (self.outgoing_count(), self.incoming_count());
+        self.shared.out_in_flight.store(out, Ordering::Relaxed);
+        self.shared.in_flight_in.store(inc, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .handoffs_in_flight
+            .set(i64::try_from(self.machine.handoffs().len()).unwrap_or(i64::MAX));
+    }
+
+    async fn run_store(&self, op: &StoreOp) -> StoreOutcome {
+        let fp = &self.shared.failpoints;
+        fp.hit("before", op.name());
+        let now_unix = Shared::unix_ms();
+        let op2 = op.clone();
+        let result = self
+            .shared
+            .with_store(move |s| {
+                let r = match &op2 {
+                    StoreOp::BeginMigrateOut { vm, to, epoch } => {
+                        s.begin_migrate_out(vm, to, *epoch)
+                    }
+                    StoreOp::AbortMigrateOut { vm, epoch } => s.abort_migrate_out(vm, *epoch),
+                    StoreOp::CommitMigrateOut { vm, epoch } => {
+                        s.commit_migrate_out(vm, *epoch).map(|(o, _)| o)
+                    }
+                    StoreOp::ForgetTransfer { vm, epoch } => s.forget_transfer(vm, *epoch),
+                    StoreOp::AcceptIncoming { .. } => match op2.incoming_entry() {
+                        Some(entry) => s.accept_incoming(&entry),
+                        None => Err(StoreError::InvalidInput {
+                            vm: op2.vm().clone(),
+                            reason: "no incoming entry".into(),
+                        }),
+                    },
+                    StoreOp::PromoteIncoming { vm, epoch } => {
+                        s.promote_incoming(vm, *epoch, now_unix)
+                    }
+                    StoreOp::DropIncoming { vm, epoch } => s.drop_incoming(vm, *epoch),
+                };
+                Ok(r)
+            })
+            .await;
+        let outcome = match result {
+            Ok(Ok(_)) => StoreOutcome::Done,
+            Ok(Err(StoreError::StaleEpoch { .. })) => {
+                StoreOutcome::Refused(StoreRefusal::StaleEpoch)
+            }
+            Ok(Err(e)) if e.is_refusal() => {
+                debug!(op = op.name(), vm = %op.vm(), reason = %e, "store refused handoff step");
+                StoreOutcome::Refused(StoreRefusal::WrongState)
+            }
+            Ok(Err(e)) | Err(e) => {
+                warn!(op = op.name(), vm = %op.vm(), reason = %e, "store failed handoff step");
+                StoreOutcome::Failed
+            }
+        };
+        if outcome == StoreOutcome::Done {
+            fp.hit("after", op.name());
+            self.shared.summary_dirty.notify_one();
+        }
+        outcome
+    }
+
+    /// Sends a handoff message in its own task (fire and forget; losses are retried by
+    /// the machine).
+    fn send(&self, to: NodeId, msg: HandoffMsg) {
+        let shared = self.shared.clone();
+        shared.failpoints.hit("before-send", msg.kind());
+        let Some(addr) = shared.addr_of(&to) else {
+            debug!(peer = %to, kind = msg.kind(), "no address for peer; message dropped");
+            return;
+        };
+        let Some(rpc) = shared.rpc() else { return };
+        let Ok(permit) = self.sends.clone().try_acquire_owned() else {
+            warn!(peer = %to, kind = msg.kind(), "too many messages in flight; dropped");
+            return;
+        };
+        let copies = if shared.cfg.failpoints.duplicate_sends {
+            2
+        } else {
+            1
+        };
+        let span = tracing::debug_span!("handoff", vm = %msg.vm(), epoch = msg.epoch(), peer = %to);
+        tokio::spawn(
+            async move {
+                let kind = msg.kind();
+                let req = AgentRequest::V1(Request::Handoff(msg));
+                for _ in 0..copies {
+                    let r: Result<AgentResponse, _> = rpc.call(addr, Some(to.as_str()), &req).await;
+                    match r {
+                        Ok(_) => shared.failpoints.hit("after-send", kind),
+                        Err(e) => debug!(kind, reason = %e, "handoff message not delivered"),
+                    }
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+
+    fn spawn_driver(&self, call: DriverCall) {
+        let driver = self.shared.driver.clone();
+        let inputs = self.shared.inputs.clone();
+        let span = tracing::debug_span!("handoff", vm = %call.vm, epoch = call.epoch);
+        tokio::spawn(
+            async move {
+                let outcome = run_driver(&*driver, &call.vm, &call.action).await;
+                let reply = DriverReply {
+                    vm: call.vm,
+                    epoch: call.epoch,
+                    outcome,
+                };
+                let _ = inputs.send(Input::Driver(reply)).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    fn arm(&self, timer: Timer, at: u64) {
+        let inputs = self.shared.inputs.clone();
+        let when = self.shared.started + Duration::from_millis(at);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(when.into()).await;
+            let _ = inputs.send(Input::Timer(timer)).await;
+        });
+    }
+
+    fn notice(&mut self, notice: Notice) {
+        let m = &self.shared.metrics;
+        match &notice {
+            Notice::Committed {
+                vm,
+                epoch,
+                peer,
+                role,
+            } => {
+                info!(vm = %vm, epoch, peer = %peer, role = ?role, "handoff committed");
+                m.handoff(role_name(*role), "committed");
+                self.resolve(vm, *epoch, *role, true);
+            }
+            Notice::Aborted {
+                vm,
+                epoch,
+                peer,
+                role,
+                reason,
+            } => {
+                info!(vm = %vm, epoch, peer = %peer, role = ?role, reason = ?reason, "handoff aborted");
+                m.handoff(role_name(*role), "aborted");
+                self.resolve(vm, *epoch, *role, false);
+            }
+            Notice::Settled { vm, epoch, peer } => {
+                debug!(vm = %vm, epoch, peer = %peer, "handoff settled");
+            }
+            Notice::Orphaned { vm, epoch, peer } => {
+                warn!(vm = %vm, epoch, peer = %peer, "handoff record forgotten with its destination; paused copy kept");
+            }
+            Notice::Ignored { .. } => debug!(?notice, "handoff input ignored"),
+            Notice::DriverTrouble { vm, epoch, call } => {
+                warn!(vm = %vm, epoch, call = ?call, "driver call failed during a handoff; reconciliation will look at it");
+            }
+            Notice::StoreRetrying { op } => {
+                warn!(op = op.name(), vm = %op.vm(), "store step failed; retrying")
+            }
+            Notice::Anomaly { op } => {
+                warn!(op = op.name(), vm = %op.vm(), epoch = op.epoch(), "handoff anomaly; resolved at next restart");
+                self.resolve(op.vm(), op.epoch(), Role::Source, false);
+            }
+        }
+        self.shared.summary_dirty.notify_one();
+    }
+
+    fn resolve(&mut self, vm: &VmId, epoch: u64, role: Role, committed: bool) {
+        if role != Role::Source {
+            return;
+        }
+        let matches = self.waiters.get(vm).is_some_and(|w| w.epoch == epoch);
+        if !matches {
+            return;
+        }
+        if let Some(w) = self.waiters.remove(vm) {
+            if committed {
+                self.shared
+                    .metrics
+                    .handoff_seconds
+                    .observe(w.started.elapsed().as_secs_f64());
+            }
+            let _ = w.done.send(Ok(MoveResult { committed, epoch }));
+        }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Source => "source",
+        Role::Destination => "destination",
+    }
+}
+
+/// Runs one driver call and maps its result for the machine.
+async fn run_driver(driver: &dyn Driver, vm: &VmId, action: &DriverAction) -> DriverOutcome {
+    let finished = |call: CallKind, r: Result<(), DriverError>| {
+        if let Err(e) = &r {
+            debug!(vm = %vm, call = ?call, reason = %e, "driver call failed");
+        }
+        DriverOutcome::Finished {
+            call,
+            ok: r.is_ok(),
+        }
+    };
+    match action {
+        DriverAction::PrepareIncoming { payload } => {
+            match driver.prepare_incoming(vm, &payload.spec).await {
+                Ok(t) => DriverOutcome::Prepared(t),
+                Err(e) => {
+                    warn!(vm = %vm, reason = %e, "prepare_incoming failed");
+                    DriverOutcome::PrepareFailed { no_room: false }
+                }
+            }
+        }
+        DriverAction::MigrateOut { target } => {
+            match driver.migrate_out(vm, target, &|_| {}).await {
+                Ok(()) => DriverOutcome::Migrated,
+                Err(e) => {
+                    info!(vm = %vm, reason = %e, "migration failed");
+                    DriverOutcome::MigrateFailed
+                }
+            }
+        }
+        DriverAction::MigrationStatus => match driver.migration_status(vm).await {
+            Ok(s) => DriverOutcome::Status(s),
+            Err(_) => DriverOutcome::StatusUnknown,
+        },
+        DriverAction::CancelOutgoing => {
+            finished(CallKind::CancelOutgoing, driver.cancel_outgoing(vm).await)
+        }
+        DriverAction::FinishOutgoing => {
+            finished(CallKind::FinishOutgoing, driver.finish_outgoing(vm).await)
+        }
+        DriverAction::ResumeIncoming => {
+            finished(CallKind::ResumeIncoming, driver.resume_incoming(vm).await)
+        }
+        DriverAction::CancelIncoming => {
+            finished(CallKind::CancelIncoming, driver.cancel_incoming(vm).await)
+        }
+        DriverAction::IncomingComplete => {
+            DriverOutcome::Complete(driver.incoming_complete(vm).await.unwrap_or(false))
+        }
+    }
+}
+
+/// Asks the owner for the handoffs in flight (empty if it does not answer).
+pub(crate) async fn handoffs_in_flight(shared: &Shared) -> Vec<HandoffStatus> {
+    let (tx, rx) = oneshot::channel();
+    if shared.inputs.send(Input::Status(tx)).await.is_err() {
+        return Vec::new();
+    }
+    rx.await.unwrap_or_default()
+}
+
+/// Starts a move through the owner and waits (bounded) for its outcome.
+pub(crate) async fn move_vm(shared: &Shared, vm: VmId, to: NodeId) -> Result<MoveResult, String> {
+    let (tx, rx) = oneshot::channel();
+    shared
+        .inputs
+        .send(Input::StartMove { vm, to, done: tx })
+        .await
+        .map_err(|_| "agent shutting down".to_owned())?;
+    let h = &shared.cfg.handoff;
+    let bound = Duration::from_millis(
+        h.prepare_timeout_ms
+            .saturating_add(h.migrate_timeout_ms)
+            .saturating_add(60_000),
+    );
+    match tokio::time::timeout(bound, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err("agent shutting down".into()),
+        Err(_) => Err("handoff did not resolve in time".into()),
+    }
+}

@@ -1,0 +1,41 @@
+//! The agent of DESIGN §3–§4: the long-running process that wires the store, the gossip
+//! endpoint and a driver, runs balancing rounds and sessions, drives the handoff state
+//! machine, serves the admin API and metrics, and reconciles the hypervisor.
+//!
+//! Files:
+//! - [`wire`]: the versioned wire enum (sessions, handoff messages, placement, admin).
+//! - [`admin_client`]: [`AdminClient`], the typed admin client for the CLI and harness.
+//! - [`failpoints`]: named handoff steps where the agent kills itself (tests, chaos).
+//! - `runtime`: [`Agent`] start-up and shutdown, [`run_agent`].
+//! - `shared`: the state every task reaches.
+//! - `handoff_task`: the one task that owns the handoff machine and executes its effects.
+//! - `rounds`: balancing rounds and drain steps; `session`: both sides of a session;
+//!   `mover`: executes planned moves one after another.
+//! - `figures`: the node's load, free memory, candidates and gossiped summary;
+//!   `sampler`: measured load factors (EWMA of usage samples).
+//! - `reconcile`: the hypervisor against the schedule (DESIGN §6).
+//! - `admin`: the admin handlers and VM placement; `rpc`: the RPC dispatcher.
+//! - `metrics`, `http`: Prometheus metrics and the `GET /metrics` responder.
+//! - `error`: [`AgentError`].
+
+mod admin;
+pub mod admin_client;
+mod error;
+pub mod failpoints;
+mod figures;
+mod handoff_task;
+mod http;
+mod metrics;
+mod mover;
+mod reconcile;
+mod rounds;
+mod rpc;
+mod runtime;
+mod sampler;
+mod session;
+mod shared;
+pub mod wire;
+
+pub use admin_client::{AdminClient, AdminClientError};
+pub use error::AgentError;
+pub use runtime::{run_agent, Agent};

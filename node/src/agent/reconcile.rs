@@ -1,0 +1,82 @@
+//! Reconciliation of the hypervisor with the schedule (DESIGN §6), on start-up and every
+//! `reconcile.interval_ms`: a `Running` entry whose VM the hypervisor does not hold (or
+//! holds stopped) is started (after `adopt`, a VM whose process survived is simply
+//! held); a VM the hypervisor holds that no entry claims is reported (log + metric),
+//! never killed. VMs in a handoff are left to the handoff machine.
+
+use super::handoff_task::handoffs_in_flight;
+use super::shared::{lock, Shared};
+use crate::driver::VmRunState;
+use ballast_store::{VmId, VmState};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// One reconciliation pass.
+pub(crate) async fn reconcile_once(shared: &Shared) {
+    let listed = match shared.driver.list().await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(reason = %e, "reconcile: cannot list the hypervisor's VMs");
+            return;
+        }
+    };
+    let Ok(entries) = shared.with_store(|s| s.list()).await else {
+        return;
+    };
+    let busy: BTreeSet<VmId> = handoffs_in_flight(shared)
+        .await
+        .into_iter()
+        .map(|h| h.vm)
+        .collect();
+    let held: HashMap<&VmId, VmRunState> = listed.iter().map(|i| (&i.vm, i.state)).collect();
+    for e in &entries {
+        if e.state != VmState::Running || busy.contains(&e.vm) {
+            continue;
+        }
+        match held.get(&e.vm) {
+            Some(VmRunState::Running) => {}
+            Some(VmRunState::Paused) | Some(VmRunState::Incoming) => {
+                warn!(vm = %e.vm, "reconcile: scheduled VM is paused here; left for the operator");
+            }
+            None | Some(VmRunState::Stopped) => {
+                info!(vm = %e.vm, "reconcile: scheduled VM not running; starting it");
+                if let Err(err) = shared.driver.start(&e.vm, &e.spec).await {
+                    warn!(vm = %e.vm, reason = %err, "reconcile: start failed");
+                }
+            }
+        }
+    }
+    let claimed: BTreeSet<&VmId> = entries.iter().map(|e| &e.vm).collect();
+    let unclaimed: Vec<VmId> = listed
+        .iter()
+        .filter(|i| i.state != VmRunState::Stopped)
+        .filter(|i| !claimed.contains(&i.vm) && !busy.contains(&i.vm))
+        .map(|i| i.vm.clone())
+        .collect();
+    {
+        let mut known = lock(&shared.unclaimed);
+        for vm in unclaimed.iter().filter(|v| !known.contains(v)) {
+            warn!(vm = %vm, "reconcile: hypervisor runs a VM no schedule entry claims (not killed)");
+        }
+        *known = unclaimed;
+        shared
+            .metrics
+            .unclaimed_vms
+            .set(i64::try_from(known.len()).unwrap_or(0));
+    }
+}
+
+/// Reconciles periodically until shutdown.
+pub(crate) async fn run_reconcile(shared: Arc<Shared>) {
+    let period = Duration::from_millis(shared.cfg.reconcile.interval_ms);
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => return,
+        }
+        reconcile_once(&shared).await;
+    }
+}

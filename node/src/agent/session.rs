@@ -1,0 +1,295 @@
+//! Balancing sessions (DESIGN §3, steps 3–5): the initiator's side
+//! ([`run_session`]) and the peer's side ([`serve_session`]).
+//!
+//! A sends `L_A` and the raw factors of its movable VMs; B answers its fresh `L_B`, what
+//! each of A's candidates would weigh on B, its free memory and its own movable VMs
+//! (with raw factors, for the case where B is the busier side). A weighs B's VMs on
+//! itself and calls the pure policy (`policy::decide`) with both sides' figures. A node
+//! takes part in one session at a time (its slot); a busy peer answers `Busy`. The slot
+//! frees itself after `balancing.session_timeout_ms`.
+
+use super::figures::local_figures;
+use super::mover::MoveJob;
+use super::shared::{lock, SessionSlot, Shared};
+use super::wire::{
+    AgentRequest, AgentResponse, PlannedVm, Request, Response, SessionRecord, SessionRequest,
+    SessionResponse, SideFigures,
+};
+use crate::policy::{decide, Candidate, Context, Decision, PlannedMove, View};
+use ballast_gossip::PeerView;
+use ballast_store::NodeId;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::{debug, info, Instrument};
+
+/// Takes the slot for `peer` unless another live session holds it.
+fn take_slot(shared: &Shared, peer: &NodeId, session: u64) -> bool {
+    let mut slot = lock(&shared.slot);
+    let now = Instant::now();
+    if slot.as_ref().is_some_and(|s| s.expires > now) {
+        return false;
+    }
+    *slot = Some(SessionSlot {
+        peer: peer.clone(),
+        session,
+        expires: now + Duration::from_millis(shared.cfg.balancing.session_timeout_ms),
+    });
+    true
+}
+
+/// Frees the slot if `peer`/`session` hold it; says whether they did.
+fn release_slot(shared: &Shared, peer: &NodeId, session: u64) -> bool {
+    let mut slot = lock(&shared.slot);
+    let held = slot
+        .as_ref()
+        .is_some_and(|s| &s.peer == peer && s.session == session && s.expires > Instant::now());
+    if held {
+        *slot = None;
+    }
+    held
+}
+
+fn candidates_of(figures: &SideFigures, loads_there: impl Fn(usize) -> f64) -> Vec<Candidate> {
+    figures
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Candidate {
+            load_here: c.load_here,
+            load_there: loads_there(i),
+            mem_bytes: c.mem_bytes,
+            pinned: c.pinned,
+            last_moved_ms: c.last_moved_unix_ms,
+        })
+        .collect()
+}
+
+/// The peer's side: answers one session step from `from`.
+pub(crate) async fn serve_session(
+    shared: &Shared,
+    movers: &mpsc::Sender<MoveJob>,
+    from: NodeId,
+    req: SessionRequest,
+) -> SessionResponse {
+    match req {
+        SessionRequest::Open { session, figures } => {
+            if shared.is_draining() {
+                return SessionResponse::Draining;
+            }
+            if shared.in_flight_in.load(Ordering::Relaxed) >= shared.cfg.balancing.max_incoming {
+                return SessionResponse::Busy;
+            }
+            if !take_slot(shared, &from, session) {
+                return SessionResponse::Busy;
+            }
+            let mine = match local_figures(shared).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(reason = %e, "cannot read own figures for a session");
+                    release_slot(shared, &from, session);
+                    return SessionResponse::Busy;
+                }
+            };
+            let loads_there = figures
+                .candidates
+                .iter()
+                .map(|c| shared.model.load_of(&c.factors))
+                .collect();
+            debug!(session, peer = %from, load_peer = figures.load, load_here = mine.load, "session offer");
+            SessionResponse::Offer {
+                session,
+                figures: mine,
+                loads_there,
+            }
+        }
+        SessionRequest::Pull { session, vms } => {
+            if !release_slot(shared, &from, session) {
+                return SessionResponse::NoSession;
+            }
+            info!(session, peer = %from, vms = vms.len(), "session: peer pulls VMs");
+            for vm in vms {
+                let job = MoveJob {
+                    vm,
+                    to: from.clone(),
+                    forced: false,
+                };
+                if movers.try_send(job).is_ok() {
+                    shared.moves_pending.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            SessionResponse::Done
+        }
+        SessionRequest::Close { session } => {
+            if release_slot(shared, &from, session) {
+                SessionResponse::Done
+            } else {
+                SessionResponse::NoSession
+            }
+        }
+    }
+}
+
+/// The initiator's side: one session with `peer`. Returns the record (also kept).
+pub(crate) async fn run_session(
+    shared: &Shared,
+    movers: &mpsc::Sender<MoveJob>,
+    peer: &PeerView,
+    session: u64,
+) -> SessionRecord {
+    let peer_id = NodeId::from(peer.node_id.as_str());
+    let span = tracing::info_span!("session", session, peer = %peer_id);
+    let record = session_inner(shared, movers, peer, &peer_id, session)
+        .instrument(span)
+        .await;
+    shared.metrics.session(outcome_label(&record.outcome));
+    shared.record_session(record.clone());
+    record
+}
+
+fn outcome_label(outcome: &str) -> &str {
+    outcome.split(':').next().unwrap_or(outcome)
+}
+
+async fn session_inner(
+    shared: &Shared,
+    movers: &mpsc::Sender<MoveJob>,
+    peer: &PeerView,
+    peer_id: &NodeId,
+    session: u64,
+) -> SessionRecord {
+    let mut record = SessionRecord {
+        session,
+        initiator: shared.me.clone(),
+        peer: peer_id.clone(),
+        load_initiator: 0.0,
+        load_peer: peer.summary.load,
+        outcome: String::new(),
+        moves: Vec::new(),
+    };
+    if !take_slot(shared, peer_id, session) {
+        record.outcome = "busy:self".into();
+        return record;
+    }
+    shared.metrics.sessions_opened.inc();
+    let outcome = negotiate(shared, movers, peer, peer_id, session, &mut record).await;
+    record.outcome = outcome;
+    release_slot(shared, peer_id, session);
+    info!(
+        outcome = %record.outcome,
+        load_here = record.load_initiator,
+        load_peer = record.load_peer,
+        moves = ?record.moves.iter().map(|m| (m.vm.as_str(), m.load_from, m.load_to)).collect::<Vec<_>>(),
+        "session decided"
+    );
+    record
+}
+
+async fn call(
+    shared: &Shared,
+    peer: &PeerView,
+    req: SessionRequest,
+) -> Result<SessionResponse, String> {
+    let rpc = shared.rpc().ok_or("no endpoint")?;
+    let timeout = Duration::from_millis(shared.cfg.balancing.session_timeout_ms);
+    let req = AgentRequest::V1(Request::Session(req));
+    let call = rpc.call::<_, AgentResponse>(peer.gossip_addr, Some(&peer.node_id), &req);
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(AgentResponse::V1(Response::Session(r)))) => Ok(r),
+        Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("session timed out".into()),
+    }
+}
+
+async fn negotiate(
+    shared: &Shared,
+    movers: &mpsc::Sender<MoveJob>,
+    peer: &PeerView,
+    peer_id: &NodeId,
+    session: u64,
+    record: &mut SessionRecord,
+) -> String {
+    let mine = match local_figures(shared).await {
+        Ok(f) => f,
+        Err(e) => return format!("failed:{e}"),
+    };
+    record.load_initiator = mine.load;
+    let open = SessionRequest::Open {
+        session,
+        figures: mine.clone(),
+    };
+    let (theirs, loads_there) = match call(shared, peer, open).await {
+        Ok(SessionResponse::Offer {
+            figures,
+            loads_there,
+            ..
+        }) if loads_there.len() == mine.candidates.len() => (figures, loads_there),
+        Ok(SessionResponse::Offer { .. }) => return "failed:bad offer".into(),
+        Ok(SessionResponse::Busy) => return "busy".into(),
+        Ok(SessionResponse::Draining) => return "draining".into(),
+        Ok(other) => return format!("failed:{other:?}"),
+        Err(e) => return format!("failed:{e}"),
+    };
+    record.load_peer = theirs.load;
+    let local_c = candidates_of(&mine, |i| loads_there[i]);
+    let peer_c = candidates_of(&theirs, |i| {
+        shared.model.load_of(&theirs.candidates[i].factors)
+    });
+    let local = View {
+        load: mine.load,
+        candidates: &local_c,
+        free_mem_bytes: mine.free_mem_bytes,
+    };
+    let remote = View {
+        load: theirs.load,
+        candidates: &peer_c,
+        free_mem_bytes: theirs.free_mem_bytes,
+    };
+    let ctx = Context {
+        now_ms: Shared::unix_ms(),
+    };
+    let decision = decide(&local, &remote, &ctx, &shared.cfg.policy);
+    let planned = |moves: &[PlannedMove], figs: &SideFigures, from: &NodeId, to: &NodeId| {
+        moves
+            .iter()
+            .map(|m| PlannedVm {
+                vm: figs.candidates[m.index].vm.clone(),
+                load_from: m.load_from,
+                load_to: m.load_to,
+                from: from.clone(),
+                to: to.clone(),
+            })
+            .collect::<Vec<_>>()
+    };
+    match decision {
+        Decision::Send(moves) => {
+            record.moves = planned(&moves, &mine, &shared.me, peer_id);
+            let _ = call(shared, peer, SessionRequest::Close { session }).await;
+            for m in &record.moves {
+                let job = MoveJob {
+                    vm: m.vm.clone(),
+                    to: peer_id.clone(),
+                    forced: false,
+                };
+                if movers.try_send(job).is_ok() {
+                    shared.moves_pending.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            "send".into()
+        }
+        Decision::Receive(moves) => {
+            record.moves = planned(&moves, &theirs, peer_id, &shared.me);
+            let vms = record.moves.iter().map(|m| m.vm.clone()).collect();
+            match call(shared, peer, SessionRequest::Pull { session, vms }).await {
+                Ok(SessionResponse::Done) => "receive".into(),
+                Ok(other) => format!("failed:pull answered {other:?}"),
+                Err(e) => format!("failed:{e}"),
+            }
+        }
+        Decision::Stay(why) => {
+            let _ = call(shared, peer, SessionRequest::Close { session }).await;
+            format!("stay:{why:?}")
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! [`Shared`]: what every task of one agent reaches — configuration, store, driver,
+//! load model, metrics, the handoff machine's input channel, the network handles, the
+//! session slot and the draining flag.
+
+use super::failpoints::Failpoints;
+use super::handoff_task::Input;
+use super::metrics::Metrics;
+use super::wire::SessionRecord;
+use crate::config::AgentConfig;
+use crate::driver::Driver;
+use crate::load::LoadModel;
+use ballast_gossip::{Endpoint, PeerView, RpcClient};
+use ballast_store::{NodeId, Store};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Recent session records kept for `RecentSessions`.
+pub(crate) const SESSION_RECORDS_MAX: usize = 256;
+
+/// The network half, set once the endpoint runs.
+pub(crate) struct Net {
+    /// The endpoint (publishing, shutdown). Taken out at shutdown.
+    pub(crate) endpoint: Arc<Endpoint>,
+    /// Its RPC client.
+    pub(crate) rpc: RpcClient,
+    /// The live-peer view.
+    pub(crate) view: watch::Receiver<Arc<Vec<PeerView>>>,
+}
+
+/// The one balancing session a node takes part in at a time.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionSlot {
+    /// The other node.
+    pub(crate) peer: NodeId,
+    /// The session id.
+    pub(crate) session: u64,
+    /// When the slot frees itself.
+    pub(crate) expires: Instant,
+}
+
+/// Everything the agent's tasks share.
+pub(crate) struct Shared {
+    pub(crate) cfg: AgentConfig,
+    pub(crate) me: NodeId,
+    pub(crate) store: Arc<Store>,
+    pub(crate) driver: Arc<dyn Driver>,
+    pub(crate) model: LoadModel,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) failpoints: Failpoints,
+    /// The handoff machine's one bounded input channel (STYLE 7).
+    pub(crate) inputs: mpsc::Sender<Input>,
+    /// Set once the endpoint runs; a std mutex, never held across `.await`.
+    pub(crate) net: Mutex<Option<Net>>,
+    /// Last known address of every node seen (peers that died keep theirs, so the
+    /// handoff machine can keep retrying them). A std mutex, never held across `.await`.
+    pub(crate) addrs: Mutex<HashMap<NodeId, SocketAddr>>,
+    /// The session slot; a std mutex, never held across `.await`.
+    pub(crate) slot: Mutex<Option<SessionSlot>>,
+    /// Recent sessions; a std mutex, never held across `.await`.
+    pub(crate) sessions: Mutex<VecDeque<SessionRecord>>,
+    /// Whether this node drains.
+    pub(crate) draining: AtomicBool,
+    /// Unresolved handoffs with this node as source / destination (set by the owner).
+    pub(crate) out_in_flight: AtomicUsize,
+    /// See `out_in_flight`.
+    pub(crate) in_flight_in: AtomicUsize,
+    /// Moves queued or running in the mover.
+    pub(crate) moves_pending: AtomicUsize,
+    /// Wakes the summary publisher (the schedule or the state changed).
+    pub(crate) summary_dirty: Notify,
+    /// VMs the hypervisor runs that no entry claims (last reconciliation).
+    pub(crate) unclaimed: Mutex<Vec<ballast_store::VmId>>,
+    /// The agent's start, origin of the handoff machine's clock.
+    pub(crate) started: Instant,
+    /// Set when shutting down.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Locks a std mutex, taking over a poisoned one (no invariant spans a panic here).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Milliseconds since the agent started (the handoff machine's clock).
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Wall-clock Unix milliseconds (cooldowns, `last_moved_unix_ms`).
+    pub(crate) fn unix_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    /// The RPC client, once the endpoint runs.
+    pub(crate) fn rpc(&self) -> Option<RpcClient> {
+        lock(&self.net).as_ref().map(|n| n.rpc.clone())
+    }
+
+    /// The endpoint, once it runs.
+    pub(crate) fn endpoint(&self) -> Option<Arc<Endpoint>> {
+        lock(&self.net).as_ref().map(|n| n.endpoint.clone())
+    }
+
+    /// The live, verified peers.
+    pub(crate) fn peers(&self) -> Arc<Vec<PeerView>> {
+        lock(&self.net)
+            .as_ref()
+            .map(|n| n.view.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    /// The live peers that take VMs (active, same protocol).
+    pub(crate) fn active_peers(&self) -> Vec<PeerView> {
+        self.peers()
+            .iter()
+            .filter(|p| p.summary.state == ballast_gossip::NodeRunState::Active)
+            .cloned()
+            .collect()
+    }
+
+    /// The address of `node`: live view first, then the last one known.
+    pub(crate) fn addr_of(&self, node: &NodeId) -> Option<SocketAddr> {
+        if let Some(p) = self.peers().iter().find(|p| p.node_id == node.as_str()) {
+            return Some(p.gossip_addr);
+        }
+        lock(&self.addrs).get(node).copied()
+    }
+
+    /// Whether this node drains.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Keeps a session record (bounded).
+    pub(crate) fn record_session(&self, record: SessionRecord) {
+        let mut s = lock(&self.sessions);
+        if s.len() >= SESSION_RECORDS_MAX {
+            s.pop_front();
+        }
+        s.push_back(record);
+    }
+
+    /// Runs a blocking store call off the async threads.
+    pub(crate) async fn with_store<T, F>(&self, f: F) -> Result<T, ballast_store::StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, ballast_store::StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(r) => r,
+            Err(e) => Err(ballast_store::StoreError::Storage {
+                op: "blocking task",
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Whether shutdown was asked.
+    pub(crate) fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
