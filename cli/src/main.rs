@@ -1,15 +1,30 @@
 //! `ballast`: the one binary of ballast — run an agent, bootstrap and operate a cluster,
-//! demo and simulate. Exit codes: 0 success, 1 failure, 2 bad usage.
+//! demo and simulate. Exit codes: 0 success, 1 failure, 2 bad usage (an unknown command
+//! or flag, a missing or malformed argument such as `--memory 12XB`).
 
+mod admin_bundle;
+mod cluster_dir;
 mod cmd;
+mod config_doc;
 mod plot;
+mod size;
+mod table;
+mod text_pos;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Decentralized VM balancing across hypervisor hosts.
 #[derive(Parser, Debug)]
-#[command(name = "ballast", version, about, propagate_version = true)]
+#[command(
+    name = "ballast",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Exit codes: 0 success, 1 failure, 2 bad usage.\n\
+                  Admin commands find the cluster through --config FILE (BALLAST_CONFIG), \
+                  --admin DIR (BALLAST_ADMIN) or ./ballast-admin."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +34,22 @@ struct Cli {
 enum Command {
     /// Run the agent of this host.
     Agent(cmd::agent::Args),
+    /// Create a cluster (CA, admin certificate, first node).
+    Cluster(cmd::cluster::Args),
+    /// Add a node (certificate and config) or forget one that is gone for good.
+    Node(cmd::node::Args),
+    /// Print the documented default configuration or check a configuration file.
+    Config(cmd::config::Args),
+    /// Create, list, show, delete, pin and unpin VMs.
+    Vm(cmd::vm::Args),
+    /// Show the cluster's nodes, their load and VMs.
+    Status(cmd::status::Args),
+    /// Move every VM off a node (with progress); it takes no new VMs until undrained.
+    Drain(cmd::drain::DrainArgs),
+    /// Let a drained node take VMs again.
+    Undrain(cmd::drain::UndrainArgs),
+    /// Run a local cluster of agents on the sim driver and watch it balance.
+    Demo(cmd::demo::Args),
     /// Run a benchmark and print its figures.
     Bench(cmd::bench::Args),
     /// Simulate thousands of hosts in one process with the agent's own policy code,
@@ -50,6 +81,14 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
         Command::Agent(args) => cmd::agent::run(args),
+        Command::Cluster(args) => cmd::cluster::run(args),
+        Command::Node(args) => cmd::node::run(args),
+        Command::Config(args) => cmd::config::run(args),
+        Command::Vm(args) => cmd::vm::run(args),
+        Command::Status(args) => cmd::status::run(args),
+        Command::Drain(args) => cmd::drain::run_drain(args),
+        Command::Undrain(args) => cmd::drain::run_undrain(args),
+        Command::Demo(args) => cmd::demo::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Completions(args) => cmd::completions::run(args, &mut Cli::command()),
@@ -60,5 +99,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

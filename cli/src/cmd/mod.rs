@@ -1,6 +1,14 @@
-//! One module per subcommand.
+//! One module per subcommand; `admin` is the shared client side of the admin commands.
 
+pub mod admin;
 pub mod agent;
 pub mod bench;
+pub mod cluster;
 pub mod completions;
+pub mod config;
+pub mod demo;
+pub mod drain;
+pub mod node;
 pub mod simulate;
+pub mod status;
+pub mod vm;

@@ -1,0 +1,155 @@
+//! `ballast node add` (a node's certificate and config, ready to copy to its host) and
+//! `ballast node forget` (tell the cluster a node is gone for good).
+
+use crate::admin_bundle::AdminArgs;
+use crate::cluster_dir::{self, ClusterDir, NodePlan};
+use crate::cmd::admin::Cluster;
+use anyhow::Context;
+use ballast_node::config::DriverKind;
+use ballast_store::NodeId;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Arguments of `ballast node`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Issue a node's certificate and write its config, ready to copy to that host.
+    Add(AddArgs),
+    /// Tell the live nodes that NODE is gone for good, so they resolve its handoffs
+    /// alone (DESIGN §4). Only for a host that will never come back.
+    Forget(ForgetArgs),
+}
+
+/// Arguments of `ballast node add`.
+#[derive(clap::Args, Debug)]
+struct AddArgs {
+    /// The node's id (a DNS label: letters, digits, '-').
+    #[arg(value_parser = cluster_dir::parse_name)]
+    name: String,
+    /// The address other nodes reach it at.
+    #[arg(long, value_name = "HOST:PORT", value_parser = cluster_dir::parse_node_addr)]
+    addr: SocketAddr,
+    /// A node to join through (repeatable) [default: every node in the admin bundle].
+    #[arg(long = "seed", value_name = "HOST:PORT", value_parser = cluster_dir::parse_node_addr)]
+    seeds: Vec<SocketAddr>,
+    /// The cluster directory `ballast cluster init` wrote (it holds the CA).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The address the node binds [default: --addr].
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Option<SocketAddr>,
+    /// The node's Prometheus endpoint (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:9420", value_name = "IP:PORT", value_parser = cluster_dir::parse_metrics_listen)]
+    metrics_listen: SocketAddr,
+    /// The node's hypervisor driver: sim or qemu.
+    #[arg(long, default_value = "qemu", value_parser = cluster_dir::parse_driver)]
+    driver: DriverKind,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `ballast node forget`.
+#[derive(clap::Args, Debug)]
+struct ForgetArgs {
+    /// The node that is gone.
+    node: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Print the nodes told as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `ballast node ...`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.cmd {
+        Cmd::Add(a) => add(a),
+        Cmd::Forget(a) => forget(a),
+    }
+}
+
+fn add(a: AddArgs) -> anyhow::Result<()> {
+    let dir = ClusterDir {
+        root: a.dir.clone(),
+    };
+    let ca = dir.load_ca()?;
+    let seeds = if a.seeds.is_empty() {
+        dir.load_admin_file()?
+            .map(|f| {
+                f.nodes
+                    .iter()
+                    .filter(|n| n.name != a.name)
+                    .map(|n| n.addr)
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        a.seeds.clone()
+    };
+    let plan = NodePlan {
+        name: a.name.clone(),
+        addr: a.addr,
+        listen: a.listen,
+        seeds,
+        metrics_listen: Some(a.metrics_listen),
+        driver: a.driver,
+    };
+    let written = cluster_dir::write_node(&dir, &ca, &plan)?;
+    let recorded = cluster_dir::record_node(&dir, &a.name, a.addr)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&written)?);
+    } else {
+        println!(
+            "Node {} ({}) written to {}",
+            written.name,
+            written.addr,
+            written.dir.display()
+        );
+        if plan.seeds.is_empty() {
+            println!("  warning: no seeds; it will not find the cluster until one is added");
+        } else {
+            let s: Vec<String> = plan.seeds.iter().map(ToString::to_string).collect();
+            println!("  seeds: {}", s.join(", "));
+        }
+        if recorded {
+            println!("  added to {}", dir.admin_file().display());
+        }
+        println!(
+            "Next: copy {} to that host and run `ballast agent --config {}`.",
+            written.dir.display(),
+            cluster_dir::AGENT_FILE
+        );
+    }
+    Ok(())
+}
+
+fn forget(a: ForgetArgs) -> anyhow::Result<()> {
+    let node = NodeId::from(a.node.as_str());
+    crate::cmd::admin::block_on(async move {
+        let cluster = Cluster::connect(&a.admin).await?;
+        let told = cluster
+            .forget_node(&node)
+            .await
+            .with_context(|| format!("forgetting node {node}"))?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({ "forgotten": node.0, "told": told })
+            );
+        } else {
+            println!(
+                "Node {node} forgotten by {} node(s): {}",
+                told.len(),
+                told.join(", ")
+            );
+        }
+        Ok(())
+    })
+}

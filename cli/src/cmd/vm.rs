@@ -1,0 +1,296 @@
+//! `ballast vm create|list|show|delete|pin|unpin`: VMs through the admin API. Commands
+//! on one VM find the node that holds it first.
+
+use crate::admin_bundle::AdminArgs;
+use crate::cmd::admin::{block_on, explain, Cluster};
+use crate::size::{format_mib, parse_memory_mib, parse_target};
+use crate::table::{bytes, new_table};
+use anyhow::{anyhow, Context};
+use ballast_store::{LoadFactors, NodeId, ScheduleEntry, VmId, VmSpec, VmState};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Bound on a create or delete call (the agent may start or stop a VM meanwhile).
+const CHANGE_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Arguments of `ballast vm`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Create a VM (on --node, or on the less loaded of two random nodes).
+    Create(CreateArgs),
+    /// List the VMs of every node (or of one).
+    List {
+        /// Only this node's VMs.
+        #[arg(long)]
+        node: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one VM: where it runs, its spec, state and load factors.
+    Show {
+        /// The VM.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a VM (stop it and remove it from its node's schedule).
+    Delete {
+        /// The VM.
+        name: String,
+    },
+    /// Pin a VM: balancing never moves it.
+    Pin {
+        /// The VM.
+        name: String,
+    },
+    /// Unpin a VM.
+    Unpin {
+        /// The VM.
+        name: String,
+    },
+}
+
+/// Arguments of `ballast vm create`.
+#[derive(clap::Args, Debug)]
+struct CreateArgs {
+    /// The VM's cluster-unique name.
+    name: String,
+    /// Virtual CPUs.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    vcpus: u32,
+    /// Guest memory: 512M, 2G, 1.5G (a plain number is MiB).
+    #[arg(long, value_parser = parse_memory_mib)]
+    memory: u64,
+    /// Reservation used as its load in target mode: cpu=CORES,io=BYTES/s,mem=BYTES
+    /// (sizes take K/M/G/T), e.g. cpu=1.5,io=20M,mem=2G.
+    #[arg(long, value_parser = parse_target)]
+    target: Option<LoadFactors>,
+    /// Put it on this node.
+    #[arg(long)]
+    node: Option<String>,
+    /// Pin it there (balancing never moves it).
+    #[arg(long)]
+    pin: bool,
+    /// A disk image (repeatable; driver-specific path or URL).
+    #[arg(long = "disk", value_name = "PATH")]
+    disks: Vec<String>,
+    /// A driver option KEY=VALUE (repeatable; e.g. the sim driver's usage profile).
+    #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = parse_opt)]
+    opts: Vec<(String, String)>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_opt(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("'{text}' is not KEY=VALUE"))
+}
+
+/// One VM as `vm list --json` and `vm show --json` print it.
+#[derive(Serialize)]
+pub struct VmRow {
+    /// The VM.
+    pub vm: String,
+    /// The node whose schedule holds the entry.
+    pub node: String,
+    /// `running`, `migrating-out`, `incoming`.
+    pub state: String,
+    /// The other side of a handoff.
+    pub peer: Option<String>,
+    /// The entry's epoch.
+    pub epoch: u64,
+    /// Pinned VMs are never moved by balancing.
+    pub pinned: bool,
+    /// The spec.
+    pub spec: VmSpec,
+    /// Its last load factors.
+    pub factors: LoadFactors,
+}
+
+impl VmRow {
+    /// The row of `entry` held by `node`.
+    pub fn new(node: &NodeId, e: &ScheduleEntry) -> Self {
+        let (state, peer) = match &e.state {
+            VmState::Running => ("running", None),
+            VmState::MigratingOut { to, .. } => ("migrating-out", Some(to.to_string())),
+            VmState::Incoming { from, .. } => ("incoming", Some(from.to_string())),
+        };
+        Self {
+            vm: e.vm.to_string(),
+            node: node.to_string(),
+            state: state.to_owned(),
+            peer,
+            epoch: e.epoch,
+            pinned: e.pinned,
+            spec: e.spec.clone(),
+            factors: e.factors,
+        }
+    }
+}
+
+/// Runs `ballast vm ...`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    block_on(async move {
+        let cluster = Cluster::connect(&args.admin).await?;
+        match args.cmd {
+            Cmd::Create(a) => create(&cluster, a).await,
+            Cmd::List { node, json } => list(&cluster, node.as_deref(), json).await,
+            Cmd::Show { name, json } => show(&cluster, &name, json).await,
+            Cmd::Delete { name } => change(&cluster, &name, Change::Delete).await,
+            Cmd::Pin { name } => change(&cluster, &name, Change::Pin).await,
+            Cmd::Unpin { name } => change(&cluster, &name, Change::Unpin).await,
+        }
+    })
+}
+
+async fn create(cluster: &Cluster, a: CreateArgs) -> anyhow::Result<()> {
+    let spec = VmSpec {
+        vcpus: a.vcpus,
+        memory_mib: a.memory,
+        target: a.target,
+        disks: a.disks,
+        extra_args: Vec::new(),
+        driver_opts: a.opts.into_iter().collect::<BTreeMap<_, _>>(),
+    };
+    let via = match &a.node {
+        Some(n) => cluster.member(n)?,
+        None => cluster
+            .members
+            .values()
+            .find(|m| m.status.is_some())
+            .ok_or_else(|| anyhow!("no node answered"))?,
+    };
+    let client = cluster.client(via.addr, CHANGE_CALL_TIMEOUT)?;
+    let vm = VmId::from(a.name.as_str());
+    let node = a.node.as_deref().map(NodeId::from);
+    let placed = client
+        .create_vm(&vm, &spec, node.as_ref(), a.pin)
+        .await
+        .map_err(|e| explain(e, via.addr, &cluster.bundle_path))
+        .with_context(|| format!("creating VM {vm}"))?;
+    if a.json {
+        println!("{}", serde_json::json!({ "vm": vm.0, "node": placed.0 }));
+    } else {
+        println!(
+            "VM {vm} created on {placed} ({} vCPU, {})",
+            spec.vcpus,
+            format_mib(spec.memory_mib)
+        );
+    }
+    Ok(())
+}
+
+async fn list(cluster: &Cluster, node: Option<&str>, json: bool) -> anyhow::Result<()> {
+    if let Some(n) = node {
+        cluster.member(n)?;
+    }
+    let mut rows = Vec::new();
+    for (n, entries) in cluster.schedules().await? {
+        if node.is_some_and(|want| want != n.as_str()) {
+            continue;
+        }
+        rows.extend(entries.iter().map(|e| VmRow::new(&n, e)));
+    }
+    rows.sort_by(|a, b| a.vm.cmp(&b.vm).then(a.node.cmp(&b.node)));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut t = new_table(
+        &["VM", "NODE", "STATE", "VCPUS", "MEMORY", "PINNED", "EPOCH"],
+        &[3, 4, 6],
+    );
+    for r in &rows {
+        let state = match &r.peer {
+            Some(p) => format!("{} ({p})", r.state),
+            None => r.state.clone(),
+        };
+        t.add_row(vec![
+            r.vm.clone(),
+            r.node.clone(),
+            state,
+            r.spec.vcpus.to_string(),
+            format_mib(r.spec.memory_mib),
+            if r.pinned { "yes" } else { "" }.to_owned(),
+            r.epoch.to_string(),
+        ]);
+    }
+    println!("{t}");
+    println!("{} VM entries", rows.len());
+    Ok(())
+}
+
+async fn show(cluster: &Cluster, name: &str, json: bool) -> anyhow::Result<()> {
+    let (member, entry) = cluster.find_vm(&VmId::from(name)).await?;
+    let row = VmRow::new(&member.node, &entry);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&row)?);
+        return Ok(());
+    }
+    println!("VM:       {}", row.vm);
+    println!("node:     {} ({})", row.node, member.addr);
+    match &row.peer {
+        Some(p) => println!("state:    {} (with {p})", row.state),
+        None => println!("state:    {}", row.state),
+    }
+    println!("epoch:    {}", row.epoch);
+    println!("pinned:   {}", row.pinned);
+    println!("vcpus:    {}", row.spec.vcpus);
+    println!("memory:   {}", format_mib(row.spec.memory_mib));
+    if let Some(t) = row.spec.target {
+        println!(
+            "target:   cpu={} io={}/s mem={}",
+            t.cpu,
+            bytes(t.io),
+            bytes(t.mem)
+        );
+    }
+    println!(
+        "factors:  cpu={:.3} io={}/s mem={}",
+        row.factors.cpu,
+        bytes(row.factors.io),
+        bytes(row.factors.mem)
+    );
+    for d in &row.spec.disks {
+        println!("disk:     {d}");
+    }
+    for (k, v) in &row.spec.driver_opts {
+        println!("opt:      {k}={v}");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Change {
+    Delete,
+    Pin,
+    Unpin,
+}
+
+async fn change(cluster: &Cluster, name: &str, what: Change) -> anyhow::Result<()> {
+    let vm = VmId::from(name);
+    let (member, _) = cluster.find_vm(&vm).await?;
+    let client = cluster.client(member.addr, CHANGE_CALL_TIMEOUT)?;
+    let (result, done) = match what {
+        Change::Delete => (client.delete_vm(&vm).await, "deleted"),
+        Change::Pin => (client.pin(&vm).await, "pinned"),
+        Change::Unpin => (client.unpin(&vm).await, "unpinned"),
+    };
+    result.map_err(|e| explain(e, member.addr, &cluster.bundle_path))?;
+    println!("VM {vm} {done} (on {})", member.node);
+    Ok(())
+}
