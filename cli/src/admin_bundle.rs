@@ -162,15 +162,27 @@ impl AdminBundle {
         })
     }
 
-    /// Reads the admin certificate, its key and the CA certificate.
+    /// Reads the admin certificate, its key and the CA certificate, and checks that the
+    /// certificate is signed by that CA.
     pub fn cert_bundle(&self) -> anyhow::Result<ballast_gossip::CertBundle> {
         let f = &self.file;
-        ballast_gossip::load_cert_bundle(&f.cert, &f.key, &f.ca_cert).with_context(|| {
-            format!(
-                "reading the admin certificate named in {}",
-                self.file_path.display()
+        let bundle =
+            ballast_gossip::load_cert_bundle(&f.cert, &f.key, &f.ca_cert).with_context(|| {
+                format!(
+                    "reading the admin certificate named in {}",
+                    self.file_path.display()
+                )
+            })?;
+        crate::cert_check::check_signed_by(&bundle.ca_cert_pem, &bundle.cert_pem).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not signed by the cluster CA {} ({e}): it belongs to another \
+                     cluster; use the admin bundle of cluster {:?}",
+                f.cert.display(),
+                f.ca_cert.display(),
+                f.cluster
             )
-        })
+        })?;
+        Ok(bundle)
     }
 }
 

@@ -3,9 +3,11 @@
 //! or flag, a missing or malformed argument such as `--memory 12XB`).
 
 mod admin_bundle;
+mod cert_check;
 mod cluster_dir;
 mod cmd;
 mod config_doc;
+mod local_cluster;
 mod plot;
 mod size;
 mod table;

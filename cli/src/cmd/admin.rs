@@ -225,7 +225,9 @@ impl Cluster {
 
 fn is_auth_problem(e: &anyhow::Error) -> bool {
     let s = format!("{e:#}");
-    s.contains("not an admin certificate") || s.contains("not signed by this cluster")
+    s.contains("not an admin certificate")
+        || s.contains("not signed by this cluster")
+        || s.contains("closed the connection")
 }
 
 /// Turns a client error into a message that says what happened and what to do.
@@ -240,15 +242,32 @@ pub fn explain(e: AdminClientError, addr: SocketAddr, bundle: &std::path::Path) 
         AdminClientError::Rpc {
             source: RpcError::Connect { reason, .. },
             ..
+        } if reason.contains("invalid peer certificate") => anyhow!(
+            "TLS with {addr} failed ({reason}): that node's certificate is not signed by \
+             the CA of the admin bundle {}; it is a node of another cluster, or the bundle \
+             is another cluster's (not signed by this cluster's CA)",
+            bundle.display()
+        ),
+        AdminClientError::Rpc {
+            source: RpcError::Connect { reason, .. },
+            ..
         } if is_tls_trust_failure(&reason) => anyhow!(
-            "TLS with {addr} failed ({reason}): the admin certificate in {} is not signed \
-             by this cluster's CA, or the node is not of the bundle's cluster",
+            "TLS with {addr} failed ({reason}): the node did not accept the admin \
+             certificate in {} (not signed by this cluster's CA?)",
             bundle.display()
         ),
         AdminClientError::Rpc {
             source: RpcError::Connect { reason, .. },
             ..
         } => anyhow!("cannot reach the agent at {addr}: {reason} (is it running?)"),
+        AdminClientError::Rpc {
+            source: RpcError::Frame(f),
+            ..
+        } if f.to_string().contains("connection lost") => anyhow!(
+            "{addr} closed the connection ({f}): it did not accept the admin certificate \
+             in {} (is it of this cluster?), or the agent stopped",
+            bundle.display()
+        ),
         AdminClientError::Rpc {
             source: RpcError::Timeout { .. },
             ..
@@ -266,8 +285,8 @@ fn is_tls_trust_failure(reason: &str) -> bool {
         "unknownca",
         "badcertificate",
         "bad certificate",
-        "certificate",
-        "handshake",
+        "certificaterequired",
+        "invalid peer certificate",
     ]
     .iter()
     .any(|k| r.contains(k))
