@@ -51,7 +51,11 @@ mod tests {
         let admin = ballast_gossip::issue_admin_cert(&ca, "ops").expect("admin");
         check_signed_by(&ca.cert_pem, &admin.cert_pem).expect("own CA");
         let e = check_signed_by(&other.cert_pem, &admin.cert_pem).expect_err("other CA");
-        assert!(e.to_string().to_lowercase().contains("issuer"), "{e}");
+        // Same cluster name, so the same issuer name: only the signature tells them apart.
+        assert!(e.to_string().contains("BadSignature"), "{e}");
+        let third = ballast_gossip::create_ca("two").expect("ca");
+        let e = check_signed_by(&third.cert_pem, &admin.cert_pem).expect_err("other name");
+        assert!(e.to_string().contains("UnknownIssuer"), "{e}");
         assert!(check_signed_by(&ca.cert_pem, "garbage").is_err());
     }
 }

@@ -1,0 +1,350 @@
+//! The CLI end to end, as a user runs it, in a temporary directory: `cluster init`,
+//! `node add` ×2, three real agent processes started from those configs, 12 VMs created
+//! on one node, `status --json`, balancing, `drain`, `undrain`, `vm delete`; and the
+//! admin API refusing a node certificate, another cluster's admin certificate, and an
+//! unreachable agent, each with its message and exit code 1.
+
+use serde_json::Value;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Bound on each wait of this test.
+const WAIT: Duration = Duration::from_secs(90);
+
+fn ballast(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("BALLAST_CONFIG")
+        .env_remove("BALLAST_ADMIN")
+        .output()
+        .expect("run ballast")
+}
+
+/// Runs a command that must succeed and returns its stdout.
+fn ok(args: &[&str], cwd: &Path) -> String {
+    let o = ballast(args, cwd);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(args: &[&str], cwd: &Path) -> Value {
+    serde_json::from_str(&ok(args, cwd)).expect("JSON output")
+}
+
+/// Polls `f` until it returns `Some`, at most [`WAIT`].
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Agent processes, killed when the test ends however it ends.
+struct Agents(Vec<Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let socks: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    socks
+        .iter()
+        .map(|s| s.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// What an operator edits for a quick test cluster: rounds every few hundred ms, loads
+/// from the VMs' reservations, fast simulated migrations.
+fn tune(config: &Path) {
+    let text = std::fs::read_to_string(config).expect("read config");
+    let mut t: toml::Table = toml::from_str(&text).expect("parse config");
+    let mut set = |table: &str, key: &str, v: toml::Value| {
+        let mut cur = &mut t;
+        for part in table.split('.') {
+            cur = cur
+                .entry(part)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .expect("table");
+        }
+        cur.insert(key.to_owned(), v);
+    };
+    set("load", "mode", "target".into());
+    set("policy", "threshold", 0.004.into());
+    set("policy", "min_gain", 0.002.into());
+    set("policy", "cooldown_ms", 2_000.into());
+    set("balancing", "round_interval_ms", 300.into());
+    set("balancing", "round_jitter_ms", 200.into());
+    set("gossip", "interval_ms", 250.into());
+    set("driver.sim", "migration_ms", 50.into());
+    std::fs::write(config, toml::to_string(&t).expect("render")).expect("write config");
+}
+
+fn node_vms(status: &Value, node: &str) -> u64 {
+    status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["node"] == node)
+        .and_then(|n| n["vms"].as_u64())
+        .unwrap_or(u64::MAX)
+}
+
+/// Distinct VMs in the schedules (`vm list --json`).
+fn distinct_vms(dir: &Path) -> Vec<String> {
+    let list = json(&["vm", "list", "--json", "--admin", "c/ballast-admin"], dir);
+    let mut names: Vec<String> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["vm"].as_str().expect("vm").to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_user_bootstraps_balances_drains_and_deletes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    let ports = free_ports(3);
+    let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let common = ["--driver", "sim", "--metrics-listen", "127.0.0.1:0"];
+    let mut args = vec!["cluster", "init", "--name", "e2e", "--dir", "c"];
+    let a0 = addr(0);
+    args.extend(["--addr", a0.as_str()]);
+    args.extend(common);
+    ok(&args, d);
+    for (i, name) in [(1, "node-2"), (2, "node-3")] {
+        let a = addr(i);
+        let mut args = vec!["node", "add", name, "--addr", a.as_str(), "--dir", "c"];
+        args.extend(common);
+        ok(&args, d);
+    }
+    let configs: Vec<PathBuf> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|n| d.join("c/nodes").join(n).join("agent.toml"))
+        .collect();
+    for c in &configs {
+        tune(c);
+        ok(&["config", "check", c.to_str().expect("utf-8")], d);
+    }
+    let mut agents = Agents(Vec::new());
+    for c in &configs {
+        let log = std::fs::File::create(c.with_file_name("agent.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+            .args(["agent", "--config"])
+            .arg(c)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        agents.0.push(child);
+    }
+    let admin = ["--admin", "c/ballast-admin"];
+    let with_admin = |args: &[&'static str]| -> Vec<&str> {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend(admin);
+        v
+    };
+
+    // Three active nodes.
+    wait_for("3 active nodes", || {
+        let o = ballast(&with_admin(&["status", "--json"]), d);
+        let s: Value = serde_json::from_slice(&o.stdout).ok()?;
+        (s["active_nodes"] == 3).then_some(())
+    });
+
+    // 12 VMs on node-1.
+    for i in 1..=12 {
+        let name = format!("vm-{i}");
+        let args = [
+            "vm",
+            "create",
+            &name,
+            "--vcpus",
+            "2",
+            "--memory",
+            "1G",
+            "--target",
+            "cpu=1,mem=1G",
+            "--node",
+            "node-1",
+            "--admin",
+            "c/ballast-admin",
+            "--json",
+        ];
+        let v = json(&args, d);
+        assert_eq!(v["node"], "node-1", "{v}");
+    }
+    let status = json(&with_admin(&["status", "--json"]), d);
+    assert_eq!(status["active_nodes"], 3, "{status}");
+    assert_eq!(distinct_vms(d).len(), 12);
+
+    // Balancing spreads them: every node ends up with 3 to 5 and the total stays 12.
+    let spread = wait_for("balancing to spread the VMs", || {
+        let s = json(&with_admin(&["status", "--json"]), d);
+        let counts: Vec<u64> = ["node-1", "node-2", "node-3"]
+            .iter()
+            .map(|n| node_vms(&s, n))
+            .collect();
+        let quiet = s["migrations_in_flight"] == 0;
+        (quiet && s["total_vms"] == 12 && counts.iter().all(|c| (3..=5).contains(c))).then_some(s)
+    });
+    assert_eq!(spread["active_nodes"], 3, "{spread}");
+    assert_eq!(distinct_vms(d).len(), 12);
+
+    // vm show / pin / unpin.
+    let shown = json(&with_admin(&["vm", "show", "vm-3", "--json"]), d);
+    assert_eq!(shown["vm"], "vm-3");
+    assert_eq!(shown["spec"]["memory_mib"], 1024);
+    ok(&with_admin(&["vm", "pin", "vm-3"]), d);
+    assert_eq!(
+        json(&with_admin(&["vm", "show", "vm-3", "--json"]), d)["pinned"],
+        true
+    );
+    ok(&with_admin(&["vm", "unpin", "vm-3"]), d);
+
+    // Drain node-2: it ends with 0 VMs, the total is still 12.
+    let drained = json(
+        &with_admin(&["drain", "node-2", "--json", "--timeout", "90"]),
+        d,
+    );
+    assert_eq!(drained["drained"], true, "{drained}");
+    let s = json(&with_admin(&["status", "--json"]), d);
+    assert_eq!(node_vms(&s, "node-2"), 0, "{s}");
+    assert_eq!(distinct_vms(d).len(), 12);
+    let node2 = s["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["node"] == "node-2")
+        .expect("node-2")
+        .clone();
+    assert_eq!(node2["state"], "draining", "{node2}");
+
+    // Undrain: node-2 is active again.
+    ok(&with_admin(&["undrain", "node-2"]), d);
+    wait_for("node-2 active", || {
+        let s = json(&with_admin(&["status", "--json"]), d);
+        (s["active_nodes"] == 3).then_some(())
+    });
+
+    // Delete one VM: 11 left, and it is gone.
+    ok(&with_admin(&["vm", "delete", "vm-7"]), d);
+    let left = distinct_vms(d);
+    assert_eq!(left.len(), 11, "{left:?}");
+    assert!(!left.contains(&"vm-7".to_owned()));
+    let o = ballast(&with_admin(&["vm", "show", "vm-7"]), d);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_of(&o).contains("not found"), "{}", stderr_of(&o));
+
+    refusals(d);
+    drop(agents);
+}
+
+/// Admin calls the agents must refuse, each with a clear message and exit code 1.
+fn refusals(d: &Path) {
+    // A node certificate dressed as an admin bundle.
+    let fake = d.join("node-as-admin");
+    std::fs::create_dir(&fake).expect("mkdir");
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("node.pem", "admin.pem"),
+        ("node.key", "admin.key"),
+    ] {
+        std::fs::copy(d.join("c/nodes/node-2").join(from), fake.join(to)).expect("copy");
+    }
+    std::fs::copy(
+        d.join("c/ballast-admin/admin.toml"),
+        fake.join("admin.toml"),
+    )
+    .expect("copy");
+    let o = ballast(&["status", "--admin", "node-as-admin"], d);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr_of(&o).contains("not an admin certificate"),
+        "{}",
+        stderr_of(&o)
+    );
+
+    // Another cluster's admin bundle pointed at this cluster's nodes.
+    ok(
+        &[
+            "cluster", "init", "--name", "other", "--dir", "o", "--driver", "sim",
+        ],
+        d,
+    );
+    std::fs::copy(
+        d.join("c/ballast-admin/admin.toml"),
+        d.join("o/ballast-admin/admin.toml"),
+    )
+    .expect("copy");
+    let o = ballast(&["status", "--admin", "o/ballast-admin"], d);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr_of(&o).contains("another cluster"),
+        "{}",
+        stderr_of(&o)
+    );
+
+    // That cluster's admin certificate next to this cluster's CA: refused before sending.
+    let mixed = d.join("mixed");
+    std::fs::create_dir(&mixed).expect("mkdir");
+    std::fs::copy(d.join("c/ballast-admin/ca.pem"), mixed.join("ca.pem")).expect("copy");
+    std::fs::copy(
+        d.join("c/ballast-admin/admin.toml"),
+        mixed.join("admin.toml"),
+    )
+    .expect("copy");
+    for f in ["admin.pem", "admin.key"] {
+        std::fs::copy(d.join("o/ballast-admin").join(f), mixed.join(f)).expect("copy");
+    }
+    let o = ballast(&["vm", "list", "--admin", "mixed"], d);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr_of(&o).contains("not signed by the cluster CA"),
+        "{}",
+        stderr_of(&o)
+    );
+
+    // An agent that is not there.
+    let port = free_ports(1)[0];
+    let addr = format!("127.0.0.1:{port}");
+    let o = ballast(
+        &["status", "--admin", "c/ballast-admin", "--node-addr", &addr],
+        d,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr_of(&o).contains("cannot reach the agent"),
+        "{}",
+        stderr_of(&o)
+    );
+}
