@@ -305,6 +305,24 @@ fn admin_commands_without_a_bundle_fail_with_a_hint() {
 }
 
 #[test]
+fn an_agent_with_a_missing_or_invalid_config_fails_with_the_reason() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = ballast(&["agent", "--config", "missing.toml"], tmp.path());
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("missing.toml"), "{}", stderr(&o));
+    std::fs::write(
+        tmp.path().join("bad.toml"),
+        "[node]\nid = \"n1\"\nport = 1\n",
+    )
+    .expect("write");
+    let o = ballast(&["agent", "--config", "bad.toml"], tmp.path());
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("line 3"), "{}", stderr(&o));
+    let o = ballast(&["agent"], tmp.path());
+    assert_eq!(code(&o), 2, "no --config is bad usage");
+}
+
+#[test]
 fn completions_are_printed_for_each_shell() {
     let tmp = tempfile::tempdir().expect("tempdir");
     for shell in ["bash", "zsh", "fish"] {

@@ -266,6 +266,20 @@ fn a_user_bootstraps_balances_drains_and_deletes() {
     assert!(stderr_of(&o).contains("not found"), "{}", stderr_of(&o));
 
     refusals(d);
+
+    // A node that stops shows as unreachable; status still answers.
+    let node3 = agents.0.get_mut(2).expect("node-3");
+    node3.kill().expect("kill node-3");
+    node3.wait().expect("reap node-3");
+    wait_for("node-3 unreachable", || {
+        let s = json(&with_admin(&["status", "--json"]), d);
+        let n3 = s["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["node"] == "node-3")?
+            .clone();
+        (n3["state"] == "unreachable" && s["active_nodes"] == 2).then_some(())
+    });
     drop(agents);
 }
 

@@ -2,7 +2,7 @@
 //! (from the admin bundle), learn the others from its membership view, and fan calls
 //! out to all of them. Errors are turned into messages that say what to do.
 
-use crate::admin_bundle::{AdminArgs, AdminBundle};
+use crate::admin_bundle::{AdminArgs, AdminBundle, KnownNode};
 use anyhow::{anyhow, bail};
 use ballast_gossip::{CertBundle, RpcError};
 use ballast_node::agent::admin_client::{AdminClient, AdminClientError};
@@ -46,6 +46,8 @@ pub struct Cluster {
     pub members: BTreeMap<NodeId, Member>,
     /// Where the bundle came from (for messages).
     pub bundle_path: std::path::PathBuf,
+    /// The nodes the bundle names.
+    known: Vec<KnownNode>,
 }
 
 impl Cluster {
@@ -57,6 +59,7 @@ impl Cluster {
             cert,
             members: BTreeMap::new(),
             bundle_path: bundle.file_path.clone(),
+            known: bundle.file.nodes.clone(),
         };
         cluster.discover(&bundle).await?;
         Ok(cluster)
@@ -155,6 +158,43 @@ impl Cluster {
                     error,
                 },
             );
+        }
+    }
+
+    /// Adds the nodes the bundle names that the membership view does not show (down,
+    /// partitioned, or not joined yet): asked directly, listed unreachable if silent.
+    pub async fn probe_known(&mut self) {
+        let mut set = JoinSet::new();
+        for k in &self.known {
+            let seen = self.members.values().any(|m| m.addr == k.addr)
+                || self.members.contains_key(&NodeId::from(k.name.as_str()));
+            if seen {
+                continue;
+            }
+            if let Ok(c) = self.client(k.addr, QUICK_CALL_TIMEOUT) {
+                let k = k.clone();
+                set.spawn(async move {
+                    let r = c.status().await;
+                    (k, r)
+                });
+            }
+        }
+        while let Some(joined) = set.join_next().await {
+            let Ok((k, result)) = joined else { continue };
+            let (node, status, error) = match result {
+                Ok(s) => (s.node.clone(), Some(s), None),
+                Err(e) => (
+                    NodeId::from(k.name.as_str()),
+                    None,
+                    Some(format!("{:#}", explain(e, k.addr, &self.bundle_path))),
+                ),
+            };
+            self.members.entry(node.clone()).or_insert(Member {
+                node,
+                addr: k.addr,
+                status,
+                error,
+            });
         }
     }
 

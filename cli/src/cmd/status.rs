@@ -45,7 +45,8 @@ pub struct NodeRow {
     pub mem_free_bytes: f64,
     /// Handoffs in flight on this node.
     pub migrations_in_flight: usize,
-    /// `now` when it answered this call, else `unreachable`.
+    /// `now` when it answered this call, else `unreachable` (the gossip view does not
+    /// say when a peer was last heard from).
     pub last_seen: String,
     /// Why it did not answer.
     pub error: Option<String>,
@@ -184,7 +185,8 @@ pub fn render(r: &StatusReport) -> String {
 pub fn run(args: Args) -> anyhow::Result<()> {
     block_on(async move {
         loop {
-            let cluster = Cluster::connect(&args.admin).await?;
+            let mut cluster = Cluster::connect(&args.admin).await?;
+            cluster.probe_known().await;
             let r = report(&cluster);
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
