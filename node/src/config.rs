@@ -4,7 +4,7 @@
 
 use crate::driver::qemu::QemuConfig;
 use crate::driver::sim::SimConfig;
-use crate::handoff::HandoffConfig;
+use crate::handoff::{HandoffConfig, PlantedBug};
 use crate::load::{HostCapacity, LoadMode, Weights};
 use crate::policy::{PolicyConfig, PolicyConfigError};
 use serde::{Deserialize, Serialize};
@@ -213,6 +213,10 @@ pub struct FailpointsSection {
     pub exit_at: Vec<String>,
     /// Send every handoff message twice (duplicates must change nothing).
     pub duplicate_sends: bool,
+    /// A deliberate handoff bug (`None`, `PromoteOnTimeout`, `AckBeforeDurable`), so the
+    /// chaos harness can show that its checkers catch a broken protocol. Never set it
+    /// outside that test.
+    pub planted_bug: PlantedBug,
 }
 
 /// The whole agent configuration.

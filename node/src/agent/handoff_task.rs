@@ -80,6 +80,7 @@ pub(crate) struct Owner {
 /// The machine's configuration: the agent's `[handoff]` with room for the limits.
 pub(crate) fn machine_config(shared: &Shared) -> HandoffConfig {
     let mut c = shared.cfg.handoff.clone();
+    c.planted_bug = shared.cfg.failpoints.planted_bug;
     let b = &shared.cfg.balancing;
     c.handoffs_max = c.handoffs_max.max(b.max_outgoing + b.max_incoming);
     c
