@@ -37,8 +37,9 @@ pub(crate) async fn reconcile_once(shared: &Shared) {
         }
         match held.get(&e.vm) {
             Some(VmRunState::Running) => {}
-            Some(VmRunState::Paused) | Some(VmRunState::Incoming) => {
-                warn!(vm = %e.vm, "reconcile: scheduled VM is paused here; left for the operator");
+            Some(VmRunState::Paused) => resume(shared, &e.vm).await,
+            Some(VmRunState::Incoming) => {
+                warn!(vm = %e.vm, "reconcile: scheduled VM is an incomplete incoming copy; left for the operator");
             }
             None | Some(VmRunState::Stopped) => {
                 info!(vm = %e.vm, "reconcile: scheduled VM not running; starting it");
@@ -65,6 +66,20 @@ pub(crate) async fn reconcile_once(shared: &Shared) {
             .metrics
             .unclaimed_vms
             .set(i64::try_from(known.len()).unwrap_or(0));
+    }
+}
+
+/// A `Running` entry, in no handoff, whose VM is paused here: the handoff that paused it
+/// is resolved with this node as the owner (a crash between promote and resume, or a
+/// failed cancel), so the VM must run. An incoming copy is resumed; a source copy whose
+/// migration was cancelled is let run again.
+async fn resume(shared: &Shared, vm: &VmId) {
+    info!(vm = %vm, "reconcile: scheduled VM is paused here; resuming it");
+    if shared.driver.resume_incoming(vm).await.is_ok() {
+        return;
+    }
+    if let Err(err) = shared.driver.cancel_outgoing(vm).await {
+        warn!(vm = %vm, reason = %err, "reconcile: cannot resume a paused VM");
     }
 }
 

@@ -70,6 +70,7 @@ impl Agent {
             model,
             metrics: Arc::new(Metrics::new()),
             failpoints,
+            tls: tls.clone(),
             inputs: inputs_tx,
             net: Mutex::new(None),
             addrs: Mutex::new(HashMap::new()),
@@ -92,13 +93,14 @@ impl Agent {
             shared: shared.clone(),
             movers: moves_tx.clone(),
         });
-        let endpoint = match Endpoint::start(endpoint_config(&shared.cfg), tls, handler).await {
-            Ok(e) => Arc::new(e),
-            Err(e) => {
-                let _ = stop.send(true);
-                return Err(e.into());
-            }
-        };
+        let endpoint =
+            match Endpoint::start(endpoint_config(&shared.cfg), tls.clone(), handler).await {
+                Ok(e) => Arc::new(e),
+                Err(e) => {
+                    let _ = stop.send(true);
+                    return Err(e.into());
+                }
+            };
         *lock(&shared.net) = Some(Net {
             rpc: endpoint.rpc_client().clone(),
             view: endpoint.watch_peers(),
@@ -245,19 +247,27 @@ fn endpoint_config(cfg: &AgentConfig) -> EndpointConfig {
 }
 
 /// Remembers every peer's address (so handoff messages reach peers that left the live
-/// view) and wakes the publisher when the view changes.
+/// view), and renews the RPC client when a peer restarted (a new gossip generation).
 async fn track_addresses(shared: Arc<Shared>) {
     let Some(mut view) = lock(&shared.net).as_ref().map(|n| n.view.clone()) else {
         return;
     };
     let mut shutdown = shared.shutdown.clone();
+    let mut generations: HashMap<String, u64> = HashMap::new();
     loop {
-        {
+        let restarted = {
             let peers = view.borrow_and_update().clone();
             let mut addrs = lock(&shared.addrs);
+            let mut restarted = false;
             for p in peers.iter() {
                 addrs.insert(NodeId::from(p.node_id.as_str()), p.gossip_addr);
+                let old = generations.insert(p.node_id.clone(), p.generation);
+                restarted |= old.is_some_and(|g| g != p.generation);
             }
+            restarted
+        };
+        if restarted {
+            shared.renew_rpc();
         }
         tokio::select! {
             changed = view.changed() => if changed.is_err() { return },

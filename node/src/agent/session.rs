@@ -12,8 +12,8 @@ use super::figures::local_figures;
 use super::mover::MoveJob;
 use super::shared::{lock, SessionSlot, Shared};
 use super::wire::{
-    AgentRequest, AgentResponse, PlannedVm, Request, Response, SessionRecord, SessionRequest,
-    SessionResponse, SideFigures,
+    AgentRequest, AgentResponse, CandidateView, PlannedVm, Request, Response, SessionRecord,
+    SessionRequest, SessionResponse, SideFigures,
 };
 use crate::policy::{decide, Candidate, Context, Decision, PlannedMove, View};
 use ballast_gossip::PeerView;
@@ -61,6 +61,22 @@ fn candidates_of(figures: &SideFigures, loads_there: impl Fn(usize) -> f64) -> V
             mem_bytes: c.mem_bytes,
             pinned: c.pinned,
             last_moved_ms: c.last_moved_unix_ms,
+        })
+        .collect()
+}
+
+fn views(figures: &SideFigures, candidates: &[Candidate]) -> Vec<CandidateView> {
+    figures
+        .candidates
+        .iter()
+        .zip(candidates)
+        .map(|(f, c)| CandidateView {
+            vm: f.vm.clone(),
+            load_here: c.load_here,
+            load_there: c.load_there,
+            mem_bytes: c.mem_bytes,
+            pinned: c.pinned,
+            last_moved_unix_ms: c.last_moved_ms,
         })
         .collect()
 }
@@ -166,6 +182,10 @@ async fn session_inner(
         load_peer: peer.summary.load,
         outcome: String::new(),
         moves: Vec::new(),
+        initiator_candidates: Vec::new(),
+        peer_candidates: Vec::new(),
+        free_mem_bytes: (0, 0),
+        now_unix_ms: 0,
     };
     if !take_slot(shared, peer_id, session) {
         record.outcome = "busy:self".into();
@@ -249,6 +269,10 @@ async fn negotiate(
     let ctx = Context {
         now_ms: Shared::unix_ms(),
     };
+    record.initiator_candidates = views(&mine, &local_c);
+    record.peer_candidates = views(&theirs, &peer_c);
+    record.free_mem_bytes = (mine.free_mem_bytes, theirs.free_mem_bytes);
+    record.now_unix_ms = ctx.now_ms;
     let decision = decide(&local, &remote, &ctx, &shared.cfg.policy);
     let planned = |moves: &[PlannedMove], figs: &SideFigures, from: &NodeId, to: &NodeId| {
         moves

@@ -25,7 +25,8 @@ pub(crate) const SESSION_RECORDS_MAX: usize = 256;
 pub(crate) struct Net {
     /// The endpoint (publishing, shutdown). Taken out at shutdown.
     pub(crate) endpoint: Arc<Endpoint>,
-    /// Its RPC client.
+    /// The RPC client in use: the endpoint's own at first; a fresh standalone one after
+    /// a peer restarted (see `renew_rpc`).
     pub(crate) rpc: RpcClient,
     /// The live-peer view.
     pub(crate) view: watch::Receiver<Arc<Vec<PeerView>>>,
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) model: LoadModel,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) failpoints: Failpoints,
+    /// This node's certificate, for fresh RPC clients.
+    pub(crate) tls: ballast_gossip::TlsBundle,
     /// The handoff machine's one bounded input channel (STYLE 7).
     pub(crate) inputs: mpsc::Sender<Input>,
     /// Set once the endpoint runs; a std mutex, never held across `.await`.
@@ -102,6 +105,34 @@ impl Shared {
     /// The RPC client, once the endpoint runs.
     pub(crate) fn rpc(&self) -> Option<RpcClient> {
         lock(&self.net).as_ref().map(|n| n.rpc.clone())
+    }
+
+    /// Replaces the RPC client by a fresh one on its own socket. A peer that restarted
+    /// at the same address leaves our cached QUIC connection to its old process
+    /// half-open until the idle timeout (its stateless resets cannot be verified), and
+    /// calls on it time out; a fresh client connects to the new process at once.
+    pub(crate) fn renew_rpc(&self) {
+        let g = &self.cfg.gossip;
+        let ip = if self.cfg.node.listen.ip().is_loopback() {
+            std::net::Ipv4Addr::LOCALHOST
+        } else {
+            std::net::Ipv4Addr::UNSPECIFIED
+        };
+        let config = ballast_gossip::RpcClientConfig {
+            bind_addr: (ip, 0).into(),
+            max_frame_bytes: g.max_rpc_frame_bytes,
+            timeout: std::time::Duration::from_millis(g.rpc_timeout_ms),
+            connect_timeout: std::time::Duration::from_millis(g.connect_timeout_ms),
+        };
+        match RpcClient::new(self.tls.clone(), config) {
+            Ok(client) => {
+                if let Some(net) = lock(&self.net).as_mut() {
+                    net.rpc = client;
+                    tracing::info!("a peer restarted: RPC client renewed");
+                }
+            }
+            Err(e) => tracing::warn!(reason = %e, "cannot renew the RPC client"),
+        }
     }
 
     /// The endpoint, once it runs.

@@ -386,6 +386,33 @@ pub struct SessionRecord {
     pub outcome: String,
     /// The moves planned, in order.
     pub moves: Vec<PlannedVm>,
+    /// The initiator's candidates as the policy saw them (`load_there` = on the peer,
+    /// as the peer computed it).
+    pub initiator_candidates: Vec<CandidateView>,
+    /// The peer's candidates as the policy saw them (`load_there` = on the initiator,
+    /// as the initiator computed it).
+    pub peer_candidates: Vec<CandidateView>,
+    /// Free memory of the initiator and of the peer, in bytes.
+    pub free_mem_bytes: (u64, u64),
+    /// The policy's `now` (Unix ms).
+    pub now_unix_ms: u64,
+}
+
+/// One candidate VM as a session's policy call saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CandidateView {
+    /// The VM.
+    pub vm: VmId,
+    /// Its load on its holder.
+    pub load_here: f64,
+    /// Its load on the other side.
+    pub load_there: f64,
+    /// Memory it needs, in bytes.
+    pub mem_bytes: u64,
+    /// Pinned.
+    pub pinned: bool,
+    /// Unix ms of its last move.
+    pub last_moved_unix_ms: Option<u64>,
 }
 
 /// One move planned in a session.
