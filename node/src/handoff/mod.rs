@@ -143,6 +143,36 @@ impl Handoffs {
         active.chain(settling).collect()
     }
 
+    /// Whether `timer` would still do something if it fired now (its move is at the
+    /// step the timer was armed for). The agent may drop timers for which this is false;
+    /// firing them is a no-op anyway.
+    pub fn wants_timer(&self, timer: &Timer) -> bool {
+        let active = self
+            .active
+            .get(&timer.vm)
+            .filter(|h| h.epoch == timer.epoch);
+        let settling = self.settling.get(&(timer.vm.clone(), timer.epoch));
+        match timer.kind {
+            TimerKind::PrepareRetry | TimerKind::PrepareDeadline => {
+                active.is_some_and(|h| matches!(h.phase, state::Phase::Preparing { .. }))
+            }
+            TimerKind::MigrateDeadline => {
+                active.is_some_and(|h| h.phase == state::Phase::Migrating)
+            }
+            TimerKind::Query => {
+                active.is_some_and(|h| matches!(h.phase, state::Phase::Waiting { .. }))
+            }
+            TimerKind::CommitRetry => {
+                settling.is_some_and(|s| s.step == state::SettleStep::AwaitAck)
+            }
+            TimerKind::StoreRetry => {
+                active.is_some_and(|h| h.phase.store_op(&timer.vm, &h.peer, h.epoch).is_some())
+                    || settling
+                        .is_some_and(|s| matches!(s.step, state::SettleStep::Forgetting { .. }))
+            }
+        }
+    }
+
     /// A message from `from` (authenticated by the RPC layer). Invalid, stale and
     /// duplicate messages change nothing (an idempotent answer or an `Ignored` notice).
     pub fn handle_message(&mut self, now: Millis, from: &NodeId, msg: HandoffMsg) {

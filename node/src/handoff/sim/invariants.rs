@@ -62,11 +62,20 @@ impl World {
 
     /// I1 and I2.
     pub fn check(&self) -> Result<(), Violation> {
-        for vm in self.vms() {
-            self.check_owners(&vm)?;
-            self.check_single_run(&vm)?;
-        }
-        Ok(())
+        self.check_i1()?;
+        self.check_i2()
+    }
+
+    /// I1: every VM has exactly one owner in durable state.
+    pub fn check_i1(&self) -> Result<(), Violation> {
+        self.vms().iter().try_for_each(|vm| self.check_owners(vm))
+    }
+
+    /// I2: no VM runs on two hypervisors at once.
+    pub fn check_i2(&self) -> Result<(), Violation> {
+        self.vms()
+            .iter()
+            .try_for_each(|vm| self.check_single_run(vm))
     }
 
     fn touched_by_down_node(&self, vm: &VmId) -> bool {

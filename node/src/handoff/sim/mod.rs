@@ -105,7 +105,7 @@ pub struct Faults {
 /// One step of the simulation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum SimAction {
-    /// Execute a node's queued effects up to the next store op (or that op alone).
+    /// Run the store op a node left queued after telling someone, and what follows.
     Exec {
         /// Node index.
         node: usize,
@@ -167,6 +167,9 @@ pub struct World {
     pub net_capacity: usize,
     /// The clock (stays 0 unless `clocked`).
     pub now: Millis,
+    /// Whether the network is a set: a message identical to one in flight is merged
+    /// with it (the model's reduction; duplication is then an explicit fault).
+    pub net_dedup: bool,
     /// Whether firing a timer advances the clock.
     pub clocked: bool,
     /// Crash node `.0` right after its `.1`-th executed effect (tests).
@@ -214,6 +217,7 @@ impl World {
             net: Vec::new(),
             net_capacity: 64,
             now: 0,
+            net_dedup: false,
             clocked: true,
             crash_plan: None,
             store_failures: None,
@@ -268,7 +272,7 @@ impl World {
         let epoch = n
             .machine
             .start_move(self.now, &entry, node_id(to), highest)?;
-        self.drain(node);
+        self.after_input(node);
         Ok(epoch)
     }
 
@@ -276,7 +280,7 @@ impl World {
     pub fn forget(&mut self, node: usize, peer: usize) {
         let id = self.nodes[peer].id.clone();
         self.nodes[node].machine.handle_forget(self.now, &id);
-        self.drain(node);
+        self.after_input(node);
     }
 
     /// Takes `node` out of the cluster for good: its host, VMs and agent are gone.
@@ -289,11 +293,18 @@ impl World {
         n.hyper = Hypervisor::default();
     }
 
+    /// Moves the machine's effects to the node's queue.
     fn drain(&mut self, node: usize) {
         let n = &mut self.nodes[node];
         while let Some(effect) = n.machine.poll_effect() {
             n.queue.push_back(effect);
         }
+    }
+
+    /// After an input: queue its effects and run them up to the first store op.
+    fn after_input(&mut self, node: usize) {
+        self.drain(node);
+        self.run_until_store(node);
     }
 
     /// Every enabled action: protocol steps, plus the faults `faults` allows. Timers
@@ -359,7 +370,14 @@ impl World {
             if n.down {
                 continue;
             }
-            if faults.crash {
+            // A crash of an agent with nothing in memory and nothing to reconcile
+            // changes nothing: not offered, so as not to waste the crash budget.
+            let volatile = !n.machine.is_idle()
+                || !n.queue.is_empty()
+                || !n.calls.is_empty()
+                || !n.timers.is_empty()
+                || n.hyper.copies.values().any(|c| *c != CopyState::Running);
+            if faults.crash && volatile {
                 out.push(SimAction::Crash { node });
             }
             if faults.fail_migration {
@@ -425,8 +443,17 @@ impl World {
         }
     }
 
-    /// Applies one action (which must be enabled).
+    /// Applies one action (which must be enabled), then forgets timers that can no
+    /// longer do anything (see [`Handoffs::wants_timer`]).
     pub fn apply(&mut self, action: &SimAction) {
+        self.apply_step(action);
+        for n in &mut self.nodes {
+            let machine = &n.machine;
+            n.timers.retain(|(_, t)| machine.wants_timer(t));
+        }
+    }
+
+    fn apply_step(&mut self, action: &SimAction) {
         match action {
             SimAction::Exec { node } => self.exec(*node),
             SimAction::Deliver { index, duplicate } => self.deliver(*index, *duplicate),
@@ -440,33 +467,54 @@ impl World {
         }
     }
 
-    /// Executes effects until just before the next store op, or just after it when it
-    /// comes first: a crash can then fall right before and right after every write.
+    /// Runs the store op at the head of the queue (a crash may have come right before
+    /// it), feeds its result back, then runs what follows.
     fn exec(&mut self, node: usize) {
-        let mut executed = false;
-        while let Some(effect) = self.nodes[node].queue.front() {
-            let was_store = matches!(effect, Effect::Store(_));
-            if was_store && executed {
-                return;
+        if let Some(effect) = self.nodes[node].queue.pop_front() {
+            if self.execute_counted(node, effect) {
+                self.run_until_store(node);
             }
-            executed = true;
+        }
+    }
+
+    /// Executes queued effects. A store op that follows a send or a driver call of
+    /// the same run stays queued (an [`SimAction::Exec`] runs it), so a crash can fall
+    /// between "told someone" and "wrote it down". Elsewhere nothing is lost by running
+    /// on: a crash right before such a store op equals a crash before the input plus a
+    /// lost message, and a crash right after one equals a crash after its follow-ups
+    /// plus lost messages — both covered by the other faults.
+    fn run_until_store(&mut self, node: usize) {
+        let mut told = false;
+        while let Some(effect) = self.nodes[node].queue.front() {
+            match effect {
+                Effect::Store(_) if told => return,
+                Effect::Store(_) => told = false,
+                Effect::Send { .. } | Effect::Driver(_) => told = true,
+                Effect::ArmTimer { .. } | Effect::Notify(_) => {}
+            }
             let Some(effect) = self.nodes[node].queue.pop_front() else {
                 return;
             };
-            self.execute(node, effect);
-            if let Some((crash_node, after)) = self.crash_plan {
-                if crash_node == node {
-                    self.nodes[node].effects_done += 1;
-                    if self.nodes[node].effects_done == after {
-                        self.crash_plan = None;
-                        return self.crash(node);
-                    }
-                }
-            }
-            if was_store {
+            if !self.execute_counted(node, effect) {
                 return;
             }
         }
+    }
+
+    /// Executes one effect; false when the crash plan crashed the node right after it.
+    fn execute_counted(&mut self, node: usize, effect: Effect) -> bool {
+        self.execute(node, effect);
+        if let Some((crash_node, after)) = self.crash_plan {
+            if crash_node == node {
+                self.nodes[node].effects_done += 1;
+                if self.nodes[node].effects_done == after {
+                    self.crash_plan = None;
+                    self.crash(node);
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     fn execute(&mut self, node: usize, effect: Effect) {
@@ -495,16 +543,30 @@ impl World {
                 if self.record {
                     self.sent.push(env.clone());
                 }
+                if self.net_dedup && self.net.contains(&env) {
+                    return;
+                }
                 if self.net.len() < self.net_capacity {
                     self.net.push(env);
-                    self.net.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+                    self.net.sort_by(|a, b| {
+                        a.sort_key()
+                            .cmp(&b.sort_key())
+                            .then_with(|| format!("{a:?}").cmp(&format!("{b:?}")))
+                    });
                 }
             }
-            Effect::Driver(call) => self.nodes[node].calls.push(Call {
-                call,
-                started: false,
-                cancelled: false,
-            }),
+            Effect::Driver(call) => {
+                let calls = &mut self.nodes[node].calls;
+                calls.push(Call {
+                    call,
+                    started: false,
+                    cancelled: false,
+                });
+                calls.sort_by(|a, b| {
+                    let key = |c: &Call| (c.call.vm.clone(), c.call.epoch, c.call.action.kind());
+                    key(a).cmp(&key(b))
+                });
+            }
             Effect::ArmTimer { timer, at } => {
                 self.nodes[node].timers.insert((at, timer));
             }
@@ -544,7 +606,7 @@ impl World {
         self.nodes[env.to]
             .machine
             .handle_message(now, &from, env.msg);
-        self.drain(env.to);
+        self.after_input(env.to);
     }
 
     fn fire(&mut self, node: usize, at: Millis, timer: &Timer) {
@@ -556,7 +618,7 @@ impl World {
             self.now = self.now.max(at);
         }
         n.machine.handle_timer(self.now, timer.clone());
-        self.drain(node);
+        self.after_input(node);
     }
 
     fn switchover(&mut self, node: usize, vm: &VmId, fail: bool) {
@@ -606,7 +668,7 @@ impl World {
             outcome,
         };
         n.machine.handle_driver(now, reply);
-        self.drain(node);
+        self.after_input(node);
     }
 
     fn run_simple(
@@ -680,7 +742,7 @@ impl World {
             n.store.transferred(),
         );
         Self::reconcile(n);
-        self.drain(node);
+        self.after_input(node);
     }
 
     /// The agent's start-up reconciliation (DESIGN §6), as far as handoffs need it: a

@@ -1,0 +1,99 @@
+//! The model check of the handoff protocol: it must find no violation of I1/I2 and must
+//! find a committed handoff, and it must find the violations of each planted bug (a
+//! checker that cannot fail proves nothing).
+//!
+//! With `BALLAST_CHAOS_BIN` set (scripts/test sets it to the release binary) the full
+//! default model runs as a process; otherwise a smaller model runs in-process, since an
+//! unoptimized build explores states about ten times slower.
+
+use ballast_chaos::model::{self, Bounds, HandoffModel, COMMITS, I1, I2};
+use ballast_node::handoff::PlantedBug;
+use std::process::Command;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+fn small() -> Bounds {
+    Bounds {
+        duplicates: 0,
+        ..Bounds::default()
+    }
+}
+
+#[test]
+fn model_check_finds_no_violation_and_a_commit() {
+    if let Ok(bin) = std::env::var("BALLAST_CHAOS_BIN") {
+        let out = Command::new(bin)
+            .args(["model", "--timeout-secs", "300"])
+            .output()
+            .expect("run ballast-chaos model");
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("{text}");
+        assert!(out.status.success(), "model check failed:\n{text}");
+        assert!(text.contains("exhaustive in"), "{text}");
+        return;
+    }
+    let report = model::run(
+        HandoffModel {
+            bounds: small(),
+            bug: PlantedBug::None,
+        },
+        2,
+        false,
+        TIMEOUT,
+    );
+    println!("{}", report.render());
+    assert!(report.violations().is_empty(), "{}", report.render());
+    assert!(report.exhausted, "{}", report.render());
+    assert!(
+        report.unique_states > 10_000,
+        "suspiciously small: {}",
+        report.unique_states
+    );
+    let commits = report
+        .properties
+        .iter()
+        .find(|p| p.name == COMMITS)
+        .expect("property");
+    assert!(commits.trace.is_some(), "no committed handoff reachable");
+    assert!(report.ok());
+}
+
+#[test]
+fn model_check_finds_each_planted_bug() {
+    for bug in [PlantedBug::PromoteOnTimeout, PlantedBug::AckBeforeDurable] {
+        let report = model::run(
+            HandoffModel {
+                bounds: small(),
+                bug,
+            },
+            2,
+            false,
+            TIMEOUT,
+        );
+        let violated: Vec<_> = report.violations().iter().map(|p| p.name).collect();
+        assert!(
+            violated.contains(&I1) || violated.contains(&I2),
+            "{bug:?} not found:\n{}",
+            report.render()
+        );
+        assert!(!report.ok());
+    }
+}
+
+#[test]
+fn binary_exits_1_on_a_planted_bug() {
+    let Ok(bin) = std::env::var("BALLAST_CHAOS_BIN") else {
+        return;
+    };
+    let out = Command::new(bin)
+        .args(["model", "--bug", "ack-before-durable"])
+        .output()
+        .expect("run ballast-chaos model");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("VIOLATED") && text.contains("counterexample"),
+        "{text}"
+    );
+}
