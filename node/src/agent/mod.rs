@@ -16,10 +16,12 @@
 //! - `reconcile`: the hypervisor against the schedule (DESIGN §6).
 //! - `admin`: the admin handlers and VM placement; `rpc`: the RPC dispatcher.
 //! - `metrics`, `http`: Prometheus metrics and the `GET /metrics` responder.
+//! - [`bench`]: `ballast bench handoff` (two in-process agents, timed handoffs).
 //! - `error`: [`AgentError`].
 
 mod admin;
 pub mod admin_client;
+pub mod bench;
 mod error;
 pub mod failpoints;
 mod figures;
