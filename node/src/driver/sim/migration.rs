@@ -80,6 +80,8 @@ pub(crate) async fn run_outgoing(
         Ok(Err(e)) => return Outcome::Failed(format!("connect {addr}: {e}")),
         Err(_) => return Outcome::Failed(format!("connect {addr}: timed out")),
     };
+    // Small messages back to back: without this, Nagle and delayed ACKs add ~40 ms.
+    let _ = stream.set_nodelay(true);
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     match transfer(core, &mut r, &mut w, duration_ms, fail, cancel).await {
@@ -150,6 +152,7 @@ pub(crate) async fn serve_incoming(core: Arc<VmCore>, listener: TcpListener) {
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
         let (r, mut w) = stream.into_split();
         let mut r = BufReader::new(r);
         if let Err(e) = receive(&core, &mut r, &mut w).await {

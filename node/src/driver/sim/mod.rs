@@ -270,6 +270,9 @@ impl SimDriver {
         let limit = Duration::from_millis(self.config.migration_ms).saturating_add(MIGRATE_SLACK);
         let deadline = tokio::time::Instant::now() + limit;
         let mut last = None;
+        // Poll quickly first (a short migration is done in a millisecond or two), then
+        // back off to POLL.
+        let mut pause = Duration::from_millis(1);
         loop {
             let reply = self.call(vm, VmRequest::MigrationStatus).await?;
             let failed = |reason: String| DriverError::MigrationFailed {
@@ -303,7 +306,8 @@ impl SimDriver {
                     "migration of {vm} still active"
                 )));
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL);
         }
     }
 }
