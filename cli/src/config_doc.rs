@@ -42,7 +42,7 @@ const DOCS: &[KeyDoc] = &[
     doc("node.listen", "UDP address of the QUIC endpoint (gossip and RPC)."),
     optional("node.advertise", "Address other nodes reach this one at (defaults to `listen`).", "\"10.0.0.1:7420\""),
     doc("node.seeds", "Addresses of nodes to join through."),
-    optional("node.metrics_listen", "TCP address of the Prometheus metrics endpoint (GET /metrics); leave out to disable.", "\"127.0.0.1:9420\""),
+    optional("node.metrics_listen", "TCP address of the Prometheus metrics endpoint (GET /metrics); \"off\" disables it.", "\"127.0.0.1:9420\""),
     doc("tls", "Certificates (PEM, relative to this file's directory), written by `ballast cluster init` / `node add`."),
     doc("tls.ca_cert", "The cluster CA certificate."),
     doc("tls.cert", "This node's certificate."),
@@ -122,6 +122,7 @@ const DOCS: &[KeyDoc] = &[
     doc("failpoints", "Fault injection for tests and the chaos harness; never set in production."),
     doc("failpoints.exit_at", "Handoff steps at which the agent kills itself (see docs/operations.md)."),
     doc("failpoints.duplicate_sends", "Send every handoff message twice (duplicates must change nothing)."),
+    doc("failpoints.planted_bug", "A deliberate handoff bug for the chaos harness's self-test; never set it elsewhere."),
 ];
 
 fn doc_of(path: &str) -> Option<&'static KeyDoc> {

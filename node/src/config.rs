@@ -28,7 +28,8 @@ pub struct NodeSection {
     pub advertise: Option<SocketAddr>,
     /// Addresses of nodes to join through.
     pub seeds: Vec<SocketAddr>,
-    /// TCP address of the Prometheus metrics endpoint; none disables it.
+    /// TCP address of the Prometheus metrics endpoint; `"off"` disables it.
+    #[serde(with = "addr_or_off")]
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -360,13 +361,12 @@ impl AgentConfig {
                 reason: reason.into(),
             })
         };
-        if self.node.id.is_empty()
-            || self.node.id.len() > 63
-            || !self.node.id.chars().all(is_id_char)
-        {
+        // The same rule as the node certificate's name, so a config never names a
+        // node that no certificate could prove.
+        if ballast_gossip::validate_name(&self.node.id).is_err() {
             return invalid(
                 "node.id",
-                "must be 1-63 characters of a-z, A-Z, 0-9, '-', '_' or '.'",
+                "must be 1-63 letters, digits or '-', starting with a letter and not ending with '-'",
             );
         }
         if self.node.cluster.is_empty() {
@@ -480,8 +480,33 @@ impl AgentConfig {
     }
 }
 
-fn is_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+/// `Option<SocketAddr>` as TOML: an address, or `"off"` for none (TOML has no null, so a
+/// left-out key would bring the default back).
+mod addr_or_off {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    use std::net::SocketAddr;
+
+    pub(super) fn serialize<S: Serializer>(
+        v: &Option<SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "off" {
+            return Ok(None);
+        }
+        text.parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("expected HOST:PORT or \"off\", got {text:?}")))
+    }
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -505,6 +530,33 @@ mod tests {
             AgentConfig::from_toml_str("").expect("empty file = defaults"),
             d
         );
+    }
+
+    #[test]
+    fn metrics_can_be_turned_off_and_stay_off() {
+        let c =
+            AgentConfig::from_toml_str("[node]\nmetrics_listen = \"off\"\n").expect("off parses");
+        assert_eq!(c.node.metrics_listen, None);
+        assert_eq!(
+            AgentConfig::from_toml_str(&c.to_toml())
+                .expect("round trip")
+                .node
+                .metrics_listen,
+            None
+        );
+        assert!(AgentConfig::from_toml_str("[node]\nmetrics_listen = \"nowhere\"\n").is_err());
+    }
+
+    #[test]
+    fn node_ids_follow_the_certificate_rule() {
+        for bad in ["", "1abc", "a_b", "a.b", "ends-", "bad id"] {
+            let text = format!("[node]\nid = \"{bad}\"\n");
+            assert!(
+                AgentConfig::from_toml_str(&text).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(AgentConfig::from_toml_str("[node]\nid = \"rack1-host-07\"\n").is_ok());
     }
 
     #[test]
