@@ -1,0 +1,35 @@
+//! The workload: VMs whose simulated usage is a bounded random walk (so measured loads
+//! keep changing and balancing never rests), names, and the choice of creates and
+//! deletes. Pure: everything comes from the RNG passed in.
+
+use ballast_store::{VmId, VmSpec};
+use rand::rngs::StdRng;
+use rand::Rng;
+use std::collections::BTreeMap;
+
+/// The name of the `k`-th VM of a run.
+pub fn vm_name(k: u64) -> VmId {
+    VmId::from(format!("vm-{k:04}"))
+}
+
+/// A VM of 1-2 vCPUs whose CPU use walks between 0.05 and its vCPU count, changing by
+/// up to 30 % every second; 64 MiB; no I/O. Its walk seed comes from the RNG.
+pub fn vm_spec(rng: &mut StdRng) -> VmSpec {
+    let vcpus: u32 = rng.random_range(1..=2);
+    let cpu: f64 = rng.random_range(0.1..=0.9) * f64::from(vcpus);
+    let seed: u64 = rng.random();
+    VmSpec {
+        vcpus,
+        memory_mib: 64,
+        target: None,
+        driver_opts: BTreeMap::from([
+            ("profile".to_owned(), "walk".to_owned()),
+            ("cpu".to_owned(), format!("{cpu:.3}")),
+            ("cpu_max".to_owned(), format!("{vcpus}")),
+            ("period_ms".to_owned(), "1000".to_owned()),
+            ("walk_step".to_owned(), "0.3".to_owned()),
+            ("seed".to_owned(), seed.to_string()),
+        ]),
+        ..VmSpec::default()
+    }
+}
