@@ -101,6 +101,8 @@ struct Harness<'a> {
     rng: StdRng,
     next_vm: u64,
     last_views: Vec<Option<StoreView>>,
+    /// The views of the last complete sweep, and when it was taken (seconds).
+    last_complete: Option<(f64, Vec<(NodeId, StoreView)>)>,
     /// The node restarted with a failpoint, and the failpoint.
     armed: Option<(usize, String)>,
     model: LoadModel,
@@ -168,6 +170,7 @@ pub(super) async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         rng: StdRng::seed_from_u64(cfg.seed ^ 0x5eed_0f10),
         next_vm: 1,
         last_views: vec![None; cfg.agents],
+        last_complete: None,
         armed: None,
         model: LoadModel {
             weights: probe.load.weights,
@@ -372,6 +375,12 @@ impl Harness<'_> {
                 .notes
                 .push(format!("restart of {}: {e}", self.cluster.nodes[i].id));
         }
+        // A fresh client: calls on a connection cached to the old process would only
+        // time out until its idle timeout.
+        let addr = self.cluster.nodes[i].addr;
+        if let Ok(c) = AdminClient::connect_with_timeout(&self.cluster.admin, addr, CALL_TIMEOUT) {
+            self.clients[i] = c;
+        }
     }
 
     fn ports(&self, nodes: &[usize]) -> Vec<u16> {
@@ -515,6 +524,7 @@ impl Harness<'_> {
             ));
         }
         self.report.violations.extend(found);
+        self.last_complete = Some((at, views));
         Some(s)
     }
 
@@ -587,7 +597,6 @@ impl Harness<'_> {
         let mut first_seen: BTreeMap<(VmId, u64), Instant> = BTreeMap::new();
         let mut stuck_reported = false;
         let (mut resolved_at, mut rest_at) = (None, None);
-        let mut last_views = Vec::new();
         while from.elapsed() < self.cfg.settle && (resolved_at.is_none() || rest_at.is_none()) {
             self.reap();
             if let Some(s) = self.observe().await {
@@ -632,13 +641,13 @@ impl Harness<'_> {
                 if rest_at.is_none() && invariants::balanced(&loads, vm_max, self.threshold) {
                     rest_at = Some(from.elapsed().as_secs_f64());
                 }
-                last_views = views;
             }
             tokio::time::sleep(TICK).await;
         }
         self.report.resolve_s = resolved_at;
         self.report.converge_s = rest_at;
         if resolved_at.is_none() {
+            let (taken_s, last_views) = self.last_complete.clone().unwrap_or_default();
             let final_problems = invariants::final_i1(&last_views, &self.ledger);
             self.report.vms_expected = self.ledger.expected.len();
             self.report.vms_found = self.ledger.expected.len().saturating_sub(
@@ -656,7 +665,7 @@ impl Harness<'_> {
                 invariant: "I3",
                 vm: None,
                 evidence: format!(
-                    "no complete sweep without handoffs within {}s after the faults; last: {} in flight ({:?}), I1 at the end: {:?}",
+                    "no complete sweep without handoffs within {}s after the faults; last complete sweep at {taken_s:.1}s: {} in flight ({:?}), I1 there: {:?}",
                     self.cfg.settle.as_secs(),
                     flying.len(),
                     flying.iter().take(5).map(|f| &f.2).collect::<Vec<_>>(),
