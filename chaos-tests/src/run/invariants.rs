@@ -86,6 +86,23 @@ fn describe(h: &[(NodeId, VmState, u64)]) -> String {
 /// (possibly with a stale `Incoming` from that host elsewhere, after an abort), or one
 /// handoff between two hosts.
 fn allowed(h: &[(NodeId, VmState, u64)]) -> bool {
+    // An `Incoming` of an older move than another entry knows is an aborted handoff whose
+    // destination has not heard the outcome yet (a committed one would have made it the
+    // holder, and only the holder moves a VM on): it never ran, and I3 checks it goes.
+    let newest = h
+        .iter()
+        .map(|(_, s, e)| match s {
+            VmState::Running => *e,
+            VmState::MigratingOut { epoch, .. } | VmState::Incoming { epoch, .. } => *epoch.max(e),
+        })
+        .max()
+        .unwrap_or(0);
+    let live: Vec<(NodeId, VmState, u64)> = h
+        .iter()
+        .filter(|(_, s, _)| !matches!(s, VmState::Incoming { epoch, .. } if *epoch < newest))
+        .cloned()
+        .collect();
+    let h = &live[..];
     let running: Vec<&NodeId> = h
         .iter()
         .filter(|(_, s, _)| *s == VmState::Running)
@@ -355,6 +372,44 @@ mod tests {
         assert!(c.feed(p("y"), 4.0).is_empty());
         assert_eq!(c.feed(p("y"), 5.0).len(), 1);
         assert!(c.feed(p("y"), 6.0).is_empty(), "reported once");
+    }
+
+    #[test]
+    fn a_stale_incoming_of_an_older_move_is_allowed() {
+        // n4 -> n5 at epoch 5 aborted; n4 then moved it to n2 at epoch 6; n5 has not
+        // heard of the abort yet.
+        let views = vec![
+            view("n2", vec![entry("v", VmState::Running, 6)]),
+            view(
+                "n5",
+                vec![entry(
+                    "v",
+                    VmState::Incoming {
+                        from: "n4".into(),
+                        epoch: 5,
+                    },
+                    5,
+                )],
+            ),
+        ];
+        assert!(sweep_problems(&views, &ledger(&["v"])).is_empty());
+        assert!(!resolved(&views));
+        // The same with a newer incoming entry is not stale: two live copies.
+        let views = vec![
+            view("n2", vec![entry("v", VmState::Running, 6)]),
+            view(
+                "n5",
+                vec![entry(
+                    "v",
+                    VmState::Incoming {
+                        from: "n4".into(),
+                        epoch: 7,
+                    },
+                    7,
+                )],
+            ),
+        ];
+        assert_eq!(sweep_problems(&views, &ledger(&["v"])).len(), 1);
     }
 
     #[test]
