@@ -245,6 +245,46 @@ impl Cluster {
         Pid::from_raw(i32::try_from(id).ok()?)
     }
 
+    /// Every local UDP port node `i`'s agent holds now: its QUIC endpoint, and the
+    /// sockets of RPC clients it made since (the agent renews its client on a fresh
+    /// socket when a peer restarts). Read from `/proc/PID/fd` and `/proc/PID/net/udp`.
+    pub fn udp_ports(&self, i: usize) -> Vec<u16> {
+        let mut ports = vec![self.nodes[i].addr.port()];
+        let Some(pid) = self.nodes[i].child.as_ref().map(Child::id) else {
+            return ports;
+        };
+        let mut inodes = std::collections::BTreeSet::new();
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                let link = std::fs::read_link(fd.path()).unwrap_or_default();
+                let link = link.to_string_lossy();
+                if let Some(ino) = link
+                    .strip_prefix("socket:[")
+                    .and_then(|r| r.strip_suffix(']'))
+                {
+                    inodes.insert(ino.to_owned());
+                }
+            }
+        }
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).unwrap_or_default();
+        for line in table.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(inode)) = (cols.get(1), cols.get(9)) else {
+                continue;
+            };
+            if !inodes.contains(*inode) {
+                continue;
+            }
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if let Some(p) = port.filter(|p| !ports.contains(p)) {
+                ports.push(p);
+            }
+        }
+        ports
+    }
+
     /// Whether node `i`'s agent has exited (a failpoint hit); reaps it.
     pub fn exited(&mut self, i: usize) -> bool {
         let n = &mut self.nodes[i];

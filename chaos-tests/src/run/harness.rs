@@ -195,6 +195,10 @@ pub(super) async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     h.report.handoffs_committed = committed;
     h.report.handoffs_aborted = aborted;
     h.report.rounds = rounds;
+    if let Some(net) = &h.net {
+        let (cut, lossy) = net.drops();
+        h.report.packets_dropped = [cut, lossy];
+    }
     h.report.wall_s = started.elapsed().as_secs_f64();
     if cfg.keep_dir.is_none() && !h.report.ok() {
         // Keep the evidence of a failed run.
@@ -383,10 +387,11 @@ impl Harness<'_> {
         }
     }
 
+    /// The UDP ports of `nodes`' agents (QUIC endpoints and RPC client sockets).
     fn ports(&self, nodes: &[usize]) -> Vec<u16> {
         nodes
             .iter()
-            .map(|i| self.cluster.nodes[*i].addr.port())
+            .flat_map(|i| self.cluster.udp_ports(*i))
             .collect()
     }
 

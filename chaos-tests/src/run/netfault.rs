@@ -162,11 +162,59 @@ impl NetFaults {
         Ok(installed)
     }
 
+    /// Packets dropped so far by the partition class and by the lossy class (`tc -s
+    /// qdisc`), evidence that the faults bit.
+    pub fn drops(&self) -> (u64, u64) {
+        let Ok(out) = Command::new("tc")
+            .args(["-s", "qdisc", "show", "dev", "lo"])
+            .output()
+        else {
+            return (0, 0);
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        (dropped_of(&text, CUT_CLASS), dropped_of(&text, LOSSY_CLASS))
+    }
+
     /// Removes the filters of one fault.
     pub fn clear(&mut self, installed: Installed) -> Result<(), NetFaultError> {
         let pref = installed.pref.to_string();
         run(&[
             "tc", "filter", "del", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", &pref,
         ])
+    }
+}
+
+/// The `dropped` count of the qdisc whose parent is `class` in `tc -s qdisc` output.
+fn dropped_of(text: &str, class: &str) -> u64 {
+    let parent = format!("parent {class} ");
+    let mut in_block = false;
+    for line in text.lines() {
+        if line.starts_with("qdisc ") {
+            in_block = line.contains(&parent);
+            continue;
+        }
+        if in_block {
+            if let Some(rest) = line.split("(dropped ").nth(1) {
+                let n: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                return n.parse().unwrap_or(0);
+            }
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_counts_are_read_per_class() {
+        let text = "qdisc htb 1: root refcnt 2 r2q 1 default 0x1 direct_packets_stat 0\n \
+Sent 100 bytes 2 pkt (dropped 0, overlimits 0 requeues 0)\n\
+qdisc pfifo 8001: parent 1:2 limit 1p\n Sent 10 bytes 1 pkt (dropped 57, overlimits 0 requeues 0)\n\
+qdisc pfifo 8002: parent 1:3 limit 3p\n Sent 10 bytes 1 pkt (dropped 9, overlimits 0 requeues 0)\n";
+        assert_eq!(dropped_of(text, CUT_CLASS), 57);
+        assert_eq!(dropped_of(text, LOSSY_CLASS), 9);
+        assert_eq!(dropped_of(text, "1:9"), 0);
     }
 }

@@ -19,6 +19,8 @@ pub struct Report {
     pub planted_bug: String,
     /// Faults injected, per kind.
     pub faults: BTreeMap<String, u64>,
+    /// Packets the network faults dropped: `[partition, loss]` (from `tc -s qdisc`).
+    pub packets_dropped: [u64; 2],
     /// Failpoints that were hit (the agent killed itself there), per name.
     pub failpoints_hit: BTreeMap<String, u64>,
     /// Handoffs committed (counted by their sources).
@@ -73,6 +75,13 @@ impl Report {
             self.seed, self.agents, self.duration_s, self.planted_bug, self.wall_s
         );
         let _ = writeln!(s, "faults: {}", faults.join(" "));
+        if self.packets_dropped != [0, 0] {
+            let _ = writeln!(
+                s,
+                "packets dropped: {} by partitions, {} by lossy links",
+                self.packets_dropped[0], self.packets_dropped[1]
+            );
+        }
         if !self.failpoints_hit.is_empty() {
             let hits: Vec<String> = self
                 .failpoints_hit
