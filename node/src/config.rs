@@ -2,6 +2,7 @@
 //! comment; `ballast config default` prints them all and `ballast config check` validates
 //! a file. Unknown keys are errors, so a typo never silently falls back to a default.
 
+use crate::driver::exec::ExecConfig;
 use crate::driver::qemu::QemuConfig;
 use crate::driver::sim::SimConfig;
 use crate::handoff::{HandoffConfig, PlantedBug};
@@ -167,13 +168,15 @@ pub enum DriverKind {
     Sim,
     /// QEMU (`[driver.qemu]`).
     Qemu,
+    /// An external plugin speaking `docs/driver-protocol.md` (`[driver.exec]`).
+    Exec,
 }
 
 /// The hypervisor driver and its settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DriverSection {
-    /// `sim` or `qemu`.
+    /// `sim`, `qemu` or `exec`.
     pub kind: DriverKind,
     /// Settings of the sim driver (its `host` is set to the node id when empty; a
     /// relative `state_dir` is relative to `node.data_dir`).
@@ -181,6 +184,9 @@ pub struct DriverSection {
     /// Settings of the qemu driver (a relative `state_dir` is relative to
     /// `node.data_dir`).
     pub qemu: QemuConfig,
+    /// Settings of the exec driver (its `command` is required when `kind = "exec"`; a
+    /// relative `working_dir` is relative to `node.data_dir`).
+    pub exec: ExecConfig,
 }
 
 /// Start-up and periodic reconciliation of the hypervisor with the schedule (DESIGN §6).
@@ -351,6 +357,11 @@ impl AgentConfig {
                 *p = data.join(&*p);
             }
         }
+        if let Some(p) = &mut self.driver.exec.working_dir {
+            if p.is_relative() {
+                *p = data.join(&*p);
+            }
+        }
     }
 
     /// Checks every value's range.
@@ -452,6 +463,7 @@ impl AgentConfig {
         if !(0.0..=1.0).contains(&self.driver.sim.fail_prob) {
             return invalid("driver.sim.fail_prob", "must be in [0, 1]");
         }
+        self.validate_exec()?;
         let h = &self.handoff;
         for (field, v) in [
             ("handoff.prepare_retry_ms", h.prepare_retry_ms),
@@ -470,6 +482,48 @@ impl AgentConfig {
                 field: "failpoints.exit_at".into(),
                 reason,
             })?;
+        }
+        Ok(())
+    }
+
+    /// Checks `[driver.exec]`: a command when the exec driver is chosen, and limits that
+    /// let a plugin work at all.
+    fn validate_exec(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                field: field.into(),
+                reason: reason.into(),
+            })
+        };
+        let e = &self.driver.exec;
+        if self.driver.kind == DriverKind::Exec
+            && e.command.first().is_none_or(|p| p.trim().is_empty())
+        {
+            return invalid(
+                "driver.exec.command",
+                "must name the plugin program when driver.kind = \"exec\"",
+            );
+        }
+        for (field, v) in [
+            ("driver.exec.timeout_ms", e.timeout_ms),
+            ("driver.exec.migrate_timeout_ms", e.migrate_timeout_ms),
+            ("driver.exec.hello_timeout_ms", e.hello_timeout_ms),
+        ] {
+            if v == 0 {
+                return invalid(field, "must be above 0");
+            }
+        }
+        if e.restart_backoff_max_ms < e.restart_backoff_ms {
+            return invalid(
+                "driver.exec.restart_backoff_max_ms",
+                "must be at least restart_backoff_ms",
+            );
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&e.max_line_bytes) {
+            return invalid("driver.exec.max_line_bytes", "must be in [1024, 64 MiB]");
+        }
+        if e.max_in_flight == 0 {
+            return invalid("driver.exec.max_in_flight", "must be at least 1");
         }
         Ok(())
     }
@@ -585,6 +639,37 @@ mod tests {
             }
             other => panic!("expected a parse error, got {other}"),
         }
+    }
+
+    #[test]
+    fn the_exec_driver_needs_a_command_and_sane_limits() {
+        let e = AgentConfig::from_toml_str("[driver]\nkind = \"exec\"\n")
+            .expect_err("exec without command");
+        assert!(e.to_string().starts_with("driver.exec.command:"), "{e}");
+        let c = AgentConfig::from_toml_str(
+            "[driver]\nkind = \"exec\"\n[driver.exec]\ncommand = [\"python3\", \"p.py\"]\n\
+             working_dir = \"plug\"\ntimeout_ms = 7000\n[driver.exec.env]\nA = \"1\"\n",
+        )
+        .expect("exec config parses");
+        assert_eq!(c.driver.kind, DriverKind::Exec);
+        assert_eq!(c.driver.exec.command, ["python3", "p.py"]);
+        assert_eq!(c.driver.exec.timeout_ms, 7000);
+        assert_eq!(c.driver.exec.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(
+            AgentConfig::from_toml_str(&c.to_toml()).expect("round trip"),
+            c
+        );
+        let mut r = c.clone();
+        r.node.data_dir = PathBuf::from("/d");
+        r.resolve_relative_to(Path::new("/etc"));
+        assert_eq!(r.driver.exec.working_dir, Some(PathBuf::from("/d/plug")));
+        let e = AgentConfig::from_toml_str("[driver.exec]\nmax_in_flight = 0\n")
+            .expect_err("no request allowed");
+        assert!(
+            e.to_string().starts_with("driver.exec.max_in_flight:"),
+            "{e}"
+        );
+        assert!(AgentConfig::from_toml_str("[driver.exec]\ncomand = []\n").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::mover::{run_mover, MOVES_QUEUED_MAX};
 use super::rpc::AgentRpc;
 use super::shared::{lock, Net, Shared};
 use crate::config::{AgentConfig, DriverKind};
+use crate::driver::exec::ExecDriver;
 use crate::driver::qemu::QemuDriver;
 use crate::driver::sim::SimDriver;
 use crate::driver::Driver;
@@ -225,6 +226,7 @@ fn make_driver(cfg: &AgentConfig, me: &NodeId) -> Result<Arc<dyn Driver>, AgentE
             Arc::new(SimDriver::new(c)?)
         }
         DriverKind::Qemu => Arc::new(QemuDriver::new(cfg.driver.qemu.clone())?),
+        DriverKind::Exec => Arc::new(ExecDriver::new(cfg.driver.exec.clone())?),
     })
 }
 
