@@ -33,6 +33,22 @@ pub fn bytes(b: f64) -> String {
     }
 }
 
+/// An age in milliseconds for people: `0.4s ago` under 10 s, `12s ago` under 10 min,
+/// `25m ago` under 2 h, then `3h ago`.
+pub fn age(ms: u64) -> String {
+    let secs = ms / 1_000;
+    if ms < 10_000 {
+        // Tenths, truncated.
+        format!("{}.{}s ago", secs, (ms % 1_000) / 100)
+    } else if secs < 600 {
+        format!("{secs}s ago")
+    } else if secs < 7_200 {
+        format!("{}m ago", secs / 60)
+    } else {
+        format!("{}h ago", secs / 3_600)
+    }
+}
+
 /// A horizontal bar of `width` cells for `value` out of `max`.
 pub fn bar(value: f64, max: f64, width: usize) -> String {
     let filled = if max > 0.0 {
@@ -57,6 +73,14 @@ mod tests {
         assert_eq!(bar(5.0, 10.0, 4), "██··");
         assert_eq!(bar(50.0, 10.0, 4), "████");
         assert_eq!(bar(1.0, 0.0, 2), "··");
+        assert_eq!(age(0), "0.0s ago");
+        assert_eq!(age(430), "0.4s ago");
+        assert_eq!(age(9_999), "9.9s ago");
+        assert_eq!(age(12_345), "12s ago");
+        assert_eq!(age(599_999), "599s ago");
+        assert_eq!(age(1_500_000), "25m ago");
+        assert_eq!(age(3 * 3_600_000 + 5), "3h ago");
+        assert_eq!(age(u64::MAX), format!("{}h ago", u64::MAX / 3_600_000));
         let t = new_table(&["A", "B"], &[1]);
         assert!(t.to_string().contains('A'));
     }

@@ -206,6 +206,13 @@ fn a_user_bootstraps_balances_drains_and_deletes() {
     let status = json(&with_admin(&["status", "--json"]), d);
     assert_eq!(status["active_nodes"], 3, "{status}");
     assert_eq!(distinct_vms(d).len(), 12);
+    // Every live node was heard from by gossip recently ("0.4s ago").
+    for n in status["nodes"].as_array().expect("nodes") {
+        let ms = n["last_heard_ms_ago"].as_u64();
+        assert!(ms.is_some_and(|ms| ms < 5_000), "{n}");
+        let seen = n["last_seen"].as_str().unwrap_or_default();
+        assert!(seen.ends_with("s ago"), "{n}");
+    }
 
     // Balancing spreads them: every node ends up with 3 to 5 and the total stays 12.
     let spread = wait_for("balancing to spread the VMs", || {

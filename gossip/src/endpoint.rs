@@ -21,7 +21,9 @@ use crate::conn_cache::ConnCache;
 use crate::error::EndpointError;
 use crate::faults::FaultHook;
 use crate::identity::{identity_of_connection, PeerIdentity, Role};
-use crate::membership::{compute_view, report, PeerView, Reported, ViewTx, VIEW_REFRESH};
+use crate::membership::{
+    compute_view, publish_view, report, HeardClock, PeerView, Reported, ViewTx, VIEW_REFRESH,
+};
 use crate::rpc::{
     serve_rpc_connection, RpcClient, RpcHandler, RpcServer, RpcService, RPC_FRAME_BYTES_DEFAULT,
 };
@@ -233,6 +235,7 @@ impl Endpoint {
         tasks.spawn(run_view(
             node_id.clone(),
             live,
+            chitchat.chitchat(),
             view_tx,
             gossip.clone(),
             stats.clone(),
@@ -406,18 +409,30 @@ async fn start_chitchat(
 async fn run_view(
     self_id: String,
     mut live: watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
+    state: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
     view_tx: ViewTx,
     gossip: Arc<GossipShared>,
     stats: Arc<Stats>,
 ) {
     let mut reported = Reported::default();
     let mut probes = ProbeLimiter::default();
+    let mut heard = HeardClock::default();
     let mut tick = tokio::time::interval(VIEW_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // The live-nodes watch does not carry heartbeats: read them from chitchat.
+        let beats: Vec<_> = {
+            let c = state.lock().await;
+            c.node_states()
+                .iter()
+                .map(|(id, s)| (id.clone(), s.heartbeat(), s.max_version()))
+                .collect()
+        };
+        let now = std::time::Instant::now();
+        heard.observe(now, beats);
         let outcome = {
             let nodes = live.borrow_and_update();
-            compute_view(&self_id, gossip.local_addr, &nodes, |a| {
+            compute_view(&self_id, gossip.local_addr, &nodes, &heard, now, |a| {
                 gossip.bindings.name_at(a)
             })
         };
@@ -427,14 +442,7 @@ async fn run_view(
         for addr in probes.pick(&outcome.unverified) {
             gossip.probe(addr);
         }
-        view_tx.send_if_modified(|current| {
-            if **current == outcome.peers {
-                false
-            } else {
-                *current = Arc::new(outcome.peers);
-                true
-            }
-        });
+        publish_view(&view_tx, outcome.peers);
         tokio::select! {
             changed = live.changed() => if changed.is_err() { return },
             _ = gossip.bindings.changed.notified() => {}

@@ -5,14 +5,17 @@
 //! proved that the node at `addr` holds the certificate of `id`. An address bound to
 //! another name means the node claims an id that is not its own: it is refused (left
 //! out, logged, counted). An address not yet proven is dialled, and enters on success.
+//!
+//! Each peer also carries when we last heard from it ([`HeardClock`]): the moment its
+//! heartbeat or its max key version last advanced in our chitchat state.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chitchat::{ChitchatId, NodeState};
-use serde::Serialize;
+use chitchat::{ChitchatId, Heartbeat, NodeState, Version};
+use serde::{Serialize, Serializer};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -29,6 +32,80 @@ pub struct PeerView {
     pub generation: u64,
     /// Its published load summary.
     pub summary: LoadSummary,
+    /// When its gossiped state (heartbeat or a key) last advanced here; serialized as
+    /// `last_heard_ms_ago`. Refreshed in [`crate::Endpoint::live_peers`] every
+    /// evaluation (about 250 ms) without waking [`crate::Endpoint::watch_peers`].
+    #[serde(rename = "last_heard_ms_ago", serialize_with = "ms_ago")]
+    pub last_heard: Instant,
+}
+
+impl PeerView {
+    /// Milliseconds since we last heard from this peer.
+    pub fn last_heard_ms_ago(&self) -> u64 {
+        u64::try_from(self.last_heard.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Equal apart from `last_heard`: a heartbeat alone is not a view change.
+    pub(crate) fn same_except_heard(&self, other: &Self) -> bool {
+        self.node_id == other.node_id
+            && self.gossip_addr == other.gossip_addr
+            && self.generation == other.generation
+            && self.summary == other.summary
+    }
+}
+
+/// Serializes an instant as the milliseconds elapsed since it.
+fn ms_ago<S: Serializer>(at: &Instant, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What we last saw of one node's gossiped state, and when it last advanced.
+#[derive(Clone, Copy, Debug)]
+struct Heard {
+    heartbeat: Heartbeat,
+    max_version: Version,
+    at: Instant,
+}
+
+/// When each node's gossiped state (heartbeat or max key version) last advanced here.
+/// Holds only the nodes passed to the last [`HeardClock::observe`], so it is bounded
+/// by chitchat's own node set.
+#[derive(Debug, Default)]
+pub(crate) struct HeardClock {
+    nodes: BTreeMap<ChitchatId, Heard>,
+}
+
+impl HeardClock {
+    /// Records the current `(id, heartbeat, max version)` of each node at `now`: a node
+    /// seen for the first time, or whose heartbeat or max version changed, is heard at
+    /// `now`; others keep their instant. Nodes not listed are forgotten.
+    pub(crate) fn observe(
+        &mut self,
+        now: Instant,
+        states: impl IntoIterator<Item = (ChitchatId, Heartbeat, Version)>,
+    ) {
+        let mut next = BTreeMap::new();
+        for (id, heartbeat, max_version) in states {
+            let at = match self.nodes.get(&id) {
+                Some(h) if h.heartbeat == heartbeat && h.max_version == max_version => h.at,
+                _ => now,
+            };
+            next.insert(
+                id,
+                Heard {
+                    heartbeat,
+                    max_version,
+                    at,
+                },
+            );
+        }
+        self.nodes = next;
+    }
+
+    /// When `id` was last heard, if it was observed.
+    pub(crate) fn heard(&self, id: &ChitchatId) -> Option<Instant> {
+        self.nodes.get(id).map(|h| h.at)
+    }
 }
 
 /// The outcome of one evaluation of chitchat's live nodes.
@@ -43,11 +120,14 @@ pub(crate) struct ViewOutcome {
     pub(crate) unparseable: Vec<(String, String)>,
 }
 
-/// Builds the view; pure apart from the `name_at` lookup.
+/// Builds the view; pure apart from the `name_at` lookup. A peer `heard` knows nothing
+/// of is stamped `now`.
 pub(crate) fn compute_view(
     self_id: &str,
     self_addr: SocketAddr,
     live: &BTreeMap<ChitchatId, NodeState>,
+    heard: &HeardClock,
+    now: Instant,
     name_at: impl Fn(&SocketAddr) -> Option<String>,
 ) -> ViewOutcome {
     let mut out = ViewOutcome::default();
@@ -82,6 +162,7 @@ pub(crate) fn compute_view(
             gossip_addr: addr,
             generation: id.generation_id,
             summary,
+            last_heard: heard.heard(id).unwrap_or(now),
         };
         match best.get(node_id) {
             Some(b) if b.generation >= view.generation => {}
@@ -138,3 +219,107 @@ pub(crate) fn report(outcome: &ViewOutcome, reported: &mut Reported) -> usize {
 
 /// The published view.
 pub(crate) type ViewTx = watch::Sender<Arc<Vec<PeerView>>>;
+
+/// Publishes `peers`: watchers are woken only when membership or a summary changed;
+/// a newer `last_heard` alone replaces the view silently (readers still see it).
+pub(crate) fn publish_view(view_tx: &ViewTx, peers: Vec<PeerView>) {
+    view_tx.send_if_modified(|current| {
+        if **current == peers {
+            return false;
+        }
+        let changed = current.len() != peers.len()
+            || current
+                .iter()
+                .zip(&peers)
+                .any(|(a, b)| !a.same_except_heard(b));
+        *current = Arc::new(peers);
+        changed
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chitchat::ChitchatId;
+
+    fn id(n: &str) -> ChitchatId {
+        ChitchatId::new(n.to_owned(), 1, "127.0.0.1:1".parse().expect("addr"))
+    }
+
+    fn beat(n: u64) -> Heartbeat {
+        // Heartbeat's field is private to chitchat: build one through serde.
+        serde_json::from_value(serde_json::json!(n)).expect("heartbeat")
+    }
+
+    #[test]
+    fn heard_advances_only_on_new_heartbeat_or_version() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let t2 = t0 + Duration::from_secs(2);
+        let mut clock = HeardClock::default();
+        clock.observe(t0, [(id("a"), beat(1), 5), (id("b"), beat(1), 5)]);
+        assert_eq!(clock.heard(&id("a")), Some(t0));
+        // a: nothing new; b: heartbeat advanced.
+        clock.observe(t1, [(id("a"), beat(1), 5), (id("b"), beat(2), 5)]);
+        assert_eq!(clock.heard(&id("a")), Some(t0));
+        assert_eq!(clock.heard(&id("b")), Some(t1));
+        // a: a key changed (max version); b gone from chitchat: forgotten.
+        clock.observe(t2, [(id("a"), beat(1), 6)]);
+        assert_eq!(clock.heard(&id("a")), Some(t2));
+        assert_eq!(clock.heard(&id("b")), None);
+    }
+
+    fn view(load: f64, at: Instant) -> PeerView {
+        PeerView {
+            node_id: "a".into(),
+            gossip_addr: "127.0.0.1:1".parse().expect("addr"),
+            generation: 1,
+            summary: LoadSummary {
+                load,
+                cpu_capacity: 4.0,
+                io_capacity: 1e9,
+                mem_capacity: 8e9,
+                mem_free: 4e9,
+                vm_count: 1,
+                state: crate::summary::NodeRunState::Active,
+                rpc_addr: "127.0.0.1:1".parse().expect("addr"),
+                protocol_version: 1,
+            },
+            last_heard: at,
+        }
+    }
+
+    #[test]
+    fn a_newer_heartbeat_replaces_the_view_without_waking_watchers() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let (tx, mut rx) = watch::channel(Arc::new(vec![view(1.0, t0)]));
+        rx.mark_unchanged();
+        publish_view(&tx, vec![view(1.0, t1)]);
+        assert!(
+            !rx.has_changed().expect("open"),
+            "heartbeat alone is silent"
+        );
+        assert_eq!(rx.borrow()[0].last_heard, t1, "readers see the new instant");
+        publish_view(&tx, vec![view(2.0, t1)]);
+        assert!(
+            rx.has_changed().expect("open"),
+            "a summary change wakes watchers"
+        );
+        rx.mark_unchanged();
+        publish_view(&tx, vec![]);
+        assert!(
+            rx.has_changed().expect("open"),
+            "a peer leaving wakes watchers"
+        );
+    }
+
+    #[test]
+    fn json_carries_the_age_in_ms() {
+        let v = view(1.0, Instant::now() - Duration::from_millis(1_500));
+        let j = serde_json::to_value(&v).expect("json");
+        let ms = j["last_heard_ms_ago"].as_u64().expect("u64 field");
+        assert!(ms >= 1_500, "{j}");
+        assert!(v.last_heard_ms_ago() >= ms);
+    }
+}

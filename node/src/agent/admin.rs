@@ -253,6 +253,7 @@ async fn status(shared: &Shared) -> Result<NodeStatus, AdminError> {
         .map(|p| PeerStatus {
             node: NodeId::from(p.node_id.as_str()),
             summary: p.summary.clone(),
+            last_heard_ms_ago: Some(p.last_heard_ms_ago()),
         })
         .collect();
     Ok(NodeStatus {

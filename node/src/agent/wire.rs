@@ -324,6 +324,10 @@ pub struct PeerStatus {
     pub node: NodeId,
     /// Its summary as gossiped.
     pub summary: LoadSummary,
+    /// Milliseconds since this node last heard new gossip from the peer (its heartbeat
+    /// or a key advanced); `None` from an agent that does not report it.
+    #[serde(default)]
+    pub last_heard_ms_ago: Option<u64>,
 }
 
 /// One handoff in flight.
