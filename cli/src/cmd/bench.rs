@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use ballast_gossip::{bench_gossip, GossipBenchOptions};
+use ballast_node::agent::bench::qemu::{bench_handoff_qemu, QemuHandoffBenchOptions};
 use ballast_node::agent::bench::{bench_handoff, HandoffBenchOptions};
 
 /// Arguments of `ballast bench`.
@@ -28,15 +29,20 @@ enum What {
         #[arg(long)]
         json: bool,
     },
-    /// Two in-process agents hand VMs back and forth; handoff latency and rate next to
-    /// the bare durable work (3 flushed sled transactions + 2 loopback RPC round trips).
+    /// Two in-process agents hand VMs back and forth. `--driver sim`: handoff latency
+    /// and rate next to the bare durable work (3 flushed sled transactions + 2 loopback
+    /// RPC round trips). `--driver qemu`: one demo VM (a boot sector, no OS image) moved
+    /// back and forth, next to bare QMP migrations of the same VM in the same run.
     Handoff {
-        /// The hypervisor driver (`sim`; `qemu` is not wired yet).
+        /// The hypervisor driver: `sim` or `qemu`.
         #[arg(long, default_value = "sim")]
         driver: String,
-        /// Handoffs timed one after another.
-        #[arg(long, default_value_t = 200)]
-        count: usize,
+        /// Handoffs timed one after another (default 200 with sim, 5 with qemu).
+        #[arg(long)]
+        count: Option<usize>,
+        /// qemu: memory of the VM, in MiB.
+        #[arg(long, default_value_t = 128)]
+        memory_mib: u64,
         /// Handoffs in flight in the throughput phase.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
@@ -77,23 +83,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         What::Handoff {
             driver,
             count,
+            memory_mib,
             concurrency,
             json,
-        } => {
-            anyhow::ensure!(
-                driver == "sim",
-                "bench handoff supports --driver sim only (got {driver:?})"
-            );
-            let opts = HandoffBenchOptions {
-                handoffs: count,
-                concurrency,
-                ..HandoffBenchOptions::default()
-            };
-            let report = rt
-                .block_on(bench_handoff(opts))
-                .context("handoff benchmark failed")?;
-            print(&report, json)
-        }
+        } => match driver.as_str() {
+            "sim" => {
+                let d = HandoffBenchOptions::default();
+                let opts = HandoffBenchOptions {
+                    handoffs: count.unwrap_or(d.handoffs),
+                    concurrency,
+                    ..d
+                };
+                let report = rt
+                    .block_on(bench_handoff(opts))
+                    .context("handoff benchmark failed")?;
+                print(&report, json)
+            }
+            "qemu" => {
+                let d = QemuHandoffBenchOptions::default();
+                let opts = QemuHandoffBenchOptions {
+                    moves: count.unwrap_or(d.moves),
+                    memory_mib,
+                    ..d
+                };
+                let report = rt
+                    .block_on(bench_handoff_qemu(opts))
+                    .context("qemu handoff benchmark failed")?;
+                print(&report, json)
+            }
+            other => anyhow::bail!("bench handoff: --driver sim or qemu (got {other:?})"),
+        },
     }
 }
 

@@ -4,6 +4,11 @@
 //! call to the source's commit point. In the same run, the bare durable work of a
 //! handoff — three sled transactions with flush and two loopback RPC round trips — is
 //! timed too, so the report can give the handoff's cost as a ratio of it.
+//!
+//! [`qemu`]: the same between two agents on the qemu driver, next to a bare QMP
+//! migration of the same VM (`ballast bench handoff --driver qemu`).
+
+pub mod qemu;
 
 use super::admin_client::AdminClient;
 use super::runtime::Agent;
