@@ -177,3 +177,54 @@ fn a_qemu_vm_moves_between_agents_and_outlives_its_source() {
         assert!(s.handoffs.is_empty(), "{:?}", s.handoffs);
     });
 }
+
+#[test]
+fn the_qemu_handoff_bench_reports_both_figures() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args([
+            "bench",
+            "handoff",
+            "--driver",
+            "qemu",
+            "--count",
+            "2",
+            "--memory-mib",
+            "64",
+            "--json",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bench");
+    // Bounded: the bench kills its QEMU processes itself; kill it if it hangs.
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the bench did not finish in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let num = |k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {v}"))
+    };
+    assert_eq!(v["driver"], "qemu");
+    assert_eq!(v["memory_mib"], 64);
+    assert_eq!(v["moves"], 2, "{v}");
+    assert_eq!(v["aborted"], 0, "{v}");
+    let (qmp, handoff) = (num("qmp_migrate_ms"), num("handoff_ms"));
+    assert!(qmp > 0.0 && handoff > 0.0, "{v}");
+    // A handoff contains a migration of the same VM, so it cannot be faster.
+    assert!(handoff > qmp, "{v}");
+    assert!((num("ratio") - handoff / qmp).abs() < 1e-6, "{v}");
+}
