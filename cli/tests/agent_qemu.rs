@@ -80,13 +80,42 @@ fn set_in_config(path: &Path, old: &str, new: &str) {
 
 #[test]
 fn a_qemu_vm_moves_between_agents_and_outlives_its_source() {
+    move_and_outlive("qemu", |state, [first, last]| {
+        format!(
+            "\n[driver.qemu]\nstate_dir = \"{}\"\naccel = \"auto\"\n\
+             port_range = [{first}, {last}]\nbandwidth_mbps = 0\n",
+            state.display()
+        )
+    });
+}
+
+#[test]
+fn an_exec_plugin_vm_moves_between_agents_and_outlives_its_source() {
+    let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/qemu_plugin.py");
+    assert!(plugin.exists(), "{}", plugin.display());
+    move_and_outlive("exec", |state, [first, last]| {
+        format!(
+            "\n[driver.exec]\ncommand = [\"python3\", \"{}\", \"--state-dir\", \"{}\", \
+             \"--port-range\", \"{first}-{last}\", \"--accel\", \"auto\"]\n",
+            plugin.display(),
+            state.display()
+        )
+    });
+}
+
+/// Two agents with `driver.kind = kind` (`section` gives each node's driver section
+/// from its state directory and migration ports): create on n1, move to n2, check both
+/// sides, kill and wipe n1, check n2 again.
+fn move_and_outlive(kind: &str, section: impl Fn(&Path, [u16; 2]) -> String) {
     let qdir = tempfile::tempdir().expect("qemu tempdir");
     let states = [qdir.path().join("a"), qdir.path().join("b")];
     let _guard = QemuGuard(states.to_vec());
     let image = qdir.path().join("boot.img");
     write_boot_image(&image).expect("boot image");
-    // Ports below the kernel's ephemeral range, per process so parallel runs differ.
-    let base = 20_000 + (std::process::id() % 400) as u16 * 20;
+    // Ports below the kernel's ephemeral range (and apart from the bench's), per process
+    // and per driver kind so parallel runs and the tests of this file differ.
+    let base =
+        10_000 + (std::process::id() % 200) as u16 * 50 + if kind == "qemu" { 0 } else { 20 };
     let opts: Vec<NodeOpts> = states
         .iter()
         .enumerate()
@@ -94,19 +123,14 @@ fn a_qemu_vm_moves_between_agents_and_outlives_its_source() {
             let first = base + 10 * i as u16;
             NodeOpts {
                 balancing: false,
-                extra: format!(
-                    "\n[driver.qemu]\nstate_dir = \"{}\"\naccel = \"auto\"\n\
-                     port_range = [{first}, {}]\nbandwidth_mbps = 0\n",
-                    s.display(),
-                    first + 9
-                ),
+                extra: section(s, [first, first + 9]),
                 ..NodeOpts::default()
             }
         })
         .collect();
     let mut c = Cluster::new(&opts);
     for n in &c.nodes {
-        set_in_config(&n.config, "kind = \"sim\"", "kind = \"qemu\"");
+        set_in_config(&n.config, "kind = \"sim\"", &format!("kind = \"{kind}\""));
         // Launching QEMU under TCG on a busy host can take seconds.
         set_in_config(
             &n.config,
