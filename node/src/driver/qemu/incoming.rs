@@ -8,6 +8,12 @@ use super::{ports, QemuDriver};
 use crate::driver::{DriverError, MigrationTarget};
 use ballast_store::{VmId, VmSpec};
 use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// How long `resume_incoming` waits for an incoming copy still loading its last state.
+const INCOMING_SETTLE: Duration = Duration::from_secs(3);
+/// How often it looks meanwhile.
+const INCOMING_POLL: Duration = Duration::from_millis(5);
 
 impl QemuDriver {
     /// Ports held or about to be held by incoming VMs of this state directory.
@@ -168,12 +174,27 @@ impl QemuDriver {
         if meta.role == Role::Running {
             return Err(bad("not an incoming copy and not running"));
         }
-        if status == "inmigrate" {
-            return Err(bad("the incoming copy has not received the VM's state"));
-        }
-        let mig = self.qmp(vm, &dir, qmp::QueryMigrate {}).await?;
-        if mig.status.as_deref() != Some("completed") {
-            return Err(bad("the incoming migration did not complete"));
+        // The source may see "completed" a moment before this side has loaded the last
+        // of the state: wait (bounded) while the incoming migration is still under way.
+        let deadline =
+            tokio::time::Instant::now() + INCOMING_SETTLE.min(self.cfg.timeouts.migration());
+        let mut status = status;
+        loop {
+            if status != "inmigrate" {
+                let mig = self.qmp(vm, &dir, qmp::QueryMigrate {}).await?;
+                match mig.status.as_deref() {
+                    Some("completed") => break,
+                    Some("failed" | "cancelled") => {
+                        return Err(bad("the incoming migration did not complete"))
+                    }
+                    _ => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(bad("the incoming copy has not received the VM's state"));
+            }
+            tokio::time::sleep(self.cfg.timeouts.poll().min(INCOMING_POLL)).await;
+            status = self.runstate(vm, &dir).await?;
         }
         self.qmp(vm, &dir, qmp::Cont {}).await?;
         dir.write_meta(&VmMeta {
