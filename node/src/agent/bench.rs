@@ -162,6 +162,25 @@ pub async fn bench_handoff(opts: HandoffBenchOptions) -> Result<HandoffBenchRepo
     result
 }
 
+/// Waits (at most 30 s) until each of the two agents lists the other as a peer.
+pub(super) async fn wait_for_pair(ca: &AdminClient, cb: &AdminClient) -> Result<(), BenchError> {
+    let run_err = |e: super::AdminClientError| BenchError::Run(e.to_string());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sa = ca.status().await.map_err(run_err)?;
+        let sb = cb.status().await.map_err(run_err)?;
+        if !sa.peers.is_empty() && !sb.peers.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Run(
+                "the two agents did not see each other".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn run(
     opts: &HandoffBenchOptions,
     admin: &ballast_gossip::CertBundle,
@@ -173,20 +192,7 @@ async fn run(
     let ca = AdminClient::connect(admin, pa).map_err(run_err)?;
     let cb = AdminClient::connect(admin, pb).map_err(run_err)?;
     let (a, b) = (NodeId::from("a"), NodeId::from("b"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let sa = ca.status().await.map_err(run_err)?;
-        let sb = cb.status().await.map_err(run_err)?;
-        if !sa.peers.is_empty() && !sb.peers.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(BenchError::Run(
-                "the two agents did not see each other".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_pair(&ca, &cb).await?;
     let spec = VmSpec {
         vcpus: 1,
         memory_mib: 16,

@@ -263,20 +263,7 @@ async fn moves(
     let ca = AdminClient::connect(admin, pa).map_err(run_err)?;
     let cb = AdminClient::connect(admin, pb).map_err(run_err)?;
     let (a, b) = (NodeId::from("a"), NodeId::from("b"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let sa = ca.status().await.map_err(run_err)?;
-        let sb = cb.status().await.map_err(run_err)?;
-        if !sa.peers.is_empty() && !sb.peers.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(BenchError::Run(
-                "the two agents did not see each other".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    super::wait_for_pair(&ca, &cb).await?;
     let vm = VmId::from("bench-vm");
     ca.create_vm(&vm, spec, Some(&a), false)
         .await
