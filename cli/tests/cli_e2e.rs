@@ -174,11 +174,16 @@ fn a_user_bootstraps_balances_drains_and_deletes() {
         v
     };
 
-    // Three active nodes.
-    wait_for("3 active nodes", || {
+    // Three active nodes, each heard by gossip from another one (a node answers the
+    // admin call before its first gossip reaches the others; until then it is "now").
+    wait_for("3 active nodes heard by gossip", || {
         let o = ballast(&with_admin(&["status", "--json"]), d);
         let s: Value = serde_json::from_slice(&o.stdout).ok()?;
-        (s["active_nodes"] == 3).then_some(())
+        let heard = s["nodes"]
+            .as_array()?
+            .iter()
+            .all(|n| n["last_heard_ms_ago"].is_u64());
+        (s["active_nodes"] == 3 && heard).then_some(())
     });
 
     // 12 VMs on node-1.
