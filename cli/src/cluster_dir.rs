@@ -101,7 +101,50 @@ pub struct NodePlan {
     /// The metrics endpoint, none to disable.
     pub metrics_listen: Option<SocketAddr>,
     /// The hypervisor driver.
+    pub driver: DriverArgs,
+}
+
+/// The driver flags shared by `cluster init` and `node add`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DriverArgs {
+    /// The node's hypervisor driver: sim, qemu or exec (an external plugin).
+    #[arg(long, default_value = "qemu", value_parser = parse_driver)]
     pub driver: DriverKind,
+    /// The plugin program of `--driver exec` (looked up in PATH when relative).
+    #[arg(
+        long,
+        value_name = "PROGRAM",
+        required_if_eq("driver", "exec"),
+        value_parser = parse_program
+    )]
+    pub exec_command: Option<String>,
+    /// An argument of the plugin program (repeat for several, in order).
+    #[arg(
+        long,
+        value_name = "ARG",
+        requires = "exec_command",
+        allow_hyphen_values = true
+    )]
+    pub exec_arg: Vec<String>,
+}
+
+impl DriverArgs {
+    /// The sim driver, for nodes that run no real VMs (demo, tests).
+    pub fn sim() -> Self {
+        Self {
+            driver: DriverKind::Sim,
+            exec_command: None,
+            exec_arg: Vec::new(),
+        }
+    }
+}
+
+/// clap parser of a plugin program: not empty.
+fn parse_program(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("the plugin program must not be empty".into());
+    }
+    Ok(text.to_owned())
 }
 
 /// What was written for one node (printed by `--json`).
@@ -126,7 +169,12 @@ pub fn node_config(cluster: &str, plan: &NodePlan) -> AgentConfig {
     cfg.node.advertise = (cfg.node.listen != plan.addr).then_some(plan.addr);
     cfg.node.seeds = plan.seeds.clone();
     cfg.node.metrics_listen = plan.metrics_listen;
-    cfg.driver.kind = plan.driver;
+    cfg.driver.kind = plan.driver.driver;
+    if let Some(program) = &plan.driver.exec_command {
+        cfg.driver.exec.command = std::iter::once(program.clone())
+            .chain(plan.driver.exec_arg.iter().cloned())
+            .collect();
+    }
     cfg
 }
 
@@ -231,7 +279,8 @@ pub fn parse_driver(text: &str) -> Result<DriverKind, String> {
     match text {
         "sim" => Ok(DriverKind::Sim),
         "qemu" => Ok(DriverKind::Qemu),
-        _ => Err(format!("'{text}' is not a driver: sim or qemu")),
+        "exec" => Ok(DriverKind::Exec),
+        _ => Err(format!("'{text}' is not a driver: sim, qemu or exec")),
     }
 }
 
@@ -265,7 +314,7 @@ mod tests {
             listen: None,
             seeds: vec!["127.0.0.1:7001".parse().expect("addr")],
             metrics_listen: None,
-            driver: DriverKind::Sim,
+            driver: DriverArgs::sim(),
         };
         let w = write_node(&dir, &ca, &plan).expect("write");
         let cfg = AgentConfig::load(&w.config).expect("loads");

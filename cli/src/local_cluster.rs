@@ -6,7 +6,7 @@
 use crate::cluster_dir::{self, ClusterDir, NodePlan};
 use anyhow::{bail, Context};
 use ballast_gossip::CertBundle;
-use ballast_node::config::{AgentConfig, DriverKind};
+use ballast_node::config::AgentConfig;
 use ballast_store::NodeId;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -71,7 +71,7 @@ impl LocalCluster {
                 listen: None,
                 seeds: nodes.first().map(|(_, a)| *a).into_iter().collect(),
                 metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-                driver: DriverKind::Sim,
+                driver: cluster_dir::DriverArgs::sim(),
             };
             let written = cluster_dir::write_node(&dir, &ca, &plan)?;
             retune(&written.config, &tune)?;

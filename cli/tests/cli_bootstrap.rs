@@ -91,7 +91,11 @@ fn cluster_init_and_node_add_write_complete_node_directories() {
             "--dir",
             "c",
             "--driver",
-            "sim",
+            "exec",
+            "--exec-command",
+            "python3",
+            "--exec-arg",
+            "examples/qemu_plugin.py",
         ],
         d,
     );
@@ -123,6 +127,11 @@ fn cluster_init_and_node_add_write_complete_node_directories() {
     assert_eq!(
         cfg3.node.seeds,
         vec!["127.0.0.1:17002".parse().expect("addr")]
+    );
+    assert_eq!(cfg3.driver.kind, ballast_node::config::DriverKind::Exec);
+    assert_eq!(
+        cfg3.driver.exec.command,
+        ["python3", "examples/qemu_plugin.py"]
     );
 
     // The admin bundle names all three nodes.
@@ -237,6 +246,12 @@ fn bad_usage_exits_2_with_a_clear_message() {
     let cases: &[(&[&str], &str)] = &[
         (&["status", "--bogus"], "--bogus"),
         (&["frobnicate"], "frobnicate"),
+        (
+            &[
+                "cluster", "init", "--name", "x", "--dir", "x", "--driver", "exec",
+            ],
+            "--exec-command",
+        ),
         (
             &["vm", "create", "v1", "--vcpus", "1", "--memory", "12XB"],
             "unknown unit 'XB'",

@@ -4,7 +4,6 @@
 use crate::admin_bundle::{AdminFile, KnownNode};
 use crate::cluster_dir::{self, ClusterDir, NodePlan, WrittenNode};
 use anyhow::{bail, Context};
-use ballast_node::config::DriverKind;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,9 +43,8 @@ struct InitArgs {
     /// The first node's Prometheus endpoint (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:9420", value_name = "IP:PORT", value_parser = cluster_dir::parse_metrics_listen)]
     metrics_listen: SocketAddr,
-    /// The first node's hypervisor driver: sim or qemu.
-    #[arg(long, default_value = "qemu", value_parser = cluster_dir::parse_driver)]
-    driver: DriverKind,
+    #[command(flatten)]
+    driver: cluster_dir::DriverArgs,
     /// The name in the admin certificate.
     #[arg(long, default_value = "admin", value_parser = cluster_dir::parse_name)]
     admin_name: String,

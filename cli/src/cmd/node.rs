@@ -5,7 +5,6 @@ use crate::admin_bundle::AdminArgs;
 use crate::cluster_dir::{self, ClusterDir, NodePlan};
 use crate::cmd::admin::Cluster;
 use anyhow::Context;
-use ballast_node::config::DriverKind;
 use ballast_store::NodeId;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,9 +46,8 @@ struct AddArgs {
     /// The node's Prometheus endpoint (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:9420", value_name = "IP:PORT", value_parser = cluster_dir::parse_metrics_listen)]
     metrics_listen: SocketAddr,
-    /// The node's hypervisor driver: sim or qemu.
-    #[arg(long, default_value = "qemu", value_parser = cluster_dir::parse_driver)]
-    driver: DriverKind,
+    #[command(flatten)]
+    driver: cluster_dir::DriverArgs,
     /// Print what was written as JSON.
     #[arg(long)]
     json: bool,
