@@ -2,30 +2,9 @@
 //! `node add`, `config default`, `config check`, `completions`, and bad usage (exit 2)
 //! against failures (exit 1).
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod cli_util;
 
-fn ballast(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ballast"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("BALLAST_CONFIG")
-        .env_remove("BALLAST_ADMIN")
-        .output()
-        .expect("run ballast")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exit code")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use cli_util::*;
 
 #[test]
 fn cluster_init_and_node_add_write_complete_node_directories() {
@@ -286,9 +265,7 @@ fn bad_usage_exits_2_with_a_clear_message() {
         (&["completions", "tcsh"], "tcsh"),
     ];
     for (args, needle) in cases {
-        let o = ballast(args, d);
-        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+        fails(args, d, 2, needle);
     }
     // --help is not an error.
     let o = ballast(&["vm", "create", "--help"], d);
@@ -299,40 +276,40 @@ fn bad_usage_exits_2_with_a_clear_message() {
 #[test]
 fn admin_commands_without_a_bundle_fail_with_a_hint() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let o = ballast(&["status"], tmp.path());
-    assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("no admin bundle"), "{}", stderr(&o));
+    fails(&["status"], tmp.path(), 1, "no admin bundle");
     // An agent config given where the admin bundle belongs.
     std::fs::write(
         tmp.path().join("agent.toml"),
         "[node]\nid = \"n\"\n[tls]\nca_cert = \"x\"\n",
     )
     .expect("write");
-    let o = ballast(&["status", "--config", "agent.toml"], tmp.path());
-    assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("agent config"), "{}", stderr(&o));
+    fails(
+        &["status", "--config", "agent.toml"],
+        tmp.path(),
+        1,
+        "agent config",
+    );
     // Garbage in admin.toml.
     std::fs::create_dir(tmp.path().join("ballast-admin")).expect("mkdir");
     std::fs::write(tmp.path().join("ballast-admin/admin.toml"), "cluster = 3\n").expect("write");
-    let o = ballast(&["vm", "list"], tmp.path());
-    assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("line 1"), "{}", stderr(&o));
+    fails(&["vm", "list"], tmp.path(), 1, "line 1");
 }
 
 #[test]
 fn an_agent_with_a_missing_or_invalid_config_fails_with_the_reason() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let o = ballast(&["agent", "--config", "missing.toml"], tmp.path());
-    assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("missing.toml"), "{}", stderr(&o));
+    fails(
+        &["agent", "--config", "missing.toml"],
+        tmp.path(),
+        1,
+        "missing.toml",
+    );
     std::fs::write(
         tmp.path().join("bad.toml"),
         "[node]\nid = \"n1\"\nport = 1\n",
     )
     .expect("write");
-    let o = ballast(&["agent", "--config", "bad.toml"], tmp.path());
-    assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("line 3"), "{}", stderr(&o));
+    fails(&["agent", "--config", "bad.toml"], tmp.path(), 1, "line 3");
     let o = ballast(&["agent"], tmp.path());
     assert_eq!(code(&o), 2, "no --config is bad usage");
 }

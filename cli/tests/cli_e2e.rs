@@ -4,41 +4,17 @@
 //! admin API refusing a node certificate, another cluster's admin certificate, and an
 //! unreachable agent, each with its message and exit code 1.
 
+mod cli_util;
+
+use cli_util::*;
 use serde_json::Value;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Bound on each wait of this test.
 const WAIT: Duration = Duration::from_secs(90);
-
-fn ballast(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ballast"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("BALLAST_CONFIG")
-        .env_remove("BALLAST_ADMIN")
-        .output()
-        .expect("run ballast")
-}
-
-/// Runs a command that must succeed and returns its stdout.
-fn ok(args: &[&str], cwd: &Path) -> String {
-    let o = ballast(args, cwd);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn json(args: &[&str], cwd: &Path) -> Value {
-    serde_json::from_str(&ok(args, cwd)).expect("JSON output")
-}
 
 /// Polls `f` until it returns `Some`, at most [`WAIT`].
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -123,10 +99,6 @@ fn distinct_vms(dir: &Path) -> Vec<String> {
     names.sort();
     names.dedup();
     names
-}
-
-fn stderr_of(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -273,9 +245,7 @@ fn a_user_bootstraps_balances_drains_and_deletes() {
     let left = distinct_vms(d);
     assert_eq!(left.len(), 11, "{left:?}");
     assert!(!left.contains(&"vm-7".to_owned()));
-    let o = ballast(&with_admin(&["vm", "show", "vm-7"]), d);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr_of(&o).contains("not found"), "{}", stderr_of(&o));
+    fails(&with_admin(&["vm", "show", "vm-7"]), d, 1, "not found");
 
     refusals(d);
 
@@ -312,12 +282,11 @@ fn refusals(d: &Path) {
         fake.join("admin.toml"),
     )
     .expect("copy");
-    let o = ballast(&["status", "--admin", "node-as-admin"], d);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr_of(&o).contains("not an admin certificate"),
-        "{}",
-        stderr_of(&o)
+    fails(
+        &["status", "--admin", "node-as-admin"],
+        d,
+        1,
+        "not an admin certificate",
     );
 
     // Another cluster's admin bundle pointed at this cluster's nodes.
@@ -332,12 +301,11 @@ fn refusals(d: &Path) {
         d.join("o/ballast-admin/admin.toml"),
     )
     .expect("copy");
-    let o = ballast(&["status", "--admin", "o/ballast-admin"], d);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr_of(&o).contains("another cluster"),
-        "{}",
-        stderr_of(&o)
+    fails(
+        &["status", "--admin", "o/ballast-admin"],
+        d,
+        1,
+        "another cluster",
     );
 
     // That cluster's admin certificate next to this cluster's CA: refused before sending.
@@ -352,25 +320,20 @@ fn refusals(d: &Path) {
     for f in ["admin.pem", "admin.key"] {
         std::fs::copy(d.join("o/ballast-admin").join(f), mixed.join(f)).expect("copy");
     }
-    let o = ballast(&["vm", "list", "--admin", "mixed"], d);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr_of(&o).contains("not signed by the cluster CA"),
-        "{}",
-        stderr_of(&o)
+    fails(
+        &["vm", "list", "--admin", "mixed"],
+        d,
+        1,
+        "not signed by the cluster CA",
     );
 
     // An agent that is not there.
     let port = free_ports(1)[0];
     let addr = format!("127.0.0.1:{port}");
-    let o = ballast(
+    fails(
         &["status", "--admin", "c/ballast-admin", "--node-addr", &addr],
         d,
-    );
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr_of(&o).contains("cannot reach the agent"),
-        "{}",
-        stderr_of(&o)
+        1,
+        "cannot reach the agent",
     );
 }
