@@ -87,21 +87,21 @@ impl Metrics {
 
     /// Counts one resolved handoff.
     pub(crate) fn handoff(&self, role: &str, outcome: &str) {
-        self.handoffs
-            .get_or_create(&vec![
-                ("role".to_owned(), role.to_owned()),
-                ("outcome".to_owned(), outcome.to_owned()),
-            ])
-            .inc();
+        self.handoff_counter(role, outcome).inc();
     }
 
     fn handoff_count(&self, role: &str, outcome: &str) -> u64 {
+        self.handoff_counter(role, outcome).get()
+    }
+
+    /// The counter of handoffs with this role and outcome.
+    fn handoff_counter(&self, role: &str, outcome: &str) -> Counter {
         self.handoffs
             .get_or_create(&vec![
                 ("role".to_owned(), role.to_owned()),
                 ("outcome".to_owned(), outcome.to_owned()),
             ])
-            .get()
+            .clone()
     }
 
     /// The counters `status` reports.
