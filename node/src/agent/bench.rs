@@ -52,8 +52,12 @@ pub struct HandoffBenchReport {
     pub handoffs: usize,
     /// Median handoff duration (start to the source's commit point), ms.
     pub p50_ms: f64,
+    /// 90th percentile of the same, ms.
+    pub p90_ms: f64,
     /// 99th percentile of the same, ms.
     pub p99_ms: f64,
+    /// Slowest of the same, ms.
+    pub max_ms: f64,
     /// Sequential handoffs per second (one at a time, back to back).
     pub sequential_per_s: f64,
     /// Handoffs per second with `concurrency` in flight between the pair.
@@ -239,7 +243,9 @@ async fn run(
     Ok(HandoffBenchReport {
         handoffs: times.len(),
         p50_ms: p50,
+        p90_ms: percentile(&times, 0.9),
         p99_ms: p99,
+        max_ms: percentile(&times, 1.0),
         sequential_per_s: times.len() as f64 / sequential_s.max(1e-9),
         per_s,
         concurrency: opts.concurrency,

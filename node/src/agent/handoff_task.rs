@@ -198,7 +198,7 @@ impl Owner {
         let vm2 = vm.clone();
         let read = self
             .shared
-            .with_store(move |s| Ok((s.get(&vm2)?, s.highest_epoch(&vm2)?)))
+            .with_store_here(move |s| Ok((s.get(&vm2)?, s.highest_epoch(&vm2)?)))
             .await;
         let (entry, highest) = match read {
             Ok((Some(e), h)) => (e, h),
@@ -260,7 +260,7 @@ impl Owner {
         let op2 = op.clone();
         let result = self
             .shared
-            .with_store(move |s| {
+            .with_store_here(move |s| {
                 let r = match &op2 {
                     StoreOp::BeginMigrateOut { vm, to, epoch } => {
                         s.begin_migrate_out(vm, to, *epoch)

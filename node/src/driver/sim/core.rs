@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
 /// How long `cancel_outgoing` waits for a migration task to notice its cancel flag.
@@ -107,6 +108,9 @@ pub(crate) struct VmCore {
     /// A std mutex: never held across an await. It is held across a run-log append (one
     /// write + fsync) so that records and transitions happen in the same order.
     inner: Mutex<Inner>,
+    /// Bumped after every change of the outgoing migration's status, so that a waiter
+    /// (`SimDriver::migrate_out`) wakes at once instead of polling on a timer.
+    out_changed: watch::Sender<u64>,
 }
 
 fn bad_state(vm: &VmId, reason: &str) -> DriverError {
@@ -141,6 +145,7 @@ impl VmCore {
             vm: vm.clone(),
             log,
             inner: Mutex::new(inner),
+            out_changed: watch::Sender::new(0),
         })
     }
 
@@ -188,6 +193,16 @@ impl VmCore {
     /// The VM's id.
     pub(crate) fn vm(&self) -> &VmId {
         &self.vm
+    }
+
+    /// A receiver that sees every later change of the outgoing migration's status (it
+    /// marks the current one seen: subscribe first, then read the status).
+    pub(crate) fn watch_outgoing(&self) -> watch::Receiver<u64> {
+        self.out_changed.subscribe()
+    }
+
+    fn outgoing_changed(&self) {
+        self.out_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Whether the VM is gone (its holder should forget it).
@@ -258,6 +273,7 @@ impl VmCore {
         if let Some(inc) = g.incoming.take() {
             inc.listener.abort();
         }
+        self.outgoing_changed();
         if g.ran {
             if let Err(e) = self.log.append(Some(&self.vm), RunEvent::Stop) {
                 tracing::error!(vm = %self.vm, error = %e, "run log: stop record lost");
@@ -396,11 +412,14 @@ impl VmCore {
             generation,
             ..Outgoing::default()
         };
-        match g.phase {
+        let r = match g.phase {
             Phase::Paused => self.set_running(&mut g),
             Phase::Running { .. } => Ok(()),
             Phase::Incoming | Phase::Stopped => Err(DriverError::NotFound(self.vm.clone())),
-        }
+        };
+        drop(g);
+        self.outgoing_changed();
+        r
     }
 
     fn begin_migration(
@@ -459,6 +478,8 @@ impl VmCore {
                 g.out.reason = Some(reason);
             }
         }
+        drop(g);
+        self.outgoing_changed();
     }
 
     // ---- used by the migration tasks ----

@@ -115,7 +115,11 @@ async fn transfer<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
     let steps = (duration_ms / STEP_MS).clamp(1, MAX_STEPS);
     let step = Duration::from_millis(duration_ms) / u32::try_from(steps).unwrap_or(1);
     for i in 1..=steps {
-        tokio::time::sleep(step).await;
+        // An instant migration (`migration_ms = 0`) does not sleep: a zero sleep still
+        // waits for the timer wheel's next millisecond tick.
+        if !step.is_zero() {
+            tokio::time::sleep(step).await;
+        }
         if cancel.load(Ordering::SeqCst) {
             let _ = send(w, &MigMsg::Abort).await;
             return Ok(Outcome::Cancelled);

@@ -47,7 +47,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How often `migrate_out` asks for progress.
+/// How often `migrate_out` asks for progress. In-process, a change of the migration's
+/// status wakes it at once; in process mode it polls, quickly at first.
 const POLL: Duration = Duration::from_millis(10);
 /// Slack on top of the configured migration time before `migrate_out` gives up.
 const MIGRATE_SLACK: Duration = Duration::from_secs(90);
@@ -262,6 +263,15 @@ impl SimDriver {
         }
     }
 
+    /// In-process: a receiver that wakes on the next change of `vm`'s outgoing
+    /// migration status (`None` in process mode, or without such a VM).
+    fn watch_outgoing(&self, vm: &VmId) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match &self.backend {
+            Backend::InProcess(h) => h.get(vm).map(|core| core.watch_outgoing()),
+            Backend::Process(_) => None,
+        }
+    }
+
     async fn poll_migration(
         &self,
         vm: &VmId,
@@ -274,6 +284,8 @@ impl SimDriver {
         // back off to POLL.
         let mut pause = Duration::from_millis(1);
         loop {
+            // Subscribed before the status is read, so no change between the two is lost.
+            let changed = self.watch_outgoing(vm);
             let reply = self.call(vm, VmRequest::MigrationStatus).await?;
             let failed = |reason: String| DriverError::MigrationFailed {
                 vm: vm.clone(),
@@ -306,7 +318,15 @@ impl SimDriver {
                     "migration of {vm} still active"
                 )));
             }
-            tokio::time::sleep(pause).await;
+            match changed {
+                Some(mut rx) => {
+                    // Woken by the change, or after POLL for a progress report.
+                    if let Ok(Err(_)) = tokio::time::timeout(POLL, rx.changed()).await {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+                None => tokio::time::sleep(pause).await,
+            }
             pause = (pause * 2).min(POLL);
         }
     }
