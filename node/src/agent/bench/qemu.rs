@@ -1,25 +1,29 @@
 //! `ballast bench handoff --driver qemu`: the cost of ballast's handoff over a bare QEMU
-//! live migration. In one run: a few bare QMP migrations of the demo VM
-//! ([`bench_qmp_migrate`]: `migrate` to `completed`, no agent), a few bare incoming
-//! launches (`prepare_incoming`: a paused QEMU listening for the stream), then the same
-//! VM moved back and forth by two in-process agents on the qemu driver (real sled, real
-//! QUIC + TLS on loopback), each move timed from the admin `MoveVm` call to the source's
-//! commit point. Every QEMU process is killed when the run ends, also on error.
+//! live migration. In one run: `count` bare migrations of the demo VM done by hand over
+//! QMP ([`bench_qmp_migrate`]: launch the destination with `-incoming defer`,
+//! `migrate-incoming`, `migrate`, wait for `completed`, `cont`; no agent), then the same
+//! VM moved back and forth `count` times by two in-process agents on the qemu driver
+//! (real sled, real QUIC + TLS on loopback). Both are timed to the same end point: the
+//! destination QEMU's `RESUME` event (the VM runs there), read with QEMU's timestamp
+//! from a second QMP monitor; a handoff's clock starts at the admin `MoveVm` call, a
+//! bare sequence's when it launches the destination. Every QEMU process is killed when
+//! the run ends, also on error.
 
 use super::super::admin_client::AdminClient;
 use super::super::runtime::Agent;
 use super::{agent_config, free_port, percentile, settle, setup, BenchError, TempDir};
 use crate::config::{AgentConfig, DriverKind};
-use crate::driver::qemu::bench::bench_qmp_migrate;
+use crate::driver::qemu::bench::{
+    bench_qmp_migrate, incoming_resumed_at, ms_between, tap_args, EventTap,
+};
 use crate::driver::qemu::guest::{demo_spec, write_boot_image};
 use crate::driver::qemu::{QemuConfig, QemuDriver};
-use crate::driver::Driver;
 use ballast_gossip::{create_ca, issue_admin_cert, issue_node_cert, save_cert_bundle};
 use ballast_store::{LoadFactors, NodeId, VmId, VmSpec};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How long a VM runs before it is migrated (bare and handoff alike).
 const WARMUP: Duration = Duration::from_millis(300);
@@ -31,6 +35,9 @@ pub const BENCH_POLL_MS: u64 = 5;
 /// The agents' reconciliation interval in this bench, in milliseconds (below
 /// [`WARMUP`]).
 const RECONCILE_MS: u64 = 100;
+
+/// Bound of the waits for a QEMU event (the destination's `RESUME`, the source's `STOP`).
+const EVENT_WAIT: Duration = Duration::from_secs(10);
 
 /// How to run the qemu handoff benchmark.
 #[derive(Clone, Debug)]
@@ -56,7 +63,9 @@ impl Default for QemuHandoffBenchOptions {
     }
 }
 
-/// The figures (medians over `moves` samples each).
+/// The figures (medians over `moves` samples each). Every `*_ms` is milliseconds of wall
+/// time. End point of both the bare sequence and the handoff: the destination QEMU's
+/// `RESUME` event, i.e. the VM runs on the destination.
 #[derive(Clone, Debug, Serialize)]
 pub struct QemuHandoffBenchReport {
     /// The driver benchmarked (`qemu`).
@@ -67,24 +76,36 @@ pub struct QemuHandoffBenchReport {
     pub memory_mib: u64,
     /// Moves timed (all committed unless `aborted` says otherwise).
     pub moves: usize,
-    /// Median bare QMP migration, `migrate` to `completed`, ms.
+    /// The baseline: a bare QMP migration as an operator does it by hand, from launching
+    /// the destination QEMU (`-incoming defer`) to the destination's `RESUME` after
+    /// `migrate-incoming`, `migrate`, `completed` and `cont`.
     pub qmp_migrate_ms: f64,
-    /// Median of QEMU's own downtime of the bare migrations, ms.
+    /// Part of the baseline: launching the paused destination until it listens.
+    pub qemu_launch_ms: f64,
+    /// Part of the baseline: `migrate` on the source until it reports `completed`.
+    pub qmp_migrate_only_ms: f64,
+    /// Part of the baseline: from `completed` to the destination's `RESUME`.
+    pub qmp_cont_ms: f64,
+    /// Bare: how long the guest did not run (source `STOP` to destination `RESUME`).
+    pub qmp_guest_paused_ms: f64,
+    /// Bare: QEMU's own downtime figure (switchover until the last state is sent).
     pub qmp_downtime_ms: f64,
-    /// Median bare launch of an incoming copy (`prepare_incoming`), ms.
-    pub qemu_prepare_ms: f64,
-    /// Median handoff, admin `MoveVm` to the source's commit point, ms.
+    /// The handoff: admin `MoveVm` call to the destination's `RESUME`.
     pub handoff_ms: f64,
     /// Slowest handoff, ms.
     pub handoff_max_ms: f64,
-    /// `handoff_ms / qmp_migrate_ms`.
+    /// The handoff: admin `MoveVm` call to the source's commit point (`MoveVm` returns).
+    pub handoff_commit_ms: f64,
+    /// Handoff: how long the guest did not run (source `STOP` to destination `RESUME`).
+    pub handoff_guest_paused_ms: f64,
+    /// `handoff_ms / qmp_migrate_ms` (goal: at most 1.2).
     pub ratio: f64,
-    /// `handoff_ms - qmp_migrate_ms`.
+    /// `handoff_ms - qmp_migrate_ms` (goal: at most 50).
     pub added_ms: f64,
-    /// `handoff_ms / (qemu_prepare_ms + qmp_migrate_ms)`: the agent's share over what
-    /// QEMU itself needs for a migration to a freshly started destination.
-    pub ratio_with_prepare: f64,
-    /// The driver's migration poll interval used, ms.
+    /// `handoff_ms / qmp_migrate_only_ms`: against the migration alone, as if the
+    /// destination QEMU cost nothing to start.
+    pub ratio_migrate_only: f64,
+    /// The driver's migration poll interval used, ms (QMP events end the waits earlier).
     pub poll_ms: u64,
     /// Moves that aborted (should be 0).
     pub aborted: usize,
@@ -148,18 +169,22 @@ pub async fn bench_handoff_qemu(
     let n = opts.moves.max(1);
 
     let bare_cfg = qemu_side(&opts, states[2].clone(), 2);
-    let (mut qmp_ms, mut downtime) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut bare = Vec::with_capacity(n);
     for _ in 0..n {
         let t = bench_qmp_migrate(&bare_cfg, &spec, WARMUP)
             .await
             .map_err(run_err)?;
-        qmp_ms.push(t.qmp_migrate_ms);
-        downtime.push(t.downtime_ms.map_or(0.0, |d| d as f64));
+        bare.push(t);
     }
-    let prepare_ms = bare_prepares(&bare_cfg, &spec, n).await?;
+    let col = |f: fn(&crate::driver::qemu::bench::QmpMigrateTiming) -> f64| {
+        median(bare.iter().map(f).collect())
+    };
+    let qmp = col(|t| t.total_ms);
+    let migrate_only = col(|t| t.migrate_ms);
 
-    let (handoffs, aborted) = agent_moves(&opts, &dir, &states, &spec, n).await?;
-    let (qmp, prep, handoff) = (median(qmp_ms), median(prepare_ms), median(handoffs.clone()));
+    let moves = agent_moves(&opts, &dir, &states, &spec, n).await?;
+    let handoff = median(moves.to_resume.clone());
+    let ratio = |base: f64| if base > 0.0 { handoff / base } else { 0.0 };
     Ok(QemuHandoffBenchReport {
         driver: "qemu",
         kvm: std::fs::OpenOptions::new()
@@ -168,36 +193,23 @@ pub async fn bench_handoff_qemu(
             .open("/dev/kvm")
             .is_ok(),
         memory_mib: opts.memory_mib,
-        moves: handoffs.len(),
+        moves: moves.to_resume.len(),
         qmp_migrate_ms: qmp,
-        qmp_downtime_ms: median(downtime),
-        qemu_prepare_ms: prep,
+        qemu_launch_ms: col(|t| t.launch_ms),
+        qmp_migrate_only_ms: migrate_only,
+        qmp_cont_ms: col(|t| t.cont_ms),
+        qmp_guest_paused_ms: col(|t| t.guest_paused_ms),
+        qmp_downtime_ms: col(|t| t.downtime_ms.map_or(0.0, |d| d as f64)),
         handoff_ms: handoff,
-        handoff_max_ms: handoffs.iter().copied().fold(0.0, f64::max),
-        ratio: if qmp > 0.0 { handoff / qmp } else { 0.0 },
+        handoff_max_ms: moves.to_resume.iter().copied().fold(0.0, f64::max),
+        handoff_commit_ms: median(moves.to_commit),
+        handoff_guest_paused_ms: median(moves.paused),
+        ratio: ratio(qmp),
         added_ms: handoff - qmp,
-        ratio_with_prepare: if qmp + prep > 0.0 {
-            handoff / (qmp + prep)
-        } else {
-            0.0
-        },
+        ratio_migrate_only: ratio(migrate_only),
         poll_ms: opts.qemu.timeouts.poll_ms,
-        aborted,
+        aborted: moves.aborted,
     })
-}
-
-/// Times `n` launches of a paused incoming copy (each cancelled again).
-async fn bare_prepares(cfg: &QemuConfig, spec: &VmSpec, n: usize) -> Result<Vec<f64>, BenchError> {
-    let driver = QemuDriver::new(cfg.clone()).map_err(setup)?;
-    let vm = VmId::from("bench-prepare");
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        driver.prepare_incoming(&vm, spec).await.map_err(run_err)?;
-        out.push(t.elapsed().as_secs_f64() * 1000.0);
-        driver.cancel_incoming(&vm).await.map_err(run_err)?;
-    }
-    Ok(out)
 }
 
 fn qemu_agent_config(
@@ -212,22 +224,41 @@ fn qemu_agent_config(
     let mut c = agent_config(dir, id, listen, seed, 1);
     c.driver.kind = DriverKind::Qemu;
     c.driver.qemu = qemu_side(opts, state_dir.to_path_buf(), side);
-    // The qemu driver's `resume_incoming` can run before QEMU has left `inmigrate` (the
-    // source sees `completed` first); reconciliation then resumes the copy. Run it often
-    // enough that the VM runs again before the next move.
+    c.driver
+        .qemu
+        .extra_args
+        .extend(tap_args(&tap_of(state_dir)));
+    // Should a resume fail, reconciliation retries it before the next move.
     c.reconcile.interval_ms = RECONCILE_MS;
     c
 }
 
+/// The second QMP monitor of the bench VM on a side (one VM per side at a time).
+fn tap_of(state_dir: &Path) -> PathBuf {
+    state_dir.join("ev.sock")
+}
+
+/// The timed moves (ms each) and the aborted ones.
+struct Moves {
+    /// `MoveVm` call to the destination's `RESUME`.
+    to_resume: Vec<f64>,
+    /// `MoveVm` call to its return (the source's commit point).
+    to_commit: Vec<f64>,
+    /// The source's `STOP` to the destination's `RESUME`.
+    paused: Vec<f64>,
+    /// Moves that aborted.
+    aborted: usize,
+}
+
 /// Starts two agents on the qemu driver, creates the VM on `a` and moves it back and
-/// forth `n` times; the handoff durations (ms) and the aborted moves.
+/// forth `n` times.
 async fn agent_moves(
     opts: &QemuHandoffBenchOptions,
     dir: &Path,
     states: &[PathBuf; 3],
     spec: &VmSpec,
     n: usize,
-) -> Result<(Vec<f64>, usize), BenchError> {
+) -> Result<Moves, BenchError> {
     let ca = create_ca("bench").map_err(setup)?;
     let admin = issue_admin_cert(&ca, "bench").map_err(setup)?;
     let (pa, pb) = (free_port()?, free_port()?);
@@ -246,7 +277,8 @@ async fn agent_moves(
             }
         }
     }
-    let result = moves(&admin, pa, pb, spec, n).await;
+    let taps = [tap_of(&states[0]), tap_of(&states[1])];
+    let result = moves(&admin, [pa, pb], &taps, spec, n).await;
     for a in agents {
         a.shutdown().await;
     }
@@ -255,11 +287,11 @@ async fn agent_moves(
 
 async fn moves(
     admin: &ballast_gossip::CertBundle,
-    pa: SocketAddr,
-    pb: SocketAddr,
+    [pa, pb]: [SocketAddr; 2],
+    taps: &[PathBuf; 2],
     spec: &VmSpec,
     n: usize,
-) -> Result<(Vec<f64>, usize), BenchError> {
+) -> Result<Moves, BenchError> {
     let ca = AdminClient::connect(admin, pa).map_err(run_err)?;
     let cb = AdminClient::connect(admin, pb).map_err(run_err)?;
     let (a, b) = (NodeId::from("a"), NodeId::from("b"));
@@ -269,20 +301,45 @@ async fn moves(
         .await
         .map_err(run_err)?;
     let mut on_a = true;
-    let (mut times, mut aborted) = (Vec::with_capacity(n), 0);
+    let mut out = Moves {
+        to_resume: Vec::with_capacity(n),
+        to_commit: Vec::with_capacity(n),
+        paused: Vec::with_capacity(n),
+        aborted: 0,
+    };
     for _ in 0..n {
         tokio::time::sleep(WARMUP).await;
-        let (client, to) = if on_a { (&ca, &b) } else { (&cb, &a) };
-        let t = Instant::now();
-        let (committed, _) = client.move_vm(&vm, to).await.map_err(run_err)?;
-        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        let (client, to, [src_tap, dst_tap]) = if on_a {
+            (&ca, &b, [&taps[0], &taps[1]])
+        } else {
+            (&cb, &a, [&taps[1], &taps[0]])
+        };
+        let mut src = EventTap::connect(src_tap, EVENT_WAIT)
+            .await
+            .map_err(run_err)?;
+        let (w0, t0) = (SystemTime::now(), Instant::now());
+        let resumed = tokio::spawn(incoming_resumed_at(dst_tap.clone(), EVENT_WAIT));
+        let moved = client.move_vm(&vm, to).await;
+        let commit_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let committed = match moved {
+            Ok((c, _)) => c,
+            Err(e) => {
+                resumed.abort();
+                return Err(run_err(e));
+            }
+        };
         if committed {
-            times.push(ms);
+            let resume_at = resumed.await.map_err(run_err)?.map_err(run_err)?;
+            let stop_at = src.wait_for("STOP", EVENT_WAIT).await.map_err(run_err)?;
+            out.to_resume.push(ms_between(w0, resume_at));
+            out.to_commit.push(commit_ms);
+            out.paused.push(ms_between(stop_at, resume_at));
             on_a = !on_a;
         } else {
-            aborted += 1;
+            resumed.abort();
+            out.aborted += 1;
         }
         settle(&ca, &cb).await?;
     }
-    Ok((times, aborted))
+    Ok(out)
 }

@@ -1,32 +1,232 @@
 //! Timing of a bare QMP live migration, the yardstick of `ballast bench handoff`: the
-//! same VM size migrated by QEMU alone (start, prepare, `migrate`, poll until
-//! `completed`), so that ballast's whole handoff can be reported as a ratio of it.
+//! same VM migrated by QEMU alone, as an operator does it by hand — launch the
+//! destination paused with `-incoming defer`, `migrate-incoming`, `migrate` on the
+//! source, wait for `completed`, `cont` the destination — so that ballast's whole
+//! handoff can be reported as a ratio of it.
+//!
+//! Both the bare sequence and the agents' handoff are timed to the same end point: the
+//! destination QEMU's `RESUME` event (the VM runs again), read with the event's own
+//! timestamp from a second QMP monitor ([`EventTap`], added with [`tap_args`]), so the
+//! figure does not depend on who is watching or how often.
 
 use super::vm_dir::VmDir;
 use super::{qmp, QemuConfig, QemuDriver};
 use crate::driver::{Driver, DriverError};
 use ballast_store::{VmId, VmSpec};
-use std::time::Duration;
-use tokio::time::{sleep, Instant};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::time::{sleep, timeout, Instant};
 
-/// Poll interval of `query-migrate` while timing (finer than the driver's default).
-const BENCH_POLL: Duration = Duration::from_millis(2);
+/// Poll interval of `query-migrate` in the bare sequence.
+const BENCH_POLL: Duration = Duration::from_millis(1);
+/// Interval between two connection attempts of an [`EventTap`].
+const TAP_RETRY: Duration = Duration::from_millis(1);
+/// Longest QMP line an [`EventTap`] reads.
+const TAP_LINE_MAX: u64 = 64 * 1024;
+/// Most events an [`EventTap`] keeps while answering a command.
+const TAP_KEPT_MAX: usize = 64;
+/// Bound of each wait of the bare sequence for an event.
+const EVENT_WAIT: Duration = Duration::from_secs(10);
 
-/// What one bare QMP migration took.
+/// What one bare QMP migration took. Every `*_ms` is wall time in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QmpMigrateTiming {
-    /// Wall time from sending `migrate` to seeing `completed`, in milliseconds.
-    pub qmp_migrate_ms: f64,
+    /// The whole sequence: from launching the destination QEMU to the destination's
+    /// `RESUME` event (the VM runs there). The baseline of `bench handoff --driver qemu`.
+    pub total_ms: f64,
+    /// Launching the paused destination until it listens (`prepare_incoming`: start
+    /// with `-incoming defer`, capabilities, `migrate-incoming`).
+    pub launch_ms: f64,
+    /// `migrate-set-parameters` and `migrate` on the source until it reports
+    /// `completed` (polled every 1 ms).
+    pub migrate_ms: f64,
+    /// From `completed` at the source to the destination's `RESUME` (`cont` sent).
+    pub cont_ms: f64,
+    /// How long the guest did not run: the source's `STOP` event (switchover) to the
+    /// destination's `RESUME` event.
+    pub guest_paused_ms: f64,
     /// QEMU's own `total-time` of the migration, in milliseconds.
     pub qemu_total_ms: Option<u64>,
-    /// QEMU's measured downtime at the switchover, in milliseconds.
+    /// QEMU's measured downtime at the switchover, in milliseconds (it ends when the
+    /// source has sent the last state, not when the destination runs).
     pub downtime_ms: Option<u64>,
     /// RAM bytes sent.
     pub transferred_bytes: u64,
 }
 
+/// Milliseconds from `a` to `b` (negative when `b` is earlier).
+pub fn ms_between(a: SystemTime, b: SystemTime) -> f64 {
+    match b.duration_since(a) {
+        Ok(d) => d.as_secs_f64() * 1000.0,
+        Err(e) => -e.duration().as_secs_f64() * 1000.0,
+    }
+}
+
+/// QEMU arguments that add a second QMP monitor at `path`, for an [`EventTap`].
+pub fn tap_args(path: &Path) -> Vec<String> {
+    vec![
+        "-qmp".into(),
+        format!(
+            "unix:{},server=on,wait=off",
+            path.to_string_lossy().replace(',', ",,")
+        ),
+    ]
+}
+
+/// A bare QMP connection to a second monitor of a VM, reading events with QEMU's own
+/// timestamps. Bench and test use only.
+pub struct EventTap {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    /// Events read while waiting for a command's reply.
+    kept: Vec<(String, SystemTime)>,
+}
+
+fn bad_data(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+impl EventTap {
+    /// Connects to the monitor at `path` (retrying every millisecond while it does not
+    /// accept yet, up to `within`) and leaves capability negotiation mode.
+    pub async fn connect(path: &Path, within: Duration) -> io::Result<Self> {
+        let deadline = Instant::now() + within;
+        let stream = loop {
+            match UnixStream::connect(path).await {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => sleep(TAP_RETRY).await,
+            }
+        };
+        let (r, writer) = stream.into_split();
+        let mut tap = Self {
+            reader: BufReader::new(r),
+            writer,
+            kept: Vec::new(),
+        };
+        let left = deadline.saturating_duration_since(Instant::now()) + EVENT_WAIT;
+        let greeting = tap.line(left).await?;
+        if greeting.get("QMP").is_none() {
+            return Err(bad_data(format!("not a QMP greeting: {greeting}")));
+        }
+        tap.execute("qmp_capabilities", left).await?;
+        Ok(tap)
+    }
+
+    /// Reads one JSON line within `within`.
+    async fn line(&mut self, within: Duration) -> io::Result<serde_json::Value> {
+        let mut buf = Vec::new();
+        let mut limited = (&mut self.reader).take(TAP_LINE_MAX);
+        let n = timeout(within, limited.read_until(b'\n', &mut buf))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "QMP monitor silent"))??;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "QMP monitor closed",
+            ));
+        }
+        serde_json::from_slice(&buf).map_err(|e| bad_data(format!("QMP line: {e}")))
+    }
+
+    /// The event name and timestamp of `v`, if it is an event.
+    fn event_of(v: &serde_json::Value) -> Option<(String, SystemTime)> {
+        let name = v.get("event")?.as_str()?.to_owned();
+        let ts = v.get("timestamp")?;
+        let secs = ts.get("seconds")?.as_u64()?;
+        let micros = ts.get("microseconds")?.as_u64()?;
+        let at = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros);
+        Some((name, at))
+    }
+
+    /// Runs `command` (no arguments) and returns its `return` value; events read
+    /// meanwhile are kept for [`Self::wait_for`].
+    pub async fn execute(
+        &mut self,
+        command: &str,
+        within: Duration,
+    ) -> io::Result<serde_json::Value> {
+        let mut line = serde_json::to_vec(&serde_json::json!({ "execute": command }))
+            .map_err(|e| bad_data(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).await?;
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self
+                .line(deadline.saturating_duration_since(Instant::now()))
+                .await?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(bad_data(format!("QMP {command} refused: {e}")));
+            }
+            if let Some(ev) = Self::event_of(&v) {
+                if self.kept.len() < TAP_KEPT_MAX {
+                    self.kept.push(ev);
+                }
+            }
+        }
+    }
+
+    /// QEMU's run state (`query-status`).
+    pub async fn status(&mut self, within: Duration) -> io::Result<String> {
+        let r = self.execute("query-status", within).await?;
+        r.get("status")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| bad_data(format!("query-status: {r}")))
+    }
+
+    /// Waits (up to `within`) for the event `name` and returns QEMU's timestamp of it.
+    pub async fn wait_for(&mut self, name: &str, within: Duration) -> io::Result<SystemTime> {
+        if let Some(i) = self.kept.iter().position(|(n, _)| n == name) {
+            return Ok(self.kept.remove(i).1);
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self
+                .line(deadline.saturating_duration_since(Instant::now()))
+                .await?;
+            if let Some((n, at)) = Self::event_of(&v) {
+                if n == name {
+                    return Ok(at);
+                }
+            }
+        }
+    }
+}
+
+/// Connects a tap to the monitor at `path` of a QEMU that is waiting for an incoming
+/// migration (a leftover socket of an earlier QEMU is skipped), then waits for its
+/// `RESUME`. For timing a migration's end from a task started before the destination
+/// exists.
+pub async fn incoming_resumed_at(path: PathBuf, within: Duration) -> io::Result<SystemTime> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut tap = EventTap::connect(&path, left).await?;
+        if tap.status(left).await? == "inmigrate" {
+            return tap
+                .wait_for("RESUME", deadline.saturating_duration_since(Instant::now()))
+                .await;
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no incoming QEMU at the monitor",
+            ));
+        }
+        sleep(TAP_RETRY).await;
+    }
+}
+
 /// Kills the bench VMs when dropped, whatever happened.
-struct Cleanup<'a>(&'a [std::path::PathBuf]);
+struct Cleanup<'a>(&'a [PathBuf]);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
@@ -37,10 +237,14 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+fn tap_error(e: io::Error) -> DriverError {
+    DriverError::Protocol(format!("bench event monitor: {e}"))
+}
+
 /// Starts a VM of `spec` under `cfg.state_dir/bench-src`, lets it run for `warmup`,
-/// prepares an incoming copy under `cfg.state_dir/bench-dst`, and times a bare QMP
-/// migration between them (on `cfg.migration_host`, with `cfg`'s downtime limit and
-/// bandwidth). Both QEMU processes are gone when it returns, also on error.
+/// then times the bare sequence: launch an incoming copy under `cfg.state_dir/bench-dst`,
+/// migrate (on `cfg.migration_host`, with `cfg`'s downtime limit and bandwidth), `cont`
+/// the copy. Both QEMU processes are gone when it returns, also on error.
 pub async fn bench_qmp_migrate(
     cfg: &QemuConfig,
     spec: &VmSpec,
@@ -51,34 +255,92 @@ pub async fn bench_qmp_migrate(
         cfg.state_dir.join("bench-dst"),
     ];
     let _cleanup = Cleanup(&dirs);
-    let side = |d: &std::path::PathBuf| {
+    let taps = [dirs[0].join("ev.sock"), dirs[1].join("ev.sock")];
+    let side = |d: &PathBuf, tap: &Path| {
+        let mut extra_args = cfg.extra_args.clone();
+        extra_args.extend(tap_args(tap));
         QemuDriver::new(QemuConfig {
             state_dir: d.clone(),
+            extra_args,
             ..cfg.clone()
         })
     };
-    let (src, dst) = (side(&dirs[0])?, side(&dirs[1])?);
+    let (src, dst) = (side(&dirs[0], &taps[0])?, side(&dirs[1], &taps[1])?);
     let vm = VmId::from("bench-qmp");
     src.start(&vm, spec).await?;
     sleep(warmup).await;
-    let target = dst.prepare_incoming(&vm, spec).await?;
+    let mut src_tap = EventTap::connect(&taps[0], EVENT_WAIT)
+        .await
+        .map_err(tap_error)?;
     let src_dir = VmDir::of(&dirs[0], &vm)?;
-    let params = qmp::MigrateSetParameters {
-        downtime_limit: Some(cfg.downtime_limit_ms),
-        max_bandwidth: (cfg.bandwidth_mbps > 0).then(|| cfg.bandwidth_mbps.saturating_mul(125_000)),
+    let dst_dir = VmDir::of(&dirs[1], &vm)?;
+
+    let (w0, t0) = (SystemTime::now(), Instant::now());
+    let resumed = tokio::spawn(incoming_resumed_at(taps[1].clone(), EVENT_WAIT));
+    let result = async {
+        let target = dst.prepare_incoming(&vm, spec).await?;
+        let t1 = Instant::now();
+        let params = qmp::MigrateSetParameters {
+            downtime_limit: Some(cfg.downtime_limit_ms),
+            max_bandwidth: (cfg.bandwidth_mbps > 0)
+                .then(|| cfg.bandwidth_mbps.saturating_mul(125_000)),
+        };
+        src.qmp(&vm, &src_dir, params).await?;
+        src.qmp(&vm, &src_dir, qmp::Migrate { uri: target.0 })
+            .await?;
+        let info = wait_completed(&src, &vm, &src_dir, cfg).await?;
+        let (t2, w2) = (Instant::now(), SystemTime::now());
+        dst.qmp(&vm, &dst_dir, qmp::Cont {}).await?;
+        Ok::<_, DriverError>((t1, t2, w2, info))
+    }
+    .await;
+    let (t1, t2, w2, info) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            resumed.abort();
+            return Err(e);
+        }
     };
-    src.qmp(&vm, &src_dir, params).await?;
+    let resume_at = resumed
+        .await
+        .map_err(|e| DriverError::Protocol(format!("bench event task: {e}")))?
+        .map_err(tap_error)?;
+    let stop_at = src_tap
+        .wait_for("STOP", EVENT_WAIT)
+        .await
+        .map_err(tap_error)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let timing = QmpMigrateTiming {
+        total_ms: ms_between(w0, resume_at),
+        launch_ms: ms(t1 - t0),
+        migrate_ms: ms(t2 - t1),
+        cont_ms: ms_between(w2, resume_at),
+        guest_paused_ms: ms_between(stop_at, resume_at),
+        qemu_total_ms: info.total_time,
+        downtime_ms: info.downtime,
+        transferred_bytes: info.ram.map_or(0, |r| r.transferred),
+    };
+    let _ = dst.stop(&vm).await;
+    let _ = src.stop(&vm).await;
+    Ok(timing)
+}
+
+/// Polls the source's `query-migrate` until `completed` (bounded by the migration
+/// timeout).
+async fn wait_completed(
+    src: &QemuDriver,
+    vm: &VmId,
+    dir: &VmDir,
+    cfg: &QemuConfig,
+) -> Result<qmp::MigrationInfo, DriverError> {
     let deadline = Instant::now() + cfg.timeouts.migration();
-    let t0 = Instant::now();
-    src.qmp(&vm, &src_dir, qmp::Migrate { uri: target.0 })
-        .await?;
-    let info = loop {
-        let info = src.qmp(&vm, &src_dir, qmp::QueryMigrate {}).await?;
+    loop {
+        let info = src.qmp(vm, dir, qmp::QueryMigrate {}).await?;
         match info.status.as_deref() {
-            Some("completed") => break info,
+            Some("completed") => return Ok(info),
             Some("failed" | "cancelled") => {
                 return Err(DriverError::MigrationFailed {
-                    vm,
+                    vm: vm.clone(),
                     reason: info.error_desc.unwrap_or_else(|| "failed".into()),
                 })
             }
@@ -87,14 +349,5 @@ pub async fn bench_qmp_migrate(
             }
             _ => sleep(BENCH_POLL).await,
         }
-    };
-    let qmp_migrate_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let _ = dst.stop(&vm).await;
-    let _ = src.stop(&vm).await;
-    Ok(QmpMigrateTiming {
-        qmp_migrate_ms,
-        qemu_total_ms: info.total_time,
-        downtime_ms: info.downtime,
-        transferred_bytes: info.ram.map_or(0, |r| r.transferred),
-    })
+    }
 }

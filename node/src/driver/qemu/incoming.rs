@@ -125,10 +125,14 @@ impl QemuDriver {
             *launched = true;
             // Keep the destination's disks inactive until `cont`, so that an abort after
             // the switchover can resume the source on shared storage.
-            let caps = vec![qmp::CapabilityState {
-                capability: "late-block-activate",
-                state: true,
-            }];
+            // `events`: `MIGRATION` events wake `resume_incoming`'s wait.
+            let caps = ["late-block-activate", "events"]
+                .into_iter()
+                .map(|capability| qmp::CapabilityState {
+                    capability,
+                    state: true,
+                })
+                .collect();
             self.qmp(vm, dir, qmp::MigrateSetCapabilities { capabilities: caps })
                 .await
                 .map_err(|e| DriverError::Protocol(format!("late-block-activate: {e}")))?;
@@ -175,28 +179,41 @@ impl QemuDriver {
             return Err(bad("not an incoming copy and not running"));
         }
         // The source may see "completed" a moment before this side has loaded the last
-        // of the state: wait (bounded) while the incoming migration is still under way.
+        // of the state. `cont` on a copy still loading (`inmigrate`, stream under way)
+        // makes QEMU start it the moment loading ends (autostart); a copy that has not
+        // been reached yet (`setup`) is left alone. Wait (bounded) until it runs.
         let deadline =
             tokio::time::Instant::now() + INCOMING_SETTLE.min(self.cfg.timeouts.migration());
         let mut status = status;
+        let mut autostart = false;
         loop {
-            if status != "inmigrate" {
-                let mig = self.qmp(vm, &dir, qmp::QueryMigrate {}).await?;
-                match mig.status.as_deref() {
-                    Some("completed") => break,
-                    Some("failed" | "cancelled") => {
-                        return Err(bad("the incoming migration did not complete"))
-                    }
-                    _ => {}
+            let mut events = self.events(vm, &dir).await?;
+            if status == "running" {
+                break;
+            }
+            let mig = self.qmp(vm, &dir, qmp::QueryMigrate {}).await?;
+            match (status.as_str(), mig.status.as_deref()) {
+                (_, Some("failed" | "cancelled")) => {
+                    return Err(bad("the incoming migration did not complete"))
                 }
+                ("inmigrate", Some("none" | "setup") | None) => {}
+                ("inmigrate", Some(_)) if !autostart => {
+                    self.qmp(vm, &dir, qmp::Cont {}).await?;
+                    autostart = true;
+                }
+                ("inmigrate", _) => {}
+                (_, Some("completed")) => {
+                    self.qmp(vm, &dir, qmp::Cont {}).await?;
+                    break;
+                }
+                _ => {}
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(bad("the incoming copy has not received the VM's state"));
             }
-            tokio::time::sleep(self.cfg.timeouts.poll().min(INCOMING_POLL)).await;
+            super::wait_event(&mut events, self.cfg.timeouts.poll().min(INCOMING_POLL)).await;
             status = self.runstate(vm, &dir).await?;
         }
-        self.qmp(vm, &dir, qmp::Cont {}).await?;
         dir.write_meta(&VmMeta {
             role: Role::Running,
             ..meta

@@ -38,6 +38,7 @@ use qmp::{Qmp, QmpError};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 use vm_dir::VmDir;
 
 /// Per-VM in-memory state of the driver.
@@ -139,27 +140,39 @@ impl QemuDriver {
         dir.read_pid().filter(|&p| process::alive(p, &dir.qmp))
     }
 
+    /// The QMP connection of `vm`, connecting (or reconnecting) as needed.
+    async fn connection(&self, vm: &VmId, dir: &VmDir) -> Result<Arc<Qmp>, DriverError> {
+        let slot = self.slot(vm);
+        let mut cached = slot.qmp.lock().await;
+        match cached.as_ref() {
+            Some(c) if !c.is_closed() => Ok(c.clone()),
+            _ => {
+                *cached = None;
+                let c = Qmp::connect(&dir.qmp, self.cfg.timeouts.qmp())
+                    .await
+                    .map_err(|e| qmp_error(vm, e))?;
+                let c = Arc::new(c);
+                *cached = Some(c.clone());
+                Ok(c)
+            }
+        }
+    }
+
+    /// A receiver that changes whenever `vm`'s QEMU sends a QMP event, marked as seen:
+    /// take it before a query, then [`wait_event`] after it, so no event is missed.
+    async fn events(&self, vm: &VmId, dir: &VmDir) -> Result<watch::Receiver<u64>, DriverError> {
+        let mut rx = self.connection(vm, dir).await?.events();
+        rx.borrow_and_update();
+        Ok(rx)
+    }
+
     /// Runs one QMP command on `vm`, connecting (or reconnecting) as needed.
     async fn qmp<C>(&self, vm: &VmId, dir: &VmDir, cmd: C) -> Result<C::Ok, DriverError>
     where
         C: qapi::qmp::QmpCommand + 'static,
     {
         let slot = self.slot(vm);
-        let conn = {
-            let mut cached = slot.qmp.lock().await;
-            match cached.as_ref() {
-                Some(c) if !c.is_closed() => c.clone(),
-                _ => {
-                    *cached = None;
-                    let c = Qmp::connect(&dir.qmp, self.cfg.timeouts.qmp())
-                        .await
-                        .map_err(|e| qmp_error(vm, e))?;
-                    let c = Arc::new(c);
-                    *cached = Some(c.clone());
-                    c
-                }
-            }
-        };
+        let conn = self.connection(vm, dir).await?;
         match conn.run(cmd).await {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -203,6 +216,17 @@ impl QemuDriver {
         let slot = self.slot(vm);
         slot.qmp.lock().await.take();
     }
+}
+
+/// Waits until QEMU sends an event on `events`' connection (a state change) or `max`
+/// passes, whichever is first; a closed connection waits `max`.
+async fn wait_event(events: &mut watch::Receiver<u64>, max: std::time::Duration) {
+    let changed = async {
+        if events.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let _ = tokio::time::timeout(max, changed).await;
 }
 
 /// Maps a QMP failure on `vm` to the driver's error.

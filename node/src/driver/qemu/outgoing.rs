@@ -1,5 +1,6 @@
-//! The source side of a live migration: `migrate` and `query-migrate` polling, status on
-//! recovery, `migrate_cancel`/`cont` on abort, `quit` after the commit point.
+//! The source side of a live migration: `migrate` and `query-migrate` polling (woken
+//! early by QEMU's `MIGRATION` events), status on recovery, `migrate_cancel`/`cont` on
+//! abort, `quit` after the commit point.
 
 use super::qmp::{self, MigrationInfo};
 use super::vm_dir::Role;
@@ -7,11 +8,24 @@ use super::QemuDriver;
 use crate::driver::{DriverError, MigrationProgress, MigrationStatus, MigrationTarget};
 use ballast_store::VmId;
 use std::time::Duration;
-use tokio::time::{sleep, Instant};
+use tokio::time::Instant;
+
+/// Longest wait between two looks at a VM in transition (events wake it earlier).
+const TRANSITION_POLL: Duration = Duration::from_millis(10);
 
 /// QEMU migration states in which a migration is still under way.
 fn in_progress(status: &str) -> bool {
     !matches!(status, "none" | "completed" | "failed" | "cancelled")
+}
+
+/// Turns on QEMU's `MIGRATION` events (one per migration state change).
+pub(crate) fn events_capability() -> qmp::MigrateSetCapabilities {
+    qmp::MigrateSetCapabilities {
+        capabilities: vec![qmp::CapabilityState {
+            capability: "events",
+            state: true,
+        }],
+    }
 }
 
 /// Maps QEMU's migration state to the driver's.
@@ -102,6 +116,11 @@ impl QemuDriver {
                 .then(|| self.cfg.bandwidth_mbps.saturating_mul(125_000)),
         };
         self.qmp(vm, &dir, params).await?;
+        // `MIGRATION` events wake the poll below at each state change (`completed`
+        // included), so the end is seen at once rather than at the next poll.
+        if let Err(e) = self.qmp(vm, &dir, events_capability()).await {
+            tracing::debug!(vm = %vm, error = %e, "migration events not enabled; polling only");
+        }
         match self
             .qmp(
                 vm,
@@ -133,6 +152,7 @@ impl QemuDriver {
         // that lasts this long means the migration never started.
         let none_deadline = started + self.cfg.timeouts.qmp();
         loop {
+            let mut events = self.events(vm, dir).await?;
             let info = self.qmp(vm, dir, qmp::QueryMigrate {}).await?;
             let status = info.status.clone().unwrap_or_else(|| "none".into());
             progress(progress_of(&info));
@@ -166,7 +186,7 @@ impl QemuDriver {
                     ),
                 });
             }
-            sleep(self.cfg.timeouts.poll()).await;
+            super::wait_event(&mut events, self.cfg.timeouts.poll()).await;
         }
     }
 
@@ -192,6 +212,7 @@ impl QemuDriver {
     ) -> Result<String, DriverError> {
         let deadline = Instant::now() + self.cfg.timeouts.qmp();
         loop {
+            let mut events = self.events(vm, dir).await?;
             let s = if query {
                 let info = self.qmp(vm, dir, qmp::QueryMigrate {}).await?;
                 info.status.unwrap_or_else(|| "none".into())
@@ -204,7 +225,7 @@ impl QemuDriver {
             if Instant::now() >= deadline {
                 return Err(DriverError::Timeout(format!("VM {vm}: still {what} ({s})")));
             }
-            sleep(Duration::from_millis(10)).await;
+            super::wait_event(&mut events, TRANSITION_POLL).await;
         }
     }
 

@@ -7,7 +7,12 @@
 //! 8.1), so decoding `query-migrate` fails on older QEMUs such as Debian 12's 7.2. The
 //! types below hold only the fields the driver reads, all optional, so any QEMU ≥ 4.0
 //! decodes; `qapi::Command` is implemented for them, which is all the transport needs.
+//!
+//! Events: the reader task counts the events QEMU sends (`STOP`, `RESUME`, `MIGRATION`
+//! when the `events` capability is on, ...) in a watch channel, so a caller waiting
+//! for a state change wakes when one happens instead of at its next poll.
 
+use futures::StreamExt;
 use qapi::futures::{QapiService, QmpStreamTokio};
 use qapi::ExecuteError;
 use serde::{Deserialize, Serialize};
@@ -16,6 +21,7 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::io::WriteHalf;
 use tokio::net::UnixStream;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
@@ -57,6 +63,8 @@ pub(crate) struct Qmp {
     service: QapiService<Writer>,
     /// Routes replies to waiting commands; ends when the socket closes.
     reader: JoinHandle<()>,
+    /// How many events QEMU has sent on this connection.
+    events: watch::Receiver<u64>,
     limit: Duration,
 }
 
@@ -84,11 +92,29 @@ impl Qmp {
             }
             Ok(Ok(s)) => s,
         };
-        let (service, events) = stream.into_parts();
-        let reader = tokio::spawn(events.into_future());
+        let (service, mut events) = stream.into_parts();
+        let (count, seen) = watch::channel(0u64);
+        // `release` ties the reader's life to the service: dropping the service ends it.
+        let released = events.release().is_ok();
+        let reader = tokio::spawn(async move {
+            if !released {
+                return;
+            }
+            // Polling the stream also routes command replies; it yields only events.
+            while let Some(item) = events.next().await {
+                match item {
+                    Ok(_) => count.send_modify(|n| *n = n.wrapping_add(1)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "QMP connection closed");
+                        break;
+                    }
+                }
+            }
+        });
         Ok(Self {
             service,
             reader,
+            events: seen,
             limit,
         })
     }
@@ -96,6 +122,11 @@ impl Qmp {
     /// Whether the socket has closed.
     pub(crate) fn is_closed(&self) -> bool {
         self.reader.is_finished()
+    }
+
+    /// A receiver that changes whenever QEMU sends an event on this connection.
+    pub(crate) fn events(&self) -> watch::Receiver<u64> {
+        self.events.clone()
     }
 
     /// Runs one command.
