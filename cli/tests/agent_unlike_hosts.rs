@@ -102,6 +102,10 @@ fn both_sides_weigh_vms_by_their_own_capacity() {
                         Decision::Receive(m) => {
                             m.iter().map(|p| &r.peer_candidates[p.index].vm).collect()
                         }
+                        Decision::Swap { give, take } => vec![
+                            &r.initiator_candidates[give.index].vm,
+                            &r.peer_candidates[take.index].vm,
+                        ],
                         Decision::Stay(_) => Vec::new(),
                     };
                     assert_eq!(chosen, expected, "session {}", r.session);

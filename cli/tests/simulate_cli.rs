@@ -36,7 +36,14 @@ fn json_has_every_documented_field() {
     assert!(v["vms"].as_u64().is_some_and(|n| n > 1000));
     let rounds = v["rounds"].as_array().expect("rounds");
     assert_eq!(rounds.len(), 41, "round 0 plus 40 rounds");
-    for k in ["round", "max_over_mean", "cv", "migrations"] {
+    for k in [
+        "round",
+        "max_over_mean",
+        "cv",
+        "migrations",
+        "sessions",
+        "swaps",
+    ] {
         assert!(!rounds[1][k].is_null(), "rounds[].{k}");
     }
     for k in [
@@ -45,6 +52,8 @@ fn json_has_every_documented_field() {
         "final_max_over_mean",
         "migrations",
         "load_moved",
+        "sessions",
+        "swaps",
     ] {
         assert!(v["summary"].get(k).is_some(), "summary.{k}");
     }
@@ -109,6 +118,12 @@ fn bad_arguments_exit_2_with_a_reason() {
             "busier or initiator",
         ),
         (&["simulate", "--bogus"][..], "--bogus"),
+        (
+            &["simulate", "--peer-choice", "best"][..],
+            "uniform, two-choice or most-different",
+        ),
+        (&["simulate", "--peer-samples", "0"][..], "peer-samples"),
+        (&["simulate", "--swaps", "maybe"][..], "swaps"),
     ] {
         let out = ballast().args(args).output().expect("runs");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -132,4 +147,49 @@ fn bad_arguments_exit_2_with_a_reason() {
         "a negative min_gain is bad usage"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected a number >= 0"));
+}
+
+#[test]
+fn variants_run_side_by_side_with_swaps_and_peer_samples() {
+    let out = ballast()
+        .args([
+            "simulate",
+            "--hosts",
+            "200",
+            "--scenario",
+            "hotspot",
+            "--rounds",
+            "30",
+            "--variants",
+            "--json",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON array");
+    let rows = v.as_array().expect("rows");
+    assert!(rows.len() >= 8, "{} rows", rows.len());
+    let samples: Vec<u64> = rows
+        .iter()
+        .filter_map(|r| r["peer_samples"].as_u64())
+        .collect();
+    for d in [1, 2, 4, 8, 16] {
+        assert!(
+            samples.contains(&d),
+            "no variant samples {d} peers: {samples:?}"
+        );
+    }
+    assert!(rows.iter().any(|r| r["swaps"] == true) && rows.iter().any(|r| r["swaps"] == false));
+    let last = rows.last().expect("rows");
+    assert_eq!(last["variant"], "the flags' policy (default)");
+    assert_eq!(last["peer_choice"], "most-different");
+    for r in rows {
+        assert!(r["migrations"].as_u64().is_some_and(|m| m > 0), "{r}");
+        assert!(r["sessions"].as_u64().is_some_and(|s| s > 0), "{r}");
+        assert!(r["migrations_vs_greedy"].as_f64().is_some(), "{r}");
+    }
 }

@@ -294,6 +294,7 @@ impl From<PolicyConfigError> for ConfigError {
         let field = match &e {
             PolicyConfigError::Negative { field, .. } => format!("policy.{field}"),
             PolicyConfigError::NoMoves => "policy.max_moves_per_session".into(),
+            PolicyConfigError::PeerSamples(_) => "policy.peer_samples".into(),
         };
         Self::Invalid {
             field,

@@ -1,7 +1,8 @@
 //! Laws of the balancing policy, as property tests against brute force (STYLE 17).
 
 use ballast_node::policy::{
-    decide, plan_moves, Candidate, Context, Decision, PolicyConfig, Sender, Stay, View,
+    decide, plan_moves, plan_swap, swap_possible, Candidate, Context, Decision, PlannedMove,
+    PolicyConfig, Sender, Stay, View,
 };
 use proptest::prelude::*;
 
@@ -119,7 +120,7 @@ proptest! {
         // Host A has capacity 1, host B capacity cap_b: a VM of raw load r weighs r on A, r / cap_b on B.
         let mut on = [a, b];
         let caps = [1.0, cap_b];
-        let c = cfg(0.05, min_gain, moves);
+        let c = PolicyConfig { swap_min_gain: min_gain / 2.0, ..cfg(0.05, min_gain, moves) };
         let mut rounds = 0;
         loop {
             let opener = rounds % 2;
@@ -135,6 +136,15 @@ proptest! {
             let (from, mv) = match decide(&view(lo, &co), &view(lp, &cp), &CTX, &c) {
                 Decision::Send(m) => (opener, m),
                 Decision::Receive(m) => (other, m),
+                Decision::Swap { give, take } => {
+                    let v = on[opener].swap_remove(give.index);
+                    let w = on[other].swap_remove(take.index);
+                    on[other].push(v);
+                    on[opener].push(w);
+                    rounds += 1;
+                    prop_assert!(rounds < 10_000, "ping-pong: still moving after {} rounds", rounds);
+                    continue;
+                }
                 Decision::Stay(_) => break,
             };
             let mut idx: Vec<usize> = mv.iter().map(|m| m.index).collect();
@@ -148,6 +158,82 @@ proptest! {
             prop_assert!(rounds < 10_000, "ping-pong: still moving after {} rounds", rounds);
         }
     }
+
+    /// A swap's net transfer is the one nearest half the difference: among every pair
+    /// (v, w), brute force, none leaves a smaller gap. An accepted swap lowers the pair's
+    /// max by at least min_gain and swap_min_gain; a refused one could not have.
+    #[test]
+    fn swap_is_the_pair_nearest_half_the_difference(
+        mine in prop::collection::vec((0.01f64..10.0, 0.01f64..20.0), 1..25),
+        theirs in prop::collection::vec((0.01f64..10.0, 0.01f64..20.0), 1..25),
+        l_s in 0.0f64..200.0, l_r in 0.0f64..100.0,
+        min_gain in 0.0f64..1.0, swap_min_gain in 0.0f64..2.0,
+    ) {
+        // `theirs` as (load on the receiver, load on the sender).
+        let (cs, cr) = (unlike(&mine), unlike(&theirs));
+        let c = PolicyConfig { swap_min_gain, ..cfg(0.0, min_gain, 1) };
+        let after = |(vs, vr): (f64, f64), (wr, ws): (f64, f64)| (l_s - vs + ws, l_r + vr - wr);
+        let gap = |v, w| { let (a, b) = after(v, w); (a - b).abs() };
+        let best = mine.iter().flat_map(|&v| theirs.iter().map(move |&w| gap(v, w))).fold(f64::INFINITY, f64::min);
+        let best_gain = mine.iter().flat_map(|&v| theirs.iter().map(move |&w| (v, w)))
+            .find(|&(v, w)| gap(v, w) == best)
+            .map(|(v, w)| { let (a, b) = after(v, w); l_s.max(l_r) - a.max(b) })
+            .expect("non-empty");
+        match plan_swap(&view(l_s, &cs), &view(l_r, &cr), &CTX, &c) {
+            Some((give, take)) => {
+                prop_assert!(swap_possible(l_s, l_r, &c));
+                let (v, w) = (mine[give.index], theirs[take.index]);
+                prop_assert!((gap(v, w) - best).abs() < 1e-9, "gap {} but {} exists", gap(v, w), best);
+                let (a, b) = after(v, w);
+                let gain = l_s.max(l_r) - a.max(b);
+                prop_assert!(gain > 0.0 && gain >= min_gain - 1e-9 && gain >= swap_min_gain - 1e-9);
+                prop_assert_eq!((give.load_from, give.load_to), v);
+                prop_assert_eq!((take.load_from, take.load_to), w);
+            }
+            None => prop_assert!(
+                !swap_possible(l_s, l_r, &c) || best_gain <= 0.0 || best_gain < min_gain || best_gain < swap_min_gain,
+                "refused a swap that gains {}", best_gain
+            ),
+        }
+    }
+
+    /// Identical hosts: the swap's net transfer load(v) - load(w) is the one nearest
+    /// (L_A - L_B) / 2 among all pairs, and the pair's max never rises.
+    #[test]
+    fn identical_hosts_swap_net_nearest_half(mine in vm_loads(), theirs in vm_loads(), extra in 0.0f64..20.0) {
+        let (cs, cr) = (same_everywhere(&mine), same_everywhere(&theirs));
+        let l_r: f64 = theirs.iter().sum();
+        let l_s = mine.iter().sum::<f64>().max(l_r) + extra;
+        let c = PolicyConfig { swap_min_gain: 0.0, ..cfg(0.0, 0.0, 1) };
+        let half = (l_s - l_r) / 2.0;
+        if let Some((give, take)) = plan_swap(&view(l_s, &cs), &view(l_r, &cr), &CTX, &c) {
+            let net = mine[give.index] - theirs[take.index];
+            let best = mine.iter().flat_map(|v| theirs.iter().map(move |w| (v - w - half).abs())).fold(f64::INFINITY, f64::min);
+            prop_assert!(((net - half).abs() - best).abs() < 1e-9);
+            prop_assert!((l_s - net).max(l_r + net) < l_s.max(l_r));
+        }
+    }
+
+    /// `decide` plans a swap only when no single move would do, and only when the pair
+    /// is apart by more than the gate; both moves fit on their own.
+    #[test]
+    fn a_swap_only_when_no_single_move_gains(
+        mine in prop::collection::vec((0.01f64..10.0, 0.01f64..20.0), 1..20),
+        theirs in prop::collection::vec((0.01f64..10.0, 0.01f64..20.0), 1..20),
+        l_a in 0.0f64..100.0, l_b in 0.0f64..100.0, thr in 0.0f64..1.0,
+        min_gain in 0.0f64..1.0, swap_min_gain in 0.0f64..1.0,
+    ) {
+        let (ca, cb) = (unlike(&mine), unlike(&theirs));
+        let c = PolicyConfig { swap_min_gain, ..cfg(thr, min_gain, 4) };
+        if let Decision::Swap { give, take } = decide(&view(l_a, &ca), &view(l_b, &cb), &CTX, &c) {
+            let (sender, l_s, l_r) = if l_a >= l_b { (&ca, l_a, l_b) } else { (&cb, l_b, l_a) };
+            let mut out = Vec::new();
+            prop_assert!(plan_moves(&view(l_s, sender), l_r, u64::MAX, &CTX, &c, &mut out).is_err());
+            prop_assert!(swap_possible(l_s, l_r, &c));
+            prop_assert!(give.index < ca.len() && take.index < cb.len());
+        }
+    }
+
 }
 
 #[test]
@@ -216,5 +302,64 @@ fn several_moves_reapply_the_rule_on_updated_loads() {
         out.len(),
         4,
         "moves until the pair is within the threshold: {out:?}"
+    );
+}
+
+#[test]
+fn a_swap_finishes_the_hotspot_that_no_single_move_can() {
+    // The stuck hotspot of issue 3: ten VMs of 2.1 (21.0) against a peer at 19.0 made of
+    // VMs of 1.4 and 1.0. Moving any 2.1 would lift the peer to 21.1 > 21.0.
+    let hot = same_everywhere(&[2.1; 10]);
+    let mut peer_vms = vec![1.0; 12];
+    peer_vms.extend([1.4, 1.4, 1.4, 1.4, 1.4]);
+    let cool = same_everywhere(&peer_vms);
+    let (l_hot, l_cool) = (21.0, peer_vms.iter().sum::<f64>());
+    let c = PolicyConfig {
+        swap_min_gain: 0.5,
+        ..cfg(0.25, 0.1, 8)
+    };
+    let mut out = Vec::new();
+    assert_eq!(
+        plan_moves(&view(l_hot, &hot), l_cool, u64::MAX, &CTX, &c, &mut out),
+        Err(Stay::GainTooSmall)
+    );
+    let d = decide(&view(l_hot, &hot), &view(l_cool, &cool), &CTX, &c);
+    let Decision::Swap { give, take } = d else {
+        panic!("expected a swap, got {d:?}");
+    };
+    // Net 2.1 - 1.0 = 1.1 is nearest half the difference (1.0; 2.1 - 1.4 = 0.7 is
+    // farther): the pair ends at 19.9 / 20.1, its max 0.9 lower.
+    assert_eq!(give.load_from, 2.1);
+    assert_eq!(take.load_from, 1.0);
+    // Seen from the cool side the same swap is planned, sides mirrored.
+    let mirrored = decide(&view(l_cool, &cool), &view(l_hot, &hot), &CTX, &c);
+    assert_eq!(
+        mirrored,
+        Decision::Swap {
+            give: PlannedMove {
+                index: take.index,
+                load_from: 1.0,
+                load_to: 1.0
+            },
+            take: PlannedMove {
+                index: give.index,
+                load_from: 2.1,
+                load_to: 2.1
+            },
+        }
+    );
+    // Without swaps, or when a swap must gain more than 0.9, nothing moves.
+    let off = PolicyConfig { swaps: false, ..c };
+    assert_eq!(
+        decide(&view(l_hot, &hot), &view(l_cool, &cool), &CTX, &off),
+        Decision::Stay(Stay::GainTooSmall)
+    );
+    let high = PolicyConfig {
+        swap_min_gain: 0.95,
+        ..c
+    };
+    assert_eq!(
+        decide(&view(l_hot, &hot), &view(l_cool, &cool), &CTX, &high),
+        Decision::Stay(Stay::GainTooSmall)
     );
 }

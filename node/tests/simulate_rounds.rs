@@ -137,3 +137,63 @@ fn greedy_fills_empty_hosts_first() {
     let g = greedy::run(&c, 0.1);
     assert!(g.migrations > 500 && g.final_max_over_mean < 1.1, "{g:?}");
 }
+
+#[test]
+fn swaps_finish_a_hotspot_that_single_moves_cannot() {
+    // One host of ten 2.1-VMs (21.0) among hosts of 12 x 1.0 + 5 x 1.4 (19.0): any single
+    // move would lift its receiver to 21.1, so only a swap can lower the max.
+    let build = || simulate::Cluster {
+        hosts: std::iter::once(simulate::cluster::Host::new(1.0, vec![2.1; 10]))
+            .chain((1..50).map(|_| {
+                let mut vms = vec![1.0; 12];
+                vms.extend([1.4; 5]);
+                simulate::cluster::Host::new(1.0, vms)
+            }))
+            .collect(),
+    };
+    let run = |swaps: bool| {
+        let p = PolicyConfig {
+            swaps,
+            ..default_sim_policy()
+        };
+        let mut c = build();
+        let mut st = round::RoundState::new(c.host_count());
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut swapped = 0;
+        for r in 0..30 {
+            swapped += round::run_round(&mut c, &mut st, &p, r * 1000, &mut rng).swaps;
+        }
+        (c.imbalance().0, swapped, c.vm_count())
+    };
+    let (stuck, none, vms) = run(false);
+    assert_eq!(none, 0);
+    assert_eq!(vms, 10 + 49 * 17);
+    assert!(stuck > 1.10, "without swaps the hot host stays: {stuck}");
+    let (done, swapped, vms) = run(true);
+    assert!(swapped >= 1 && vms == 10 + 49 * 17);
+    assert!(done < 1.06, "with swaps max/mean {done} ({swapped} swaps)");
+}
+
+#[test]
+fn more_peer_samples_cut_the_migrations_new_hosts_cost() {
+    let with = |peer_choice, peer_samples| {
+        let p = PolicyConfig {
+            peer_choice,
+            peer_samples,
+            ..default_sim_policy()
+        };
+        let mut o = opts(Scenario::NewHosts, p);
+        o.hosts = 2000;
+        o.rounds = 40;
+        simulate::run(&o, &mut |_| {}).summary
+    };
+    let two = with(PeerChoice::TwoChoice, 2);
+    let eight = with(PeerChoice::MostDifferent, 8);
+    assert!(
+        eight.migrations < two.migrations,
+        "d = 8: {} migrations, d = 2: {}",
+        eight.migrations,
+        two.migrations
+    );
+    assert!(eight.rounds_to_1_10.unwrap_or(u32::MAX) <= two.rounds_to_1_10.unwrap_or(u32::MAX));
+}

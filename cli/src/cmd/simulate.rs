@@ -40,9 +40,20 @@ pub struct Args {
     /// Which side sends: busier or initiator [default: the agent's default].
     #[arg(long, value_parser = parse_sender)]
     sender: Option<Sender>,
-    /// How a round picks its peer: uniform or two-choice [default: the agent's default].
+    /// How a round picks its peer: uniform, two-choice or most-different (of
+    /// --peer-samples) [default: the agent's default].
     #[arg(long, value_parser = parse_peer_choice)]
     peer_choice: Option<PeerChoice>,
+    /// Peers sampled per round by --peer-choice most-different [default: the agent's].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    peer_samples: Option<u64>,
+    /// Whether a session may swap two VMs when no single move gains enough: true or
+    /// false [default: the agent's default].
+    #[arg(long)]
+    swaps: Option<bool>,
+    /// A swap must lower the pair's larger load by at least this much.
+    #[arg(long, value_parser = non_negative)]
+    swap_min_gain: Option<f64>,
     /// No session unless loads differ by more than this (VM mean load = 1).
     #[arg(long, default_value_t = 0.25, value_parser = non_negative)]
     threshold: f64,
@@ -53,7 +64,8 @@ pub struct Args {
     #[arg(long)]
     no_baseline: bool,
     /// Run the policy variants side by side (one move vs several, busier vs initiator
-    /// sends, uniform vs two-choice peers) on the same seed and print one row each.
+    /// sends, uniform vs two-choice vs most-different-of-d peers, swaps or not) on the
+    /// same seed and print one row each.
     #[arg(long, conflicts_with = "plot")]
     variants: bool,
 }
@@ -77,7 +89,10 @@ fn parse_peer_choice(s: &str) -> Result<PeerChoice, String> {
     match s {
         "uniform" => Ok(PeerChoice::Uniform),
         "two-choice" => Ok(PeerChoice::TwoChoice),
-        _ => Err(format!("expected uniform or two-choice, got {s:?}")),
+        "most-different" => Ok(PeerChoice::MostDifferent),
+        _ => Err(format!(
+            "expected uniform, two-choice or most-different, got {s:?}"
+        )),
     }
 }
 
@@ -96,6 +111,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(p) = args.peer_choice {
         policy.peer_choice = p;
+    }
+    if let Some(d) = args.peer_samples {
+        policy.peer_samples = d as usize;
+    }
+    if let Some(s) = args.swaps {
+        policy.swaps = s;
+    }
+    if let Some(g) = args.swap_min_gain {
+        policy.swap_min_gain = g;
     }
     policy.validate().context("invalid policy flags")?;
     let opts = SimOptions {
@@ -249,6 +273,8 @@ struct VariantRow {
     max_moves_per_session: usize,
     sender: Sender,
     peer_choice: PeerChoice,
+    peer_samples: usize,
+    swaps: bool,
     rounds_to_1_10: Option<u32>,
     rounds_to_1_05: Option<u32>,
     final_max_over_mean: f64,
@@ -257,52 +283,72 @@ struct VariantRow {
     migrations_vs_greedy: Option<f64>,
     load_moved_vs_greedy: Option<f64>,
     migrations_last_50_rounds: u64,
+    sessions: u64,
+    swaps_done: u64,
+}
+
+/// The variants `--variants` runs, each a change of `p` (the flags' policy).
+fn variants(p: PolicyConfig) -> Vec<(String, PolicyConfig)> {
+    let moves = p.max_moves_per_session.max(2);
+    let with = |max_moves_per_session, sender, peer_choice, swaps| PolicyConfig {
+        max_moves_per_session,
+        sender,
+        peer_choice,
+        swaps,
+        ..p
+    };
+    use PeerChoice::{MostDifferent, TwoChoice, Uniform};
+    use Sender::{Busier, Initiator};
+    let mut v = vec![
+        (
+            "reference: 1 move, initiator, uniform".to_owned(),
+            with(1, Initiator, Uniform, false),
+        ),
+        (
+            "several moves".into(),
+            with(moves, Initiator, Uniform, false),
+        ),
+        ("busier sends".into(), with(1, Busier, Uniform, false)),
+        (
+            "two-choice peer".into(),
+            with(1, Initiator, TwoChoice, false),
+        ),
+        (
+            "several + busier".into(),
+            with(moves, Busier, Uniform, false),
+        ),
+        (
+            "several + busier + two-choice".into(),
+            with(moves, Busier, TwoChoice, false),
+        ),
+        ("  + swaps".into(), with(moves, Busier, TwoChoice, true)),
+    ];
+    for d in [4, 8, 16] {
+        let c = PolicyConfig {
+            peer_samples: d,
+            ..with(moves, Busier, MostDifferent, true)
+        };
+        v.push((
+            format!("several + busier + most-different of {d} + swaps"),
+            c,
+        ));
+    }
+    v.push((
+        format!(
+            "several + busier + most-different of {}, no swaps",
+            p.peer_samples
+        ),
+        with(moves, Busier, MostDifferent, false),
+    ));
+    v.push(("the flags' policy (default)".into(), p));
+    v
 }
 
 fn run_variants(base: &SimOptions, json: bool) -> anyhow::Result<()> {
-    let p = base.policy;
-    let variants = [
-        (
-            "reference: 1 move, initiator, uniform",
-            1,
-            Sender::Initiator,
-            PeerChoice::Uniform,
-        ),
-        (
-            "several moves",
-            p.max_moves_per_session.max(2),
-            Sender::Initiator,
-            PeerChoice::Uniform,
-        ),
-        ("busier sends", 1, Sender::Busier, PeerChoice::Uniform),
-        (
-            "two-choice peer",
-            1,
-            Sender::Initiator,
-            PeerChoice::TwoChoice,
-        ),
-        (
-            "several + busier",
-            p.max_moves_per_session.max(2),
-            Sender::Busier,
-            PeerChoice::Uniform,
-        ),
-        (
-            "all three (default)",
-            p.max_moves_per_session.max(2),
-            Sender::Busier,
-            PeerChoice::TwoChoice,
-        ),
-    ];
     let mut rows = Vec::new();
-    for (name, moves, sender, peer_choice) in variants {
+    for (name, policy) in variants(base.policy) {
         let opts = SimOptions {
-            policy: PolicyConfig {
-                max_moves_per_session: moves,
-                sender,
-                peer_choice,
-                ..p
-            },
+            policy,
             ..base.clone()
         };
         let r = run_one(&opts, !json)?;
@@ -314,10 +360,12 @@ fn run_variants(base: &SimOptions, json: bool) -> anyhow::Result<()> {
                 .map(|b| a / b)
         };
         rows.push(VariantRow {
-            variant: name.to_owned(),
-            max_moves_per_session: moves,
-            sender,
-            peer_choice,
+            variant: name,
+            max_moves_per_session: policy.max_moves_per_session,
+            sender: policy.sender,
+            peer_choice: policy.peer_choice,
+            peer_samples: policy.samples_per_round(),
+            swaps: policy.swaps,
             rounds_to_1_10: r.summary.rounds_to_1_10,
             rounds_to_1_05: r.summary.rounds_to_1_05,
             final_max_over_mean: r.summary.final_max_over_mean,
@@ -326,6 +374,8 @@ fn run_variants(base: &SimOptions, json: bool) -> anyhow::Result<()> {
             migrations_vs_greedy: vs(r.summary.migrations as f64, |b| b.migrations as f64),
             load_moved_vs_greedy: vs(r.summary.load_moved, |b| b.load_moved),
             migrations_last_50_rounds: r.summary.migrations_last_50_rounds,
+            sessions: r.summary.sessions,
+            swaps_done: r.summary.swaps,
         });
     }
     if json {
@@ -349,6 +399,8 @@ fn run_variants(base: &SimOptions, json: bool) -> anyhow::Result<()> {
         "× greedy",
         "load moved × greedy",
         "last 50",
+        "sessions",
+        "swaps",
     ]);
     let x = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
     for r in rows {
@@ -361,6 +413,8 @@ fn run_variants(base: &SimOptions, json: bool) -> anyhow::Result<()> {
             x(r.migrations_vs_greedy),
             x(r.load_moved_vs_greedy),
             r.migrations_last_50_rounds.to_string(),
+            r.sessions.to_string(),
+            r.swaps_done.to_string(),
         ]);
     }
     println!("{t}");

@@ -1,7 +1,7 @@
 //! Balancing rounds (DESIGN §3, steps 1–2) and draining.
 //!
 //! Every `round_interval_ms` plus a random jitter, a node picks a live, active peer
-//! (`policy::choose_peer`: uniform, or the more different of two) and, unless gossip
+//! (`policy::choose_peer`: uniform, or the most different of `d` samples) and, unless gossip
 //! already shows no gap above the threshold, opens a session. A draining node instead
 //! hands its VMs off one at a time, each to the less loaded of two random active peers,
 //! pinned VMs included (an operator's drain overrides pinning).
@@ -59,7 +59,7 @@ async fn round(shared: &Shared, movers: &mpsc::Sender<MoveJob>, rng: &mut impl R
         peers.len(),
         own.load,
         |i| peers[i].summary.load,
-        cfg.peer_choice,
+        cfg.samples_per_round(),
     ) else {
         return;
     };

@@ -290,16 +290,7 @@ async fn negotiate(
         Decision::Send(moves) => {
             record.moves = planned(&moves, &mine, &shared.me, peer_id);
             let _ = call(shared, peer, SessionRequest::Close { session }).await;
-            for m in &record.moves {
-                let job = MoveJob {
-                    vm: m.vm.clone(),
-                    to: peer_id.clone(),
-                    forced: false,
-                };
-                if movers.try_send(job).is_ok() {
-                    shared.moves_pending.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            queue_sends(shared, movers, &record.moves, peer_id);
             "send".into()
         }
         Decision::Receive(moves) => {
@@ -311,9 +302,39 @@ async fn negotiate(
                 Err(e) => format!("failed:{e}"),
             }
         }
+        Decision::Swap { give, take } => {
+            // Two independent handoffs, each one crash-safe on its own: this node hands
+            // `give` over, the peer hands `take` back (a pull). If one fails, the pair is
+            // merely less balanced until a later round.
+            record.moves = planned(&[give], &mine, &shared.me, peer_id);
+            record
+                .moves
+                .extend(planned(&[take], &theirs, peer_id, &shared.me));
+            queue_sends(shared, movers, &record.moves[..1], peer_id);
+            let vms = vec![record.moves[1].vm.clone()];
+            match call(shared, peer, SessionRequest::Pull { session, vms }).await {
+                Ok(SessionResponse::Done) => "swap".into(),
+                Ok(other) => format!("failed:swap pull answered {other:?}"),
+                Err(e) => format!("failed:{e}"),
+            }
+        }
         Decision::Stay(why) => {
             let _ = call(shared, peer, SessionRequest::Close { session }).await;
             format!("stay:{why:?}")
+        }
+    }
+}
+
+/// Queues a handoff of each of `moves` (VMs of this node) to `to`.
+fn queue_sends(shared: &Shared, movers: &mpsc::Sender<MoveJob>, moves: &[PlannedVm], to: &NodeId) {
+    for m in moves {
+        let job = MoveJob {
+            vm: m.vm.clone(),
+            to: to.clone(),
+            forced: false,
+        };
+        if movers.try_send(job).is_ok() {
+            shared.moves_pending.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -20,8 +20,11 @@ pub enum PeerChoice {
     /// One uniformly random live peer.
     Uniform,
     /// Two uniformly random live peers; pair with the one whose load differs more.
-    #[default]
     TwoChoice,
+    /// `peer_samples` uniformly random live peers; pair with the one whose load differs
+    /// most (gossip gives every node every peer's load summary, so sampling is free).
+    #[default]
+    MostDifferent,
 }
 
 /// The knobs of the balancing policy. Loads are in the load model's units (a host's
@@ -42,6 +45,15 @@ pub struct PolicyConfig {
     pub sender: Sender,
     /// How a round picks its peer.
     pub peer_choice: PeerChoice,
+    /// How many peers `peer_choice = "most-different"` samples.
+    pub peer_samples: usize,
+    /// When no single move gains `min_gain`, whether a session may plan a swap: the
+    /// busier side gives one VM and takes one back, the pair chosen so that the net
+    /// transfer is the one nearest half the difference.
+    pub swaps: bool,
+    /// A swap must lower the pair's larger load by at least this much (and by at least
+    /// `min_gain`): two migrations should buy more than one.
+    pub swap_min_gain: f64,
 }
 
 impl Default for PolicyConfig {
@@ -52,7 +64,10 @@ impl Default for PolicyConfig {
             cooldown_ms: 60_000,
             max_moves_per_session: 8,
             sender: Sender::Busier,
-            peer_choice: PeerChoice::TwoChoice,
+            peer_choice: PeerChoice::MostDifferent,
+            peer_samples: 8,
+            swaps: true,
+            swap_min_gain: 0.025,
         }
     }
 }
@@ -60,7 +75,7 @@ impl Default for PolicyConfig {
 /// A policy setting that cannot work.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyConfigError {
-    /// `threshold` or `min_gain` is negative or not a number.
+    /// `threshold`, `min_gain` or `swap_min_gain` is negative or not a number.
     #[error("policy.{field} must be a finite number >= 0, got {value}")]
     Negative {
         /// The field.
@@ -71,12 +86,22 @@ pub enum PolicyConfigError {
     /// `max_moves_per_session` is 0: nothing could ever move.
     #[error("policy.max_moves_per_session must be at least 1")]
     NoMoves,
+    /// `peer_samples` is outside 1..=PEER_SAMPLES_MAX.
+    #[error("policy.peer_samples must be 1 to {PEER_SAMPLES_MAX}, got {0}")]
+    PeerSamples(usize),
 }
+
+/// Most peers a round may sample (`peer_samples`).
+pub const PEER_SAMPLES_MAX: usize = 64;
 
 impl PolicyConfig {
     /// Checks that the settings can work.
     pub fn validate(&self) -> Result<(), PolicyConfigError> {
-        for (field, value) in [("threshold", self.threshold), ("min_gain", self.min_gain)] {
+        for (field, value) in [
+            ("threshold", self.threshold),
+            ("min_gain", self.min_gain),
+            ("swap_min_gain", self.swap_min_gain),
+        ] {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(PolicyConfigError::Negative { field, value });
             }
@@ -84,6 +109,18 @@ impl PolicyConfig {
         if self.max_moves_per_session == 0 {
             return Err(PolicyConfigError::NoMoves);
         }
+        if !(1..=PEER_SAMPLES_MAX).contains(&self.peer_samples) {
+            return Err(PolicyConfigError::PeerSamples(self.peer_samples));
+        }
         Ok(())
+    }
+
+    /// How many random peers a round samples before it pairs with the most different.
+    pub fn samples_per_round(&self) -> usize {
+        match self.peer_choice {
+            PeerChoice::Uniform => 1,
+            PeerChoice::TwoChoice => 2,
+            PeerChoice::MostDifferent => self.peer_samples,
+        }
     }
 }

@@ -7,6 +7,14 @@
 //! post-migration cooldown and VMs that do not fit the receiver's free memory stay.
 //! A session may plan up to `max_moves_per_session` moves, each chosen by the same rule
 //! on the loads the previous ones leave.
+//!
+//! When no single move gains `min_gain` (and `swaps` is on), the session may plan a
+//! swap instead: the sender gives `v`, the receiver gives back `w`, the pair chosen so
+//! that the net transfer obeys the same rule — it minimizes
+//! `|(L_s - load_s(v) + load_s(w)) - (L_r + load_r(v) - load_r(w))|` — and accepted only
+//! if it lowers the pair's larger load by at least `min_gain` and `swap_min_gain` (and by
+//! more than 0), so
+//! every accepted change strictly lowers the pair's maximum and nothing ping-pongs.
 
 use super::config::{PolicyConfig, Sender};
 
@@ -67,6 +75,14 @@ pub enum Decision {
     Send(Vec<PlannedMove>),
     /// The peer sends these of its VMs to the local host, in this order.
     Receive(Vec<PlannedMove>),
+    /// The local host sends one of its VMs to the peer and the peer sends one back: two
+    /// independent moves, each of which fits on its own.
+    Swap {
+        /// The local VM that goes to the peer (`index` into the local candidates).
+        give: PlannedMove,
+        /// The peer's VM that comes here (`index` into the peer's candidates).
+        take: PlannedMove,
+    },
     /// Nothing moves.
     Stay(Stay),
 }
@@ -84,7 +100,10 @@ pub fn decide(local: &View<'_>, peer: &View<'_>, ctx: &Context, cfg: &PolicyConf
     if local.load >= peer.load {
         match plan_moves(local, peer.load, peer.free_mem_bytes, ctx, cfg, &mut moves) {
             Ok(()) => Decision::Send(moves),
-            Err(why) => Decision::Stay(why),
+            Err(why) => match swap_instead(why, local, peer, ctx, cfg) {
+                Some((give, take)) => Decision::Swap { give, take },
+                None => Decision::Stay(why),
+            },
         }
     } else if cfg.sender == Sender::Initiator {
         Decision::Stay(if peer.load > local.load + cfg.threshold {
@@ -95,9 +114,94 @@ pub fn decide(local: &View<'_>, peer: &View<'_>, ctx: &Context, cfg: &PolicyConf
     } else {
         match plan_moves(peer, local.load, local.free_mem_bytes, ctx, cfg, &mut moves) {
             Ok(()) => Decision::Receive(moves),
-            Err(why) => Decision::Stay(why),
+            Err(why) => match swap_instead(why, peer, local, ctx, cfg) {
+                Some((take, give)) => Decision::Swap { give, take },
+                None => Decision::Stay(why),
+            },
         }
     }
+}
+
+/// The swap to plan when no single move from `sender` was: only if swaps are on and the
+/// pair is apart by more than the threshold. Returns `(sender's VM, receiver's VM)`.
+fn swap_instead(
+    why: Stay,
+    sender: &View<'_>,
+    receiver: &View<'_>,
+    ctx: &Context,
+    cfg: &PolicyConfig,
+) -> Option<(PlannedMove, PlannedMove)> {
+    if !cfg.swaps || why == Stay::WithinThreshold {
+        return None;
+    }
+    plan_swap(sender, receiver, ctx, cfg)
+}
+
+/// Whether a session between a sender of load `sender_load` and a receiver of load
+/// `receiver_load` may plan a swap at all: swaps are on and the pair differs by more than
+/// `threshold` and `2 * swap_min_gain`. On identical hosts a swap of net transfer `x`
+/// gains `min(x, D - x) <= D / 2`, so a closer pair cannot gain enough; the same gate
+/// applies to unlike hosts, and keeps the `O(n * m)` search out of nearly balanced
+/// pairs. `decide` reads the less busy side's candidates only when this holds.
+pub fn swap_possible(sender_load: f64, receiver_load: f64, cfg: &PolicyConfig) -> bool {
+    cfg.swaps && sender_load - receiver_load > cfg.threshold.max(2.0 * cfg.swap_min_gain)
+}
+
+/// The swap between the busier `sender` and `receiver` whose net transfer is nearest
+/// half the difference: among every eligible pair `(v, w)` (each fits on its own, so
+/// the two moves are independent), the one minimizing
+/// `|(L_s - load_s(v) + load_s(w)) - (L_r + load_r(v) - load_r(w))|`, the lowest `(v, w)`
+/// winning a tie. `None` unless the pair differs by more than `threshold` and
+/// `2 * swap_min_gain`, and the swap lowers `max(L_s, L_r)` by at least `min_gain`, by
+/// at least `swap_min_gain` and by more than 0. Returns `(v as moved from the sender, w as moved from the receiver)`.
+pub fn plan_swap(
+    sender: &View<'_>,
+    receiver: &View<'_>,
+    ctx: &Context,
+    cfg: &PolicyConfig,
+) -> Option<(PlannedMove, PlannedMove)> {
+    if !swap_possible(sender.load, receiver.load, cfg) {
+        return None;
+    }
+    // gap(v, w) = |D - a(v) + b(w)| with D = L_s - L_r, a(v) = load_s(v) + load_r(v) and
+    // b(w) = load_s(w) + load_r(w).
+    let d = sender.load - receiver.load;
+    let mut best: Option<(usize, usize, f64)> = None;
+    for (i, v) in sender.candidates.iter().enumerate() {
+        if !eligible(v, receiver.free_mem_bytes, ctx.now_ms, cfg) {
+            continue;
+        }
+        let a = v.load_here + v.load_there;
+        for (j, w) in receiver.candidates.iter().enumerate() {
+            let b = w.load_here + w.load_there;
+            if !eligible(w, sender.free_mem_bytes, ctx.now_ms, cfg) {
+                continue;
+            }
+            let gap = (d - a + b).abs();
+            if best.is_none_or(|(_, _, g)| gap < g) {
+                best = Some((i, j, gap));
+            }
+        }
+    }
+    let (i, j, _) = best?;
+    let (v, w) = (&sender.candidates[i], &receiver.candidates[j]);
+    let after_s = sender.load - v.load_here + w.load_there;
+    let after_r = receiver.load + v.load_there - w.load_here;
+    let gain = sender.load.max(receiver.load) - after_s.max(after_r);
+    if !(gain >= cfg.min_gain && gain >= cfg.swap_min_gain && gain > 0.0) {
+        return None;
+    }
+    let give = PlannedMove {
+        index: i,
+        load_from: v.load_here,
+        load_to: v.load_there,
+    };
+    let take = PlannedMove {
+        index: j,
+        load_from: w.load_here,
+        load_to: w.load_there,
+    };
+    Some((give, take))
 }
 
 /// Plans the moves from `sender` to a receiver of load `receiver_load` into `out`

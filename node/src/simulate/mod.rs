@@ -15,7 +15,10 @@ pub mod round;
 pub mod scenario;
 
 use crate::policy::PolicyConfig;
-use rand::{rngs::StdRng, SeedableRng};
+use rand::{
+    rngs::{SmallRng, StdRng},
+    Rng, SeedableRng,
+};
 
 pub use cluster::Cluster;
 pub use report::{BaselineReport, RoundStat, SimReport, Summary};
@@ -27,6 +30,7 @@ pub fn default_sim_policy() -> PolicyConfig {
     PolicyConfig {
         threshold: 0.25,
         min_gain: 0.1,
+        swap_min_gain: 0.5,
         cooldown_ms: 0,
         ..PolicyConfig::default()
     }
@@ -53,12 +57,14 @@ pub struct SimOptions {
 pub fn run(opts: &SimOptions, on_round: &mut dyn FnMut(&RoundStat)) -> SimReport {
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut cluster = scenario::build(opts.scenario, opts.hosts, &opts.policy, &mut rng);
+    // The rounds draw millions of peer samples: a fast generator, seeded from the same seed.
+    let mut rng = SmallRng::seed_from_u64(rng.random());
     let baseline = opts
         .baseline
         .then(|| greedy::run(&cluster.clone(), opts.policy.min_gain));
     let vms = cluster.vm_count();
     let mut rounds = Vec::with_capacity(opts.rounds as usize + 1);
-    let first = RoundStat::of(0, &cluster, 0);
+    let first = RoundStat::of(0, &cluster, &round::RoundOutcome::default());
     on_round(&first);
     rounds.push(first);
     let mut state = round::RoundState::new(cluster.host_count());
@@ -72,7 +78,7 @@ pub fn run(opts: &SimOptions, on_round: &mut dyn FnMut(&RoundStat)) -> SimReport
             &mut rng,
         );
         load_moved += out.load_moved;
-        let stat = RoundStat::of(r, &cluster, out.migrations);
+        let stat = RoundStat::of(r, &cluster, &out);
         on_round(&stat);
         rounds.push(stat);
     }

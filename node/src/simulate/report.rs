@@ -1,6 +1,6 @@
 //! What a simulation reports; serialized as the `--json` output of `ballast simulate`.
 
-use super::{cluster::Cluster, greedy::GreedyOutcome, SimOptions};
+use super::{cluster::Cluster, greedy::GreedyOutcome, round::RoundOutcome, SimOptions};
 use serde::Serialize;
 
 /// The cluster's state after one round.
@@ -12,19 +12,25 @@ pub struct RoundStat {
     pub max_over_mean: f64,
     /// Coefficient of variation of the host loads.
     pub cv: f64,
-    /// Migrations in this round.
+    /// Migrations in this round (a swap counts two).
     pub migrations: u64,
+    /// Sessions opened in this round (the peer was free and gossip showed a gap).
+    pub sessions: u64,
+    /// Sessions that planned a swap.
+    pub swaps: u64,
 }
 
 impl RoundStat {
-    /// The figures of `cluster` after round `round`.
-    pub fn of(round: u32, cluster: &Cluster, migrations: u64) -> Self {
+    /// The figures of `cluster` after round `round`, which did `out`.
+    pub fn of(round: u32, cluster: &Cluster, out: &RoundOutcome) -> Self {
         let (max_over_mean, cv) = cluster.imbalance();
         Self {
             round,
             max_over_mean,
             cv,
-            migrations,
+            migrations: out.migrations,
+            sessions: out.sessions,
+            swaps: out.swaps,
         }
     }
 }
@@ -44,6 +50,10 @@ pub struct Summary {
     pub load_moved: f64,
     /// Migrations in the last 50 rounds (how quiet a balanced cluster is).
     pub migrations_last_50_rounds: u64,
+    /// Sessions opened in all rounds (each is a round trip between two agents).
+    pub sessions: u64,
+    /// Sessions that planned a swap.
+    pub swaps: u64,
 }
 
 /// The central-greedy baseline on the same initial state.
@@ -105,6 +115,8 @@ impl SimReport {
                 .iter()
                 .map(|r| r.migrations)
                 .sum(),
+            sessions: rounds.iter().map(|r| r.sessions).sum(),
+            swaps: rounds.iter().map(|r| r.swaps).sum(),
         };
         Self {
             scenario: opts.scenario.name(),

@@ -4,7 +4,7 @@
 
 use super::cluster::Cluster;
 use crate::policy::{
-    choose_peer, decide, Candidate, Context, Decision, PolicyConfig, Sender, View,
+    choose_peer, decide, swap_possible, Candidate, Context, Decision, PolicyConfig, Sender, View,
 };
 use rand::{seq::SliceRandom, Rng};
 
@@ -17,6 +17,9 @@ pub struct RoundState {
     mine: Vec<Candidate>,
     theirs: Vec<Candidate>,
     indices: Vec<usize>,
+    /// Every host's load, dense: peer sampling reads it at random, hundreds of millions
+    /// of times.
+    loads: Vec<f64>,
 }
 
 impl RoundState {
@@ -29,6 +32,7 @@ impl RoundState {
             mine: Vec::new(),
             theirs: Vec::new(),
             indices: Vec::new(),
+            loads: Vec::with_capacity(hosts),
         }
     }
 
@@ -46,8 +50,10 @@ pub struct RoundOutcome {
     pub sessions: u64,
     /// Sessions refused because the peer was busy.
     pub busy: u64,
-    /// VMs moved.
+    /// VMs moved (a swap counts two).
     pub migrations: u64,
+    /// Swaps among the sessions.
+    pub swaps: u64,
     /// Sum of the raw loads moved.
     pub load_moved: f64,
 }
@@ -68,6 +74,8 @@ pub fn run_round<R: Rng + ?Sized>(
     let mut out = RoundOutcome::default();
     let ctx = Context { now_ms };
     st.order.shuffle(rng);
+    st.loads.clear();
+    st.loads.extend(cluster.hosts.iter().map(|h| h.load));
     for k in 0..n {
         let a = st.order[k] as usize;
         if st.busy_in_round[a] == round {
@@ -80,8 +88,8 @@ pub fn run_round<R: Rng + ?Sized>(
             rng,
             n - 1,
             l_a,
-            |i| cluster.hosts[other(i)].load,
-            cfg.peer_choice,
+            |i| st.loads[other(i)],
+            cfg.samples_per_round(),
         ) else {
             continue;
         };
@@ -97,6 +105,8 @@ pub fn run_round<R: Rng + ?Sized>(
         st.busy_in_round[b] = round;
         out.sessions += 1;
         session(cluster, st, a, b, cfg, &ctx, &mut out);
+        st.loads[a] = cluster.hosts[a].load;
+        st.loads[b] = cluster.hosts[b].load;
     }
     out
 }
@@ -120,8 +130,19 @@ fn session(
     ctx: &Context,
     out: &mut RoundOutcome,
 ) {
-    fill_candidates(cluster, a, b, &mut st.mine);
-    fill_candidates(cluster, b, a, &mut st.theirs);
+    // `decide` reads the less busy side's candidates only for a swap: skip weighing them
+    // when no swap is possible (the simulator's hottest loop; the decision is the same).
+    let (l_a, l_b) = (cluster.hosts[a].load, cluster.hosts[b].load);
+    let (busier_a, busier_b) = (l_a >= l_b, l_b > l_a);
+    let swap = swap_possible(l_a.max(l_b), l_a.min(l_b), cfg);
+    st.mine.clear();
+    st.theirs.clear();
+    if busier_a || swap {
+        fill_candidates(cluster, a, b, &mut st.mine);
+    }
+    if busier_b || swap {
+        fill_candidates(cluster, b, a, &mut st.theirs);
+    }
     let local = View {
         load: cluster.hosts[a].load,
         candidates: &st.mine,
@@ -135,6 +156,14 @@ fn session(
     let (from, to, moves) = match decide(&local, &peer, ctx, cfg) {
         Decision::Send(m) => (a, b, m),
         Decision::Receive(m) => (b, a, m),
+        Decision::Swap { give, take } => {
+            // `give` leaves a first; pushing it onto b's end keeps `take.index` valid.
+            out.load_moved += cluster.move_vm(a, give.index, b);
+            out.load_moved += cluster.move_vm(b, take.index, a);
+            out.migrations += 2;
+            out.swaps += 1;
+            return;
+        }
         Decision::Stay(_) => return,
     };
     // Remove from the highest index down so swap_remove keeps the others in place.
@@ -147,10 +176,9 @@ fn session(
     }
 }
 
-/// The VMs of `host` weighed there and on `other`.
+/// Appends the VMs of `host`, weighed there and on `other`, to `into`.
 fn fill_candidates(cluster: &Cluster, host: usize, other: usize, into: &mut Vec<Candidate>) {
     let (here, there) = (cluster.hosts[host].capacity, cluster.hosts[other].capacity);
-    into.clear();
     into.extend(cluster.hosts[host].vms.iter().map(|&raw| Candidate {
         load_here: raw / here,
         load_there: raw / there,
