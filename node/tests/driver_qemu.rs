@@ -269,8 +269,8 @@ async fn cancelled_migration_keeps_source_and_drops_destination() {
 }
 
 /// `resume_incoming` called while the migration is still under way (before the source
-/// has even seen `completed`) waits, lets QEMU start the copy the moment it has loaded
-/// the state, and returns once it runs.
+/// has even seen `completed`) waits until the copy has loaded the whole state, then
+/// runs it (an early `cont` would take the disk locks from the running source).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_during_the_migration_runs_the_copy_once_loaded() {
     let hosts = Hosts::new();

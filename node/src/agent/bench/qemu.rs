@@ -1,9 +1,10 @@
 //! `ballast bench handoff --driver qemu`: the cost of ballast's handoff over a bare QEMU
 //! live migration. In one run: `count` bare migrations of the demo VM done by hand over
 //! QMP ([`bench_qmp_migrate`]: launch the destination with `-incoming defer`,
-//! `migrate-incoming`, `migrate`, wait for `completed`, `cont`; no agent), then the same
-//! VM moved back and forth `count` times by two in-process agents on the qemu driver
-//! (real sled, real QUIC + TLS on loopback). Both are timed to the same end point: the
+//! `migrate-incoming`, `migrate`, wait for `completed`, `cont`; no agent; one untimed
+//! first, then half before and half after the moves), and the same VM moved back and
+//! forth `count` times by two in-process agents on the qemu driver (real sled, real
+//! QUIC + TLS on loopback). Both are timed to the same end point: the
 //! destination QEMU's `RESUME` event (the VM runs there), read with QEMU's timestamp
 //! from a second QMP monitor; a handoff's clock starts at the admin `MoveVm` call, a
 //! bare sequence's when it launches the destination. Every QEMU process is killed when
@@ -168,21 +169,40 @@ pub async fn bench_handoff_qemu(
     });
     let n = opts.moves.max(1);
 
+    // Bare sequences before and after the agents' moves (half each), so a drift in the
+    // machine's load touches both figures alike; one untimed sequence first warms the
+    // caches (QEMU binary, firmware) for everything after it.
     let bare_cfg = qemu_side(&opts, states[2].clone(), 2);
+    bench_qmp_migrate(&bare_cfg, &spec, WARMUP)
+        .await
+        .map_err(run_err)?;
+    let before = n.div_ceil(2);
     let mut bare = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = bench_qmp_migrate(&bare_cfg, &spec, WARMUP)
-            .await
-            .map_err(run_err)?;
-        bare.push(t);
+    for _ in 0..before {
+        bare.push(
+            bench_qmp_migrate(&bare_cfg, &spec, WARMUP)
+                .await
+                .map_err(run_err)?,
+        );
+    }
+    let moves = agent_moves(&opts, &dir, &states, &spec, n).await?;
+    // The agents are gone but their VM runs on: stop it so the bare runs after have
+    // the machine to themselves, as the ones before had.
+    for s in &states[..2] {
+        QemuDriver::kill_all_in(s);
+    }
+    for _ in before..n {
+        bare.push(
+            bench_qmp_migrate(&bare_cfg, &spec, WARMUP)
+                .await
+                .map_err(run_err)?,
+        );
     }
     let col = |f: fn(&crate::driver::qemu::bench::QmpMigrateTiming) -> f64| {
         median(bare.iter().map(f).collect())
     };
     let qmp = col(|t| t.total_ms);
     let migrate_only = col(|t| t.migrate_ms);
-
-    let moves = agent_moves(&opts, &dir, &states, &spec, n).await?;
     let handoff = median(moves.to_resume.clone());
     let ratio = |base: f64| if base > 0.0 { handoff / base } else { 0.0 };
     Ok(QemuHandoffBenchReport {

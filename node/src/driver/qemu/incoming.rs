@@ -161,50 +161,34 @@ impl QemuDriver {
         if Self::live_pid(&dir).is_none() {
             return Err(DriverError::NotFound(vm.clone()));
         }
-        let status = self.runstate(vm, &dir).await?;
-        if status == "running" {
-            if meta.role != Role::Running {
-                dir.write_meta(&VmMeta {
-                    role: Role::Running,
-                    ..meta
-                })?;
-            }
-            return Ok(());
-        }
         let bad = |reason: &str| DriverError::BadState {
             vm: vm.clone(),
             reason: reason.to_owned(),
         };
         if meta.role == Role::Running {
-            return Err(bad("not an incoming copy and not running"));
+            return match self.runstate(vm, &dir).await?.as_str() {
+                "running" => Ok(()),
+                _ => Err(bad("not an incoming copy and not running")),
+            };
         }
         // The source may see "completed" a moment before this side has loaded the last
-        // of the state. `cont` on a copy still loading (`inmigrate`, stream under way)
-        // makes QEMU start it the moment loading ends (autostart); a copy that has not
-        // been reached yet (`setup`) is left alone. Wait (bounded) until it runs.
+        // of the state: wait (bounded) until this side's incoming migration completes,
+        // woken by its `MIGRATION` event. Not `cont` earlier: QEMU activates the disks
+        // at `cont` even while still loading (autostart), which takes the image locks
+        // from a source that may still run.
         let deadline =
             tokio::time::Instant::now() + INCOMING_SETTLE.min(self.cfg.timeouts.migration());
-        let mut status = status;
-        let mut autostart = false;
         loop {
             let mut events = self.events(vm, &dir).await?;
-            if status == "running" {
-                break;
-            }
             let mig = self.qmp(vm, &dir, qmp::QueryMigrate {}).await?;
-            match (status.as_str(), mig.status.as_deref()) {
-                (_, Some("failed" | "cancelled")) => {
-                    return Err(bad("the incoming migration did not complete"))
-                }
-                ("inmigrate", Some("none" | "setup") | None) => {}
-                ("inmigrate", Some(_)) if !autostart => {
-                    self.qmp(vm, &dir, qmp::Cont {}).await?;
-                    autostart = true;
-                }
-                ("inmigrate", _) => {}
-                (_, Some("completed")) => {
+            match mig.status.as_deref() {
+                // On a copy that already runs (resumed before a crash) `cont` does nothing.
+                Some("completed") => {
                     self.qmp(vm, &dir, qmp::Cont {}).await?;
                     break;
+                }
+                Some("failed" | "cancelled") => {
+                    return Err(bad("the incoming migration did not complete"))
                 }
                 _ => {}
             }
@@ -212,13 +196,16 @@ impl QemuDriver {
                 return Err(bad("the incoming copy has not received the VM's state"));
             }
             super::wait_event(&mut events, self.cfg.timeouts.poll().min(INCOMING_POLL)).await;
-            status = self.runstate(vm, &dir).await?;
         }
         dir.write_meta(&VmMeta {
             role: Role::Running,
             ..meta
         })?;
         tracing::info!(vm = %vm, "incoming copy resumed");
+        // After the VM runs (off the migration's critical path): ready to move on.
+        if let Err(e) = self.tune_migration(vm, &dir).await {
+            tracing::debug!(vm = %vm, error = %e, "migration settings not applied after resume");
+        }
         Ok(())
     }
 
@@ -251,10 +238,20 @@ impl QemuDriver {
         if meta.role == Role::Running {
             return Ok(true);
         }
-        if self.runstate(vm, &dir).await? == "inmigrate" {
-            return Ok(false);
+        // A stream still being loaded (the source may already have seen `completed`)
+        // is waited for, bounded; one that has not begun (`setup`) is not complete.
+        let deadline =
+            tokio::time::Instant::now() + INCOMING_SETTLE.min(self.cfg.timeouts.migration());
+        loop {
+            let mut events = self.events(vm, &dir).await?;
+            let mig = self.qmp(vm, &dir, qmp::QueryMigrate {}).await?;
+            match mig.status.as_deref() {
+                Some("completed") => return Ok(true),
+                Some("none" | "setup" | "failed" | "cancelled") | None => return Ok(false),
+                Some(_) if tokio::time::Instant::now() >= deadline => return Ok(false),
+                Some(_) => {}
+            }
+            super::wait_event(&mut events, self.cfg.timeouts.poll().min(INCOMING_POLL)).await;
         }
-        let mig = self.qmp(vm, &dir, qmp::QueryMigrate {}).await?;
-        Ok(mig.status.as_deref() == Some("completed"))
     }
 }

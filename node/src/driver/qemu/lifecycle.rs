@@ -61,6 +61,10 @@ impl QemuDriver {
         cmdline::validate(spec)?;
         let meta = VmMeta::new(vm.clone(), spec.clone(), Role::Running);
         self.launch(vm, &dir, &meta, Launch::Run).await?;
+        if let Err(e) = self.tune_migration(vm, &dir).await {
+            // The VM runs; `migrate_out` tries again.
+            tracing::warn!(vm = %vm, error = %e, "migration settings not applied at start");
+        }
         Ok(())
     }
 

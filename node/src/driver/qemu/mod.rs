@@ -51,6 +51,9 @@ struct VmSlot {
     /// The cached QMP connection (QEMU serves one QMP client per socket); a tokio mutex
     /// because connecting happens while it is held.
     qmp: tokio::sync::Mutex<Option<Arc<Qmp>>>,
+    /// Whether this QEMU has the migration parameters and `events` capability set by
+    /// [`QemuDriver::tune_migration`]; a new slot (new process, restarted agent) has not.
+    tuned: std::sync::atomic::AtomicBool,
 }
 
 /// The QEMU driver. Cheap to share behind an `Arc`; safe to call from many tasks.
@@ -185,6 +188,28 @@ impl QemuDriver {
                 Err(qmp_error(vm, e))
             }
         }
+    }
+
+    /// Sets `vm`'s outgoing migration parameters (downtime limit, bandwidth) and turns
+    /// on `MIGRATION` events, once per QEMU process, so a migration does not pay for it
+    /// on its critical path. A refused `events` capability only costs the early wake-up.
+    async fn tune_migration(&self, vm: &VmId, dir: &VmDir) -> Result<(), DriverError> {
+        use std::sync::atomic::Ordering;
+        let slot = self.slot(vm);
+        if slot.tuned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let params = qmp::MigrateSetParameters {
+            downtime_limit: Some(self.cfg.downtime_limit_ms),
+            max_bandwidth: (self.cfg.bandwidth_mbps > 0)
+                .then(|| self.cfg.bandwidth_mbps.saturating_mul(125_000)),
+        };
+        self.qmp(vm, dir, params).await?;
+        if let Err(e) = self.qmp(vm, dir, outgoing::events_capability()).await {
+            tracing::debug!(vm = %vm, error = %e, "migration events not enabled; polling only");
+        }
+        slot.tuned.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// QEMU's run state of `vm` (`running`, `paused`, `inmigrate`, `postmigrate`, ...).

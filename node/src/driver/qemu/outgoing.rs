@@ -110,17 +110,7 @@ impl QemuDriver {
                 target.0
             )));
         }
-        let params = qmp::MigrateSetParameters {
-            downtime_limit: Some(self.cfg.downtime_limit_ms),
-            max_bandwidth: (self.cfg.bandwidth_mbps > 0)
-                .then(|| self.cfg.bandwidth_mbps.saturating_mul(125_000)),
-        };
-        self.qmp(vm, &dir, params).await?;
-        // `MIGRATION` events wake the poll below at each state change (`completed`
-        // included), so the end is seen at once rather than at the next poll.
-        if let Err(e) = self.qmp(vm, &dir, events_capability()).await {
-            tracing::debug!(vm = %vm, error = %e, "migration events not enabled; polling only");
-        }
+        self.tune_migration(vm, &dir).await?;
         match self
             .qmp(
                 vm,
