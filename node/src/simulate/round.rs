@@ -81,7 +81,7 @@ pub fn run_round<R: Rng + ?Sized>(
         if st.busy_in_round[a] == round {
             continue;
         }
-        let l_a = cluster.hosts[a].load;
+        let l_a = st.loads[a];
         // Peers are numbered 0..n-1 with `a` left out.
         let other = |i: usize| if i >= a { i + 1 } else { i };
         let Some(i) = choose_peer(
@@ -94,7 +94,7 @@ pub fn run_round<R: Rng + ?Sized>(
             continue;
         };
         let b = other(i);
-        if gossip_shows_no_gap(l_a, cluster.hosts[b].load, cfg) {
+        if gossip_shows_no_gap(l_a, st.loads[b], cfg) {
             continue;
         }
         if st.busy_in_round[b] == round {
