@@ -67,7 +67,7 @@ impl Default for PolicyConfig {
             peer_choice: PeerChoice::MostDifferent,
             peer_samples: 8,
             swaps: true,
-            swap_min_gain: 0.025,
+            swap_min_gain: 0.0125,
         }
     }
 }

@@ -30,7 +30,7 @@ pub fn default_sim_policy() -> PolicyConfig {
     PolicyConfig {
         threshold: 0.25,
         min_gain: 0.1,
-        swap_min_gain: 0.5,
+        swap_min_gain: 0.25,
         cooldown_ms: 0,
         ..PolicyConfig::default()
     }
