@@ -198,6 +198,16 @@ pub async fn bench_handoff_qemu(
                 .map_err(run_err)?,
         );
     }
+    for t in &bare {
+        tracing::info!(
+            total_ms = t.total_ms,
+            launch_ms = t.launch_ms,
+            migrate_ms = t.migrate_ms,
+            cont_ms = t.cont_ms,
+            guest_paused_ms = t.guest_paused_ms,
+            "bare sample"
+        );
+    }
     let col = |f: fn(&crate::driver::qemu::bench::QmpMigrateTiming) -> f64| {
         median(bare.iter().map(f).collect())
     };
@@ -351,6 +361,12 @@ async fn moves(
         if committed {
             let resume_at = resumed.await.map_err(run_err)?.map_err(run_err)?;
             let stop_at = src.wait_for("STOP", EVENT_WAIT).await.map_err(run_err)?;
+            tracing::info!(
+                to_resume_ms = ms_between(w0, resume_at),
+                to_commit_ms = commit_ms,
+                guest_paused_ms = ms_between(stop_at, resume_at),
+                "handoff sample"
+            );
             out.to_resume.push(ms_between(w0, resume_at));
             out.to_commit.push(commit_ms);
             out.paused.push(ms_between(stop_at, resume_at));
