@@ -321,7 +321,10 @@ fn variants(p: PolicyConfig) -> Vec<(String, PolicyConfig)> {
             "several + busier + two-choice".into(),
             with(moves, Busier, TwoChoice, false),
         ),
-        ("  + swaps".into(), with(moves, Busier, TwoChoice, true)),
+        (
+            "several + busier + two-choice + swaps".into(),
+            with(moves, Busier, TwoChoice, true),
+        ),
     ];
     for d in [4, 8, 16] {
         let c = PolicyConfig {
