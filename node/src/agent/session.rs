@@ -4,9 +4,10 @@
 //! A sends `L_A` and the raw factors of its movable VMs; B answers its fresh `L_B`, what
 //! each of A's candidates would weigh on B, its free memory and its own movable VMs
 //! (with raw factors, for the case where B is the busier side). A weighs B's VMs on
-//! itself and calls the pure policy (`policy::decide`) with both sides' figures. A node
-//! takes part in one session at a time (its slot); a busy peer answers `Busy`. The slot
-//! frees itself after `balancing.session_timeout_ms`.
+//! itself and calls the pure policy (`policy::decide`) with both sides' figures: A sends,
+//! pulls (`Pull`), or swaps — hands one VM over and pulls one back, two independent
+//! handoffs. A node takes part in one session at a time (its slot); a busy peer answers
+//! `Busy`. The slot frees itself after `balancing.session_timeout_ms`.
 
 use super::figures::local_figures;
 use super::mover::MoveJob;

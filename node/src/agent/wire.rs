@@ -117,7 +117,8 @@ pub enum SessionRequest {
         /// A's figures.
         figures: SideFigures,
     },
-    /// A decided that B sends these VMs to A (the busier side sends); closes the session.
+    /// A decided that B sends these VMs to A (the busier side sends, or B's half of a
+    /// swap); closes the session.
     Pull {
         /// The session.
         session: u64,
