@@ -106,7 +106,7 @@ pub(crate) struct VmCore {
     vm: VmId,
     log: Arc<RunLog>,
     /// A std mutex: never held across an await. It is held across a run-log append (one
-    /// write + fsync) so that records and transitions happen in the same order.
+    /// write, + fsync for `run`) so that records and transitions happen in the same order.
     inner: Mutex<Inner>,
     /// Bumped after every change of the outgoing migration's status, so that a waiter
     /// (`SimDriver::migrate_out`) wakes at once instead of polling on a timer.

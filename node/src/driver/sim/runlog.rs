@@ -1,9 +1,14 @@
 //! Run records for the I2 check: one JSON line per run-state transition of a sim VM,
-//! appended and fsynced to `<state_dir>/runlog.jsonl`.
+//! appended to `<state_dir>/runlog.jsonl`.
 //!
 //! Ordering rule (so recorded running intervals always cover the real ones): a `run`
-//! record is durable **before** the VM starts running, a `pause` or `stop` record is
-//! written **after** it stopped running. A `boot` record (no VM) is written when an
+//! record is durable (fsynced) **before** the VM starts running, a `pause` or `stop`
+//! record is written **after** it stopped running. `pause` and `stop` records are not
+//! fsynced on their own (the source's switchover is on every handoff's critical path):
+//! they survive any process kill (the page cache keeps them), the host's next fsync
+//! makes them durable, and losing one in a power loss only lengthens a recorded
+//! interval — the checker may then report a double run that did not happen, never miss
+//! one that did. A `boot` record (no VM) is written when an
 //! in-process host starts in a fresh agent process: every VM the log shows running on
 //! that host before it died with the previous process.
 //!
@@ -33,6 +38,14 @@ pub enum RunEvent {
     Stop,
     /// An in-process host came up in a fresh process: all its earlier VMs are dead.
     Boot,
+}
+
+impl RunEvent {
+    /// Whether the record must be durable before `append` returns: a `run` (written
+    /// before running) and a `boot` (ends every earlier interval of the host).
+    fn needs_sync(self) -> bool {
+        matches!(self, RunEvent::Run | RunEvent::Boot)
+    }
 }
 
 /// One line of a run log.
@@ -78,12 +91,12 @@ pub fn now_unix_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// An append-only, fsynced run log of one host.
+/// An append-only run log of one host (`run` and `boot` records fsynced).
 #[derive(Debug)]
 pub struct RunLog {
     host: NodeId,
     path: PathBuf,
-    /// Serializes appends from this process; held only for one write + fsync (no await).
+    /// Serializes appends from this process; held only for one write (+ fsync), no await.
     file: Mutex<File>,
 }
 
@@ -105,7 +118,7 @@ impl RunLog {
         &self.path
     }
 
-    /// Appends one record stamped now and fsyncs it; returns the stamp.
+    /// Appends one record stamped now (fsynced for `run` and `boot`); returns the stamp.
     pub fn append(&self, vm: Option<&VmId>, event: RunEvent) -> std::io::Result<u64> {
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let t_ns = now_unix_ns();
@@ -118,7 +131,9 @@ impl RunLog {
         let mut line = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
         line.push(b'\n');
         file.write_all(&line)?;
-        file.sync_data()?;
+        if event.needs_sync() {
+            file.sync_data()?;
+        }
         tracing::debug!(vm = ?rec.vm, host = %rec.host, event = ?event, t_ns, "run record");
         Ok(t_ns)
     }
