@@ -1,10 +1,10 @@
 //! `ballast bench handoff --driver qemu`: the cost of ballast's handoff over a bare QEMU
 //! live migration. In one run: `count` bare migrations of the demo VM done by hand over
-//! QMP ([`bench_qmp_migrate`]: launch the destination with `-incoming defer`,
-//! `migrate-incoming`, `migrate`, wait for `completed`, `cont`; no agent; one untimed
-//! first, then half before and half after the moves), and the same VM moved back and
-//! forth `count` times by two in-process agents on the qemu driver (real sled, real
-//! QUIC + TLS on loopback). Both are timed to the same end point: the
+//! QMP ([`BareMigrations`]: launch the destination with `-incoming defer`,
+//! `migrate-incoming`, `migrate`, wait for `completed`, `cont`; no agent; one VM moved
+//! back and forth, one untimed migration first, half the samples before and half after
+//! the agents' moves), and a VM moved back and forth `count` times by two in-process
+//! agents on the qemu driver (real sled, real QUIC + TLS on loopback). Both are timed to the same end point: the
 //! destination QEMU's `RESUME` event (the VM runs there), read with QEMU's timestamp
 //! from a second QMP monitor; a handoff's clock starts at the admin `MoveVm` call, a
 //! bare sequence's when it launches the destination. Every QEMU process is killed when
@@ -15,7 +15,7 @@ use super::super::runtime::Agent;
 use super::{agent_config, free_port, percentile, settle, setup, BenchError, TempDir};
 use crate::config::{AgentConfig, DriverKind};
 use crate::driver::qemu::bench::{
-    bench_qmp_migrate, incoming_resumed_at, ms_between, tap_args, EventTap,
+    incoming_resumed_at, ms_between, tap_args, BareMigrations, EventTap, QmpMigrateTiming,
 };
 use crate::driver::qemu::guest::{demo_spec, write_boot_image};
 use crate::driver::qemu::{QemuConfig, QemuDriver};
@@ -170,34 +170,18 @@ pub async fn bench_handoff_qemu(
     let n = opts.moves.max(1);
 
     // Bare sequences before and after the agents' moves (half each), so a drift in the
-    // machine's load touches both figures alike; one untimed sequence first warms the
-    // caches (QEMU binary, firmware) for everything after it.
+    // machine's load touches both figures alike; each half moves one VM back and forth
+    // like the agents do, after one untimed migration (warm caches, a booted VM).
     let bare_cfg = qemu_side(&opts, states[2].clone(), 2);
-    bench_qmp_migrate(&bare_cfg, &spec, WARMUP)
-        .await
-        .map_err(run_err)?;
     let before = n.div_ceil(2);
-    let mut bare = Vec::with_capacity(n);
-    for _ in 0..before {
-        bare.push(
-            bench_qmp_migrate(&bare_cfg, &spec, WARMUP)
-                .await
-                .map_err(run_err)?,
-        );
-    }
+    let mut bare = bare_samples(&bare_cfg, &spec, before).await?;
     let moves = agent_moves(&opts, &dir, &states, &spec, n).await?;
     // The agents are gone but their VM runs on: stop it so the bare runs after have
     // the machine to themselves, as the ones before had.
     for s in &states[..2] {
         QemuDriver::kill_all_in(s);
     }
-    for _ in before..n {
-        bare.push(
-            bench_qmp_migrate(&bare_cfg, &spec, WARMUP)
-                .await
-                .map_err(run_err)?,
-        );
-    }
+    bare.extend(bare_samples(&bare_cfg, &spec, n - before).await?);
     for t in &bare {
         tracing::info!(
             total_ms = t.total_ms,
@@ -208,9 +192,7 @@ pub async fn bench_handoff_qemu(
             "bare sample"
         );
     }
-    let col = |f: fn(&crate::driver::qemu::bench::QmpMigrateTiming) -> f64| {
-        median(bare.iter().map(f).collect())
-    };
+    let col = |f: fn(&QmpMigrateTiming) -> f64| median(bare.iter().map(f).collect());
     let qmp = col(|t| t.total_ms);
     let migrate_only = col(|t| t.migrate_ms);
     let handoff = median(moves.to_resume.clone());
@@ -240,6 +222,29 @@ pub async fn bench_handoff_qemu(
         poll_ms: opts.qemu.timeouts.poll_ms,
         aborted: moves.aborted,
     })
+}
+
+/// `n` timed bare migrations of one VM (after an untimed one).
+async fn bare_samples(
+    cfg: &QemuConfig,
+    spec: &VmSpec,
+    n: usize,
+) -> Result<Vec<QmpMigrateTiming>, BenchError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut bare = BareMigrations::start(cfg, spec).await.map_err(run_err)?;
+    let mut out = Vec::with_capacity(n);
+    let mut r = bare.migrate(WARMUP).await.map(drop);
+    for _ in 0..n {
+        if r.is_err() {
+            break;
+        }
+        r = bare.migrate(WARMUP).await.map(|t| out.push(t));
+    }
+    bare.stop().await;
+    r.map_err(run_err)?;
+    Ok(out)
 }
 
 fn qemu_agent_config(

@@ -4,6 +4,8 @@
 //! source, wait for `completed`, `cont` the destination — so that ballast's whole
 //! handoff can be reported as a ratio of it.
 //!
+//! [`BareMigrations`] moves one VM back and forth between two state directories, as
+//! the agents' handoffs do, so both start from a VM that has long finished booting.
 //! Both the bare sequence and the agents' handoff are timed to the same end point: the
 //! destination QEMU's `RESUME` event (the VM runs again), read with the event's own
 //! timestamp from a second QMP monitor ([`EventTap`], added with [`tap_args`]), so the
@@ -225,12 +227,12 @@ pub async fn incoming_resumed_at(path: PathBuf, within: Duration) -> io::Result<
     }
 }
 
-/// Kills the bench VMs when dropped, whatever happened.
-struct Cleanup<'a>(&'a [PathBuf]);
+/// Kills the bench VMs and removes their directories when dropped, whatever happened.
+struct Cleanup(Vec<PathBuf>);
 
-impl Drop for Cleanup<'_> {
+impl Drop for Cleanup {
     fn drop(&mut self) {
-        for d in self.0 {
+        for d in &self.0 {
             QemuDriver::kill_all_in(d);
             let _ = std::fs::remove_dir_all(d);
         }
@@ -241,88 +243,134 @@ fn tap_error(e: io::Error) -> DriverError {
     DriverError::Protocol(format!("bench event monitor: {e}"))
 }
 
-/// Starts a VM of `spec` under `cfg.state_dir/bench-src`, lets it run for `warmup`,
-/// then times the bare sequence: launch an incoming copy under `cfg.state_dir/bench-dst`,
-/// migrate (on `cfg.migration_host`, with `cfg`'s downtime limit and bandwidth), `cont`
-/// the copy. Both QEMU processes are gone when it returns, also on error.
+/// Bare migrations of one VM back and forth between two state directories under
+/// `cfg.state_dir` (`bench-0`, `bench-1`), as the agents' handoffs move theirs: the VM
+/// boots once, then each [`Self::migrate`] times one bare sequence to the other side.
+/// Every QEMU process is gone when it is dropped.
+pub struct BareMigrations {
+    cfg: QemuConfig,
+    sides: [QemuDriver; 2],
+    taps: [PathBuf; 2],
+    vm: VmId,
+    spec: VmSpec,
+    /// The side the VM runs on.
+    on: usize,
+    _cleanup: Cleanup,
+}
+
+impl BareMigrations {
+    /// Starts the VM of `spec` on the first side (with its event monitor).
+    pub async fn start(cfg: &QemuConfig, spec: &VmSpec) -> Result<Self, DriverError> {
+        let dirs = [cfg.state_dir.join("bench-0"), cfg.state_dir.join("bench-1")];
+        let cleanup = Cleanup(dirs.to_vec());
+        let taps = [dirs[0].join("ev.sock"), dirs[1].join("ev.sock")];
+        let side = |i: usize| {
+            let mut extra_args = cfg.extra_args.clone();
+            extra_args.extend(tap_args(&taps[i]));
+            QemuDriver::new(QemuConfig {
+                state_dir: dirs[i].clone(),
+                extra_args,
+                ..cfg.clone()
+            })
+        };
+        let sides = [side(0)?, side(1)?];
+        let vm = VmId::from("bench-qmp");
+        sides[0].start(&vm, spec).await?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            sides,
+            taps,
+            vm,
+            spec: spec.clone(),
+            on: 0,
+            _cleanup: cleanup,
+        })
+    }
+
+    /// Lets the VM run for `warmup`, then times the bare sequence to the other side:
+    /// launch an incoming copy there, migrate (on `cfg.migration_host`, with `cfg`'s
+    /// downtime limit and bandwidth), `cont` it. Afterwards (untimed) the copy is
+    /// recorded as running and the old source quits.
+    pub async fn migrate(&mut self, warmup: Duration) -> Result<QmpMigrateTiming, DriverError> {
+        sleep(warmup).await;
+        let (from, to) = (self.on, 1 - self.on);
+        let (src, dst, vm, cfg) = (&self.sides[from], &self.sides[to], &self.vm, &self.cfg);
+        let mut src_tap = EventTap::connect(&self.taps[from], EVENT_WAIT)
+            .await
+            .map_err(tap_error)?;
+        let src_dir = VmDir::of(&src.config().state_dir, vm)?;
+        let dst_dir = VmDir::of(&dst.config().state_dir, vm)?;
+
+        let (w0, t0) = (SystemTime::now(), Instant::now());
+        let resumed = tokio::spawn(incoming_resumed_at(self.taps[to].clone(), EVENT_WAIT));
+        let result = async {
+            let target = dst.prepare_incoming(vm, &self.spec).await?;
+            let t1 = Instant::now();
+            let params = qmp::MigrateSetParameters {
+                downtime_limit: Some(cfg.downtime_limit_ms),
+                max_bandwidth: (cfg.bandwidth_mbps > 0)
+                    .then(|| cfg.bandwidth_mbps.saturating_mul(125_000)),
+            };
+            src.qmp(vm, &src_dir, params).await?;
+            src.qmp(vm, &src_dir, qmp::Migrate { uri: target.0 })
+                .await?;
+            let info = wait_completed(src, vm, &src_dir, cfg).await?;
+            let (t2, w2) = (Instant::now(), SystemTime::now());
+            dst.qmp(vm, &dst_dir, qmp::Cont {}).await?;
+            Ok::<_, DriverError>((t1, t2, w2, info))
+        }
+        .await;
+        let (t1, t2, w2, info) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                resumed.abort();
+                return Err(e);
+            }
+        };
+        let resume_at = resumed
+            .await
+            .map_err(|e| DriverError::Protocol(format!("bench event task: {e}")))?
+            .map_err(tap_error)?;
+        let stop_at = src_tap
+            .wait_for("STOP", EVENT_WAIT)
+            .await
+            .map_err(tap_error)?;
+        drop(src_tap);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let timing = QmpMigrateTiming {
+            total_ms: ms_between(w0, resume_at),
+            launch_ms: ms(t1 - t0),
+            migrate_ms: ms(t2 - t1),
+            cont_ms: ms_between(w2, resume_at),
+            guest_paused_ms: ms_between(stop_at, resume_at),
+            qemu_total_ms: info.total_time,
+            downtime_ms: info.downtime,
+            transferred_bytes: info.ram.map_or(0, |r| r.transferred),
+        };
+        // The copy runs already; this records it (and its migration settings).
+        dst.resume_incoming(vm).await?;
+        src.finish_outgoing(vm).await?;
+        self.on = to;
+        Ok(timing)
+    }
+
+    /// Stops the VM (the drop guard kills whatever is left).
+    pub async fn stop(self) {
+        let _ = self.sides[self.on].stop(&self.vm).await;
+    }
+}
+
+/// One bare migration of a freshly started VM of `spec`, after it ran for `warmup`
+/// (see [`BareMigrations::migrate`]). Every QEMU process is gone when it returns.
 pub async fn bench_qmp_migrate(
     cfg: &QemuConfig,
     spec: &VmSpec,
     warmup: Duration,
 ) -> Result<QmpMigrateTiming, DriverError> {
-    let dirs = [
-        cfg.state_dir.join("bench-src"),
-        cfg.state_dir.join("bench-dst"),
-    ];
-    let _cleanup = Cleanup(&dirs);
-    let taps = [dirs[0].join("ev.sock"), dirs[1].join("ev.sock")];
-    let side = |d: &PathBuf, tap: &Path| {
-        let mut extra_args = cfg.extra_args.clone();
-        extra_args.extend(tap_args(tap));
-        QemuDriver::new(QemuConfig {
-            state_dir: d.clone(),
-            extra_args,
-            ..cfg.clone()
-        })
-    };
-    let (src, dst) = (side(&dirs[0], &taps[0])?, side(&dirs[1], &taps[1])?);
-    let vm = VmId::from("bench-qmp");
-    src.start(&vm, spec).await?;
-    sleep(warmup).await;
-    let mut src_tap = EventTap::connect(&taps[0], EVENT_WAIT)
-        .await
-        .map_err(tap_error)?;
-    let src_dir = VmDir::of(&dirs[0], &vm)?;
-    let dst_dir = VmDir::of(&dirs[1], &vm)?;
-
-    let (w0, t0) = (SystemTime::now(), Instant::now());
-    let resumed = tokio::spawn(incoming_resumed_at(taps[1].clone(), EVENT_WAIT));
-    let result = async {
-        let target = dst.prepare_incoming(&vm, spec).await?;
-        let t1 = Instant::now();
-        let params = qmp::MigrateSetParameters {
-            downtime_limit: Some(cfg.downtime_limit_ms),
-            max_bandwidth: (cfg.bandwidth_mbps > 0)
-                .then(|| cfg.bandwidth_mbps.saturating_mul(125_000)),
-        };
-        src.qmp(&vm, &src_dir, params).await?;
-        src.qmp(&vm, &src_dir, qmp::Migrate { uri: target.0 })
-            .await?;
-        let info = wait_completed(&src, &vm, &src_dir, cfg).await?;
-        let (t2, w2) = (Instant::now(), SystemTime::now());
-        dst.qmp(&vm, &dst_dir, qmp::Cont {}).await?;
-        Ok::<_, DriverError>((t1, t2, w2, info))
-    }
-    .await;
-    let (t1, t2, w2, info) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            resumed.abort();
-            return Err(e);
-        }
-    };
-    let resume_at = resumed
-        .await
-        .map_err(|e| DriverError::Protocol(format!("bench event task: {e}")))?
-        .map_err(tap_error)?;
-    let stop_at = src_tap
-        .wait_for("STOP", EVENT_WAIT)
-        .await
-        .map_err(tap_error)?;
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let timing = QmpMigrateTiming {
-        total_ms: ms_between(w0, resume_at),
-        launch_ms: ms(t1 - t0),
-        migrate_ms: ms(t2 - t1),
-        cont_ms: ms_between(w2, resume_at),
-        guest_paused_ms: ms_between(stop_at, resume_at),
-        qemu_total_ms: info.total_time,
-        downtime_ms: info.downtime,
-        transferred_bytes: info.ram.map_or(0, |r| r.transferred),
-    };
-    let _ = dst.stop(&vm).await;
-    let _ = src.stop(&vm).await;
-    Ok(timing)
+    let mut bare = BareMigrations::start(cfg, spec).await?;
+    let t = bare.migrate(warmup).await;
+    bare.stop().await;
+    t
 }
 
 /// Polls the source's `query-migrate` until `completed` (bounded by the migration
