@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+/// sled's log file inside its directory.
+const SLED_LOG_FILE: &str = "db";
 /// The on-disk format this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -49,6 +51,8 @@ pub(crate) struct Opened {
     pub(crate) epochs: sled::Tree,
     pub(crate) meta_tree: sled::Tree,
     pub(crate) meta: NodeMeta,
+    /// sled's log file, opened to `fdatasync` it after each flush (see `Store::write`).
+    pub(crate) log_file: fs::File,
 }
 
 /// Opens (creating on first use) the store in `dir` and checks that it is this node's.
@@ -77,7 +81,13 @@ pub(crate) fn open_dir(
             .map_err(|e| corrupt(dir, format!("tree {name}: {e}")))
     };
     let meta_tree = tree(TREE_META)?;
+    let log_path = live.join(SLED_LOG_FILE);
+    let log_file = fs::File::open(&log_path).map_err(|e| StoreError::Io {
+        path: log_path,
+        reason: e.to_string(),
+    })?;
     let opened = Opened {
+        log_file,
         schedule: tree(TREE_SCHEDULE)?,
         transfers: tree(TREE_TRANSFERS)?,
         epochs: tree(TREE_EPOCHS)?,

@@ -33,6 +33,11 @@ pub struct Store {
     transfers: sled::Tree,
     epochs: sled::Tree,
     meta_tree: sled::Tree,
+    /// sled's log file. sled's own flush only `sync_file_range`s what it wrote: neither
+    /// the file's new length nor the device's write cache is made durable. `write`
+    /// `fdatasync`s this file after every flush, so a flushed write survives a power
+    /// loss on any file system.
+    log_file: std::fs::File,
     /// Held by every read and by every write until its flush has finished, so no reader
     /// of this handle ever sees a change that is not yet durable, and a snapshot is
     /// consistent. Guards no data; a std `Mutex` because the store is never used across
@@ -228,6 +233,7 @@ impl Store {
             transfers: opened.transfers,
             epochs: opened.epochs,
             meta_tree: opened.meta_tree,
+            log_file: opened.log_file,
             gate: Mutex::new(()),
         })
     }
@@ -407,6 +413,12 @@ impl Store {
                 op,
                 reason: e.to_string(),
             })?;
+            self.log_file
+                .sync_data()
+                .map_err(|e| StoreError::NotFlushed {
+                    op,
+                    reason: e.to_string(),
+                })?;
         }
         if let Some(generation) = generation {
             if let Err(e) = write_witness(&self.path, generation) {
