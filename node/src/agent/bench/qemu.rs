@@ -2,9 +2,9 @@
 //! live migration. In one run: `count` bare migrations of the demo VM done by hand over
 //! QMP ([`BareMigrations`]: launch the destination with `-incoming defer`,
 //! `migrate-incoming`, `migrate`, wait for `completed`, `cont`; no agent; one VM moved
-//! back and forth, one untimed migration first, half the samples before and half after
-//! the agents' moves), and a VM moved back and forth `count` times by two in-process
-//! agents on the qemu driver (real sled, real QUIC + TLS on loopback). Both are timed to the same end point: the
+//! back and forth, one untimed migration first), alternating with moves of another VM
+//! back and forth by two in-process agents on the qemu driver (real sled, real QUIC +
+//! TLS on loopback); both VMs run throughout. Both are timed to the same end point: the
 //! destination QEMU's `RESUME` event (the VM runs there), read with QEMU's timestamp
 //! from a second QMP monitor; a handoff's clock starts at the admin `MoveVm` call, a
 //! bare sequence's when it launches the destination. Every QEMU process is killed when
@@ -169,19 +169,29 @@ pub async fn bench_handoff_qemu(
     });
     let n = opts.moves.max(1);
 
-    // Bare sequences before and after the agents' moves (half each), so a drift in the
-    // machine's load touches both figures alike; each half moves one VM back and forth
-    // like the agents do, after one untimed migration (warm caches, a booted VM).
+    // Bare sequences and handoffs alternate, one each per round, so a change in the
+    // machine's load touches both figures alike; both VMs (the bare one and the
+    // agents') run throughout, so each kind of sample shares the machine with the same
+    // load. The bare VM moves back and forth like the agents' VM, after one untimed
+    // migration (warm caches, a booted VM).
     let bare_cfg = qemu_side(&opts, states[2].clone(), 2);
-    let before = n.div_ceil(2);
-    let mut bare = bare_samples(&bare_cfg, &spec, before).await?;
-    let moves = agent_moves(&opts, &dir, &states, &spec, n).await?;
-    // The agents are gone but their VM runs on: stop it so the bare runs after have
-    // the machine to themselves, as the ones before had.
-    for s in &states[..2] {
-        QemuDriver::kill_all_in(s);
+    // Its own image: QEMU locks a writable image against a second VM.
+    let bare_image = dir.join("boot-bare.img");
+    write_boot_image(&bare_image).map_err(setup)?;
+    let bare_spec = VmSpec {
+        target: spec.target,
+        ..demo_spec(&bare_image, opts.memory_mib)
+    };
+    let mut bare_vm = BareMigrations::start(&bare_cfg, &bare_spec)
+        .await
+        .map_err(run_err)?;
+    if let Err(e) = bare_vm.migrate(WARMUP).await {
+        bare_vm.stop().await;
+        return Err(run_err(e));
     }
-    bare.extend(bare_samples(&bare_cfg, &spec, n - before).await?);
+    let result = agent_moves(&opts, &dir, &states, &spec, n, &mut bare_vm).await;
+    bare_vm.stop().await;
+    let (moves, bare) = result?;
     for t in &bare {
         tracing::info!(
             total_ms = t.total_ms,
@@ -224,29 +234,6 @@ pub async fn bench_handoff_qemu(
     })
 }
 
-/// `n` timed bare migrations of one VM (after an untimed one).
-async fn bare_samples(
-    cfg: &QemuConfig,
-    spec: &VmSpec,
-    n: usize,
-) -> Result<Vec<QmpMigrateTiming>, BenchError> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let mut bare = BareMigrations::start(cfg, spec).await.map_err(run_err)?;
-    let mut out = Vec::with_capacity(n);
-    let mut r = bare.migrate(WARMUP).await.map(drop);
-    for _ in 0..n {
-        if r.is_err() {
-            break;
-        }
-        r = bare.migrate(WARMUP).await.map(|t| out.push(t));
-    }
-    bare.stop().await;
-    r.map_err(run_err)?;
-    Ok(out)
-}
-
 fn qemu_agent_config(
     opts: &QemuHandoffBenchOptions,
     dir: &Path,
@@ -286,14 +273,15 @@ struct Moves {
 }
 
 /// Starts two agents on the qemu driver, creates the VM on `a` and moves it back and
-/// forth `n` times.
+/// forth `n` times, each move after one timed migration of the bare VM.
 async fn agent_moves(
     opts: &QemuHandoffBenchOptions,
     dir: &Path,
     states: &[PathBuf; 3],
     spec: &VmSpec,
     n: usize,
-) -> Result<Moves, BenchError> {
+    bare: &mut BareMigrations,
+) -> Result<(Moves, Vec<QmpMigrateTiming>), BenchError> {
     let ca = create_ca("bench").map_err(setup)?;
     let admin = issue_admin_cert(&ca, "bench").map_err(setup)?;
     let (pa, pb) = (free_port()?, free_port()?);
@@ -313,7 +301,7 @@ async fn agent_moves(
         }
     }
     let taps = [tap_of(&states[0]), tap_of(&states[1])];
-    let result = moves(&admin, [pa, pb], &taps, spec, n).await;
+    let result = moves(&admin, [pa, pb], &taps, spec, n, bare).await;
     for a in agents {
         a.shutdown().await;
     }
@@ -326,7 +314,8 @@ async fn moves(
     taps: &[PathBuf; 2],
     spec: &VmSpec,
     n: usize,
-) -> Result<Moves, BenchError> {
+    bare: &mut BareMigrations,
+) -> Result<(Moves, Vec<QmpMigrateTiming>), BenchError> {
     let ca = AdminClient::connect(admin, pa).map_err(run_err)?;
     let cb = AdminClient::connect(admin, pb).map_err(run_err)?;
     let (a, b) = (NodeId::from("a"), NodeId::from("b"));
@@ -342,7 +331,9 @@ async fn moves(
         paused: Vec::with_capacity(n),
         aborted: 0,
     };
+    let mut bare_samples = Vec::with_capacity(n);
     for _ in 0..n {
+        bare_samples.push(bare.migrate(WARMUP).await.map_err(run_err)?);
         tokio::time::sleep(WARMUP).await;
         let (client, to, [src_tap, dst_tap]) = if on_a {
             (&ca, &b, [&taps[0], &taps[1]])
@@ -382,5 +373,5 @@ async fn moves(
         }
         settle(&ca, &cb).await?;
     }
-    Ok(out)
+    Ok((out, bare_samples))
 }

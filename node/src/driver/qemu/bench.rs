@@ -249,7 +249,7 @@ fn tap_error(e: io::Error) -> DriverError {
 /// Every QEMU process is gone when it is dropped.
 pub struct BareMigrations {
     cfg: QemuConfig,
-    sides: [QemuDriver; 2],
+    sides: [std::sync::Arc<QemuDriver>; 2],
     taps: [PathBuf; 2],
     vm: VmId,
     spec: VmSpec,
@@ -272,6 +272,7 @@ impl BareMigrations {
                 extra_args,
                 ..cfg.clone()
             })
+            .map(std::sync::Arc::new)
         };
         let sides = [side(0)?, side(1)?];
         let vm = VmId::from("bench-qmp");
@@ -304,7 +305,11 @@ impl BareMigrations {
         let (w0, t0) = (SystemTime::now(), Instant::now());
         let resumed = tokio::spawn(incoming_resumed_at(self.taps[to].clone(), EVENT_WAIT));
         let result = async {
-            let target = dst.prepare_incoming(vm, &self.spec).await?;
+            // In a task of its own, as the agents run their driver calls.
+            let (d, v, sp) = (dst.clone(), vm.clone(), self.spec.clone());
+            let target = tokio::spawn(async move { d.prepare_incoming(&v, &sp).await })
+                .await
+                .map_err(|e| DriverError::Protocol(format!("bench task: {e}")))??;
             let t1 = Instant::now();
             let params = qmp::MigrateSetParameters {
                 downtime_limit: Some(cfg.downtime_limit_ms),
