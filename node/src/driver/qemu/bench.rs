@@ -404,3 +404,39 @@ async fn wait_completed(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ms_between_is_signed() {
+        let a = UNIX_EPOCH + Duration::from_millis(1_000);
+        let b = UNIX_EPOCH + Duration::from_micros(1_002_500);
+        assert!((ms_between(a, b) - 2.5).abs() < 1e-9);
+        assert!((ms_between(b, a) + 2.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn events_carry_qemu_timestamps() {
+        let v = serde_json::json!({
+            "event": "RESUME",
+            "timestamp": { "seconds": 1_700_000_000u64, "microseconds": 250u64 }
+        });
+        let (name, at) = EventTap::event_of(&v).expect("an event");
+        assert_eq!(name, "RESUME");
+        assert_eq!(
+            at,
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_micros(250)
+        );
+        assert!(EventTap::event_of(&serde_json::json!({ "return": {} })).is_none());
+    }
+
+    #[test]
+    fn tap_arguments_escape_commas() {
+        assert_eq!(
+            tap_args(Path::new("/s/a,b/ev.sock")),
+            ["-qmp", "unix:/s/a,,b/ev.sock,server=on,wait=off"]
+        );
+    }
+}
