@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
+/// The longest a `WaitMigration` request waits for a change.
+const WAIT_MIGRATION_MAX: Duration = Duration::from_secs(1);
 /// How long `cancel_outgoing` waits for a migration task to notice its cancel flag.
 const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
@@ -301,6 +303,7 @@ impl VmCore {
                 }
             }
             VmRequest::MigrationStatus => return self.migration_status(),
+            VmRequest::WaitMigration { wait_ms } => return self.wait_migration(wait_ms).await,
             VmRequest::IncomingComplete => {
                 let value = self.lock().incoming.as_ref().is_some_and(|i| i.complete);
                 return VmReply::Bool { value };
@@ -323,6 +326,18 @@ impl VmCore {
             Ok(()) => VmReply::Ok,
             Err(e) => VmReply::from_error(&e),
         }
+    }
+
+    /// The migration's status after its next change, or after `wait_ms` (at most
+    /// [`WAIT_MIGRATION_MAX`]) while it stays active.
+    async fn wait_migration(&self, wait_ms: u64) -> VmReply {
+        // Subscribed before the status is read, so no change between the two is lost.
+        let mut changed = self.watch_outgoing();
+        if self.lock().out.status == MigrationStatus::Active {
+            let wait = Duration::from_millis(wait_ms).min(WAIT_MIGRATION_MAX);
+            let _ = tokio::time::timeout(wait, changed.changed()).await;
+        }
+        self.migration_status()
     }
 
     fn migration_status(&self) -> VmReply {

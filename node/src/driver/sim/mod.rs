@@ -47,8 +47,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How often `migrate_out` asks for progress. In-process, a change of the migration's
-/// status wakes it at once; in process mode it polls, quickly at first.
+/// How often `migrate_out` hears about progress. A change of the migration's status
+/// answers its `WaitMigration` request at once.
 const POLL: Duration = Duration::from_millis(10);
 /// Slack on top of the configured migration time before `migrate_out` gives up.
 const MIGRATE_SLACK: Duration = Duration::from_secs(90);
@@ -263,15 +263,6 @@ impl SimDriver {
         }
     }
 
-    /// In-process: a receiver that wakes on the next change of `vm`'s outgoing
-    /// migration status (`None` in process mode, or without such a VM).
-    fn watch_outgoing(&self, vm: &VmId) -> Option<tokio::sync::watch::Receiver<u64>> {
-        match &self.backend {
-            Backend::InProcess(h) => h.get(vm).map(|core| core.watch_outgoing()),
-            Backend::Process(_) => None,
-        }
-    }
-
     async fn poll_migration(
         &self,
         vm: &VmId,
@@ -280,13 +271,29 @@ impl SimDriver {
         let limit = Duration::from_millis(self.config.migration_ms).saturating_add(MIGRATE_SLACK);
         let deadline = tokio::time::Instant::now() + limit;
         let mut last = None;
-        // Poll quickly first (a short migration is done in a millisecond or two), then
-        // back off to POLL.
+        // The VM answers as soon as the status changes (or after POLL, for progress).
+        // A VM process of an older build does not know `WaitMigration`: then poll,
+        // quickly first (a short migration is done in a millisecond or two), backing off
+        // to POLL.
+        let mut waits = true;
         let mut pause = Duration::from_millis(1);
         loop {
-            // Subscribed before the status is read, so no change between the two is lost.
-            let changed = self.watch_outgoing(vm);
-            let reply = self.call(vm, VmRequest::MigrationStatus).await?;
+            let req = if waits {
+                VmRequest::WaitMigration {
+                    wait_ms: u64::try_from(POLL.as_millis()).unwrap_or(10),
+                }
+            } else {
+                VmRequest::MigrationStatus
+            };
+            let reply = match self.call(vm, req).await {
+                Ok(reply) => reply,
+                Err(e) if waits => {
+                    tracing::debug!(vm = %vm, error = %e, "VM does not wait for migrations; polling");
+                    waits = false;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let failed = |reason: String| DriverError::MigrationFailed {
                 vm: vm.clone(),
                 reason,
@@ -318,16 +325,10 @@ impl SimDriver {
                     "migration of {vm} still active"
                 )));
             }
-            match changed {
-                Some(mut rx) => {
-                    // Woken by the change, or after POLL for a progress report.
-                    if let Ok(Err(_)) = tokio::time::timeout(POLL, rx.changed()).await {
-                        tokio::time::sleep(pause).await;
-                    }
-                }
-                None => tokio::time::sleep(pause).await,
+            if !waits {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(POLL);
             }
-            pause = (pause * 2).min(POLL);
         }
     }
 }

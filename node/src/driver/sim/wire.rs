@@ -34,6 +34,11 @@ pub(crate) enum VmRequest {
         fail: bool,
     },
     MigrationStatus,
+    /// The outgoing migration's status once it changes, or after `wait_ms` (bounded by
+    /// the VM) if it does not: no polling on timers. Answered like `MigrationStatus`.
+    WaitMigration {
+        wait_ms: u64,
+    },
     IncomingComplete,
 }
 
@@ -247,6 +252,7 @@ mod tests {
                 fail: true,
             },
             VmRequest::MigrationStatus,
+            VmRequest::WaitMigration { wait_ms: 10 },
             VmRequest::IncomingComplete,
         ];
         for r in reqs {
