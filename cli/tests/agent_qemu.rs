@@ -248,7 +248,9 @@ fn the_qemu_handoff_bench_reports_both_figures() {
     assert_eq!(v["aborted"], 0, "{v}");
     let (qmp, handoff) = (num("qmp_migrate_ms"), num("handoff_ms"));
     assert!(qmp > 0.0 && handoff > 0.0, "{v}");
-    // A handoff contains a migration of the same VM, so it cannot be faster.
-    assert!(handoff > qmp, "{v}");
+    // A handoff contains a migration of the same VM, so it cannot be faster than the
+    // migration alone (the full bare sequence, launch included, is within noise of it).
+    assert!(handoff > num("qmp_migrate_only_ms"), "{v}");
+    assert!(num("qemu_launch_ms") > 0.0, "{v}");
     assert!((num("ratio") - handoff / qmp).abs() < 1e-6, "{v}");
 }
