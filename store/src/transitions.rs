@@ -20,6 +20,49 @@ fn wrong_state<A>(entry: &ScheduleEntry, expected: &'static str) -> TxResult<A> 
     })
 }
 
+/// The handoff state a step of a move expects its entry in.
+#[derive(Clone, Copy)]
+enum Leg {
+    /// The source's `MigratingOut`.
+    Out,
+    /// The destination's `Incoming`.
+    In,
+}
+
+impl Leg {
+    /// The state's name, for `WrongState`.
+    fn name(self) -> &'static str {
+        match self {
+            Leg::Out => "MigratingOut",
+            Leg::In => "Incoming",
+        }
+    }
+
+    /// The move's epoch when `state` is this leg.
+    fn epoch_of(self, state: &VmState) -> Option<u64> {
+        match (self, state) {
+            (Leg::Out, VmState::MigratingOut { epoch, .. })
+            | (Leg::In, VmState::Incoming { epoch, .. }) => Some(*epoch),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `entry` is in `leg` at `epoch`: `true` if so, `EpochMismatch` if it is in
+/// `leg` for another move, `false` if it is in another state (the caller answers
+/// `Duplicate` or `WrongState`).
+fn in_leg(entry: &ScheduleEntry, leg: Leg, epoch: u64) -> TxResult<bool> {
+    match leg.epoch_of(&entry.state) {
+        Some(e) if e == epoch => Ok(true),
+        Some(found) => abort(StoreError::EpochMismatch {
+            vm: entry.vm.clone(),
+            epoch,
+            found,
+        }),
+        None => Ok(false),
+    }
+}
+
 fn check_not_stale(tx: &Tx<'_>, vm: &VmId, epoch: u64) -> TxResult<()> {
     let highest = tx.highest_epoch(vm)?;
     if epoch <= highest {
@@ -139,19 +182,12 @@ impl Store {
             Self::check_vm(vm),
             |tx, ()| {
                 let mut entry = tx.existing(vm)?;
-                match entry.state {
-                    VmState::MigratingOut { epoch: e, .. } if e == epoch => {}
-                    VmState::MigratingOut { epoch: found, .. } => {
-                        return abort(StoreError::EpochMismatch {
-                            vm: vm.clone(),
-                            epoch,
-                            found,
-                        });
-                    }
-                    VmState::Running if entry.epoch < epoch && tx.highest_epoch(vm)? >= epoch => {
+                if !in_leg(&entry, Leg::Out, epoch)? {
+                    let back = entry.state == VmState::Running && entry.epoch < epoch;
+                    if back && tx.highest_epoch(vm)? >= epoch {
                         return Ok(Outcome::Duplicate);
                     }
-                    _ => return wrong_state(&entry, "MigratingOut"),
+                    return wrong_state(&entry, Leg::Out.name());
                 }
                 entry.state = VmState::Running;
                 tx.put_entry(&entry)?;
@@ -182,17 +218,12 @@ impl Store {
                         None => abort(StoreError::NotFound { vm: vm.clone() }),
                     };
                 };
-                let to = match &entry.state {
-                    VmState::MigratingOut { to, epoch: e } if *e == epoch => to.clone(),
-                    VmState::MigratingOut { epoch: found, .. } => {
-                        return abort(StoreError::EpochMismatch {
-                            vm: vm.clone(),
-                            epoch,
-                            found: *found,
-                        });
-                    }
-                    _ => return wrong_state(&entry, "MigratingOut"),
+                let (true, VmState::MigratingOut { to, .. }) =
+                    (in_leg(&entry, Leg::Out, epoch)?, &entry.state)
+                else {
+                    return wrong_state(&entry, Leg::Out.name());
                 };
+                let to = to.clone();
                 let record = Transferred {
                     vm: vm.clone(),
                     to,
@@ -285,17 +316,11 @@ impl Store {
             Self::check_vm(vm),
             |tx, ()| {
                 let mut entry = tx.existing(vm)?;
-                match entry.state {
-                    VmState::Incoming { epoch: e, .. } if e == epoch => {}
-                    VmState::Incoming { epoch: found, .. } => {
-                        return abort(StoreError::EpochMismatch {
-                            vm: vm.clone(),
-                            epoch,
-                            found,
-                        });
+                if !in_leg(&entry, Leg::In, epoch)? {
+                    if entry.epoch == epoch {
+                        return Ok(Outcome::Duplicate);
                     }
-                    _ if entry.epoch == epoch => return Ok(Outcome::Duplicate),
-                    _ => return wrong_state(&entry, "Incoming"),
+                    return wrong_state(&entry, Leg::In.name());
                 }
                 entry.state = VmState::Running;
                 entry.epoch = epoch;
@@ -320,16 +345,8 @@ impl Store {
                 let Some(entry) = tx.entry(vm)? else {
                     return Ok(Outcome::Duplicate);
                 };
-                match entry.state {
-                    VmState::Incoming { epoch: e, .. } if e == epoch => {}
-                    VmState::Incoming { epoch: found, .. } => {
-                        return abort(StoreError::EpochMismatch {
-                            vm: vm.clone(),
-                            epoch,
-                            found,
-                        });
-                    }
-                    _ => return wrong_state(&entry, "Incoming"),
+                if !in_leg(&entry, Leg::In, epoch)? {
+                    return wrong_state(&entry, Leg::In.name());
                 }
                 tx.remove_entry(vm)?;
                 Ok(Outcome::Applied)
