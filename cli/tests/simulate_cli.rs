@@ -1,15 +1,19 @@
 //! `ballast simulate` as a user runs it: JSON shape, plot file, bad arguments.
 
-use std::process::Command;
+mod cli_util;
 
-fn ballast() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ballast"))
+use cli_util::*;
+use std::path::Path;
+
+/// Where the commands run: `simulate` reads and writes no files but `--plot`'s.
+fn here() -> &'static Path {
+    Path::new(".")
 }
 
 #[test]
 fn json_has_every_documented_field() {
-    let out = ballast()
-        .args([
+    let v = json(
+        &[
             "simulate",
             "--hosts",
             "200",
@@ -20,16 +24,9 @@ fn json_has_every_documented_field() {
             "--rounds",
             "40",
             "--json",
-        ])
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        here(),
     );
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
     assert_eq!(v["scenario"], "hotspot");
     assert_eq!(v["hosts"], 200);
     assert_eq!(v["seed"], 5);
@@ -71,15 +68,12 @@ fn json_has_every_documented_field() {
 fn plot_writes_a_png() {
     let dir = tempfile::tempdir().expect("tempdir");
     let png = dir.path().join("imbalance.png");
-    let out = ballast()
-        .args(["simulate", "--hosts", "100", "--rounds", "20", "--plot"])
-        .arg(&png)
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let png_arg = png.to_str().expect("utf-8 path");
+    ok(
+        &[
+            "simulate", "--hosts", "100", "--rounds", "20", "--plot", png_arg,
+        ],
+        here(),
     );
     let bytes = std::fs::read(&png).expect("plot written");
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
@@ -92,12 +86,7 @@ fn plot_writes_a_png() {
 
 #[test]
 fn human_output_has_tables_and_the_baseline() {
-    let out = ballast()
-        .args(["simulate", "--hosts", "100", "--rounds", "20"])
-        .output()
-        .expect("runs");
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = ok(&["simulate", "--hosts", "100", "--rounds", "20"], here());
     for needle in [
         "max/mean",
         "central-greedy",
@@ -125,34 +114,28 @@ fn bad_arguments_exit_2_with_a_reason() {
         (&["simulate", "--peer-samples", "0"][..], "peer-samples"),
         (&["simulate", "--swaps", "maybe"][..], "swaps"),
     ] {
-        let out = ballast().args(args).output().expect("runs");
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle), "{args:?}: {err}");
+        fails(args, here(), 2, needle);
     }
-    let out = ballast()
-        .args([
+    // A negative min_gain is bad usage.
+    fails(
+        &[
             "simulate",
             "--min-gain=-1",
             "--rounds",
             "1",
             "--hosts",
             "10",
-        ])
-        .output()
-        .expect("runs");
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "a negative min_gain is bad usage"
+        ],
+        here(),
+        2,
+        "expected a number >= 0",
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected a number >= 0"));
 }
 
 #[test]
 fn variants_run_side_by_side_with_swaps_and_peer_samples() {
-    let out = ballast()
-        .args([
+    let v = json(
+        &[
             "simulate",
             "--hosts",
             "200",
@@ -162,15 +145,9 @@ fn variants_run_side_by_side_with_swaps_and_peer_samples() {
             "30",
             "--variants",
             "--json",
-        ])
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        here(),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON array");
     let rows = v.as_array().expect("rows");
     assert!(rows.len() >= 8, "{} rows", rows.len());
     let samples: Vec<u64> = rows
