@@ -176,26 +176,20 @@ impl QemuDriver {
         // woken by its `MIGRATION` event. Not `cont` earlier: QEMU activates the disks
         // at `cont` even while still loading (autostart), which takes the image locks
         // from a source that may still run.
-        let deadline =
-            tokio::time::Instant::now() + INCOMING_SETTLE.min(self.cfg.timeouts.migration());
-        loop {
-            let mut events = self.events(vm, &dir).await?;
-            let mig = self.qmp(vm, &dir, qmp::QueryMigrate {}).await?;
-            match mig.status.as_deref() {
-                // On a copy that already runs (resumed before a crash) `cont` does nothing.
-                Some("completed") => {
-                    self.qmp(vm, &dir, qmp::Cont {}).await?;
-                    break;
-                }
-                Some("failed" | "cancelled") => {
-                    return Err(bad("the incoming migration did not complete"))
-                }
-                _ => {}
+        let status = self
+            .settled_incoming(vm, &dir, |s| {
+                matches!(s, Some("completed" | "failed" | "cancelled"))
+            })
+            .await?;
+        match status.as_deref() {
+            // On a copy that already runs (resumed before a crash) `cont` does nothing.
+            Some("completed") => {
+                self.qmp(vm, &dir, qmp::Cont {}).await?;
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(bad("the incoming copy has not received the VM's state"));
+            Some("failed" | "cancelled") => {
+                return Err(bad("the incoming migration did not complete"))
             }
-            super::wait_event(&mut events, self.cfg.timeouts.poll().min(INCOMING_POLL)).await;
+            _ => return Err(bad("the incoming copy has not received the VM's state")),
         }
         dir.write_meta(&VmMeta {
             role: Role::Running,
@@ -240,16 +234,33 @@ impl QemuDriver {
         }
         // A stream still being loaded (the source may already have seen `completed`)
         // is waited for, bounded; one that has not begun (`setup`) is not complete.
+        let status = self
+            .settled_incoming(vm, &dir, |s| {
+                matches!(
+                    s,
+                    Some("completed" | "none" | "setup" | "failed" | "cancelled") | None
+                )
+            })
+            .await?;
+        Ok(status.as_deref() == Some("completed"))
+    }
+
+    /// The incoming migration's status once `settled` says so, or the last one seen
+    /// when [`INCOMING_SETTLE`] (at most the migration timeout) runs out. Woken by the
+    /// copy's `MIGRATION` events, polled at most [`INCOMING_POLL`] apart.
+    async fn settled_incoming(
+        &self,
+        vm: &VmId,
+        dir: &VmDir,
+        settled: impl Fn(Option<&str>) -> bool,
+    ) -> Result<Option<String>, DriverError> {
         let deadline =
             tokio::time::Instant::now() + INCOMING_SETTLE.min(self.cfg.timeouts.migration());
         loop {
-            let mut events = self.events(vm, &dir).await?;
-            let mig = self.qmp(vm, &dir, qmp::QueryMigrate {}).await?;
-            match mig.status.as_deref() {
-                Some("completed") => return Ok(true),
-                Some("none" | "setup" | "failed" | "cancelled") | None => return Ok(false),
-                Some(_) if tokio::time::Instant::now() >= deadline => return Ok(false),
-                Some(_) => {}
+            let mut events = self.events(vm, dir).await?;
+            let status = self.qmp(vm, dir, qmp::QueryMigrate {}).await?.status;
+            if settled(status.as_deref()) || tokio::time::Instant::now() >= deadline {
+                return Ok(status);
             }
             super::wait_event(&mut events, self.cfg.timeouts.poll().min(INCOMING_POLL)).await;
         }
