@@ -234,6 +234,23 @@ mode = "{mode}"
             .join("\n")
     }
 
+    /// Prints the last `lines` lines of every node's agent logs to stderr: what a failed
+    /// test leaves behind to explain itself (the temporary directory is removed).
+    pub fn print_log_tails(&self, lines: usize) {
+        for i in 0..self.nodes.len() {
+            let logs = self.logs(i);
+            let all: Vec<&str> = logs.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            eprintln!(
+                "---- {} agent log, last {} of {} lines ----\n{}",
+                self.nodes[i].id,
+                tail.len(),
+                all.len(),
+                tail.join("\n")
+            );
+        }
+    }
+
     /// The sim run records of every node.
     pub fn run_records(&self) -> Vec<RunRecord> {
         let mut all = Vec::new();
@@ -279,6 +296,9 @@ mode = "{mode}"
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_log_tails(60);
+        }
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 let _ = c.kill();
