@@ -54,8 +54,12 @@ fn both_sides_weigh_vms_by_their_own_capacity() {
         wait_until(Duration::from_secs(40), "sessions with moves", || async {
             checked.set(0);
             for i in 0..3 {
-                let Ok(records) = c.admin(i).recent_sessions().await else {
-                    return false;
+                let records = match c.admin(i).recent_sessions().await {
+                    Ok(records) => records,
+                    Err(e) => {
+                        eprintln!("n{} does not answer: {e}", i + 1);
+                        return false;
+                    }
                 };
                 for r in records.iter().filter(|r| !r.moves.is_empty()) {
                     let (a, b) = (r.initiator.as_str(), r.peer.as_str());

@@ -297,6 +297,15 @@ mode = "{mode}"
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            for n in &mut self.nodes {
+                let state = match n.child.as_mut().map(Child::try_wait) {
+                    None => "not running (killed by the test or never started)".to_owned(),
+                    Some(Ok(None)) => "running".to_owned(),
+                    Some(Ok(Some(status))) => format!("EXITED by itself: {status}"),
+                    Some(Err(e)) => format!("unknown: {e}"),
+                };
+                eprintln!("---- {} agent process: {state}", n.id);
+            }
             self.print_log_tails(60);
         }
         for n in &mut self.nodes {
