@@ -6,7 +6,7 @@ use super::handoff_task::{handoffs_in_flight, move_vm, Input};
 use super::shared::{lock, Shared};
 use super::wire::{
     AdminError, AdminRequest, AdminResponse, AgentRequest, AgentResponse, HandoffInfo, NodeStatus,
-    PeerStatus, Placement, Request, Response, StoreView,
+    PeerStatus, Placement, Request, Response, SessionRecord, StoreView,
 };
 use crate::handoff::Role;
 use ballast_store::{NodeId, ScheduleEntry, StoreError, VmState};
@@ -97,10 +97,36 @@ pub(crate) async fn handle_admin(
                 Err(detail) => Err(AdminError::Busy { vm, detail }),
             }
         }
-        AdminRequest::RecentSessions => Ok(AdminResponse::Sessions(
-            lock(&shared.sessions).iter().cloned().collect(),
-        )),
+        AdminRequest::RecentSessions => {
+            // Half of what any client accepts by default, whatever this node's own limit.
+            let budget = shared
+                .cfg
+                .gossip
+                .max_rpc_frame_bytes
+                .min(ballast_gossip::RPC_FRAME_BYTES_DEFAULT)
+                / 2;
+            let records: Vec<SessionRecord> = lock(&shared.sessions).iter().cloned().collect();
+            Ok(AdminResponse::Sessions(newest_within(records, budget)))
+        }
     }
+}
+
+/// The newest of `records` (oldest first) whose encoded size stays within `budget` bytes,
+/// oldest first: a node with many VMs keeps large records, and an answer over the RPC
+/// frame limit would fail as a whole.
+fn newest_within(mut records: Vec<SessionRecord>, budget: usize) -> Vec<SessionRecord> {
+    let mut used = 0usize;
+    let mut keep = 0;
+    for r in records.iter().rev() {
+        let size =
+            ballast_gossip::frame::encode_frame(r, usize::MAX).map_or(usize::MAX, |f| f.len());
+        used = used.saturating_add(size);
+        if used > budget {
+            break;
+        }
+        keep += 1;
+    }
+    records.split_off(records.len() - keep)
 }
 
 fn set_draining(shared: &Shared, on: bool) -> Result<AdminResponse, AdminError> {
@@ -265,4 +291,59 @@ async fn status(shared: &Shared) -> Result<NodeStatus, AdminError> {
         counters: shared.metrics.counters(),
         unclaimed_vms: lock(&shared.unclaimed).clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::wire::CandidateView;
+    use ballast_store::VmId;
+
+    fn record(session: u64, candidates: usize) -> SessionRecord {
+        SessionRecord {
+            session,
+            initiator: NodeId::from("n1"),
+            peer: NodeId::from("n2"),
+            load_initiator: 0.5,
+            load_peer: 0.1,
+            outcome: "send".into(),
+            moves: Vec::new(),
+            initiator_candidates: (0..candidates)
+                .map(|i| CandidateView {
+                    vm: VmId::from(format!("vm-{i:05}")),
+                    load_here: 0.01,
+                    load_there: 0.02,
+                    mem_bytes: 1 << 30,
+                    pinned: false,
+                    last_moved_unix_ms: None,
+                })
+                .collect(),
+            peer_candidates: Vec::new(),
+            free_mem_bytes: (0, 0),
+            now_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn recent_sessions_keep_the_newest_that_fit() {
+        let records: Vec<SessionRecord> = (0..256).map(|s| record(s, 500)).collect();
+        let one = ballast_gossip::frame::encode_frame(&records[0], usize::MAX)
+            .expect("encode")
+            .len();
+        // All 256 would need far more than the 2 MiB budget.
+        assert!(one * 256 > 2 << 20, "record of {one} bytes");
+        let kept = newest_within(records.clone(), 2 << 20);
+        assert_eq!(kept.len(), (2 << 20) / one);
+        assert_eq!(kept.last().map(|r| r.session), Some(255));
+        assert!(kept.windows(2).all(|w| w[0].session + 1 == w[1].session));
+        let frame = ballast_gossip::frame::encode_frame(
+            &AdminResponse::Sessions(kept),
+            ballast_gossip::RPC_FRAME_BYTES_DEFAULT,
+        );
+        assert!(frame.is_ok(), "the answer fits one default frame");
+        // Small records all fit; an empty log stays empty.
+        let small: Vec<SessionRecord> = (0..10).map(|s| record(s, 1)).collect();
+        assert_eq!(newest_within(small, 2 << 20).len(), 10);
+        assert!(newest_within(Vec::new(), 0).is_empty());
+    }
 }
