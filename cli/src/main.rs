@@ -46,6 +46,9 @@ enum Command {
     Vm(cmd::vm::Args),
     /// Show the cluster's nodes, their load and VMs.
     Status(cmd::status::Args),
+    /// Show the recent balancing sessions: who paired, both loads, the decision, the planned
+    /// moves.
+    Sessions(cmd::sessions::Args),
     /// Move every VM off a node (with progress); it takes no new VMs until undrained.
     Drain(cmd::drain::DrainArgs),
     /// Let a drained node take VMs again.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Config(args) => cmd::config::run(args),
         Command::Vm(args) => cmd::vm::run(args),
         Command::Status(args) => cmd::status::run(args),
+        Command::Sessions(args) => cmd::sessions::run(args),
         Command::Drain(args) => cmd::drain::run_drain(args),
         Command::Undrain(args) => cmd::drain::run_undrain(args),
         Command::Demo(args) => cmd::demo::run(args),

@@ -224,6 +224,7 @@ fn bad_usage_exits_2_with_a_clear_message() {
     let d = tmp.path();
     let cases: &[(&[&str], &str)] = &[
         (&["status", "--bogus"], "--bogus"),
+        (&["sessions", "--limit", "0"], "--limit"),
         (&["frobnicate"], "frobnicate"),
         (
             &[

@@ -204,6 +204,42 @@ fn a_user_bootstraps_balances_drains_and_deletes() {
     assert_eq!(spread["active_nodes"], 3, "{spread}");
     assert_eq!(distinct_vms(d).len(), 12);
 
+    // `sessions` explains the spread: the sessions that moved VMs, newest first, name
+    // the VMs created above, and some left node-1, where all of them started.
+    let sessions = json(
+        &with_admin(&["sessions", "--moves", "--json", "--limit", "200"]),
+        d,
+    );
+    let list = sessions["sessions"].as_array().expect("sessions");
+    assert!(!list.is_empty(), "{sessions}");
+    let at: Vec<u64> = list
+        .iter()
+        .filter_map(|s| s["at_unix_ms"].as_u64())
+        .collect();
+    assert_eq!(at.len(), list.len(), "{sessions}");
+    assert!(at.windows(2).all(|w| w[0] >= w[1]), "newest first: {at:?}");
+    for s in list {
+        let moves = s["moves"].as_array().expect("moves");
+        assert!(!moves.is_empty(), "{s}");
+        for m in moves {
+            let vm = m["vm"].as_str().unwrap_or_default();
+            assert!(vm.starts_with("vm-"), "{m}");
+            assert_ne!(m["from"], m["to"], "{m}");
+        }
+    }
+    let off_node1 = list
+        .iter()
+        .flat_map(|s| s["moves"].as_array().into_iter().flatten())
+        .any(|m| m["from"] == "node-1");
+    assert!(off_node1, "{sessions}");
+    let table = ballast(&with_admin(&["sessions", "--node", "node-1"]), d);
+    assert!(table.status.success(), "{table:?}");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("OUTCOME") && text.contains("node-1"),
+        "{text}"
+    );
+
     // vm show / pin / unpin.
     let shown = json(&with_admin(&["vm", "show", "vm-3", "--json"]), d);
     assert_eq!(shown["vm"], "vm-3");

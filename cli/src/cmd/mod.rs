@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod node;
+pub mod sessions;
 pub mod simulate;
 pub mod status;
 pub mod vm;

@@ -186,7 +186,7 @@ async fn session_inner(
         initiator_candidates: Vec::new(),
         peer_candidates: Vec::new(),
         free_mem_bytes: (0, 0),
-        now_unix_ms: 0,
+        now_unix_ms: Shared::unix_ms(),
     };
     if !take_slot(shared, peer_id, session) {
         record.outcome = "busy:self".into();

@@ -399,7 +399,8 @@ pub struct SessionRecord {
     pub peer_candidates: Vec<CandidateView>,
     /// Free memory of the initiator and of the peer, in bytes.
     pub free_mem_bytes: (u64, u64),
-    /// The policy's `now` (Unix ms).
+    /// When the session started (Unix ms); for a session that reached the policy, the
+    /// policy's `now`.
     pub now_unix_ms: u64,
 }
 
