@@ -42,7 +42,7 @@ enum Command {
     Node(cmd::node::Args),
     /// Print the documented default configuration or check a configuration file.
     Config(cmd::config::Args),
-    /// Create, list, show, delete, pin and unpin VMs.
+    /// Create, list, show, delete, pin, unpin and move VMs.
     Vm(cmd::vm::Args),
     /// Show the cluster's nodes, their load and VMs.
     Status(cmd::status::Args),

@@ -70,14 +70,6 @@ async fn assert_runs_guest_code(state_dir: &Path, vm: &str, when: &str) {
     );
 }
 
-/// Rewrites `key = old` to `key = new` in a node's config (the shared template has no
-/// knob for it); panics when the line is not there.
-fn set_in_config(path: &Path, old: &str, new: &str) {
-    let text = std::fs::read_to_string(path).expect("read config");
-    assert!(text.contains(old), "{old:?} not in {}", path.display());
-    std::fs::write(path, text.replacen(old, new, 1)).expect("write config");
-}
-
 #[test]
 fn a_qemu_vm_moves_between_agents_and_outlives_its_source() {
     move_and_outlive("qemu", |state, [first, last]| {

@@ -225,6 +225,7 @@ fn bad_usage_exits_2_with_a_clear_message() {
     let cases: &[(&[&str], &str)] = &[
         (&["status", "--bogus"], "--bogus"),
         (&["sessions", "--limit", "0"], "--limit"),
+        (&["vm", "move", "v1"], "--to"),
         (&["frobnicate"], "frobnicate"),
         (
             &[

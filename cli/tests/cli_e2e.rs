@@ -245,9 +245,50 @@ fn a_user_bootstraps_balances_drains_and_deletes() {
     assert_eq!(shown["vm"], "vm-3");
     assert_eq!(shown["spec"]["memory_mib"], 1024);
     ok(&with_admin(&["vm", "pin", "vm-3"]), d);
+    let shown = json(&with_admin(&["vm", "show", "vm-3", "--json"]), d);
+    assert_eq!(shown["pinned"], true);
+
+    // vm move: the operator moves the pinned vm-3 to another node (a pin only holds
+    // balancing back); it runs there, still pinned. Retried only while a balancing
+    // handoff of vm-3 that began before the pin is still under way.
+    let target: &'static str = ["node-1", "node-2", "node-3"]
+        .into_iter()
+        .find(|n| shown["node"] != *n)
+        .expect("another node");
+    let moved = wait_for("vm-3 moved by the operator", || {
+        let o = ballast(
+            &with_admin(&["vm", "move", "vm-3", "--to", target, "--pin", "--json"]),
+            d,
+        );
+        if !o.status.success() && stderr(&o).contains("in a handoff already") {
+            return None;
+        }
+        assert!(o.status.success(), "{o:?}");
+        Some(serde_json::from_slice::<Value>(&o.stdout).expect("json"))
+    });
+    assert_eq!(moved["moved"], true, "{moved}");
+    assert_eq!(moved["from"], shown["node"], "{moved}");
     assert_eq!(
-        json(&with_admin(&["vm", "show", "vm-3", "--json"]), d)["pinned"],
-        true
+        (moved["node"].clone(), moved["pinned"].clone()),
+        (target.into(), true.into())
+    );
+    let shown = json(&with_admin(&["vm", "show", "vm-3", "--json"]), d);
+    assert_eq!(
+        (shown["node"].as_str(), shown["state"].as_str()),
+        (Some(target), Some("running"))
+    );
+    assert_eq!(distinct_vms(d).len(), 12);
+    fails(
+        &with_admin(&["vm", "move", "vm-3", "--to", target]),
+        d,
+        1,
+        "already on",
+    );
+    fails(
+        &with_admin(&["vm", "move", "vm-3", "--to", "node-9"]),
+        d,
+        1,
+        "not a live member",
     );
     ok(&with_admin(&["vm", "unpin", "vm-3"]), d);
 

@@ -13,3 +13,4 @@ pub mod sessions;
 pub mod simulate;
 pub mod status;
 pub mod vm;
+pub mod vm_move;

@@ -1,5 +1,5 @@
-//! `ballast vm create|list|show|delete|pin|unpin`: VMs through the admin API. Commands
-//! on one VM find the node that holds it first.
+//! `ballast vm create|list|show|delete|pin|unpin|move`: VMs through the admin API.
+//! Commands on one VM find the node that holds it first.
 
 use crate::admin_bundle::AdminArgs;
 use crate::cmd::admin::{block_on, explain, Cluster};
@@ -59,6 +59,9 @@ enum Cmd {
         /// The VM.
         name: String,
     },
+    /// Move a VM to another node now (live migration, crash-safe handoff); waits until
+    /// it runs there.
+    Move(crate::cmd::vm_move::MoveArgs),
 }
 
 /// Arguments of `ballast vm create`.
@@ -153,6 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Cmd::Delete { name } => change(&cluster, &name, Change::Delete).await,
             Cmd::Pin { name } => change(&cluster, &name, Change::Pin).await,
             Cmd::Unpin { name } => change(&cluster, &name, Change::Unpin).await,
+            Cmd::Move(a) => crate::cmd::vm_move::run_move(&cluster, a).await,
         }
     })
 }

@@ -251,6 +251,31 @@ mode = "{mode}"
         }
     }
 
+    /// Writes an admin bundle for the CLI (`--admin DIR`): the CA, the admin certificate
+    /// and an `admin.toml` naming every node. Returns the directory.
+    pub fn write_admin_bundle(&self) -> PathBuf {
+        let dir = self.dir.path().join("ballast-admin");
+        std::fs::create_dir_all(&dir).expect("bundle dir");
+        save_cert_bundle(
+            &self.admin,
+            &dir.join("admin.pem"),
+            &dir.join("admin.key"),
+            &dir.join("ca.pem"),
+        )
+        .expect("save admin cert");
+        let mut toml =
+            "cluster = \"test\"\nca_cert = \"ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n"
+                .to_owned();
+        for n in &self.nodes {
+            toml.push_str(&format!(
+                "\n[[nodes]]\nname = \"{}\"\naddr = \"{}\"\n",
+                n.id, n.addr
+            ));
+        }
+        std::fs::write(dir.join("admin.toml"), toml).expect("write admin.toml");
+        dir
+    }
+
     /// The sim run records of every node.
     pub fn run_records(&self) -> Vec<RunRecord> {
         let mut all = Vec::new();
@@ -315,6 +340,14 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Rewrites `key = old` to `key = new` in a node's config (the shared template has no
+/// knob for it); panics when the line is not there.
+pub fn set_in_config(path: &Path, old: &str, new: &str) {
+    let text = std::fs::read_to_string(path).expect("read config");
+    assert!(text.contains(old), "{old:?} not in {}", path.display());
+    std::fs::write(path, text.replacen(old, new, 1)).expect("write config");
 }
 
 /// Polls `check` every 100 ms until it holds; panics after `bound`.

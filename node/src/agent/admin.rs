@@ -12,6 +12,7 @@ use crate::handoff::Role;
 use ballast_store::{NodeId, ScheduleEntry, StoreError, VmState};
 use rand::Rng;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tracing::info;
 
 /// Name of the marker file that keeps a node draining across restarts.
@@ -86,15 +87,26 @@ pub(crate) async fn handle_admin(
             Ok(AdminResponse::Done)
         }
         AdminRequest::MoveVm { vm, to } => {
+            if to == shared.me {
+                return Err(AdminError::Invalid(format!("{vm} is already on {to}")));
+            }
             if shared.addr_of(&to).is_none() {
                 return Err(AdminError::UnknownNode(to));
             }
-            match move_vm(shared, vm.clone(), to).await {
-                Ok(r) => Ok(AdminResponse::Moved {
+            // Answer before the RPC layer's own deadline drops the call; the handoff
+            // does not depend on this call and goes on.
+            let answer_by = Duration::from_millis(shared.cfg.gossip.rpc_timeout_ms * 4 / 5);
+            info!(vm = %vm, peer = %to, "operator: move VM");
+            match tokio::time::timeout(answer_by, move_vm(shared, vm.clone(), to.clone())).await {
+                Ok(Ok(r)) => Ok(AdminResponse::Moved {
                     committed: r.committed,
                     epoch: r.epoch,
                 }),
-                Err(detail) => Err(AdminError::Busy { vm, detail }),
+                Ok(Err(detail)) => Err(AdminError::Busy { vm, detail }),
+                Err(_) => {
+                    info!(vm = %vm, peer = %to, "operator move still under way at the answer");
+                    Ok(AdminResponse::MoveUnderway)
+                }
             }
         }
         AdminRequest::RecentSessions => {

@@ -220,6 +220,24 @@ impl AdminClient {
         }
     }
 
+    /// Moves `vm` (of this node) to `to`, like [`Self::move_vm`], but a move still under
+    /// way when the answer is due is not an error: `None` (follow the VM's entry).
+    pub async fn start_move(
+        &self,
+        vm: &VmId,
+        to: &NodeId,
+    ) -> Result<Option<(bool, u64)>, AdminClientError> {
+        let req = AdminRequest::MoveVm {
+            vm: vm.clone(),
+            to: to.clone(),
+        };
+        match self.call(req).await? {
+            AdminResponse::Moved { committed, epoch } => Ok(Some((committed, epoch))),
+            AdminResponse::MoveUnderway => Ok(None),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
     /// The last balancing sessions of the node, newest last.
     pub async fn recent_sessions(&self) -> Result<Vec<SessionRecord>, AdminClientError> {
         match self.call(AdminRequest::RecentSessions).await? {

@@ -192,7 +192,7 @@ impl Owner {
         done: oneshot::Sender<Result<MoveResult, String>>,
     ) {
         if self.outgoing_count() >= self.shared.cfg.balancing.max_outgoing {
-            let _ = done.send(Err("outgoing migration limit reached".into()));
+            let _ = done.send(Err(super::wire::OUTGOING_LIMIT_REACHED.into()));
             return;
         }
         let vm2 = vm.clone();

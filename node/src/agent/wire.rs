@@ -209,7 +209,8 @@ pub enum AdminRequest {
         node: NodeId,
     },
     /// Moves a VM of this node to `to` now (ignores threshold, gain, pinning and
-    /// cooldown) and answers when the source side resolved it.
+    /// cooldown) and answers when the source side resolved it, or `MoveUnderway` when
+    /// that takes longer than most of `gossip.rpc_timeout_ms`.
     MoveVm {
         /// The VM.
         vm: VmId,
@@ -245,7 +246,14 @@ pub enum AdminResponse {
     },
     /// Recent sessions.
     Sessions(Vec<SessionRecord>),
+    /// A `MoveVm` that had not resolved when the answer was due (a large VM's live
+    /// migration outlasts an RPC): the handoff goes on; the VM's entry says how it ends.
+    MoveUnderway,
 }
+
+/// The `detail` of `AdminError::Busy` when a `MoveVm` finds the node's outgoing
+/// migrations at their limit (`balancing.max_outgoing`): worth retrying shortly.
+pub const OUTGOING_LIMIT_REACHED: &str = "outgoing migration limit reached";
 
 /// Why an admin request failed. Each variant says whether anything changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -1,0 +1,195 @@
+//! `ballast vm move VM --to NODE`: an operator's manual migration, through the same
+//! crash-safe handoff as balancing. It ignores threshold, gain, pinning and cooldown,
+//! and waits (with a spinner) until the handoff resolved: the VM runs on NODE, or the
+//! move aborted and it still runs where it was. `--pin` then keeps it there.
+
+use crate::cmd::admin::{explain, Cluster};
+use anyhow::{anyhow, bail};
+use ballast_node::agent::wire::{AdminError, OUTGOING_LIMIT_REACHED};
+use ballast_node::agent::AdminClientError;
+use ballast_store::{NodeId, VmId, VmState};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// Bound on the move call; the agent answers within most of its RPC timeout.
+const MOVE_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time between two looks at the VM's entry while the handoff goes on.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Time between two move requests while the node hands off another VM.
+const LIMIT_RETRY: Duration = Duration::from_millis(500);
+/// Looks that may fail in a row before the wait gives up.
+const POLL_FAILURES_MAX: u32 = 20;
+
+/// Arguments of `ballast vm move`.
+#[derive(clap::Args, Debug)]
+pub struct MoveArgs {
+    /// The VM.
+    name: String,
+    /// The node to move it to.
+    #[arg(long)]
+    to: String,
+    /// Pin it on NODE afterwards, so that balancing leaves it there.
+    #[arg(long)]
+    pin: bool,
+    /// Give up waiting after this many seconds (the handoff itself goes on).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout: u64,
+    /// Print a JSON object at the end instead of progress.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `vm move --json` prints.
+#[derive(Debug, Serialize)]
+pub struct MoveReport {
+    /// The VM.
+    pub vm: String,
+    /// Where it was.
+    pub from: String,
+    /// Where it was to go.
+    pub to: String,
+    /// True when it now runs on `to`.
+    pub moved: bool,
+    /// Where it runs now.
+    pub node: String,
+    /// Whether it is pinned there now.
+    pub pinned: bool,
+    /// Seconds from the request to the resolution.
+    pub seconds: f64,
+}
+
+/// Where `vm` stands: `Some(node)` once it is `Running` on one node, `None` while a
+/// handoff is under way.
+async fn settled_on(cluster: &Cluster, vm: &VmId) -> anyhow::Result<Option<NodeId>> {
+    let mut running = None;
+    for (node, entries) in cluster.schedules().await? {
+        for e in entries.iter().filter(|e| &e.vm == vm) {
+            if e.state != VmState::Running {
+                return Ok(None);
+            }
+            running = Some(node.clone());
+        }
+    }
+    running
+        .map(Some)
+        .ok_or_else(|| anyhow!("VM {vm} is no longer in any reachable node's schedule"))
+}
+
+/// Runs `ballast vm move`.
+pub async fn run_move(cluster: &Cluster, a: MoveArgs) -> anyhow::Result<()> {
+    let vm = VmId::from(a.name.as_str());
+    let to = NodeId::from(a.to.as_str());
+    let dest = cluster.member(&a.to)?;
+    match &dest.status {
+        None => bail!(
+            "node {to} is not reachable: {}",
+            dest.error.as_deref().unwrap_or("no answer")
+        ),
+        Some(s) if s.draining => bail!("node {to} is draining; undrain it first"),
+        Some(_) => {}
+    }
+    let (holder, entry) = cluster.find_vm(&vm).await?;
+    if holder.node == to {
+        bail!("VM {vm} is already on {to}");
+    }
+    if entry.state != VmState::Running {
+        bail!(
+            "VM {vm} is in a handoff already ({:?}); try again once it ends",
+            entry.state
+        );
+    }
+    let started = Instant::now();
+    let spinner = if a.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}")?);
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    spinner.set_message(format!("moving {vm} from {} to {to}", holder.node));
+    let client = cluster.client(holder.addr, MOVE_CALL_TIMEOUT)?;
+    let bound = Duration::from_secs(a.timeout);
+    // The node hands off one VM at a time (by default): wait for its turn.
+    let answer = loop {
+        match client.start_move(&vm, &to).await {
+            Err(AdminClientError::Admin(AdminError::Busy { detail, .. }))
+                if detail == OUTGOING_LIMIT_REACHED && started.elapsed() < bound =>
+            {
+                spinner.set_message(format!(
+                    "waiting: {} is handing off another VM; then {vm} goes to {to}",
+                    holder.node
+                ));
+                tokio::time::sleep(LIMIT_RETRY).await;
+            }
+            other => break other.map_err(|e| explain(e, holder.addr, &cluster.bundle_path))?,
+        }
+    };
+    spinner.set_message(format!("moving {vm} from {} to {to}", holder.node));
+    let node = match answer {
+        Some((true, _)) => to.clone(),
+        Some((false, _)) => holder.node.clone(),
+        None => {
+            let mut failures = 0;
+            loop {
+                if started.elapsed() > bound {
+                    spinner.finish_and_clear();
+                    bail!(
+                        "gave up waiting after {} s; the handoff of {vm} goes on (see `ballast vm show {vm}`)",
+                        a.timeout
+                    );
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+                match settled_on(cluster, &vm).await {
+                    Ok(Some(node)) => break node,
+                    Ok(None) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        if failures >= POLL_FAILURES_MAX {
+                            spinner.finish_and_clear();
+                            return Err(e.context(format!("following the move of {vm}")));
+                        }
+                    }
+                }
+            }
+        }
+    };
+    spinner.finish_and_clear();
+    let moved = node == to;
+    let mut pinned = entry.pinned;
+    if moved && a.pin && !pinned {
+        let on = cluster.member(node.as_str())?;
+        cluster
+            .client(on.addr, MOVE_CALL_TIMEOUT)?
+            .pin(&vm)
+            .await
+            .map_err(|e| explain(e, on.addr, &cluster.bundle_path))?;
+        pinned = true;
+    }
+    let report = MoveReport {
+        vm: vm.to_string(),
+        from: holder.node.to_string(),
+        to: to.to_string(),
+        moved,
+        node: node.to_string(),
+        pinned,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if moved {
+        println!(
+            "Moved {vm} from {} to {to} in {:.1} s{}.",
+            report.from,
+            report.seconds,
+            if pinned { " (pinned there)" } else { "" }
+        );
+    }
+    if !moved {
+        bail!(
+            "the move of {vm} to {to} aborted; it still runs on {node} (the logs of {} and {to} say why)",
+            report.from
+        );
+    }
+    Ok(())
+}
