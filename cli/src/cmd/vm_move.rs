@@ -3,11 +3,11 @@
 //! and waits (with a spinner) until the handoff resolved: the VM runs on NODE, or the
 //! move aborted and it still runs where it was. `--pin` then keeps it there.
 
-use crate::cmd::admin::{explain, Cluster};
+use crate::cmd::admin::{explain, Cluster, Member};
 use anyhow::{anyhow, bail};
 use ballast_node::agent::wire::{AdminError, OUTGOING_LIMIT_REACHED};
 use ballast_node::agent::AdminClientError;
-use ballast_store::{NodeId, VmId, VmState};
+use ballast_store::{NodeId, ScheduleEntry, VmId, VmState};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -76,11 +76,14 @@ async fn settled_on(cluster: &Cluster, vm: &VmId) -> anyhow::Result<Option<NodeI
         .ok_or_else(|| anyhow!("VM {vm} is no longer in any reachable node's schedule"))
 }
 
-/// Runs `ballast vm move`.
-pub async fn run_move(cluster: &Cluster, a: MoveArgs) -> anyhow::Result<()> {
-    let vm = VmId::from(a.name.as_str());
-    let to = NodeId::from(a.to.as_str());
-    let dest = cluster.member(&a.to)?;
+/// The VM's holder and entry, once the move makes sense: `to` is a reachable active
+/// node other than the holder, and the VM is not in a handoff.
+async fn check_move(
+    cluster: &Cluster,
+    vm: &VmId,
+    to: &NodeId,
+) -> anyhow::Result<(Member, ScheduleEntry)> {
+    let dest = cluster.member(to.as_str())?;
     match &dest.status {
         None => bail!(
             "node {to} is not reachable: {}",
@@ -89,32 +92,33 @@ pub async fn run_move(cluster: &Cluster, a: MoveArgs) -> anyhow::Result<()> {
         Some(s) if s.draining => bail!("node {to} is draining; undrain it first"),
         Some(_) => {}
     }
-    let (holder, entry) = cluster.find_vm(&vm).await?;
-    if holder.node == to {
+    let (holder, entry) = cluster.find_vm(vm).await?;
+    if &holder.node == to {
         bail!("VM {vm} is already on {to}");
     }
-    if entry.state != VmState::Running {
-        bail!(
-            "VM {vm} is in a handoff already ({:?}); try again once it ends",
-            entry.state
-        );
-    }
-    let started = Instant::now();
-    let spinner = if a.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new_spinner()
+    let busy = match &entry.state {
+        VmState::Running => return Ok((holder, entry)),
+        VmState::MigratingOut { to, .. } => format!("migrating out to {to}"),
+        VmState::Incoming { from, .. } => format!("incoming from {from}"),
     };
-    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}")?);
-    spinner.enable_steady_tick(Duration::from_millis(120));
-    spinner.set_message(format!("moving {vm} from {} to {to}", holder.node));
+    bail!("VM {vm} is in a handoff already ({busy}); try again once it ends")
+}
+
+/// Asks the holder to move the VM, waiting for its turn while the holder hands off
+/// another VM. `None`: the handoff is under way.
+async fn request(
+    cluster: &Cluster,
+    holder: &Member,
+    vm: &VmId,
+    to: &NodeId,
+    deadline: Instant,
+    spinner: &ProgressBar,
+) -> anyhow::Result<Option<(bool, u64)>> {
     let client = cluster.client(holder.addr, MOVE_CALL_TIMEOUT)?;
-    let bound = Duration::from_secs(a.timeout);
-    // The node hands off one VM at a time (by default): wait for its turn.
-    let answer = loop {
-        match client.start_move(&vm, &to).await {
+    loop {
+        match client.start_move(vm, to).await {
             Err(AdminClientError::Admin(AdminError::Busy { detail, .. }))
-                if detail == OUTGOING_LIMIT_REACHED && started.elapsed() < bound =>
+                if detail == OUTGOING_LIMIT_REACHED && Instant::now() < deadline =>
             {
                 spinner.set_message(format!(
                     "waiting: {} is handing off another VM; then {vm} goes to {to}",
@@ -122,39 +126,66 @@ pub async fn run_move(cluster: &Cluster, a: MoveArgs) -> anyhow::Result<()> {
                 ));
                 tokio::time::sleep(LIMIT_RETRY).await;
             }
-            other => break other.map_err(|e| explain(e, holder.addr, &cluster.bundle_path))?,
+            other => {
+                return other.map_err(|e| explain(e, holder.addr, &cluster.bundle_path));
+            }
         }
-    };
-    spinner.set_message(format!("moving {vm} from {} to {to}", holder.node));
-    let node = match answer {
-        Some((true, _)) => to.clone(),
-        Some((false, _)) => holder.node.clone(),
-        None => {
-            let mut failures = 0;
-            loop {
-                if started.elapsed() > bound {
-                    spinner.finish_and_clear();
-                    bail!(
-                        "gave up waiting after {} s; the handoff of {vm} goes on (see `ballast vm show {vm}`)",
-                        a.timeout
-                    );
-                }
-                tokio::time::sleep(POLL_INTERVAL).await;
-                match settled_on(cluster, &vm).await {
-                    Ok(Some(node)) => break node,
-                    Ok(None) => failures = 0,
-                    Err(e) => {
-                        failures += 1;
-                        if failures >= POLL_FAILURES_MAX {
-                            spinner.finish_and_clear();
-                            return Err(e.context(format!("following the move of {vm}")));
-                        }
-                    }
+    }
+}
+
+/// Follows the VM's entry until it is `Running` on one node; returns that node.
+async fn follow(
+    cluster: &Cluster,
+    vm: &VmId,
+    deadline: Instant,
+    timeout_s: u64,
+) -> anyhow::Result<NodeId> {
+    let mut failures = 0;
+    loop {
+        if Instant::now() > deadline {
+            bail!("gave up waiting after {timeout_s} s; the handoff of {vm} goes on (see `ballast vm show {vm}`)");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+        match settled_on(cluster, vm).await {
+            Ok(Some(node)) => return Ok(node),
+            Ok(None) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                if failures >= POLL_FAILURES_MAX {
+                    return Err(e.context(format!("following the move of {vm}")));
                 }
             }
         }
+    }
+}
+
+/// Runs `ballast vm move`.
+pub async fn run_move(cluster: &Cluster, a: MoveArgs) -> anyhow::Result<()> {
+    let vm = VmId::from(a.name.as_str());
+    let to = NodeId::from(a.to.as_str());
+    let (holder, entry) = check_move(cluster, &vm, &to).await?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(a.timeout);
+    let spinner = if a.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}")?);
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let moving = format!("moving {vm} from {} to {to}", holder.node);
+    spinner.set_message(moving.clone());
+    let outcome = match request(cluster, &holder, &vm, &to, deadline, &spinner).await {
+        Ok(Some((true, _))) => Ok(to.clone()),
+        Ok(Some((false, _))) => Ok(holder.node.clone()),
+        Ok(None) => {
+            spinner.set_message(moving);
+            follow(cluster, &vm, deadline, a.timeout).await
+        }
+        Err(e) => Err(e),
     };
     spinner.finish_and_clear();
+    let node = outcome?;
     let moved = node == to;
     let mut pinned = entry.pinned;
     if moved && a.pin && !pinned {
