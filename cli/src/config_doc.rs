@@ -77,6 +77,7 @@ const DOCS: &[KeyDoc] = &[
     doc("balancing.max_outgoing", "Outgoing migrations under way at once on this node."),
     doc("balancing.max_incoming", "Incoming migrations under way at once on this node."),
     doc("balancing.enabled", "Whether this node starts rounds at all (it still answers its peers)."),
+    doc("balancing.dry_run", "Advise only: sessions decide as usual and `ballast sessions` shows the moves they would make (outcome dry-run:<decision>), but nothing moves."),
     doc("gossip", "The gossip endpoint."),
     doc("gossip.interval_ms", "Period of gossip rounds, in milliseconds."),
     doc("gossip.phi_threshold", "Phi above which the failure detector marks a node dead."),

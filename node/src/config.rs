@@ -113,6 +113,9 @@ pub struct BalancingSection {
     pub max_incoming: usize,
     /// Whether this node starts rounds at all (it still answers its peers).
     pub enabled: bool,
+    /// Advise only: sessions run and decide as usual, and `ballast sessions` shows the
+    /// moves they would make (outcome `dry-run:<decision>`), but nothing moves.
+    pub dry_run: bool,
 }
 
 impl Default for BalancingSection {
@@ -124,6 +127,7 @@ impl Default for BalancingSection {
             max_outgoing: 1,
             max_incoming: 1,
             enabled: true,
+            dry_run: false,
         }
     }
 }

@@ -124,6 +124,10 @@ pub(crate) async fn serve_session(
             if !release_slot(shared, &from, session) {
                 return SessionResponse::NoSession;
             }
+            if shared.cfg.balancing.dry_run {
+                info!(session, peer = %from, vms = vms.len(), "dry run: a peer's pull not run");
+                return SessionResponse::Done;
+            }
             info!(session, peer = %from, vms = vms.len(), "session: peer pulls VMs");
             for vm in vms {
                 let job = MoveJob {
@@ -287,15 +291,36 @@ async fn negotiate(
             })
             .collect::<Vec<_>>()
     };
+    record.moves = match &decision {
+        Decision::Send(moves) => planned(moves, &mine, &shared.me, peer_id),
+        Decision::Receive(moves) => planned(moves, &theirs, peer_id, &shared.me),
+        Decision::Swap { give, take } => {
+            let mut m = planned(&[*give], &mine, &shared.me, peer_id);
+            m.extend(planned(&[*take], &theirs, peer_id, &shared.me));
+            m
+        }
+        Decision::Stay(_) => Vec::new(),
+    };
+    if shared.cfg.balancing.dry_run && !record.moves.is_empty() {
+        let _ = call(shared, peer, SessionRequest::Close { session }).await;
+        let what = match decision {
+            Decision::Send(_) => "send",
+            Decision::Receive(_) => "receive",
+            _ => "swap",
+        };
+        info!(
+            moves = record.moves.len(),
+            "dry run: moves planned, none made"
+        );
+        return format!("dry-run:{what}");
+    }
     match decision {
-        Decision::Send(moves) => {
-            record.moves = planned(&moves, &mine, &shared.me, peer_id);
+        Decision::Send(_) => {
             let _ = call(shared, peer, SessionRequest::Close { session }).await;
             queue_sends(shared, movers, &record.moves, peer_id);
             "send".into()
         }
-        Decision::Receive(moves) => {
-            record.moves = planned(&moves, &theirs, peer_id, &shared.me);
+        Decision::Receive(_) => {
             let vms = record.moves.iter().map(|m| m.vm.clone()).collect();
             match call(shared, peer, SessionRequest::Pull { session, vms }).await {
                 Ok(SessionResponse::Done) => "receive".into(),
@@ -303,14 +328,10 @@ async fn negotiate(
                 Err(e) => format!("failed:{e}"),
             }
         }
-        Decision::Swap { give, take } => {
+        Decision::Swap { .. } => {
             // Two independent handoffs, each one crash-safe on its own: this node hands
             // `give` over, the peer hands `take` back (a pull). If one fails, the pair is
             // merely less balanced until a later round.
-            record.moves = planned(&[give], &mine, &shared.me, peer_id);
-            record
-                .moves
-                .extend(planned(&[take], &theirs, peer_id, &shared.me));
             queue_sends(shared, movers, &record.moves[..1], peer_id);
             let vms = vec![record.moves[1].vm.clone()];
             match call(shared, peer, SessionRequest::Pull { session, vms }).await {
