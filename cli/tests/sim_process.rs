@@ -339,3 +339,38 @@ async fn restart_right_after_stop() {
     let stops = recs.iter().filter(|r| r.event == RunEvent::Stop).count();
     assert_eq!((runs, stops), (15, 15));
 }
+
+/// A VM's socket appears only once its process accepts connections: a caller hammering
+/// the path while VMs start never gets "connection refused" (which the driver takes for
+/// a dead process: it removed the new VM's socket and logged a false `stop`).
+#[tokio::test]
+async fn a_starting_vm_never_refuses_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let reaper = Reaper::default();
+    let d = SimDriver::new(config(dir.path(), "a", SimMode::Process)).unwrap();
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for i in 0..20 {
+        let vm = VmId::from(format!("eager-{i}"));
+        let path = dir.path().join("a/vms").join(format!("v-{vm}.sock"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hammer = {
+            let (stop, refused) = (stop.clone(), refused.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match std::os::unix::net::UnixStream::connect(&path) {
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        };
+        d.start(&vm, &spec()).await.unwrap();
+        reaper.note(&d).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        hammer.join().unwrap();
+        d.stop(&vm).await.unwrap();
+    }
+    assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 0);
+}

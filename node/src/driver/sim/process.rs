@@ -257,7 +257,8 @@ impl ProcHost {
             }
             if let Some(exit) = child.try_wait()? {
                 let msg = format!(
-                    "sim-vm for {vm} exited with {exit}; see {}",
+                    "sim-vm for {vm} exited with {exit}: {} (log: {})",
+                    log_tail(&stderr_path),
                     stderr_path.display()
                 );
                 return Err(DriverError::Io(io::Error::other(msg)));
@@ -273,9 +274,32 @@ impl ProcHost {
     }
 }
 
+/// The last lines a VM process wrote to its log (what it said before exiting), at
+/// most 3 lines and 1 KiB, on one line.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(1024)..]).into_owned();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    match &lines[lines.len().saturating_sub(3)..] {
+        [] => "it wrote nothing".to_owned(),
+        tail => tail.join(" | "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_tail_is_the_last_lines_on_one_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("vm.log");
+        assert_eq!(log_tail(&p), "it wrote nothing");
+        std::fs::write(&p, "one\ntwo\n\nthree\nfour\n").expect("write");
+        assert_eq!(log_tail(&p), "two | three | four");
+        std::fs::write(&p, "x".repeat(5000)).expect("write");
+        assert_eq!(log_tail(&p).len(), 1024);
+    }
 
     #[test]
     fn socket_names_round_trip() {

@@ -143,28 +143,40 @@ async fn run(a: VmArgs) -> i32 {
     0
 }
 
-/// This process's socket file, identified by inode so that a later process's socket at
-/// the same path is never removed by this one.
+/// This process's socket file, identified by device, inode and change time, so that a
+/// later process's socket at the same path is never removed by this one. The inode alone
+/// is not enough: when the next process for the same VM removes this (stale) socket and
+/// binds its own, the file system may give the new socket the freed inode number, and
+/// this process, ending, would then delete the new socket (seen as "bind: No such file"
+/// when a VM was started again right after it stopped).
 #[derive(Debug)]
 struct OwnSocket {
     path: PathBuf,
-    ino: u64,
+    id: (u64, u64, i64, i64),
+}
+
+fn file_id(m: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
 }
 
 impl OwnSocket {
     fn new(path: PathBuf) -> std::io::Result<Self> {
-        let ino = std::fs::symlink_metadata(&path)?.ino();
-        Ok(Self { path, ino })
+        let id = file_id(&std::fs::symlink_metadata(&path)?);
+        Ok(Self { path, id })
     }
 
-    /// Whether the path still holds this process's socket.
+    /// Whether the path still holds a socket with this one's inode (the watchdog's
+    /// test: a `chmod` or `touch` of the socket changes its change time, not its inode,
+    /// and must not end the VM).
     fn present(&self) -> bool {
-        std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino)
+        std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| (m.dev(), m.ino()) == (self.id.0, self.id.1))
     }
 
-    /// Removes the socket if it is still ours (idempotent).
+    /// Removes the socket if it is exactly ours (idempotent).
     fn remove(&self) {
-        if self.present() {
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| file_id(&m) == self.id);
+        if ours {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -193,10 +205,23 @@ async fn claim_socket_path(a: &VmArgs) -> Result<PathBuf, i32> {
     }
 }
 
+/// Binds the VM's socket so that it appears at `path` only once it accepts
+/// connections: bound and made private (0600) under a temporary name, then renamed into
+/// place. Bound in place, a caller connecting between the bind and the listen got
+/// "connection refused", took the new VM for a dead one and removed its socket (seen as
+/// the VM process failing at start, and a false `stop` in the run log).
 fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let tmp = dir.join(format!("t-{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    let published = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = published {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
 }
 
 /// Serves control connections until the VM ends, a signal arrives or the socket file
