@@ -87,3 +87,12 @@ fn the_random_runs_find_planted_bugs() {
         assert!(found.is_some(), "{bug:?} went unnoticed in 200 random runs");
     }
 }
+
+/// Found by the random runs (seed 18365143412994589262): a VM promoted on its
+/// destination was moved on again before `resume_incoming` returned; the destination
+/// crashed, the new move aborted, and the copy stayed paused while its entry said
+/// `Running`. A promoted VM is now busy until it runs.
+#[test]
+fn a_vm_cannot_move_on_before_it_resumed() {
+    run(18365143412994589262, 15, 3, 70).unwrap();
+}

@@ -210,6 +210,7 @@ impl Handoffs {
         }
         let peer = h.peer.clone();
         self.active.remove(&vm);
+        self.resuming.insert(vm.clone());
         self.call(&vm, epoch, DriverAction::ResumeIncoming);
         self.send(
             &peer,
@@ -339,10 +340,14 @@ impl Handoffs {
             CallKind::CancelOutgoing => self.on_cancelled_outgoing(vm, epoch, ok),
             CallKind::FinishOutgoing => self.on_finished_outgoing(vm, epoch, ok),
             CallKind::CancelIncoming => self.on_cancelled_incoming(vm, epoch, ok),
-            CallKind::ResumeIncoming if !ok => {
-                self.notify(Notice::DriverTrouble { vm, epoch, call })
+            CallKind::ResumeIncoming => {
+                // Movable again either way; a copy that did not resume is the agent's
+                // reconciliation's to resume (its entry is `Running`).
+                self.resuming.remove(&vm);
+                if !ok {
+                    self.notify(Notice::DriverTrouble { vm, epoch, call });
+                }
             }
-            CallKind::ResumeIncoming => {}
             _ => self.ignore(&vm, epoch, "driver", IgnoreReason::WrongStep),
         }
     }

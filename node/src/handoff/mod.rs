@@ -45,7 +45,7 @@ pub use payload::{Payload, PAYLOAD_LIST_LEN_MAX, PAYLOAD_STR_LEN_MAX};
 
 use ballast_store::{NodeId, VmId};
 use state::{Handoff, Settling};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Every handoff of one node, source or destination side.
 ///
@@ -74,6 +74,9 @@ pub struct Handoffs {
     active: BTreeMap<VmId, Handoff>,
     /// Source records after the commit point, by VM and epoch.
     settling: BTreeMap<(VmId, u64), Settling>,
+    /// VMs promoted here whose `resume_incoming` has not returned yet: not movable
+    /// until they run (a move started on a paused copy left it paused when aborted).
+    resuming: BTreeSet<VmId>,
     /// Effects not yet drained.
     effects: VecDeque<Effect>,
 }
@@ -111,7 +114,9 @@ impl Handoffs {
 
     /// Whether the machine handles (or still settles) a handoff of `vm`.
     pub fn is_busy(&self, vm: &VmId) -> bool {
-        self.active.contains_key(vm) || self.settling.keys().any(|(v, _)| v == vm)
+        self.active.contains_key(vm)
+            || self.resuming.contains(vm)
+            || self.settling.keys().any(|(v, _)| v == vm)
     }
 
     /// Number of unresolved handoffs (not counting settling records).
@@ -121,7 +126,7 @@ impl Handoffs {
 
     /// Whether nothing is in progress at all (no handoff, no settling record).
     pub fn is_idle(&self) -> bool {
-        self.active.is_empty() && self.settling.is_empty()
+        self.active.is_empty() && self.settling.is_empty() && self.resuming.is_empty()
     }
 
     /// Every handoff in progress, for `status`.

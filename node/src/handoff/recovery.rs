@@ -14,7 +14,7 @@ use super::{
 };
 use crate::driver::MigrationStatus;
 use ballast_store::{NodeId, ScheduleEntry, Transferred, VmId, VmState};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 impl Handoffs {
     /// Builds the machine of node `me` from its store's records: every schedule entry
@@ -33,6 +33,7 @@ impl Handoffs {
             config,
             active: BTreeMap::new(),
             settling: BTreeMap::new(),
+            resuming: BTreeSet::new(),
             effects: VecDeque::new(),
         };
         for entry in entries {

@@ -29,7 +29,27 @@ pub fn world_with(bug: PlantedBug) -> World {
 
 /// Applies one action and checks I1 and I2.
 pub fn step(w: &mut World, action: &SimAction) -> Result<(), String> {
+    // `BALLAST_TRACE_SIM=1` prints every action and notice (to replay a failing seed).
+    let trace = std::env::var_os("BALLAST_TRACE_SIM").is_some();
+    if trace {
+        let what = match action {
+            SimAction::Deliver { index, .. } | SimAction::Drop { index } => {
+                format!("{:?}", w.net.get(*index))
+            }
+            SimAction::RunCall { node, index, .. } => {
+                format!("{:?}", w.nodes[*node].calls.get(*index))
+            }
+            _ => String::new(),
+        };
+        eprintln!("ACT {action:?} {what}");
+    }
+    let before = w.notices.len();
     w.apply(action);
+    if trace {
+        for n in &w.notices[before..] {
+            eprintln!("   NOTICE {n:?}");
+        }
+    }
     w.check().map_err(|v| format!("{v} after {action:?}"))
 }
 
