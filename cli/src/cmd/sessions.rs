@@ -13,7 +13,7 @@ use crate::cmd::admin::{block_on, Cluster};
 use crate::table::{age, new_table};
 use ballast_node::agent::wire::SessionRecord;
 use serde::Serialize;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::task::JoinSet;
 
 /// Bound on one node's answer.
@@ -164,12 +164,6 @@ pub fn render(r: &SessionsReport, now_unix_ms: u64) -> String {
     out
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Runs `ballast sessions`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     block_on(async move {
@@ -206,7 +200,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
-            print!("{}", render(&report, unix_ms()));
+            print!("{}", render(&report, ballast_node::agent::unix_ms()));
         }
         Ok(())
     })

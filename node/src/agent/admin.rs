@@ -123,9 +123,9 @@ pub(crate) async fn handle_admin(
     }
 }
 
-/// The newest of `records` (oldest first) whose encoded size stays within `budget` bytes,
-/// oldest first: a node with many VMs keeps large records, and an answer over the RPC
-/// frame limit would fail as a whole.
+/// The newest of `records` (given oldest first) whose encoded sizes add up to at most
+/// `budget` bytes, still oldest first: a node with many VMs keeps large records, and an
+/// answer over the RPC frame limit would fail as a whole.
 fn newest_within(mut records: Vec<SessionRecord>, budget: usize) -> Vec<SessionRecord> {
     let mut used = 0usize;
     let mut keep = 0;

@@ -145,7 +145,7 @@ pub async fn bench_handoff(opts: HandoffBenchOptions) -> Result<HandoffBenchRepo
     let dir = std::env::temp_dir().join(format!(
         "ballast-bench-{}-{}",
         std::process::id(),
-        super::shared::Shared::unix_ms()
+        super::unix_ms()
     ));
     std::fs::create_dir_all(&dir).map_err(setup)?;
     let _cleanup = TempDir(dir.clone());

@@ -256,7 +256,7 @@ impl Owner {
     async fn run_store(&self, op: &StoreOp) -> StoreOutcome {
         let fp = &self.shared.failpoints;
         fp.hit("before", op.name());
-        let now_unix = Shared::unix_ms();
+        let now_unix = super::unix_ms();
         let op2 = op.clone();
         let result = self
             .shared

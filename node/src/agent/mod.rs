@@ -41,3 +41,11 @@ pub mod wire;
 pub use admin_client::{AdminClient, AdminClientError};
 pub use error::AgentError;
 pub use runtime::{run_agent, Agent};
+
+/// Wall-clock Unix milliseconds: cooldowns, `last_moved_unix_ms`, the start of a session
+/// record (and the CLI's "ago" of one).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

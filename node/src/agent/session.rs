@@ -190,7 +190,7 @@ async fn session_inner(
         initiator_candidates: Vec::new(),
         peer_candidates: Vec::new(),
         free_mem_bytes: (0, 0),
-        now_unix_ms: Shared::unix_ms(),
+        now_unix_ms: super::unix_ms(),
     };
     if !take_slot(shared, peer_id, session) {
         record.outcome = "busy:self".into();
@@ -272,7 +272,7 @@ async fn negotiate(
         free_mem_bytes: theirs.free_mem_bytes,
     };
     let ctx = Context {
-        now_ms: Shared::unix_ms(),
+        now_ms: super::unix_ms(),
     };
     record.initiator_candidates = views(&mine, &local_c);
     record.peer_candidates = views(&theirs, &peer_c);

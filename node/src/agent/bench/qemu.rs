@@ -153,7 +153,7 @@ pub async fn bench_handoff_qemu(
     let dir = std::env::temp_dir().join(format!(
         "ballast-qb-{}-{}",
         std::process::id(),
-        super::super::shared::Shared::unix_ms()
+        crate::agent::unix_ms()
     ));
     std::fs::create_dir_all(&dir).map_err(setup)?;
     let _cleanup = TempDir(dir.clone());
