@@ -7,7 +7,9 @@ mod cert_check;
 mod cluster_dir;
 mod cmd;
 mod config_doc;
+mod error_text;
 mod local_cluster;
+mod logging;
 mod plot;
 mod size;
 mod table;
@@ -102,7 +104,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text::chain(&e));
             ExitCode::from(1)
         }
     }

@@ -19,7 +19,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = AgentConfig::load(&args.config)
         .with_context(|| format!("bad configuration {}", args.config.display()))?;
-    init_tracing();
+    crate::logging::init(Some("info"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -29,15 +29,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .await
             .context("the agent could not start")
     })
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BALLAST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// Completes on SIGINT or SIGTERM.

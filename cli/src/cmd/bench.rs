@@ -54,12 +54,7 @@ enum What {
 
 /// Runs the benchmark.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("BALLAST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+    crate::logging::init(None);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

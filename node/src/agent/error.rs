@@ -29,12 +29,51 @@ pub enum AgentError {
     /// The QUIC endpoint could not start (bind, identity mismatch).
     #[error("endpoint: {0}")]
     Endpoint(#[from] ballast_gossip::EndpointError),
-    /// The metrics address could not be bound.
-    #[error("metrics listener {addr}: {source}")]
+    /// The metrics address could not be bound. Nothing is left running.
+    #[error("metrics listener {addr}: {source}{}", metrics_hint(source))]
     Metrics {
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// What to do when the metrics address is taken: the usual cause is a second agent on
+/// the same machine with the default address.
+fn metrics_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        "; another process (perhaps another agent on this machine) listens there: give each \
+         agent its own `metrics_listen` in agent.toml (`--metrics-listen IP:PORT` on \
+         `ballast cluster init` and `ballast node add`; \"off\" disables metrics)"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AgentError;
+
+    #[test]
+    fn a_taken_metrics_address_says_what_to_do() {
+        let e = AgentError::Metrics {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9420)),
+            source: std::io::ErrorKind::AddrInUse.into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("metrics listener 127.0.0.1:9420: "),
+            "{text}"
+        );
+        assert!(
+            text.contains("`metrics_listen`") && text.contains("--metrics-listen"),
+            "{text}"
+        );
+        let other = AgentError::Metrics {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9420)),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        };
+        assert!(!other.to_string().contains("metrics_listen"));
+    }
 }

@@ -123,6 +123,7 @@ impl Agent {
                     }
                 };
                 let bound = listener.local_addr().ok();
+                info!(addr = %bound.unwrap_or(addr), path = "/metrics", "metrics endpoint listening");
                 tasks.push(tokio::spawn(super::http::serve_metrics(
                     listener,
                     shared.metrics.clone(),
