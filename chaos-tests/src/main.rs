@@ -152,7 +152,8 @@ fn main() -> Result<ExitCode> {
     }
 }
 
-/// The `ballast` binary: next to this executable, else in the workspace's target dir.
+/// The `ballast` binary: next to this executable, else in the workspace's target dir
+/// (the test-hook build `release-hooks` first: a plain release build has no failpoints).
 fn default_ballast_bin() -> PathBuf {
     let beside = std::env::current_exe()
         .ok()
@@ -161,7 +162,7 @@ fn default_ballast_bin() -> PathBuf {
         return p;
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    for profile in ["release", "debug"] {
+    for profile in ["release-hooks", "debug"] {
         let p = root.join("target").join(profile).join("ballast");
         if p.exists() {
             return p;

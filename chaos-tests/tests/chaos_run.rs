@@ -78,13 +78,16 @@ fn ballast_bin() -> PathBuf {
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
-    for profile in ["release", "debug"] {
+    for profile in ["release-hooks", "debug"] {
         let p = target.join(profile).join("ballast");
         if p.exists() {
             return p;
         }
     }
-    panic!("no ballast binary: build it (cargo build --release -p ballast-cli) or set BALLAST_BIN");
+    panic!(
+        "no ballast binary with test hooks: build it \
+         (cargo build --profile release-hooks --workspace --bins) or set BALLAST_BIN"
+    );
 }
 
 /// Runs `ballast-chaos run ARGS --json` within `bound`; returns (exit code, report).

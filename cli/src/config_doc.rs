@@ -135,7 +135,7 @@ const DOCS: &[KeyDoc] = &[
     doc("reconcile", "Reconciliation of the hypervisor with the schedule."),
     doc("reconcile.interval_ms", "Time between two reconciliations, in milliseconds."),
     doc("failpoints", "Fault injection for tests and the chaos harness; never set in production."),
-    doc("failpoints.exit_at", "Handoff steps at which the agent kills itself (see docs/operations.md)."),
+    doc("failpoints.exit_at", "Handoff steps at which the agent kills itself (see docs/design-agent.md, Failpoints)."),
     doc("failpoints.duplicate_sends", "Send every handoff message twice (duplicates must change nothing)."),
     doc("failpoints.planted_bug", "A deliberate handoff bug for the chaos harness's self-test; never set it elsewhere."),
 ];

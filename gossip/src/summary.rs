@@ -23,7 +23,7 @@ pub enum NodeRunState {
 /// What a node tells the cluster about itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoadSummary {
-    /// The node's load `L_h` (DESIGN §3).
+    /// The node's load `L_h` (docs/design.md §Load).
     pub load: f64,
     /// CPU capacity (reference cores).
     pub cpu_capacity: f64,

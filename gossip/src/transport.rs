@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::bindings::Bindings;
-use crate::codec::{CodecError, EnvelopeCodec};
+use crate::codec::{self, CodecError};
 use crate::conn_cache::ConnCache;
 use crate::faults::FaultHook;
 use crate::identity::PeerIdentity;
@@ -57,10 +57,6 @@ pub(crate) struct GossipShared {
     inbound_rx: Mutex<Option<mpsc::Receiver<RecvOutcome>>>,
     /// Per-peer send queues. std lock: held for map access and `try_send` only.
     peers: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
-    /// The encoder, used by chitchat's (single) server task.
-    encoder: tokio::sync::Mutex<EnvelopeCodec>,
-    /// The decoder, shared by all inbound streams (held across the loopback hop).
-    decoder: tokio::sync::Mutex<EnvelopeCodec>,
 }
 
 /// Construction parameters of [`GossipShared`].
@@ -90,8 +86,6 @@ impl GossipShared {
             inbound_tx,
             inbound_rx: Mutex::new(Some(inbound_rx)),
             peers: Mutex::new(HashMap::new()),
-            encoder: Default::default(),
-            decoder: Default::default(),
         })
     }
 
@@ -254,13 +248,8 @@ async fn read_gossip_stream(
         shared.stats.refuse(Refusal::Blocked);
         return;
     }
-    let decoded = shared.decoder.lock().await.decode(&bytes).await;
-    let envelope = match decoded {
+    let envelope = match codec::decode(&bytes) {
         Ok(envelope) => envelope,
-        Err(CodecError::Io(reason)) => {
-            warn!(%from, %peer, %reason, "gossip codec failed; message dropped");
-            return;
-        }
         Err(e) => {
             shared.stats.refuse(match e {
                 CodecError::TooLarge(_) => Refusal::GossipOversized,
@@ -322,8 +311,7 @@ impl Socket for QuicSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
-        let encoded = self.shared.encoder.lock().await.encode(envelope).await;
-        let bytes = match encoded {
+        let bytes = match codec::encode(&envelope) {
             Ok(bytes) => bytes,
             Err(e) => {
                 // Not fatal for chitchat: report zero bytes, the next round retries.

@@ -5,7 +5,9 @@
 use crate::driver::exec::ExecConfig;
 use crate::driver::qemu::QemuConfig;
 use crate::driver::sim::SimConfig;
-use crate::handoff::{HandoffConfig, PlantedBug};
+use crate::handoff::HandoffConfig;
+#[cfg(feature = "planted-bugs")]
+use crate::handoff::PlantedBug;
 use crate::load::{HostCapacity, LoadMode, Weights};
 use crate::policy::{PolicyConfig, PolicyConfigError};
 use serde::{Deserialize, Serialize};
@@ -193,7 +195,7 @@ pub struct DriverSection {
     pub exec: ExecConfig,
 }
 
-/// Start-up and periodic reconciliation of the hypervisor with the schedule (DESIGN §6).
+/// Start-up and periodic reconciliation of hypervisor and schedule (docs/design.md §Drivers).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconcileSection {
@@ -209,9 +211,11 @@ impl Default for ReconcileSection {
     }
 }
 
-/// Fault injection for tests and the chaos harness. Off by default; never set in
-/// production. The environment variable `BALLAST_FAILPOINTS` (comma separated) adds
-/// to `exit_at`.
+/// Fault injection for tests and the chaos harness, only in builds with the test hooks
+/// (cargo features `failpoints`, `planted-bugs`); a release build refuses the section as
+/// an unknown field. The environment variable `BALLAST_FAILPOINTS` (comma separated)
+/// adds to `exit_at`.
+#[cfg(any(feature = "failpoints", feature = "planted-bugs"))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailpointsSection {
@@ -221,12 +225,15 @@ pub struct FailpointsSection {
     /// `drop_incoming`), `before-send:MSG` / `after-send:MSG` around a handoff message
     /// (`prepare`, `prepared`, `commit`, `commit_ack`, `abort`, `query_outcome`,
     /// `outcome`, `prepare_refused`).
+    #[cfg(feature = "failpoints")]
     pub exit_at: Vec<String>,
     /// Send every handoff message twice (duplicates must change nothing).
+    #[cfg(feature = "failpoints")]
     pub duplicate_sends: bool,
     /// A deliberate handoff bug (`None`, `PromoteOnTimeout`, `AckBeforeDurable`), so the
     /// chaos harness can show that its checkers catch a broken protocol. Never set it
     /// outside that test.
+    #[cfg(feature = "planted-bugs")]
     pub planted_bug: PlantedBug,
 }
 
@@ -256,7 +263,8 @@ pub struct AgentConfig {
     pub handoff: HandoffConfig,
     /// Reconciliation of the hypervisor with the schedule.
     pub reconcile: ReconcileSection,
-    /// Fault injection (tests only).
+    /// Fault injection (test builds only).
+    #[cfg(any(feature = "failpoints", feature = "planted-bugs"))]
     pub failpoints: FailpointsSection,
 }
 
@@ -330,11 +338,18 @@ impl AgentConfig {
     fn parse(text: &str, path: Option<&Path>) -> Result<Self, ConfigError> {
         let cfg: Self = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            let mut message = e.message().to_owned();
+            if message.starts_with("unknown field `failpoints`") {
+                message.push_str(
+                    "; [failpoints] is a test hook that this build does not have \
+                     (cargo features `failpoints`, `planted-bugs`): remove the section",
+                );
+            }
             ConfigError::Parse {
                 path: path.map(Into::into),
                 line,
                 column,
-                message: e.message().to_owned(),
+                message,
             }
         })?;
         cfg.validate()?;
@@ -482,6 +497,7 @@ impl AgentConfig {
                 return invalid(field, "must be above 0");
             }
         }
+        #[cfg(feature = "failpoints")]
         for fp in &self.failpoints.exit_at {
             crate::agent::failpoints::check_name(fp).map_err(|reason| ConfigError::Invalid {
                 field: "failpoints.exit_at".into(),

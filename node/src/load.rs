@@ -1,4 +1,4 @@
-//! The load model of DESIGN §3: how much a VM weighs on a host.
+//! The load model (docs/design.md §Load): how much a VM weighs on a host.
 //!
 //! `load_h(v) = w_cpu * cpu(v) / cpu_capacity_h + w_io * io(v) / io_capacity_h
 //!            + w_mem * mem(v) / mem_capacity_h`
@@ -6,8 +6,8 @@
 //! A VM's [`LoadFactors`] are host independent: CPU in reference cores (CPU seconds per
 //! second scaled by the measuring host's speed relative to the reference), I/O in bytes
 //! per second, memory in bytes. A host's capacities are in the same units, so the same
-//! factors translate to a different load on an unlike host (claim S5). Pure: no I/O, no
-//! clock; times are arguments.
+//! factors translate to a different load on an unlike host (S5, docs/design.md §Goals).
+//! Pure: no I/O, no clock; times are arguments.
 
 use ballast_store::LoadFactors;
 use serde::{Deserialize, Serialize};
@@ -66,7 +66,7 @@ impl HostCapacity {
     }
 }
 
-/// Whether loads come from measurements or from each VM's programmed target (S4).
+/// Whether loads come from measurements or from each VM's target (S4, docs/design.md §Goals).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LoadMode {

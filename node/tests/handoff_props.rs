@@ -4,25 +4,34 @@
 
 mod handoff_util;
 
-use ballast_node::handoff::{Notice, PlantedBug, Role};
+#[cfg(feature = "planted-bugs")]
+use ballast_node::handoff::PlantedBug;
+use ballast_node::handoff::{HandoffConfig, Notice, Role};
 use handoff_util::*;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 fn run(seed: u64, fault_pct: u8, crashes_max: u32, steps: usize) -> Result<(), String> {
-    run_with(PlantedBug::None, seed, fault_pct, crashes_max, steps).map(|_| ())
+    run_with(
+        HandoffConfig::default(),
+        seed,
+        fault_pct,
+        crashes_max,
+        steps,
+    )
+    .map(|_| ())
 }
 
 /// One random run; returns how many moves committed (destination side).
 fn run_with(
-    bug: PlantedBug,
+    config: HandoffConfig,
     seed: u64,
     fault_pct: u8,
     crashes_max: u32,
     steps: usize,
 ) -> Result<usize, String> {
-    let mut w = world_with(bug);
+    let mut w = world_of(config);
     w.net_capacity = 16;
     let mut rng = StdRng::seed_from_u64(seed);
     let odds = Odds {
@@ -72,7 +81,7 @@ proptest! {
 fn fixed_seeds_with_heavy_faults_still_commit_moves() {
     let mut committed = 0;
     for seed in 0..64 {
-        committed += run_with(PlantedBug::None, seed, 50, 3, 600).unwrap();
+        committed += run_with(HandoffConfig::default(), seed, 50, 3, 600).unwrap();
     }
     assert!(
         committed >= 10,
@@ -80,10 +89,15 @@ fn fixed_seeds_with_heavy_faults_still_commit_moves() {
     );
 }
 
+#[cfg(feature = "planted-bugs")]
 #[test]
 fn the_random_runs_find_planted_bugs() {
     for bug in [PlantedBug::PromoteOnTimeout, PlantedBug::AckBeforeDurable] {
-        let found = (0..200).find(|&seed| run_with(bug, seed, 40, 3, 400).is_err());
+        let config = HandoffConfig {
+            planted_bug: bug,
+            ..HandoffConfig::default()
+        };
+        let found = (0..200).find(|&seed| run_with(config.clone(), seed, 40, 3, 400).is_err());
         assert!(found.is_some(), "{bug:?} went unnoticed in 200 random runs");
     }
 }

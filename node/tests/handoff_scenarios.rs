@@ -5,7 +5,9 @@
 mod handoff_util;
 
 use ballast_node::handoff::sim::{vm_id, CopyState, Faults, Held, SimAction, World};
-use ballast_node::handoff::{Notice, PlantedBug, Role, TimerKind};
+#[cfg(feature = "planted-bugs")]
+use ballast_node::handoff::PlantedBug;
+use ballast_node::handoff::{Notice, Role, TimerKind};
 use handoff_util::*;
 
 fn vm0() -> ballast_store::VmId {
@@ -370,6 +372,7 @@ fn forget_of_a_dead_destination_after_commit_orphans_the_record() {
 }
 
 #[test]
+#[cfg(feature = "planted-bugs")]
 fn planted_promote_on_timeout_is_caught() {
     let mut w = world_with(PlantedBug::PromoteOnTimeout);
     w.start_move(0, &vm0(), 1).unwrap();

@@ -1,4 +1,4 @@
-//! Laws of the balancing policy, as property tests against brute force (STYLE 17).
+//! Laws of the balancing policy, as property tests against brute force.
 
 use ballast_node::policy::{
     decide, plan_moves, plan_swap, swap_possible, Candidate, Context, Decision, PlannedMove,

@@ -14,7 +14,6 @@
 //! Every change that touches more than one key is one sled transaction followed by a
 //! flush before the call returns, so no caller can act on a write that is not durable.
 //! See `docs/design-store.md` for the trees and keys.
-#![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 
 mod codec;

@@ -1,4 +1,4 @@
-//! The schedule's state transitions (DESIGN §4): creating and deleting VMs, the source's
+//! The schedule's transitions (docs/design.md §Handoff): creating and deleting VMs, the source's
 //! `begin` / `abort` / `commit` of a move, the destination's `accept` / `promote` / `drop`,
 //! and the soft-state updates (pinning, load factors).
 //!

@@ -43,7 +43,7 @@ macro_rules! string_id {
 string_id!(NodeId);
 string_id!(VmId);
 
-/// A VM's raw use of resources, independent of the host it runs on (DESIGN §3).
+/// A VM's raw use of resources, independent of the host it runs on (docs/design.md §Load).
 ///
 /// `cpu` is in reference cores (CPU seconds per second, normalized to the reference
 /// speed), `io` in bytes per second, `mem` in bytes. In target mode these are the VM's
@@ -75,7 +75,7 @@ pub struct VmSpec {
     pub driver_opts: BTreeMap<String, String>,
 }
 
-/// Where a schedule entry stands in the handoff protocol (DESIGN §4).
+/// Where a schedule entry stands in the handoff protocol (docs/design.md §Handoff).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VmState {
     /// This host runs the VM.

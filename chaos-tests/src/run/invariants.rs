@@ -1,5 +1,5 @@
-//! The checks of DESIGN §4 over what the harness read: pure functions of store views,
-//! run records and the harness's own bookkeeping. No I/O.
+//! The checks of docs/design.md §Handoff over what the harness read: pure functions of store
+//! views, run records and the harness's own bookkeeping. No I/O.
 //!
 //! What is checkable when:
 //! - **I1 during the run** needs a view of every live host's store. The harness reads

@@ -1,5 +1,5 @@
 //! `ballast-chaos run`: real agent processes on loopback, a workload that keeps
-//! balancing busy, faults drawn from a seed, and the invariant checks of DESIGN §4.
+//! balancing busy, faults drawn from a seed, and the invariant checks of docs/design.md §Handoff.
 //!
 //! Files:
 //! - [`plan`]: the fault schedule, a pure function of the seed.
@@ -84,12 +84,33 @@ pub fn run(cfg: &RunConfig) -> Result<Report, RunError> {
             cfg.ballast_bin.display()
         )));
     }
+    has_test_hooks(&cfg.ballast_bin)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| RunError::Local(format!("runtime: {e}")))?;
     rt.block_on(harness::run(cfg))
+}
+
+/// Refuses an agent binary built without the test hooks (its default config has no
+/// `[failpoints]`): its agents would ignore every failpoint and reject the configs the
+/// harness writes.
+fn has_test_hooks(bin: &std::path::Path) -> Result<(), RunError> {
+    let out = std::process::Command::new(bin)
+        .args(["config", "default"])
+        .output()
+        .map_err(|e| RunError::Local(format!("running {} config default: {e}", bin.display())))?;
+    if String::from_utf8_lossy(&out.stdout).contains("\n[failpoints]") {
+        Ok(())
+    } else {
+        Err(RunError::Invalid(format!(
+            "agent binary {} has no test hooks; build one with \
+             `cargo build --profile release-hooks --workspace --bins` \
+             (target/release-hooks/ballast) or set BALLAST_BIN",
+            bin.display()
+        )))
+    }
 }
 
 /// Parses a duration: `120`, `120s`, `30m`, `1h`.

@@ -21,7 +21,7 @@ enum Cmd {
     /// Issue a node's certificate and write its config, ready to copy to that host.
     Add(AddArgs),
     /// Tell the live nodes that NODE is gone for good, so they resolve its handoffs
-    /// alone (DESIGN §4). Only for a host that will never come back.
+    /// alone (docs/design.md §Handoff). Only for a host that will never come back.
     Forget(ForgetArgs),
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// A failpoint name is unknown (config or environment). Nothing started.
+    #[cfg(feature = "failpoints")]
     #[error("failpoints: {0}")]
     Failpoints(String),
     /// The node's certificate, key or CA could not be read or used. Nothing started.

@@ -1,4 +1,4 @@
-//! This node's figures from its schedule: its load `L` (DESIGN §3), free memory, its
+//! This node's figures from its schedule: its load `L` (docs/design.md §Load), free memory, its
 //! movable VMs with raw factors, and the load summary it gossips. Also the publisher
 //! task that gossips the summary after each change, and what peers' VMs weigh here.
 

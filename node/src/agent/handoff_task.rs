@@ -1,4 +1,4 @@
-//! The task that owns the node's [`Handoffs`] machine (STYLE 7): it takes [`Input`]s
+//! The task that owns the node's [`Handoffs`] machine: it takes [`Input`]s
 //! from one bounded channel, feeds them to the machine and executes the machine's
 //! effects in order — a store effect runs to completion (transaction + flush) and its
 //! result is fed back before the next effect; driver calls and messages run in their own
@@ -80,15 +80,18 @@ pub(crate) struct Owner {
 /// The machine's configuration: the agent's `[handoff]` with room for the limits.
 pub(crate) fn machine_config(shared: &Shared) -> HandoffConfig {
     let mut c = shared.cfg.handoff.clone();
-    c.planted_bug = shared.cfg.failpoints.planted_bug;
+    #[cfg(feature = "planted-bugs")]
+    {
+        c.planted_bug = shared.cfg.failpoints.planted_bug;
+    }
     let b = &shared.cfg.balancing;
     c.handoffs_max = c.handoffs_max.max(b.max_outgoing + b.max_incoming);
     c
 }
 
 impl Owner {
-    /// Recovers the machine from the store (DESIGN §4 recovery) and executes its first
-    /// effects.
+    /// Recovers the machine from the store (docs/design.md §Handoff, recovery) and executes
+    /// its first effects.
     pub(crate) async fn recover(shared: Arc<Shared>) -> Result<Self, StoreError> {
         let (entries, transfers) = shared
             .with_store(|s| Ok((s.list()?, s.transfers()?)))
@@ -254,8 +257,7 @@ impl Owner {
     }
 
     async fn run_store(&self, op: &StoreOp) -> StoreOutcome {
-        let fp = &self.shared.failpoints;
-        fp.hit("before", op.name());
+        self.shared.fail_at("before", op.name());
         let now_unix = super::unix_ms();
         let op2 = op.clone();
         let result = self
@@ -300,7 +302,7 @@ impl Owner {
             }
         };
         if outcome == StoreOutcome::Done {
-            fp.hit("after", op.name());
+            self.shared.fail_at("after", op.name());
             self.shared.summary_dirty.notify_one();
         }
         outcome
@@ -310,7 +312,7 @@ impl Owner {
     /// the machine).
     fn send(&self, to: NodeId, msg: HandoffMsg) {
         let shared = self.shared.clone();
-        shared.failpoints.hit("before-send", msg.kind());
+        shared.fail_at("before-send", msg.kind());
         let Some(addr) = shared.addr_of(&to) else {
             debug!(peer = %to, kind = msg.kind(), "no address for peer; message dropped");
             return;
@@ -320,11 +322,7 @@ impl Owner {
             warn!(peer = %to, kind = msg.kind(), "too many messages in flight; dropped");
             return;
         };
-        let copies = if shared.cfg.failpoints.duplicate_sends {
-            2
-        } else {
-            1
-        };
+        let copies = shared.send_copies();
         let span = tracing::debug_span!("handoff", vm = %msg.vm(), epoch = msg.epoch(), peer = %to);
         tokio::spawn(
             async move {
@@ -333,7 +331,7 @@ impl Owner {
                 for _ in 0..copies {
                     let r: Result<AgentResponse, _> = rpc.call(addr, Some(to.as_str()), &req).await;
                     match r {
-                        Ok(_) => shared.failpoints.hit("after-send", kind),
+                        Ok(_) => shared.fail_at("after-send", kind),
                         Err(e) => debug!(kind, reason = %e, "handoff message not delivered"),
                     }
                 }

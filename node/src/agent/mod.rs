@@ -1,4 +1,4 @@
-//! The agent of DESIGN §3–§4: the long-running process that wires the store, the gossip
+//! The agent (docs/design.md §Layout): the long-running process that wires the store, the gossip
 //! endpoint and a driver, runs balancing rounds and sessions, drives the handoff state
 //! machine, serves the admin API and metrics, and reconciles the hypervisor.
 //!
@@ -13,7 +13,7 @@
 //!   `mover`: executes planned moves one after another.
 //! - `figures`: the node's load, free memory, candidates and gossiped summary;
 //!   `sampler`: measured load factors (EWMA of usage samples).
-//! - `reconcile`: the hypervisor against the schedule (DESIGN §6).
+//! - `reconcile`: the hypervisor against the schedule (docs/design.md §Drivers).
 //! - `admin`: the admin handlers and VM placement; `rpc`: the RPC dispatcher.
 //! - `metrics`, `http`: Prometheus metrics and the `GET /metrics` responder.
 //! - [`bench`]: `ballast bench handoff` (two in-process agents, timed handoffs).
@@ -23,6 +23,7 @@ mod admin;
 pub mod admin_client;
 pub mod bench;
 mod error;
+#[cfg(feature = "failpoints")]
 pub mod failpoints;
 mod figures;
 mod handoff_task;

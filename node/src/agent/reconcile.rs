@@ -1,5 +1,5 @@
-//! Reconciliation of the hypervisor with the schedule (DESIGN §6), on start-up and every
-//! `reconcile.interval_ms`: a `Running` entry whose VM the hypervisor does not hold (or
+//! Reconciliation of the hypervisor with the schedule (docs/design.md §Drivers), on start-up
+//! and every `reconcile.interval_ms`: a `Running` entry whose VM the hypervisor does not hold (or
 //! holds stopped) is started (after `adopt`, a VM whose process survived is simply
 //! held); a VM the hypervisor holds that no entry claims is reported (log + metric),
 //! never killed. VMs in a handoff are left to the handoff machine.

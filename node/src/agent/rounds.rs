@@ -1,4 +1,4 @@
-//! Balancing rounds (DESIGN §3, steps 1–2) and draining.
+//! Balancing rounds (docs/design.md §Balancing, steps 1–2) and draining.
 //!
 //! Every `round_interval_ms` plus a random jitter, a node picks a live, active peer
 //! (`policy::choose_peer`: uniform, or the most different of `d` samples) and, unless gossip

@@ -2,6 +2,7 @@
 //! it (signal every task, wait for each, shut the endpoint down).
 
 use super::error::AgentError;
+#[cfg(feature = "failpoints")]
 use super::failpoints::Failpoints;
 use super::handoff_task::{Owner, INPUTS_MAX};
 use super::metrics::Metrics;
@@ -43,6 +44,7 @@ impl Agent {
     /// reconciles once, then runs rounds, sampling, publishing, reconciliation, the mover
     /// and the metrics listener.
     pub async fn start(cfg: AgentConfig) -> Result<Agent, AgentError> {
+        #[cfg(feature = "failpoints")]
         let failpoints =
             Failpoints::new(&cfg.failpoints.exit_at).map_err(AgentError::Failpoints)?;
         let me = NodeId::from(cfg.node.id.as_str());
@@ -70,6 +72,7 @@ impl Agent {
             driver,
             model,
             metrics: Arc::new(Metrics::new()),
+            #[cfg(feature = "failpoints")]
             failpoints,
             tls: tls.clone(),
             inputs: inputs_tx,

@@ -1,4 +1,4 @@
-//! Measured load (DESIGN §3): every `load.sample_interval_ms` the driver's cumulative
+//! Measured load (docs/design.md §Load): every `load.sample_interval_ms` the driver's cumulative
 //! usage counters of each running VM are read, turned into raw factors over the window
 //! (`factors_between`, normalized by this host's CPU speed), smoothed per VM (`Ewma`) and
 //! written back with `update_factors` (soft state). Does nothing in target mode.

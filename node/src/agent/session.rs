@@ -1,4 +1,4 @@
-//! Balancing sessions (DESIGN §3, steps 3–5): the initiator's side
+//! Balancing sessions (docs/design.md §Balancing, steps 3–5): the initiator's side
 //! ([`run_session`]) and the peer's side ([`serve_session`]).
 //!
 //! A sends `L_A` and the raw factors of its movable VMs; B answers its fresh `L_B`, what

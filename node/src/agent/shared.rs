@@ -2,6 +2,7 @@
 //! load model, metrics, the handoff machine's input channel, the network handles, the
 //! session slot and the draining flag.
 
+#[cfg(feature = "failpoints")]
 use super::failpoints::Failpoints;
 use super::handoff_task::Input;
 use super::metrics::Metrics;
@@ -51,10 +52,12 @@ pub(crate) struct Shared {
     pub(crate) driver: Arc<dyn Driver>,
     pub(crate) model: LoadModel,
     pub(crate) metrics: Arc<Metrics>,
+    /// Armed failpoints (test builds only).
+    #[cfg(feature = "failpoints")]
     pub(crate) failpoints: Failpoints,
     /// This node's certificate, for fresh RPC clients.
     pub(crate) tls: ballast_gossip::TlsBundle,
-    /// The handoff machine's one bounded input channel (STYLE 7).
+    /// The handoff machine's one bounded input channel.
     pub(crate) inputs: mpsc::Sender<Input>,
     /// Set once the endpoint runs; a std mutex, never held across `.await`.
     pub(crate) net: Mutex<Option<Net>>,
@@ -89,6 +92,25 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Kills the process if the failpoint `kind:what` is armed; nothing in a build
+    /// without the `failpoints` feature.
+    pub(crate) fn fail_at(&self, kind: &str, what: &str) {
+        #[cfg(feature = "failpoints")]
+        self.failpoints.hit(kind, what);
+        #[cfg(not(feature = "failpoints"))]
+        let _ = (kind, what);
+    }
+
+    /// How many times to send each handoff message: twice with the test hook
+    /// `failpoints.duplicate_sends` (duplicates must change nothing), else once.
+    pub(crate) fn send_copies(&self) -> usize {
+        #[cfg(feature = "failpoints")]
+        if self.cfg.failpoints.duplicate_sends {
+            return 2;
+        }
+        1
+    }
+
     /// Milliseconds since the agent started (the handoff machine's clock).
     pub(crate) fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)

@@ -36,9 +36,9 @@ pub enum AgentResponse {
 /// Version 1 requests.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
-    /// Node → node: a balancing session step (DESIGN §3).
+    /// Node → node: a balancing session step (docs/design.md §Balancing).
     Session(SessionRequest),
-    /// Node → node: a handoff message (DESIGN §4), queued to the handoff machine.
+    /// Node → node: a handoff message (docs/design.md §Handoff), queued to the handoff machine.
     Handoff(HandoffMsg),
     /// Node → node: place a new VM here (a forwarded admin `CreateVm`).
     Place(Placement),
@@ -84,7 +84,7 @@ pub enum Refusal {
 pub struct CandidateFactors {
     /// The VM.
     pub vm: VmId,
-    /// Its raw load factors (DESIGN §3), host independent.
+    /// Its raw load factors (docs/design.md §Load), host independent.
     pub factors: LoadFactors,
     /// Its load on the host that holds it, as that host computes it.
     pub load_here: f64,
@@ -165,8 +165,8 @@ pub struct Placement {
     pub pinned: bool,
 }
 
-/// The admin API (DESIGN §7). Every request acts on the node it is sent to, except
-/// `CreateVm` which may forward to another node.
+/// The admin API (docs/design.md §Operations). Every request acts on the node it is sent to,
+/// except `CreateVm` which may forward to another node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AdminRequest {
     /// Creates a VM on `node`, or when `None` on the less loaded of two random live,

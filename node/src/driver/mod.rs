@@ -1,10 +1,10 @@
-//! The hypervisor driver plugin of DESIGN §6: what the agent needs from a hypervisor.
+//! The hypervisor driver plugin of docs/design.md §Drivers: what the agent needs from a hypervisor.
 //!
 //! Submodules hold the drivers: `sim` (synthetic, for demo, simulation and tests), `qemu`
 //! (one `qemu-system` process per VM, QMP, live migration over TCP) and `exec` (any
 //! executable speaking the line-delimited JSON protocol of `docs/driver-protocol.md`).
 //!
-//! Handoff contract (DESIGN §4): `prepare_incoming` leaves the destination copy **paused**;
+//! Handoff contract (docs/design.md §Handoff): `prepare_incoming` leaves the new copy **paused**;
 //! `migrate_out` returns once the hypervisor's switchover is complete, leaving the source
 //! copy paused; the destination copy runs only after `resume_incoming`. Before the commit
 //! point the source may `cancel_outgoing` (the source runs again) and the destination

@@ -22,7 +22,9 @@ pub struct HandoffConfig {
     /// Most handoffs (either side, not counting settling records) at once; a `Prepare`
     /// beyond it is refused `Busy`, a move beyond it is not started.
     pub handoffs_max: usize,
-    /// Deliberate protocol bugs, for the model check only. Never set in production.
+    /// Deliberate protocol bugs, for the model check and the chaos harness only (builds
+    /// with the `planted-bugs` feature).
+    #[cfg(feature = "planted-bugs")]
     #[serde(skip)]
     pub planted_bug: PlantedBug,
 }
@@ -37,13 +39,15 @@ impl Default for HandoffConfig {
             query_interval_ms: 2_000,
             store_retry_ms: 500,
             handoffs_max: 16,
+            #[cfg(feature = "planted-bugs")]
             planted_bug: PlantedBug::None,
         }
     }
 }
 
-/// A deliberate violation of DESIGN §4, so that tests can show the model check and the
-/// invariant checkers find real bugs. Off (`None`) by default.
+/// A deliberate violation of docs/design.md §Handoff, so that tests can show the model check and
+/// the invariant checkers find real bugs. Off (`None`) by default.
+#[cfg(feature = "planted-bugs")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PlantedBug {
     /// The correct protocol.

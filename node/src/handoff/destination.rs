@@ -3,9 +3,11 @@
 //! (`QueryOutcome`); only an operator's forget of A lets it decide alone (`recovery`).
 
 use super::state::{AfterPrepare, Handoff, Phase};
+#[cfg(feature = "planted-bugs")]
+use super::PlantedBug;
 use super::{
     AbortReason, CallKind, DriverAction, HandoffMsg, Handoffs, IgnoreReason, Millis, Notice,
-    Payload, PlantedBug, RefuseReason, Role, StoreOp, StoreOutcome, StoreRefusal, TimerKind,
+    Payload, RefuseReason, Role, StoreOp, StoreOutcome, StoreRefusal, TimerKind,
 };
 use crate::driver::MigrationTarget;
 use ballast_store::{NodeId, VmId};
@@ -180,11 +182,13 @@ impl Handoffs {
 
     /// Promotes: `promote_incoming`, then (once durable) resume and ack.
     pub(super) fn promote(&mut self, vm: VmId, epoch: u64) {
+        #[cfg(feature = "planted-bugs")]
         let bug = self.config.planted_bug;
         let Some(h) = self.active_at(&vm, epoch) else {
             return;
         };
         h.phase = Phase::Promoting;
+        #[cfg(feature = "planted-bugs")]
         if bug == PlantedBug::AckBeforeDurable {
             let peer = h.peer.clone();
             self.send(
@@ -298,6 +302,7 @@ impl Handoffs {
     /// B's periodic question while it waits. (With `PlantedBug::PromoteOnTimeout` B
     /// wrongly decides alone instead.)
     pub(super) fn on_query_timer(&mut self, now: Millis, vm: VmId, epoch: u64) {
+        #[cfg(feature = "planted-bugs")]
         let bug = self.config.planted_bug;
         let Some(h) = self.active_at(&vm, epoch) else {
             return;
@@ -305,6 +310,7 @@ impl Handoffs {
         if !matches!(h.phase, Phase::Waiting { .. }) {
             return;
         }
+        #[cfg(feature = "planted-bugs")]
         if bug == PlantedBug::PromoteOnTimeout {
             return self.promote(vm, epoch);
         }

@@ -1,5 +1,5 @@
-//! The handoff wire messages (DESIGN §4): one enum, every variant naming the VM and the
-//! epoch of the move it belongs to, so a duplicate or a stale replay can be recognised.
+//! The handoff wire messages (docs/design.md §Handoff): one enum, every variant naming the VM and
+//! the epoch of the move it belongs to, so a duplicate or a stale replay can be recognised.
 //!
 //! The RPC layer wraps [`HandoffMsg`] in its versioned envelope and encodes it with
 //! bincode 2; [`HandoffMsg::validate`] bounds what the machine accepts after decoding.

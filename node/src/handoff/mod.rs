@@ -1,4 +1,4 @@
-//! The handoff of DESIGN §4 as a pure state machine: inputs in, [`Effect`]s out.
+//! The handoff of docs/design.md §Handoff as a pure state machine: inputs in, [`Effect`]s out.
 //!
 //! This module imports no tokio, sled, quinn, clock or randomness. Time is an argument
 //! (`now: Millis`), timers are values carrying the epoch they were armed for, and every
@@ -35,7 +35,9 @@ pub mod sim;
 mod source;
 mod state;
 
-pub use config::{HandoffConfig, PlantedBug};
+pub use config::HandoffConfig;
+#[cfg(feature = "planted-bugs")]
+pub use config::PlantedBug;
 pub use effects::{CallKind, DriverAction, DriverCall, Effect, Millis, StoreOp, Timer, TimerKind};
 pub use error::StartError;
 pub use events::{DriverOutcome, DriverReply, StoreOutcome, StoreRefusal};

@@ -9,7 +9,7 @@ pub enum Sender {
     /// The busier side of the pair sends, whichever side opened the session.
     #[default]
     Busier,
-    /// Only the side that opened the session may send (DESIGN §3 as first written).
+    /// Only the side that opened the session may send (the original rule).
     Initiator,
 }
 

@@ -1,4 +1,4 @@
-//! The balancing policy of DESIGN §3, as pure functions of plain data.
+//! The balancing policy of docs/design.md §Balancing, as pure functions of plain data.
 //!
 //! No I/O, no clock, no randomness except an RNG passed in: the agent and the simulator
 //! (`ballast simulate`) call exactly these functions.

@@ -1,5 +1,5 @@
-//! An in-process simulation of many hosts running the balancing rounds of DESIGN §3 with
-//! the same policy code as the agent ([`crate::policy`]), next to a central-greedy
+//! An in-process simulation of many hosts running the balancing rounds of docs/design.md §Balancing
+//! with the same policy code as the agent ([`crate::policy`]), next to a central-greedy
 //! baseline on the same initial state. One seed reproduces a run. No I/O, no clock.
 //!
 //! - [`scenario`]: the initial states (`uniform`, `hotspot`, `new-hosts`, `heterogeneous`).

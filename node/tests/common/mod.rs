@@ -1,4 +1,4 @@
-//! Shared test support: the driver conformance suite (DESIGN §6, STYLE 9).
+//! Shared test support: the driver conformance suite (docs/design.md §Drivers).
 //!
 //! Include it from a test crate with `mod common;` (under `node/tests/`) or with
 //! `#[path = "../../node/tests/common/mod.rs"] mod common;` from another crate.

@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 use ballast_node::handoff::sim::{Faults, SimAction, World};
-use ballast_node::handoff::{HandoffConfig, PlantedBug};
+use ballast_node::handoff::HandoffConfig;
+#[cfg(feature = "planted-bugs")]
+use ballast_node::handoff::PlantedBug;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -13,15 +15,20 @@ pub const STEPS_MAX: usize = 20_000;
 
 /// Three nodes; vm0 on n0, vm1 on n1; notices and sent messages recorded.
 pub fn world() -> World {
-    world_with(PlantedBug::None)
+    world_of(HandoffConfig::default())
 }
 
-/// Like [`world`] with a planted bug.
+/// Like [`world`] with a planted bug (builds with the `planted-bugs` feature).
+#[cfg(feature = "planted-bugs")]
 pub fn world_with(bug: PlantedBug) -> World {
-    let config = HandoffConfig {
+    world_of(HandoffConfig {
         planted_bug: bug,
         ..HandoffConfig::default()
-    };
+    })
+}
+
+/// Like [`world`] with the machine's configuration `config`.
+pub fn world_of(config: HandoffConfig) -> World {
     let mut w = World::new(3, &[0, 1], config);
     w.record = true;
     w

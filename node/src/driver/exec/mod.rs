@@ -1,4 +1,4 @@
-//! The `exec` driver (DESIGN §6): any executable that speaks the line-delimited JSON
+//! The `exec` driver (docs/design.md §Drivers): any executable that speaks the line-delimited JSON
 //! protocol of `docs/driver-protocol.md` on stdin/stdout is a hypervisor driver, so a
 //! driver can be written in any language (`examples/qemu_plugin.py` drives QEMU).
 //!

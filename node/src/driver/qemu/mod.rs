@@ -1,4 +1,4 @@
-//! The `qemu` driver (DESIGN §6): one `qemu-system` process per VM, driven over QMP.
+//! The `qemu` driver (docs/design.md §Drivers): one `qemu-system` process per VM, driven over QMP.
 //!
 //! Each VM lives in its own directory under the configured state directory (see
 //! [`vm_dir`]); the QEMU process is daemonized so it outlives the agent, and a restarted

@@ -1,5 +1,5 @@
-//! The `sim` driver (DESIGN §6): simulated VMs with synthetic usage, delayed migrations
-//! with injected failures, and run records from which [`check_no_double_run`] proves I2.
+//! The `sim` driver (docs/design.md §Drivers): simulated VMs with synthetic usage, delayed
+//! migrations with injected failures, and run records from which [`check_no_double_run`] proves I2.
 //!
 //! Files:
 //! - [`config`]: [`SimConfig`] and [`SimMode`] (the agent's `[driver.sim]` section).
@@ -249,7 +249,7 @@ impl SimDriver {
                 Ok(status)
             }
             Backend::Process(p) => {
-                self::profile::UsageProfile::from_spec(spec)
+                profile::UsageProfile::from_spec(spec)
                     .map_err(|e| DriverError::InvalidSpec(e.to_string()))?;
                 p.spawn(vm, spec, seed, incoming).await
             }

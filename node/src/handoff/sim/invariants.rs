@@ -1,5 +1,5 @@
-//! The invariants of DESIGN §4 over a [`World`]: I1 (no loss: exactly one owner), I2 (no
-//! double run) and I3 (everything resolved).
+//! The invariants of docs/design.md §Handoff over a [`World`]: I1 (no loss: exactly one owner),
+//! I2 (no double run) and I3 (everything resolved).
 //!
 //! Ownership is read from durable state only. Owners of a VM are: each node holding it
 //! `Running`; each node holding it `MigratingOut` (the pair A–B counts once, as A); and

@@ -745,7 +745,7 @@ impl World {
         self.after_input(node);
     }
 
-    /// The agent's start-up reconciliation (DESIGN §6), as far as handoffs need it: a
+    /// The agent's start-up reconciliation (docs/design.md §Drivers), as far as handoffs need it: a
     /// VM whose entry is `Running` here runs (a paused copy is resumed, a missing one
     /// started). Copies of VMs in a handoff are left to the machine.
     fn reconcile(n: &mut SimNode) {
