@@ -5,6 +5,7 @@
 mod agent_util;
 
 use agent_util::*;
+use ballast_node::agent::wire::SessionOutcome;
 use ballast_store::{VmId, VmState};
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ fn a_dry_run_plans_moves_and_makes_none() {
                         return false;
                     };
                     for r in records.iter().filter(|r| !r.moves.is_empty()) {
-                        assert!(r.outcome.starts_with("dry-run:"), "{r:?}");
+                        assert!(matches!(r.outcome, SessionOutcome::DryRun(_)), "{r:?}");
                         assert!(r.moves.iter().all(|m| m.from.as_str() == "n1"), "{r:?}");
                         n += 1;
                     }

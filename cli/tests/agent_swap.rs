@@ -7,6 +7,7 @@
 mod agent_util;
 
 use agent_util::*;
+use ballast_node::agent::wire::{PlanKind, SessionOutcome};
 use ballast_store::VmId;
 use std::time::Duration;
 
@@ -54,7 +55,10 @@ fn a_pair_no_single_move_can_balance_swaps_two_vms() {
         let mut swaps = Vec::new();
         for i in 0..2 {
             let recs = c.admin(i).recent_sessions().await.expect("sessions");
-            swaps.extend(recs.into_iter().filter(|r| r.outcome == "swap"));
+            swaps.extend(
+                recs.into_iter()
+                    .filter(|r| r.outcome == SessionOutcome::Moved(PlanKind::Swap)),
+            );
         }
         assert_eq!(swaps.len(), 1, "one swap session: {swaps:?}");
         let s = &swaps[0];

@@ -499,10 +499,11 @@ impl AgentConfig {
         }
         #[cfg(feature = "failpoints")]
         for fp in &self.failpoints.exit_at {
-            crate::agent::failpoints::check_name(fp).map_err(|reason| ConfigError::Invalid {
-                field: "failpoints.exit_at".into(),
-                reason,
-            })?;
+            fp.parse::<crate::agent::failpoints::Failpoint>()
+                .map_err(|e| ConfigError::Invalid {
+                    field: "failpoints.exit_at".into(),
+                    reason: e.to_string(),
+                })?;
         }
         Ok(())
     }

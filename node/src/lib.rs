@@ -2,10 +2,9 @@
 //!
 //! Modules:
 //! - [`config`]: the agent's configuration (TOML), every option with a default.
-//! - [`load`]: the load model of docs/design.md §Load: weights, capacities, smoothing, translation.
-//! - [`policy`]: the pure balancing policy (peer choice, whether and which VM to move).
+//! - [`load`], [`policy`], [`handoff`]: the pure core, re-exported from `ballast-core`
+//!   (the load model, the balancing policy, the handoff machine and its deterministic world).
 //! - [`simulate`]: an in-process simulation of many hosts running the same policy.
-//! - [`handoff`]: the pure handoff machine of docs/design.md §Handoff (events in, effects out).
 //! - [`driver`]: the hypervisor driver trait and its drivers (sim, qemu, exec).
 //! - [`agent`]: the running agent — rounds, sessions, handoffs, admin API, metrics.
 #![deny(missing_docs, unreachable_pub)]
@@ -13,7 +12,6 @@
 pub mod agent;
 pub mod config;
 pub mod driver;
-pub mod handoff;
-pub mod load;
-pub mod policy;
 pub mod simulate;
+
+pub use ballast_core::{handoff, load, policy};

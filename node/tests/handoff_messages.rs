@@ -2,7 +2,7 @@
 //! validation refuses what the machine must not act on (the machine then ignores it).
 
 use ballast_node::driver::MigrationTarget;
-use ballast_node::handoff::sim::{vm_id, World};
+use ballast_node::handoff::world::{vm_id, World};
 use ballast_node::handoff::{
     HandoffConfig, HandoffMsg, IgnoreReason, InvalidMsg, Notice, Outcome, Payload, RefuseReason,
     VM_ID_LEN_MAX,

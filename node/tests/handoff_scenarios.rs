@@ -4,7 +4,7 @@
 
 mod handoff_util;
 
-use ballast_node::handoff::sim::{vm_id, CopyState, Faults, Held, SimAction, World};
+use ballast_node::handoff::world::{vm_id, CopyState, Faults, Held, SimAction, World};
 #[cfg(feature = "planted-bugs")]
 use ballast_node::handoff::PlantedBug;
 use ballast_node::handoff::{Notice, Role, TimerKind};

@@ -1,7 +1,8 @@
 //! `ballast-store`: the durable state of one ballast agent, kept in sled.
 //!
 //! Modules:
-//! - [`types`]: the records kept (schedule entries, handoff records, node metadata).
+//! - [`types`]: the records kept (schedule entries, handoff records, node metadata), defined
+//!   in `ballast-core` and re-exported here.
 //! - `error`: [`StoreError`] and [`Outcome`] (applied or duplicate).
 //! - `store`: the [`Store`] handle, its reads, [`StoreSnapshot`] and the one write path.
 //! - `transitions`: the schedule's state transitions (create, begin/abort/commit a move,
@@ -22,12 +23,12 @@ mod generation;
 mod open;
 mod store;
 mod transitions;
-pub mod types;
 mod validate;
 
+pub use ballast_core::types;
+pub use ballast_core::types::*;
 pub use codec::{RECORD_BYTES_MAX, VM_ID_BYTES_MAX};
 pub use error::{Outcome, StoreError};
 pub use open::FORMAT_VERSION;
 pub use store::{Store, StoreSnapshot};
-pub use types::*;
 pub use validate::FACTOR_BATCH_MAX;

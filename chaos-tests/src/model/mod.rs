@@ -1,5 +1,5 @@
 //! The handoff protocol as a stateright [`Model`]: a simulated cluster
-//! (`ballast_node::handoff::sim::World`, which steps the agent's own `Handoffs`
+//! (`ballast_node::handoff::world::World`, which steps the agent's own `Handoffs`
 //! machines) whose next states are every enabled protocol step and fault — message loss,
 //! duplication and reordering, agent crashes that keep only durable state, migration and
 //! driver failures, timers firing at any moment — within the bounds of [`Bounds`].
@@ -12,7 +12,7 @@ mod check;
 
 pub use check::{run, CheckReport, PropertyResult};
 
-use ballast_node::handoff::sim::{vm_id, Faults, Held, SimAction, World};
+use ballast_node::handoff::world::{vm_id, Faults, Held, SimAction, World};
 use ballast_node::handoff::{HandoffConfig, PlantedBug};
 use stateright::{Model, Property};
 

@@ -189,6 +189,14 @@ pub fn counts(plan: &[FaultEvent]) -> std::collections::BTreeMap<FaultKind, u64>
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_restart_failpoint_is_one_the_agent_knows() {
+        for name in RESTART_FAILPOINTS {
+            let parsed = name.parse::<ballast_node::agent::failpoints::Failpoint>();
+            assert_eq!(parsed.map(|f| f.to_string()).as_deref(), Ok(*name));
+        }
+    }
+
     fn shape() -> PlanShape {
         PlanShape {
             agents: 5,

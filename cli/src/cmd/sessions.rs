@@ -11,7 +11,7 @@
 use crate::admin_bundle::AdminArgs;
 use crate::cmd::admin::{block_on, Cluster};
 use crate::table::{age, new_table};
-use ballast_node::agent::wire::SessionRecord;
+use ballast_node::agent::wire::{SessionOutcome, SessionRecord};
 use serde::Serialize;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -68,9 +68,9 @@ pub struct SessionRow {
     pub load_initiator: f64,
     /// The peer's load (fresh from the peer when it answered, else gossip's).
     pub load_peer: f64,
-    /// `send`, `receive`, `swap`, `stay:<reason>`, `busy`, `busy:self`, `draining` or
-    /// `failed:<reason>`.
-    pub outcome: String,
+    /// `send`, `receive`, `swap`, `dry-run:<kind>`, `stay:<reason>`, `busy`, `busy:self`,
+    /// `draining` or `failed:<reason>` in JSON.
+    pub outcome: SessionOutcome,
     /// The moves it planned.
     pub moves: Vec<MoveRow>,
 }
@@ -148,7 +148,7 @@ pub fn render(r: &SessionsReport, now_unix_ms: u64) -> String {
             age(now_unix_ms.saturating_sub(s.at_unix_ms)),
             format!("{} → {}", s.initiator, s.peer),
             format!("{:.3} / {:.3}", s.load_initiator, s.load_peer),
-            s.outcome.clone(),
+            s.outcome.to_string(),
             moves.join("\n"),
         ]);
     }
@@ -209,7 +209,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ballast_node::agent::wire::PlannedVm;
+    use ballast_node::agent::wire::{PlanKind, PlannedVm};
+    use ballast_node::policy::Stay;
     use ballast_store::{NodeId, VmId};
 
     fn rec(session: u64, at: u64, a: &str, b: &str, moved: &[&str]) -> SessionRecord {
@@ -220,11 +221,10 @@ mod tests {
             load_initiator: 0.8,
             load_peer: 0.2,
             outcome: if moved.is_empty() {
-                "stay:NoGain"
+                SessionOutcome::Stay(Stay::GainTooSmall)
             } else {
-                "send"
-            }
-            .into(),
+                SessionOutcome::Moved(PlanKind::Send)
+            },
             moves: moved
                 .iter()
                 .map(|vm| PlannedVm {

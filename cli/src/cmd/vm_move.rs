@@ -5,7 +5,7 @@
 
 use crate::cmd::admin::{explain, Cluster, Member};
 use anyhow::{anyhow, bail};
-use ballast_node::agent::wire::{AdminError, OUTGOING_LIMIT_REACHED};
+use ballast_node::agent::wire::{AdminError, BusyDetail};
 use ballast_node::agent::AdminClientError;
 use ballast_store::{NodeId, ScheduleEntry, VmId, VmState};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -117,9 +117,10 @@ async fn request(
     let client = cluster.client(holder.addr, MOVE_CALL_TIMEOUT)?;
     loop {
         match client.start_move(vm, to).await {
-            Err(AdminClientError::Admin(AdminError::Busy { detail, .. }))
-                if detail == OUTGOING_LIMIT_REACHED && Instant::now() < deadline =>
-            {
+            Err(AdminClientError::Admin(AdminError::Busy {
+                detail: BusyDetail::OutgoingLimit,
+                ..
+            })) if Instant::now() < deadline => {
                 spinner.set_message(format!(
                     "waiting: {} is handing off another VM; then {vm} goes to {to}",
                     holder.node

@@ -5,10 +5,9 @@ use super::figures::summary;
 use super::handoff_task::{handoffs_in_flight, move_vm, Input};
 use super::shared::{lock, Shared};
 use super::wire::{
-    AdminError, AdminRequest, AdminResponse, AgentRequest, AgentResponse, HandoffInfo, NodeStatus,
-    PeerStatus, Placement, Request, Response, SessionRecord, StoreView,
+    AdminError, AdminRequest, AdminResponse, AgentRequest, AgentResponse, BusyDetail, HandoffInfo,
+    NodeStatus, PeerStatus, Placement, Request, Response, SessionRecord, StoreView,
 };
-use crate::handoff::Role;
 use ballast_store::{NodeId, ScheduleEntry, StoreError, VmState};
 use rand::Rng;
 use std::sync::atomic::Ordering;
@@ -24,7 +23,7 @@ fn store_err(e: StoreError) -> AdminError {
         StoreError::AlreadyExists { vm, detail } => AdminError::AlreadyExists { vm, detail },
         StoreError::WrongState { vm, found, .. } => AdminError::Busy {
             vm,
-            detail: format!("{found:?}"),
+            detail: BusyDetail::Other(format!("{found:?}")),
         },
         StoreError::InvalidInput { reason, .. } => AdminError::Invalid(reason),
         other => AdminError::Store(other.to_string()),
@@ -102,7 +101,10 @@ pub(crate) async fn handle_admin(
                     committed: r.committed,
                     epoch: r.epoch,
                 }),
-                Ok(Err(detail)) => Err(AdminError::Busy { vm, detail }),
+                Ok(Err(refused)) => Err(AdminError::Busy {
+                    vm,
+                    detail: refused.into(),
+                }),
                 Err(_) => {
                     info!(vm = %vm, peer = %to, "operator move still under way at the answer");
                     Ok(AdminResponse::MoveUnderway)
@@ -251,7 +253,7 @@ async fn delete(shared: &Shared, vm: ballast_store::VmId) -> Result<AdminRespons
     if busy || entry.state != VmState::Running {
         return Err(AdminError::Busy {
             vm,
-            detail: "in a handoff".into(),
+            detail: BusyDetail::Other("in a handoff".into()),
         });
     }
     shared
@@ -278,11 +280,8 @@ async fn status(shared: &Shared) -> Result<NodeStatus, AdminError> {
             vm: h.vm,
             peer: h.peer,
             epoch: h.epoch,
-            role: match h.role {
-                Role::Source => "source".into(),
-                Role::Destination => "destination".into(),
-            },
-            step: h.step.to_owned(),
+            role: h.role,
+            step: h.step,
         })
         .collect();
     let peers = shared
@@ -308,7 +307,7 @@ async fn status(shared: &Shared) -> Result<NodeStatus, AdminError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::wire::CandidateView;
+    use crate::agent::wire::{CandidateView, PlanKind, SessionOutcome};
     use ballast_store::VmId;
 
     fn record(session: u64, candidates: usize) -> SessionRecord {
@@ -318,7 +317,7 @@ mod tests {
             peer: NodeId::from("n2"),
             load_initiator: 0.5,
             load_peer: 0.1,
-            outcome: "send".into(),
+            outcome: SessionOutcome::Moved(PlanKind::Send),
             moves: Vec::new(),
             initiator_candidates: (0..candidates)
                 .map(|i| CandidateView {

@@ -1,114 +1,126 @@
 //! Failpoints: named handoff steps at which the agent kills itself (SIGKILL), so tests
 //! and the chaos harness can crash a side exactly before or after a flush or a message.
 //!
-//! Names: `before:OP` / `after:OP` around a store transition (`OP` as the store names it)
-//! and `before-send:MSG` / `after-send:MSG` around a handoff message (`MSG` as
-//! `HandoffMsg::kind` names it). Set in `[failpoints] exit_at` or in the environment
-//! variable [`FAILPOINTS_ENV`] (comma separated).
+//! Names ([`Failpoint`]): `before:OP` / `after:OP` around a store transition (`OP` a
+//! [`StoreOpKind`] name) and `before-send:MSG` / `after-send:MSG` around a handoff message
+//! (`MSG` a [`MsgKind`] name). The names are those of the handoff machine's own kinds, so
+//! no list is kept here. Armed only in builds with the cargo feature `failpoints`, from
+//! `[failpoints] exit_at` or the environment variable `FAILPOINTS_ENV` (comma separated).
 
-use std::collections::BTreeSet;
+use crate::handoff::{MsgKind, StoreOpKind};
+use std::fmt;
+use std::str::FromStr;
 
-/// The environment variable that adds failpoints (comma separated).
-pub const FAILPOINTS_ENV: &str = "BALLAST_FAILPOINTS";
+/// One handoff step where an agent can be made to die.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Failpoint {
+    /// Before a store transition.
+    Before(StoreOpKind),
+    /// After a store transition succeeded (and was flushed).
+    After(StoreOpKind),
+    /// Before a handoff message is sent.
+    BeforeSend(MsgKind),
+    /// After the peer acknowledged delivery of a handoff message.
+    AfterSend(MsgKind),
+}
 
-/// Store transitions a failpoint may name.
-pub const STORE_OPS: &[&str] = &[
-    "begin_migrate_out",
-    "abort_migrate_out",
-    "commit_migrate_out",
-    "forget_transfer",
-    "accept_incoming",
-    "promote_incoming",
-    "drop_incoming",
-];
-
-/// Handoff messages a failpoint may name.
-pub const MESSAGES: &[&str] = &[
-    "prepare",
-    "prepared",
-    "prepare_refused",
-    "commit",
-    "commit_ack",
-    "abort",
-    "query_outcome",
-    "outcome",
-];
-
-/// Checks a failpoint name; `Err` says what is wrong.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = match name.split_once(':') {
-        Some(("before" | "after", op)) => STORE_OPS.contains(&op),
-        Some(("before-send" | "after-send", msg)) => MESSAGES.contains(&msg),
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "unknown failpoint {name:?} (before:OP, after:OP, before-send:MSG, after-send:MSG)"
-        ))
+impl Failpoint {
+    /// Every failpoint there is (for tests that try them all).
+    pub fn all() -> Vec<Failpoint> {
+        let ops = StoreOpKind::ALL.iter();
+        let msgs = MsgKind::ALL.iter();
+        ops.clone()
+            .flat_map(|&k| [Self::Before(k), Self::After(k)])
+            .chain(msgs.flat_map(|&m| [Self::BeforeSend(m), Self::AfterSend(m)]))
+            .collect()
     }
 }
 
-/// Every failpoint name there is (for tests that try them all).
-pub fn all_names() -> Vec<String> {
-    let mut out = Vec::new();
-    for op in STORE_OPS {
-        out.push(format!("before:{op}"));
-        out.push(format!("after:{op}"));
-    }
-    for msg in MESSAGES {
-        out.push(format!("before-send:{msg}"));
-        out.push(format!("after-send:{msg}"));
-    }
-    out
-}
-
-/// The armed failpoints of one agent.
-#[derive(Clone, Debug, Default)]
-pub struct Failpoints {
-    armed: BTreeSet<String>,
-}
-
-impl Failpoints {
-    /// The failpoints of the configuration plus those of [`FAILPOINTS_ENV`]; unknown
-    /// names are an error.
-    pub fn new(configured: &[String]) -> Result<Self, String> {
-        let mut armed = BTreeSet::new();
-        let from_env = std::env::var(FAILPOINTS_ENV).unwrap_or_default();
-        let env_names = from_env.split(',').map(str::trim).filter(|s| !s.is_empty());
-        for name in configured.iter().map(String::as_str).chain(env_names) {
-            check_name(name)?;
-            armed.insert(name.to_owned());
-        }
-        if !armed.is_empty() {
-            tracing::warn!(failpoints = ?armed, "failpoints armed: this agent will kill itself");
-        }
-        Ok(Self { armed })
-    }
-
-    /// Whether any failpoint is armed.
-    pub fn any(&self) -> bool {
-        !self.armed.is_empty()
-    }
-
-    /// Kills the process now if `kind:what` is armed.
-    pub fn hit(&self, kind: &str, what: &str) {
-        if self.armed.is_empty() {
-            return;
-        }
-        let name = format!("{kind}:{what}");
-        if self.armed.contains(&name) {
-            die(&name);
+impl fmt::Display for Failpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Before(k) => write!(f, "before:{k}"),
+            Self::After(k) => write!(f, "after:{k}"),
+            Self::BeforeSend(m) => write!(f, "before-send:{m}"),
+            Self::AfterSend(m) => write!(f, "after-send:{m}"),
         }
     }
 }
 
-/// Kills this process with SIGKILL (no destructors, no flush), like a crash.
-fn die(name: &str) -> ! {
-    eprintln!("ballast agent: failpoint {name} hit, killing myself");
-    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-    std::process::abort()
+/// A name that is no failpoint.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown failpoint {0:?} (before:OP, after:OP, before-send:MSG, after-send:MSG)")]
+pub struct UnknownFailpoint(String);
+
+impl FromStr for Failpoint {
+    type Err = UnknownFailpoint;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let unknown = || UnknownFailpoint(name.to_owned());
+        match name.split_once(':') {
+            Some(("before", op)) => op.parse().map(Self::Before).map_err(|_| unknown()),
+            Some(("after", op)) => op.parse().map(Self::After).map_err(|_| unknown()),
+            Some(("before-send", m)) => m.parse().map(Self::BeforeSend).map_err(|_| unknown()),
+            Some(("after-send", m)) => m.parse().map(Self::AfterSend).map_err(|_| unknown()),
+            _ => Err(unknown()),
+        }
+    }
+}
+
+#[cfg(feature = "failpoints")]
+pub use armed::{Failpoints, FAILPOINTS_ENV};
+
+#[cfg(feature = "failpoints")]
+mod armed {
+    use super::Failpoint;
+    use std::collections::BTreeSet;
+
+    /// The environment variable that adds failpoints (comma separated).
+    pub const FAILPOINTS_ENV: &str = "BALLAST_FAILPOINTS";
+
+    /// The armed failpoints of one agent.
+    #[derive(Clone, Debug, Default)]
+    pub struct Failpoints {
+        armed: BTreeSet<Failpoint>,
+    }
+
+    impl Failpoints {
+        /// The failpoints of the configuration plus those of [`FAILPOINTS_ENV`]; unknown
+        /// names are an error.
+        pub fn new(configured: &[String]) -> Result<Self, String> {
+            let mut armed = BTreeSet::new();
+            let from_env = std::env::var(FAILPOINTS_ENV).unwrap_or_default();
+            let env_names = from_env.split(',').map(str::trim).filter(|s| !s.is_empty());
+            for name in configured.iter().map(String::as_str).chain(env_names) {
+                armed.insert(name.parse::<Failpoint>().map_err(|e| e.to_string())?);
+            }
+            if !armed.is_empty() {
+                let names: Vec<String> = armed.iter().map(ToString::to_string).collect();
+                tracing::warn!(failpoints = ?names, "failpoints armed: this agent will kill itself");
+            }
+            Ok(Self { armed })
+        }
+
+        /// Whether any failpoint is armed.
+        pub fn any(&self) -> bool {
+            !self.armed.is_empty()
+        }
+
+        /// Kills the process now if `point` is armed.
+        pub fn hit(&self, point: Failpoint) {
+            if self.armed.contains(&point) {
+                die(point);
+            }
+        }
+    }
+
+    /// Kills this process with SIGKILL (no destructors, no flush), like a crash.
+    fn die(point: Failpoint) -> ! {
+        eprintln!("ballast agent: failpoint {point} hit, killing myself");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        std::process::abort()
+    }
 }
 
 #[cfg(test)]
@@ -116,12 +128,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_checked() {
-        for n in all_names() {
-            assert_eq!(check_name(&n), Ok(()), "{n}");
+    fn every_name_parses_back_and_unknown_names_are_refused() {
+        let all = Failpoint::all();
+        assert_eq!(all.len(), 2 * (StoreOpKind::ALL.len() + MsgKind::ALL.len()));
+        for f in all {
+            assert_eq!(f.to_string().parse::<Failpoint>(), Ok(f));
         }
-        assert!(check_name("after:nothing").is_err());
-        assert!(check_name("during:prepare").is_err());
-        assert!(check_name("prepare").is_err());
+        assert_eq!(
+            "after-send:commit".parse::<Failpoint>(),
+            Ok(Failpoint::AfterSend(MsgKind::Commit))
+        );
+        assert!("after:nothing".parse::<Failpoint>().is_err());
+        assert!("during:prepare".parse::<Failpoint>().is_err());
+        assert!("prepare".parse::<Failpoint>().is_err());
     }
 }

@@ -5,13 +5,15 @@
 //! tasks and come back as inputs; timers are tokio sleeps that come back as inputs.
 //! Failpoints fire around every store transition and message.
 
+use super::failpoints::Failpoint;
+use super::outcome::MoveRefused;
 use super::shared::Shared;
 use super::wire::{AgentRequest, AgentResponse, Request};
 use crate::driver::{Driver, DriverError};
 use crate::handoff::{
     CallKind, DriverAction, DriverCall, DriverOutcome, DriverReply, Effect, HandoffConfig,
-    HandoffMsg, HandoffStatus, Handoffs, Notice, RefuseReason, Role, StoreOp, StoreOutcome,
-    StoreRefusal, Timer,
+    HandoffMsg, HandoffStatus, HandoffStep, Handoffs, Notice, RefuseReason, Role, StoreOp,
+    StoreOutcome, StoreRefusal, Timer,
 };
 use ballast_store::{NodeId, StoreError, VmId};
 use std::collections::HashMap;
@@ -51,7 +53,7 @@ pub(crate) enum Input {
         /// The destination.
         to: NodeId,
         /// Answered with the outcome, or why the move did not start.
-        done: oneshot::Sender<Result<MoveResult, String>>,
+        done: oneshot::Sender<Result<MoveResult, MoveRefused>>,
     },
     /// A driver call finished.
     Driver(DriverReply),
@@ -66,7 +68,7 @@ pub(crate) enum Input {
 struct Waiter {
     epoch: u64,
     started: Instant,
-    done: oneshot::Sender<Result<MoveResult, String>>,
+    done: oneshot::Sender<Result<MoveResult, MoveRefused>>,
 }
 
 /// The owner of the machine.
@@ -135,7 +137,7 @@ impl Owner {
             debug_assert!(self.machine.poll_effect().is_none());
         }
         for (_, w) in self.waiters.drain() {
-            let _ = w.done.send(Err("agent shutting down".into()));
+            let _ = w.done.send(Err(MoveRefused::ShuttingDown));
         }
     }
 
@@ -165,7 +167,7 @@ impl Owner {
         self.machine
             .handoffs()
             .iter()
-            .filter(|h| h.role == Role::Source && h.step != "settling")
+            .filter(|h| h.role == Role::Source && h.step != HandoffStep::Settling)
             .count()
     }
 
@@ -192,10 +194,10 @@ impl Owner {
         now: u64,
         vm: VmId,
         to: NodeId,
-        done: oneshot::Sender<Result<MoveResult, String>>,
+        done: oneshot::Sender<Result<MoveResult, MoveRefused>>,
     ) {
         if self.outgoing_count() >= self.shared.cfg.balancing.max_outgoing {
-            let _ = done.send(Err(super::wire::OUTGOING_LIMIT_REACHED.into()));
+            let _ = done.send(Err(MoveRefused::OutgoingLimit));
             return;
         }
         let vm2 = vm.clone();
@@ -206,11 +208,11 @@ impl Owner {
         let (entry, highest) = match read {
             Ok((Some(e), h)) => (e, h),
             Ok((None, _)) => {
-                let _ = done.send(Err(format!("VM {vm} is not on this node")));
+                let _ = done.send(Err(MoveRefused::NotHere(vm)));
                 return;
             }
             Err(e) => {
-                let _ = done.send(Err(e.to_string()));
+                let _ = done.send(Err(MoveRefused::Store(e.to_string())));
                 return;
             }
         };
@@ -227,7 +229,7 @@ impl Owner {
                 );
             }
             Err(e) => {
-                let _ = done.send(Err(e.to_string()));
+                let _ = done.send(Err(e.into()));
             }
         }
     }
@@ -257,7 +259,7 @@ impl Owner {
     }
 
     async fn run_store(&self, op: &StoreOp) -> StoreOutcome {
-        self.shared.fail_at("before", op.name());
+        self.shared.fail_at(Failpoint::Before(op.kind()));
         let now_unix = super::unix_ms();
         let op2 = op.clone();
         let result = self
@@ -302,7 +304,7 @@ impl Owner {
             }
         };
         if outcome == StoreOutcome::Done {
-            self.shared.fail_at("after", op.name());
+            self.shared.fail_at(Failpoint::After(op.kind()));
             self.shared.summary_dirty.notify_one();
         }
         outcome
@@ -312,7 +314,7 @@ impl Owner {
     /// the machine).
     fn send(&self, to: NodeId, msg: HandoffMsg) {
         let shared = self.shared.clone();
-        shared.fail_at("before-send", msg.kind());
+        shared.fail_at(Failpoint::BeforeSend(msg.msg_kind()));
         let Some(addr) = shared.addr_of(&to) else {
             debug!(peer = %to, kind = msg.kind(), "no address for peer; message dropped");
             return;
@@ -326,13 +328,15 @@ impl Owner {
         let span = tracing::debug_span!("handoff", vm = %msg.vm(), epoch = msg.epoch(), peer = %to);
         tokio::spawn(
             async move {
-                let kind = msg.kind();
+                let kind = msg.msg_kind();
                 let req = AgentRequest::V1(Request::Handoff(msg));
                 for _ in 0..copies {
                     let r: Result<AgentResponse, _> = rpc.call(addr, Some(to.as_str()), &req).await;
                     match r {
-                        Ok(_) => shared.fail_at("after-send", kind),
-                        Err(e) => debug!(kind, reason = %e, "handoff message not delivered"),
+                        Ok(_) => shared.fail_at(Failpoint::AfterSend(kind)),
+                        Err(e) => {
+                            debug!(kind = kind.as_str(), reason = %e, "handoff message not delivered");
+                        }
                     }
                 }
                 drop(permit);
@@ -378,7 +382,7 @@ impl Owner {
                 role,
             } => {
                 info!(vm = %vm, epoch, peer = %peer, role = ?role, "handoff committed");
-                m.handoff(role_name(*role), "committed");
+                m.handoff(role.as_str(), "committed");
                 self.resolve(vm, *epoch, *role, true);
             }
             Notice::Aborted {
@@ -389,7 +393,7 @@ impl Owner {
                 reason,
             } => {
                 info!(vm = %vm, epoch, peer = %peer, role = ?role, reason = ?reason, "handoff aborted");
-                m.handoff(role_name(*role), "aborted");
+                m.handoff(role.as_str(), "aborted");
                 self.resolve(vm, *epoch, *role, false);
             }
             Notice::Settled { vm, epoch, peer } => {
@@ -430,13 +434,6 @@ impl Owner {
             }
             let _ = w.done.send(Ok(MoveResult { committed, epoch }));
         }
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Source => "source",
-        Role::Destination => "destination",
     }
 }
 
@@ -502,13 +499,17 @@ pub(crate) async fn handoffs_in_flight(shared: &Shared) -> Vec<HandoffStatus> {
 }
 
 /// Starts a move through the owner and waits (bounded) for its outcome.
-pub(crate) async fn move_vm(shared: &Shared, vm: VmId, to: NodeId) -> Result<MoveResult, String> {
+pub(crate) async fn move_vm(
+    shared: &Shared,
+    vm: VmId,
+    to: NodeId,
+) -> Result<MoveResult, MoveRefused> {
     let (tx, rx) = oneshot::channel();
     shared
         .inputs
         .send(Input::StartMove { vm, to, done: tx })
         .await
-        .map_err(|_| "agent shutting down".to_owned())?;
+        .map_err(|_| MoveRefused::ShuttingDown)?;
     let h = &shared.cfg.handoff;
     let bound = Duration::from_millis(
         h.prepare_timeout_ms
@@ -517,7 +518,7 @@ pub(crate) async fn move_vm(shared: &Shared, vm: VmId, to: NodeId) -> Result<Mov
     );
     match tokio::time::timeout(bound, rx).await {
         Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err("agent shutting down".into()),
-        Err(_) => Err("handoff did not resolve in time".into()),
+        Ok(Err(_)) => Err(MoveRefused::ShuttingDown),
+        Err(_) => Err(MoveRefused::TimedOut),
     }
 }

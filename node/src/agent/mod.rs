@@ -23,13 +23,13 @@ mod admin;
 pub mod admin_client;
 pub mod bench;
 mod error;
-#[cfg(feature = "failpoints")]
 pub mod failpoints;
 mod figures;
 mod handoff_task;
 mod http;
 mod metrics;
 mod mover;
+pub mod outcome;
 mod reconcile;
 mod rounds;
 mod rpc;

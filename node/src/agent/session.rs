@@ -13,8 +13,8 @@ use super::figures::local_figures;
 use super::mover::MoveJob;
 use super::shared::{lock, SessionSlot, Shared};
 use super::wire::{
-    AgentRequest, AgentResponse, CandidateView, PlannedVm, Request, Response, SessionRecord,
-    SessionRequest, SessionResponse, SideFigures,
+    AgentRequest, AgentResponse, CandidateView, PlanKind, PlannedVm, Request, Response,
+    SessionOutcome, SessionRecord, SessionRequest, SessionResponse, SideFigures,
 };
 use crate::policy::{decide, Candidate, Context, Decision, PlannedMove, View};
 use ballast_gossip::PeerView;
@@ -163,13 +163,9 @@ pub(crate) async fn run_session(
     let record = session_inner(shared, movers, peer, &peer_id, session)
         .instrument(span)
         .await;
-    shared.metrics.session(outcome_label(&record.outcome));
+    shared.metrics.session(record.outcome.label());
     shared.record_session(record.clone());
     record
-}
-
-fn outcome_label(outcome: &str) -> &str {
-    outcome.split(':').next().unwrap_or(outcome)
 }
 
 async fn session_inner(
@@ -185,7 +181,7 @@ async fn session_inner(
         peer: peer_id.clone(),
         load_initiator: 0.0,
         load_peer: peer.summary.load,
-        outcome: String::new(),
+        outcome: SessionOutcome::Undecided,
         moves: Vec::new(),
         initiator_candidates: Vec::new(),
         peer_candidates: Vec::new(),
@@ -193,7 +189,7 @@ async fn session_inner(
         now_unix_ms: super::unix_ms(),
     };
     if !take_slot(shared, peer_id, session) {
-        record.outcome = "busy:self".into();
+        record.outcome = SessionOutcome::SelfBusy;
         return record;
     }
     shared.metrics.sessions_opened.inc();
@@ -234,10 +230,10 @@ async fn negotiate(
     peer_id: &NodeId,
     session: u64,
     record: &mut SessionRecord,
-) -> String {
+) -> SessionOutcome {
     let mine = match local_figures(shared).await {
         Ok(f) => f,
-        Err(e) => return format!("failed:{e}"),
+        Err(e) => return SessionOutcome::Failed(e.to_string()),
     };
     record.load_initiator = mine.load;
     let open = SessionRequest::Open {
@@ -250,11 +246,11 @@ async fn negotiate(
             loads_there,
             ..
         }) if loads_there.len() == mine.candidates.len() => (figures, loads_there),
-        Ok(SessionResponse::Offer { .. }) => return "failed:bad offer".into(),
-        Ok(SessionResponse::Busy) => return "busy".into(),
-        Ok(SessionResponse::Draining) => return "draining".into(),
-        Ok(other) => return format!("failed:{other:?}"),
-        Err(e) => return format!("failed:{e}"),
+        Ok(SessionResponse::Offer { .. }) => return SessionOutcome::Failed("bad offer".into()),
+        Ok(SessionResponse::Busy) => return SessionOutcome::PeerBusy,
+        Ok(SessionResponse::Draining) => return SessionOutcome::PeerDraining,
+        Ok(other) => return SessionOutcome::Failed(format!("{other:?}")),
+        Err(e) => return SessionOutcome::Failed(e),
     };
     record.load_peer = theirs.load;
     let local_c = candidates_of(&mine, |i| loads_there[i]);
@@ -304,28 +300,28 @@ async fn negotiate(
     if shared.cfg.balancing.dry_run && !record.moves.is_empty() {
         let _ = call(shared, peer, SessionRequest::Close { session }).await;
         let what = match decision {
-            Decision::Send(_) => "send",
-            Decision::Receive(_) => "receive",
-            _ => "swap",
+            Decision::Send(_) => PlanKind::Send,
+            Decision::Receive(_) => PlanKind::Receive,
+            _ => PlanKind::Swap,
         };
         info!(
             moves = record.moves.len(),
             "dry run: moves planned, none made"
         );
-        return format!("dry-run:{what}");
+        return SessionOutcome::DryRun(what);
     }
     match decision {
         Decision::Send(_) => {
             let _ = call(shared, peer, SessionRequest::Close { session }).await;
             queue_sends(shared, movers, &record.moves, peer_id);
-            "send".into()
+            SessionOutcome::Moved(PlanKind::Send)
         }
         Decision::Receive(_) => {
             let vms = record.moves.iter().map(|m| m.vm.clone()).collect();
             match call(shared, peer, SessionRequest::Pull { session, vms }).await {
-                Ok(SessionResponse::Done) => "receive".into(),
-                Ok(other) => format!("failed:pull answered {other:?}"),
-                Err(e) => format!("failed:{e}"),
+                Ok(SessionResponse::Done) => SessionOutcome::Moved(PlanKind::Receive),
+                Ok(other) => SessionOutcome::Failed(format!("pull answered {other:?}")),
+                Err(e) => SessionOutcome::Failed(e),
             }
         }
         Decision::Swap { .. } => {
@@ -335,14 +331,14 @@ async fn negotiate(
             queue_sends(shared, movers, &record.moves[..1], peer_id);
             let vms = vec![record.moves[1].vm.clone()];
             match call(shared, peer, SessionRequest::Pull { session, vms }).await {
-                Ok(SessionResponse::Done) => "swap".into(),
-                Ok(other) => format!("failed:swap pull answered {other:?}"),
-                Err(e) => format!("failed:{e}"),
+                Ok(SessionResponse::Done) => SessionOutcome::Moved(PlanKind::Swap),
+                Ok(other) => SessionOutcome::Failed(format!("swap pull answered {other:?}")),
+                Err(e) => SessionOutcome::Failed(e),
             }
         }
         Decision::Stay(why) => {
             let _ = call(shared, peer, SessionRequest::Close { session }).await;
-            format!("stay:{why:?}")
+            SessionOutcome::Stay(why)
         }
     }
 }

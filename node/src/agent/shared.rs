@@ -2,6 +2,7 @@
 //! load model, metrics, the handoff machine's input channel, the network handles, the
 //! session slot and the draining flag.
 
+use super::failpoints::Failpoint;
 #[cfg(feature = "failpoints")]
 use super::failpoints::Failpoints;
 use super::handoff_task::Input;
@@ -92,13 +93,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Kills the process if the failpoint `kind:what` is armed; nothing in a build
-    /// without the `failpoints` feature.
-    pub(crate) fn fail_at(&self, kind: &str, what: &str) {
+    /// Kills the process if `point` is armed; nothing in a build without the
+    /// `failpoints` feature.
+    pub(crate) fn fail_at(&self, point: Failpoint) {
         #[cfg(feature = "failpoints")]
-        self.failpoints.hit(kind, what);
+        self.failpoints.hit(point);
         #[cfg(not(feature = "failpoints"))]
-        let _ = (kind, what);
+        let _ = point;
     }
 
     /// How many times to send each handoff message: twice with the test hook

@@ -7,7 +7,9 @@
 //! error, never a panic. Inside a version, an unknown kind is a decode error too.
 //! Everything decoded is validated ([`Request::validate`]) before the agent acts on it.
 
+pub use super::outcome::{BusyDetail, PlanKind, SessionOutcome};
 use crate::handoff::HandoffMsg;
+use ballast_core::handoff::{HandoffStep, Role};
 use ballast_gossip::LoadSummary;
 use ballast_store::{LoadFactors, NodeId, ScheduleEntry, Transferred, VmId, VmSpec};
 use serde::{Deserialize, Serialize};
@@ -251,10 +253,6 @@ pub enum AdminResponse {
     MoveUnderway,
 }
 
-/// The `detail` of `AdminError::Busy` when a `MoveVm` finds the node's outgoing
-/// migrations at their limit (`balancing.max_outgoing`): worth retrying shortly.
-pub const OUTGOING_LIMIT_REACHED: &str = "outgoing migration limit reached";
-
 /// Why an admin request failed. Each variant says whether anything changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum AdminError {
@@ -275,8 +273,8 @@ pub enum AdminError {
     Busy {
         /// The VM.
         vm: VmId,
-        /// Why.
-        detail: String,
+        /// Why (`BusyDetail::OutgoingLimit`: worth retrying shortly).
+        detail: BusyDetail,
     },
     /// The named node is not a live member. Nothing changed.
     #[error("node {0} is not a live member")]
@@ -348,10 +346,10 @@ pub struct HandoffInfo {
     pub peer: NodeId,
     /// The epoch.
     pub epoch: u64,
-    /// `source` or `destination`.
-    pub role: String,
-    /// The step.
-    pub step: String,
+    /// This node's side (`source` or `destination` in JSON).
+    pub role: Role,
+    /// The step (`preparing`, `migrating`, `waiting`, `settling` … in JSON).
+    pub step: HandoffStep,
 }
 
 /// Counters since the agent started.
@@ -395,8 +393,9 @@ pub struct SessionRecord {
     pub load_initiator: f64,
     /// The peer's fresh load.
     pub load_peer: f64,
-    /// `send`, `receive`, `stay:<reason>`, `busy`, `draining`, `failed`.
-    pub outcome: String,
+    /// `send`, `receive`, `swap`, `dry-run:<kind>`, `stay:<reason>`, `busy`, `busy:self`,
+    /// `draining`, `failed:<why>` in JSON.
+    pub outcome: SessionOutcome,
     /// The moves planned, in order.
     pub moves: Vec<PlannedVm>,
     /// The initiator's candidates as the policy saw them (`load_there` = on the peer,

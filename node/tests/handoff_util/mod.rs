@@ -3,7 +3,7 @@
 //! every step.
 #![allow(dead_code)]
 
-use ballast_node::handoff::sim::{Faults, SimAction, World};
+use ballast_node::handoff::world::{Faults, SimAction, World};
 use ballast_node::handoff::HandoffConfig;
 #[cfg(feature = "planted-bugs")]
 use ballast_node::handoff::PlantedBug;
@@ -156,7 +156,7 @@ pub fn random_move(w: &mut World, rng: &mut StdRng) {
             && w.nodes[i]
                 .store
                 .entry(vm)
-                .is_some_and(|e| e.held == ballast_node::handoff::sim::Held::Running)
+                .is_some_and(|e| e.held == ballast_node::handoff::world::Held::Running)
     });
     if let Some(from) = holder {
         let to = (from + 1 + rng.random_range(0..w.nodes.len() - 1)) % w.nodes.len();

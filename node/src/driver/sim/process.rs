@@ -24,17 +24,24 @@ use tokio::net::UnixStream;
 const CALL_TIMEOUT: Duration = Duration::from_secs(45);
 /// Bound on a new VM process becoming reachable.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(15);
-/// How often a call cut by an ending VM process is retried, and the base back-off.
+/// How often a call cut by an ending VM process, or refused for a full accept queue, is
+/// retried, and the base back-off.
 const CUT_RETRIES: u32 = 5;
 const CUT_BACKOFF: Duration = Duration::from_millis(20);
 /// Longest socket path we create (the OS limit is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 100;
 
-/// Whether `e` is a connection cut short by the peer (an ending process).
+/// Whether `e` is worth asking again: a connection cut short by the peer (an ending
+/// process), or a connect refused with `EAGAIN` because the VM's accept queue is full
+/// (Linux answers so for a Unix socket under a burst of callers; seen in
+/// `a_starting_vm_never_refuses_a_connection` on a loaded machine).
 fn is_cut(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::WouldBlock
     )
 }
 

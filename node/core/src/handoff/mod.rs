@@ -1,11 +1,12 @@
 //! The handoff of docs/design.md §Handoff as a pure state machine: inputs in, [`Effect`]s out.
 //!
-//! This module imports no tokio, sled, quinn, clock or randomness. Time is an argument
+//! This module imports no clock or randomness, and its crate (`ballast-core`) has no
+//! async runtime, store or network among its dependencies. Time is an argument
 //! (`now: Millis`), timers are values carrying the epoch they were armed for, and every
 //! store write, message, driver call and timer is an [`Effect`] the agent executes. One
 //! [`Handoffs`] per node manages every handoff in which the node is source (A) or
 //! destination (B), keyed by VM. The same machine runs in the agent, in the unit
-//! harness ([`sim`]) and in the stateright model check (`ballast-chaos model`).
+//! harness ([`world`]) and in the stateright model check (`ballast-chaos model`).
 //!
 //! Files:
 //! - `messages`: [`HandoffMsg`], the wire messages, and their validation.
@@ -14,11 +15,10 @@
 //! - `events`: results fed back: [`StoreOutcome`], [`DriverReply`].
 //! - `notices`: [`Notice`]s for logs and metrics.
 //! - `config`: [`HandoffConfig`], [`PlantedBug`].
-//! - `hashing`: `Hash` for the driver types kept in the state.
 //! - `state`: the in-memory phases of a handoff.
 //! - `source`, `destination`, `recovery`: the transitions of A, of B, and of restart and
 //!   operator forget.
-//! - [`sim`]: an in-memory cluster (model store, model hypervisor, lossy network) that
+//! - [`world`]: the deterministic world, an in-memory cluster (model store, model hypervisor, lossy network) that
 //!   steps these machines, with the invariant checkers I1–I3.
 
 mod config;
@@ -26,26 +26,29 @@ mod destination;
 mod effects;
 mod error;
 mod events;
-mod hashing;
 mod messages;
 mod notices;
 mod payload;
 mod recovery;
-pub mod sim;
 mod source;
 mod state;
+pub mod world;
 
 pub use config::HandoffConfig;
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
-pub use effects::{CallKind, DriverAction, DriverCall, Effect, Millis, StoreOp, Timer, TimerKind};
+pub use effects::{
+    CallKind, DriverAction, DriverCall, Effect, Millis, StoreOp, StoreOpKind, Timer, TimerKind,
+};
 pub use error::StartError;
 pub use events::{DriverOutcome, DriverReply, StoreOutcome, StoreRefusal};
-pub use messages::{HandoffMsg, InvalidMsg, Outcome, RefuseReason, TARGET_LEN_MAX, VM_ID_LEN_MAX};
+pub use messages::{
+    HandoffMsg, InvalidMsg, MsgKind, Outcome, RefuseReason, TARGET_LEN_MAX, VM_ID_LEN_MAX,
+};
 pub use notices::{AbortReason, IgnoreReason, Notice, Role};
 pub use payload::{Payload, PAYLOAD_LIST_LEN_MAX, PAYLOAD_STR_LEN_MAX};
 
-use ballast_store::{NodeId, VmId};
+use crate::types::{NodeId, VmId};
 use state::{Handoff, Settling};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -94,9 +97,62 @@ pub struct HandoffStatus {
     pub epoch: u64,
     /// This node's side.
     pub role: Role,
-    /// The step (`preparing`, `migrating`, `waiting`, `settling` …).
-    pub step: &'static str,
+    /// The step.
+    pub step: HandoffStep,
 }
+
+/// Where a handoff is, as `status` shows it: a phase of the source (A) or of the
+/// destination (B), or `settling` (A committed and waits for B's ack).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HandoffStep {
+    /// A: writing `MigratingOut`.
+    Beginning,
+    /// A: waiting for `Prepared`.
+    Preparing,
+    /// A: the hypervisor migrates.
+    Migrating,
+    /// A: writing the commit.
+    Committing,
+    /// A: asking its hypervisor what became of a migration (recovery).
+    CheckingStatus,
+    /// A: cancelling the migration before aborting.
+    Cancelling,
+    /// A: writing the abort.
+    Aborting,
+    /// A: committed, waiting for B's ack.
+    Settling,
+    /// B: writing `Incoming`.
+    Accepting,
+    /// B: its hypervisor prepares the paused copy.
+    PreparingIncoming,
+    /// B: waiting for A's decision.
+    Waiting,
+    /// B: writing `Running` and resuming.
+    Promoting,
+    /// B: dropping its copy after an abort.
+    CancellingIncoming,
+    /// B: writing the drop of its entry.
+    Dropping,
+    /// B: asking its hypervisor whether the copy is complete (after a forget of A).
+    CheckingComplete,
+}
+crate::named_enum!(HandoffStep {
+    Beginning => "beginning",
+    Preparing => "preparing",
+    Migrating => "migrating",
+    Committing => "committing",
+    CheckingStatus => "checking_status",
+    Cancelling => "cancelling",
+    Aborting => "aborting",
+    Settling => "settling",
+    Accepting => "accepting",
+    PreparingIncoming => "preparing_incoming",
+    Waiting => "waiting",
+    Promoting => "promoting",
+    CancellingIncoming => "cancelling_incoming",
+    Dropping => "dropping",
+    CheckingComplete => "checking_complete",
+});
 
 impl Handoffs {
     /// This node's id.
@@ -138,14 +194,14 @@ impl Handoffs {
             peer: h.peer.clone(),
             epoch: h.epoch,
             role: h.phase.role(),
-            step: h.phase.name(),
+            step: h.phase.step(),
         });
         let settling = self.settling.iter().map(|((vm, epoch), s)| HandoffStatus {
             vm: vm.clone(),
             peer: s.peer.clone(),
             epoch: *epoch,
             role: Role::Source,
-            step: "settling",
+            step: HandoffStep::Settling,
         });
         active.chain(settling).collect()
     }

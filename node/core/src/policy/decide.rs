@@ -67,6 +67,12 @@ pub enum Stay {
     /// The peer is busier but only the initiator may send (`sender = "initiator"`).
     PeerIsBusier,
 }
+crate::named_enum!(Stay {
+    WithinThreshold => "WithinThreshold",
+    NoEligibleVm => "NoEligibleVm",
+    GainTooSmall => "GainTooSmall",
+    PeerIsBusier => "PeerIsBusier",
+});
 
 /// What a session decides.
 #[derive(Clone, Debug, PartialEq)]

@@ -3,8 +3,8 @@
 
 use super::effects::{CallKind, StoreOp};
 use super::messages::RefuseReason;
-use crate::driver::MigrationStatus;
-use ballast_store::{NodeId, VmId};
+use crate::hypervisor::MigrationStatus;
+use crate::types::{NodeId, VmId};
 
 /// Which side of a handoff this node is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -14,6 +14,7 @@ pub enum Role {
     /// The destination (B): it follows.
     Destination,
 }
+crate::named_enum!(Role { Source => "source", Destination => "destination" });
 
 /// Something that happened in a handoff.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

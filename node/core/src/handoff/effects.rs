@@ -9,8 +9,8 @@
 use super::notices::Notice;
 use super::payload::Payload;
 use super::HandoffMsg;
-use crate::driver::MigrationTarget;
-use ballast_store::{NodeId, ScheduleEntry, VmId, VmState};
+use crate::hypervisor::MigrationTarget;
+use crate::types::{NodeId, ScheduleEntry, VmId, VmState};
 
 /// Time in milliseconds on the agent's monotonic clock, passed in with every input.
 pub type Millis = u64;
@@ -131,17 +131,22 @@ impl StoreOp {
         }
     }
 
+    /// Which store transition this is.
+    pub fn kind(&self) -> StoreOpKind {
+        match self {
+            Self::BeginMigrateOut { .. } => StoreOpKind::BeginMigrateOut,
+            Self::AbortMigrateOut { .. } => StoreOpKind::AbortMigrateOut,
+            Self::CommitMigrateOut { .. } => StoreOpKind::CommitMigrateOut,
+            Self::ForgetTransfer { .. } => StoreOpKind::ForgetTransfer,
+            Self::AcceptIncoming { .. } => StoreOpKind::AcceptIncoming,
+            Self::PromoteIncoming { .. } => StoreOpKind::PromoteIncoming,
+            Self::DropIncoming { .. } => StoreOpKind::DropIncoming,
+        }
+    }
+
     /// The op's store method name, for logs.
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::BeginMigrateOut { .. } => "begin_migrate_out",
-            Self::AbortMigrateOut { .. } => "abort_migrate_out",
-            Self::CommitMigrateOut { .. } => "commit_migrate_out",
-            Self::ForgetTransfer { .. } => "forget_transfer",
-            Self::AcceptIncoming { .. } => "accept_incoming",
-            Self::PromoteIncoming { .. } => "promote_incoming",
-            Self::DropIncoming { .. } => "drop_incoming",
-        }
+        self.kind().as_str()
     }
 
     /// For `AcceptIncoming`: the entry to pass to `accept_incoming` (state
@@ -275,3 +280,31 @@ pub enum TimerKind {
     /// Either side: re-run a store op that failed.
     StoreRetry,
 }
+
+/// The store transitions a [`StoreOp`] can be, named as the store's methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StoreOpKind {
+    /// `begin_migrate_out`.
+    BeginMigrateOut,
+    /// `abort_migrate_out`.
+    AbortMigrateOut,
+    /// `commit_migrate_out`.
+    CommitMigrateOut,
+    /// `forget_transfer`.
+    ForgetTransfer,
+    /// `accept_incoming`.
+    AcceptIncoming,
+    /// `promote_incoming`.
+    PromoteIncoming,
+    /// `drop_incoming`.
+    DropIncoming,
+}
+crate::named_enum!(StoreOpKind {
+    BeginMigrateOut => "begin_migrate_out",
+    AbortMigrateOut => "abort_migrate_out",
+    CommitMigrateOut => "commit_migrate_out",
+    ForgetTransfer => "forget_transfer",
+    AcceptIncoming => "accept_incoming",
+    PromoteIncoming => "promote_incoming",
+    DropIncoming => "drop_incoming",
+});

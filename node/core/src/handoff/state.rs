@@ -5,8 +5,9 @@
 use super::effects::StoreOp;
 use super::notices::{AbortReason, Role};
 use super::payload::Payload;
-use crate::driver::MigrationTarget;
-use ballast_store::{NodeId, VmId};
+use super::HandoffStep;
+use crate::hypervisor::MigrationTarget;
+use crate::types::{NodeId, VmId};
 
 /// One handoff before it resolves (source before its commit is durable; destination
 /// before its entry is `Running` or dropped).
@@ -86,23 +87,23 @@ impl Phase {
         }
     }
 
-    /// The phase's name, for status output.
-    pub(crate) fn name(&self) -> &'static str {
+    /// The phase as `status` shows it.
+    pub(crate) fn step(&self) -> HandoffStep {
         match self {
-            Self::Beginning { .. } => "beginning",
-            Self::Preparing { .. } => "preparing",
-            Self::Migrating => "migrating",
-            Self::Committing => "committing",
-            Self::CheckingStatus => "checking_status",
-            Self::Cancelling { .. } => "cancelling",
-            Self::Aborting { .. } => "aborting",
-            Self::Accepting { .. } => "accepting",
-            Self::PreparingIncoming { .. } => "preparing_incoming",
-            Self::Waiting { .. } => "waiting",
-            Self::Promoting => "promoting",
-            Self::CancellingIncoming { .. } => "cancelling_incoming",
-            Self::Dropping { .. } => "dropping",
-            Self::CheckingComplete => "checking_complete",
+            Self::Beginning { .. } => HandoffStep::Beginning,
+            Self::Preparing { .. } => HandoffStep::Preparing,
+            Self::Migrating => HandoffStep::Migrating,
+            Self::Committing => HandoffStep::Committing,
+            Self::CheckingStatus => HandoffStep::CheckingStatus,
+            Self::Cancelling { .. } => HandoffStep::Cancelling,
+            Self::Aborting { .. } => HandoffStep::Aborting,
+            Self::Accepting { .. } => HandoffStep::Accepting,
+            Self::PreparingIncoming { .. } => HandoffStep::PreparingIncoming,
+            Self::Waiting { .. } => HandoffStep::Waiting,
+            Self::Promoting => HandoffStep::Promoting,
+            Self::CancellingIncoming { .. } => HandoffStep::CancellingIncoming,
+            Self::Dropping { .. } => HandoffStep::Dropping,
+            Self::CheckingComplete => HandoffStep::CheckingComplete,
         }
     }
 

@@ -4,7 +4,7 @@
 //! state (and the model checker that explores it) needs both, so the payload implements
 //! them over the floats' bit patterns.
 
-use ballast_store::{LoadFactors, ScheduleEntry, VmSpec};
+use crate::types::{LoadFactors, ScheduleEntry, VmSpec};
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
 

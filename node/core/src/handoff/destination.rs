@@ -9,8 +9,8 @@ use super::{
     AbortReason, CallKind, DriverAction, HandoffMsg, Handoffs, IgnoreReason, Millis, Notice,
     Payload, RefuseReason, Role, StoreOp, StoreOutcome, StoreRefusal, TimerKind,
 };
-use crate::driver::MigrationTarget;
-use ballast_store::{NodeId, VmId};
+use crate::hypervisor::MigrationTarget;
+use crate::types::{NodeId, VmId};
 
 impl Handoffs {
     pub(super) fn on_prepare(

@@ -1,6 +1,6 @@
 //! [`StartError`]: why a move was not started.
 
-use ballast_store::{NodeId, VmId};
+use crate::types::{NodeId, VmId};
 
 /// A move could not start. In every case nothing changed and no effect was queued.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -6,8 +6,8 @@ use super::{
     AbortReason, CallKind, DriverAction, HandoffMsg, Handoffs, IgnoreReason, Millis, Notice,
     Outcome, Payload, RefuseReason, Role, StartError, StoreOp, StoreOutcome, TimerKind,
 };
-use crate::driver::MigrationTarget;
-use ballast_store::{NodeId, ScheduleEntry, VmId, VmState};
+use crate::hypervisor::MigrationTarget;
+use crate::types::{NodeId, ScheduleEntry, VmId, VmState};
 
 impl Handoffs {
     /// Starts moving the VM of `entry` (which must be `Running` here) to `to`.

@@ -2,7 +2,7 @@
 //! migrations — with the semantics the `Driver` trait documents. It survives a crash of
 //! the agent (as QEMU processes do); only decommissioning the host wipes it.
 
-use ballast_store::VmId;
+use crate::types::VmId;
 use std::collections::BTreeMap;
 
 /// One VM copy on a host.

@@ -9,7 +9,7 @@
 //! factors translate to a different load on an unlike host (S5, docs/design.md §Goals).
 //! Pure: no I/O, no clock; times are arguments.
 
-use ballast_store::LoadFactors;
+use crate::types::LoadFactors;
 use serde::{Deserialize, Serialize};
 
 /// How much each resource counts in a VM's load. Non-negative, not all zero.
@@ -178,7 +178,7 @@ impl Ewma {
 pub fn effective_factors(
     mode: LoadMode,
     measured: LoadFactors,
-    spec: &ballast_store::VmSpec,
+    spec: &crate::types::VmSpec,
 ) -> LoadFactors {
     match mode {
         LoadMode::Measured => measured,
@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn target_mode_uses_the_reservation() {
-        let mut spec = ballast_store::VmSpec {
+        let mut spec = crate::types::VmSpec {
             vcpus: 2,
             memory_mib: 1024,
             ..Default::default()

@@ -23,8 +23,8 @@ use super::{
     CallKind, DriverAction, DriverCall, DriverOutcome, DriverReply, Effect, HandoffConfig,
     HandoffMsg, Handoffs, Millis, Notice, Payload, StartError, StoreOutcome, Timer,
 };
-use crate::driver::{MigrationStatus, MigrationTarget};
-use ballast_store::{NodeId, VmId};
+use crate::hypervisor::{MigrationStatus, MigrationTarget};
+use crate::types::{NodeId, VmId};
 use std::collections::{BTreeSet, VecDeque};
 
 /// A message in flight.
@@ -228,12 +228,12 @@ impl World {
         };
         for (i, &home) in homes.iter().enumerate() {
             let payload = Payload {
-                spec: ballast_store::VmSpec {
+                spec: crate::types::VmSpec {
                     vcpus: 1,
                     memory_mib: 64,
                     ..Default::default()
                 },
-                factors: ballast_store::LoadFactors {
+                factors: crate::types::LoadFactors {
                     cpu: 0.5,
                     io: 0.0,
                     mem: 64.0,

@@ -9,7 +9,7 @@
 //! owner. VMs touched by a decommissioned node are skipped (the operator decided).
 
 use super::{CopyState, Held, World};
-use ballast_store::VmId;
+use crate::types::VmId;
 use std::collections::BTreeSet;
 use std::fmt;
 

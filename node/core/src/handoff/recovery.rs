@@ -12,8 +12,8 @@ use super::{
     AbortReason, DriverAction, HandoffConfig, HandoffMsg, Handoffs, IgnoreReason, Millis, Payload,
     StoreOp, TimerKind,
 };
-use crate::driver::MigrationStatus;
-use ballast_store::{NodeId, ScheduleEntry, Transferred, VmId, VmState};
+use crate::hypervisor::MigrationStatus;
+use crate::types::{NodeId, ScheduleEntry, Transferred, VmId, VmState};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 impl Handoffs {

@@ -2,8 +2,8 @@
 //! (Messages, timers, moves, recovery and forget are plain arguments of the
 //! `handle_*` methods.)
 
-use crate::driver::{MigrationStatus, MigrationTarget};
-use ballast_store::VmId;
+use crate::hypervisor::{MigrationStatus, MigrationTarget};
+use crate::types::VmId;
 
 use super::effects::CallKind;
 

@@ -3,7 +3,7 @@
 //! a simulated crash keeps it whole.
 
 use crate::handoff::{Millis, Payload, StoreOp, StoreOutcome, StoreRefusal};
-use ballast_store::{NodeId, ScheduleEntry, Transferred, VmId, VmState};
+use crate::types::{NodeId, ScheduleEntry, Transferred, VmId, VmState};
 use std::collections::BTreeMap;
 
 /// A schedule entry's protocol state (mirrors `VmState`, which is not `Hash`).

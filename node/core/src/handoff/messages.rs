@@ -5,8 +5,8 @@
 //! bincode 2; [`HandoffMsg::validate`] bounds what the machine accepts after decoding.
 
 use super::payload::Payload;
-use crate::driver::MigrationTarget;
-use ballast_store::VmId;
+use crate::hypervisor::MigrationTarget;
+use crate::types::VmId;
 use serde::{Deserialize, Serialize};
 
 /// Longest VM id accepted in a message, in bytes.
@@ -154,18 +154,23 @@ impl HandoffMsg {
         }
     }
 
+    /// Which message this is.
+    pub fn msg_kind(&self) -> MsgKind {
+        match self {
+            Self::Prepare { .. } => MsgKind::Prepare,
+            Self::Prepared { .. } => MsgKind::Prepared,
+            Self::PrepareRefused { .. } => MsgKind::PrepareRefused,
+            Self::Commit { .. } => MsgKind::Commit,
+            Self::CommitAck { .. } => MsgKind::CommitAck,
+            Self::Abort { .. } => MsgKind::Abort,
+            Self::QueryOutcome { .. } => MsgKind::QueryOutcome,
+            Self::Outcome { .. } => MsgKind::Outcome,
+        }
+    }
+
     /// The message's name, for logs and metrics.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Prepare { .. } => "prepare",
-            Self::Prepared { .. } => "prepared",
-            Self::PrepareRefused { .. } => "prepare_refused",
-            Self::Commit { .. } => "commit",
-            Self::CommitAck { .. } => "commit_ack",
-            Self::Abort { .. } => "abort",
-            Self::QueryOutcome { .. } => "query_outcome",
-            Self::Outcome { .. } => "outcome",
-        }
+        self.msg_kind().as_str()
     }
 
     /// Checks the bounds the machine relies on. Called by the machine on every message;
@@ -191,3 +196,34 @@ impl HandoffMsg {
         Ok(())
     }
 }
+
+/// The kinds of [`HandoffMsg`], by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MsgKind {
+    /// `prepare`.
+    Prepare,
+    /// `prepared`.
+    Prepared,
+    /// `prepare_refused`.
+    PrepareRefused,
+    /// `commit`.
+    Commit,
+    /// `commit_ack`.
+    CommitAck,
+    /// `abort`.
+    Abort,
+    /// `query_outcome`.
+    QueryOutcome,
+    /// `outcome`.
+    Outcome,
+}
+crate::named_enum!(MsgKind {
+    Prepare => "prepare",
+    Prepared => "prepared",
+    PrepareRefused => "prepare_refused",
+    Commit => "commit",
+    CommitAck => "commit_ack",
+    Abort => "abort",
+    QueryOutcome => "query_outcome",
+    Outcome => "outcome",
+});
