@@ -224,9 +224,9 @@ pub struct FailpointsSection {
     /// `abort_migrate_out`, `forget_transfer`, `accept_incoming`, `promote_incoming`,
     /// `drop_incoming`), `before-send:MSG` / `after-send:MSG` around a handoff message
     /// (`prepare`, `prepared`, `commit`, `commit_ack`, `abort`, `query_outcome`,
-    /// `outcome`, `prepare_refused`).
+    /// `outcome`, `prepare_refused`). An unknown name is refused at its line.
     #[cfg(feature = "failpoints")]
-    pub exit_at: Vec<String>,
+    pub exit_at: Vec<crate::failpoints::Failpoint>,
     /// Send every handoff message twice (duplicates must change nothing).
     #[cfg(feature = "failpoints")]
     pub duplicate_sends: bool,
@@ -384,170 +384,17 @@ impl AgentConfig {
         }
     }
 
-    /// Checks every value's range.
+    /// Checks every value's range, section by section; the first problem is the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &str, reason: &str| {
-            Err(ConfigError::Invalid {
-                field: field.into(),
-                reason: reason.into(),
-            })
-        };
-        // The same rule as the node certificate's name, so a config never names a
-        // node that no certificate could prove.
-        if ballast_gossip::validate_name(&self.node.id).is_err() {
-            return invalid(
-                "node.id",
-                "must be 1-63 letters, digits or '-', starting with a letter and not ending with '-'",
-            );
-        }
-        if self.node.cluster.is_empty() {
-            return invalid("node.cluster", "must not be empty");
-        }
-        let w = &self.load.weights;
-        for (field, v) in [
-            ("load.weights.cpu", w.cpu),
-            ("load.weights.io", w.io),
-            ("load.weights.mem", w.mem),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return invalid(
-                    field,
-                    &format!("a weight must be a finite number >= 0, got {v}"),
-                );
-            }
-        }
-        if w.cpu + w.io + w.mem <= 0.0 {
-            return invalid("load.weights", "at least one weight must be above 0");
-        }
-        let h = &self.host;
-        for (field, v) in [
-            ("host.cpu_cores", h.cpu_cores),
-            ("host.cpu_speed", h.cpu_speed),
-            ("host.io_bytes_per_s", h.io_bytes_per_s),
-            ("host.mem_bytes", h.mem_bytes),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                return invalid(
-                    field,
-                    &format!("a capacity must be a finite number > 0, got {v}"),
-                );
-            }
-        }
-        if !(self.load.smoothing_alpha > 0.0 && self.load.smoothing_alpha <= 1.0) {
-            return invalid("load.smoothing_alpha", "must be in (0, 1]");
-        }
-        if self.load.sample_interval_ms == 0 {
-            return invalid("load.sample_interval_ms", "must be above 0");
-        }
-        if self.balancing.round_interval_ms == 0 {
-            return invalid("balancing.round_interval_ms", "must be above 0");
-        }
-        if self.balancing.max_outgoing == 0 || self.balancing.max_incoming == 0 {
-            return invalid(
-                "balancing.max_outgoing",
-                "max_outgoing and max_incoming must be at least 1",
-            );
-        }
+        self.node.validate()?;
+        self.load.validate()?;
+        validate_host(&self.host)?;
         self.policy.validate()?;
-        self.validate_agent_sections()
-    }
-
-    fn validate_agent_sections(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &str, reason: &str| {
-            Err(ConfigError::Invalid {
-                field: field.into(),
-                reason: reason.into(),
-            })
-        };
-        let g = &self.gossip;
-        for (field, v) in [
-            ("gossip.interval_ms", g.interval_ms),
-            ("gossip.rpc_timeout_ms", g.rpc_timeout_ms),
-            ("gossip.connect_timeout_ms", g.connect_timeout_ms),
-            (
-                "balancing.session_timeout_ms",
-                self.balancing.session_timeout_ms,
-            ),
-            ("reconcile.interval_ms", self.reconcile.interval_ms),
-        ] {
-            if v == 0 {
-                return invalid(field, "must be above 0");
-            }
-        }
-        if !(g.phi_threshold.is_finite() && g.phi_threshold > 0.0) {
-            return invalid("gossip.phi_threshold", "must be a finite number > 0");
-        }
-        if !(1024..=64 * 1024 * 1024).contains(&g.max_rpc_frame_bytes) {
-            return invalid("gossip.max_rpc_frame_bytes", "must be in [1024, 64 MiB]");
-        }
-        if !(0.0..=1.0).contains(&self.driver.sim.fail_prob) {
-            return invalid("driver.sim.fail_prob", "must be in [0, 1]");
-        }
-        self.validate_exec()?;
-        let h = &self.handoff;
-        for (field, v) in [
-            ("handoff.prepare_retry_ms", h.prepare_retry_ms),
-            ("handoff.prepare_timeout_ms", h.prepare_timeout_ms),
-            ("handoff.migrate_timeout_ms", h.migrate_timeout_ms),
-            ("handoff.commit_retry_ms", h.commit_retry_ms),
-            ("handoff.query_interval_ms", h.query_interval_ms),
-            ("handoff.store_retry_ms", h.store_retry_ms),
-        ] {
-            if v == 0 {
-                return invalid(field, "must be above 0");
-            }
-        }
-        #[cfg(feature = "failpoints")]
-        for fp in &self.failpoints.exit_at {
-            fp.parse::<crate::agent::failpoints::Failpoint>()
-                .map_err(|e| ConfigError::Invalid {
-                    field: "failpoints.exit_at".into(),
-                    reason: e.to_string(),
-                })?;
-        }
-        Ok(())
-    }
-
-    /// Checks `[driver.exec]`: a command when the exec driver is chosen, and limits that
-    /// let a plugin work at all.
-    fn validate_exec(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &str, reason: &str| {
-            Err(ConfigError::Invalid {
-                field: field.into(),
-                reason: reason.into(),
-            })
-        };
-        let e = &self.driver.exec;
-        if self.driver.kind == DriverKind::Exec
-            && e.command.first().is_none_or(|p| p.trim().is_empty())
-        {
-            return invalid(
-                "driver.exec.command",
-                "must name the plugin program when driver.kind = \"exec\"",
-            );
-        }
-        for (field, v) in [
-            ("driver.exec.timeout_ms", e.timeout_ms),
-            ("driver.exec.migrate_timeout_ms", e.migrate_timeout_ms),
-            ("driver.exec.hello_timeout_ms", e.hello_timeout_ms),
-        ] {
-            if v == 0 {
-                return invalid(field, "must be above 0");
-            }
-        }
-        if e.restart_backoff_max_ms < e.restart_backoff_ms {
-            return invalid(
-                "driver.exec.restart_backoff_max_ms",
-                "must be at least restart_backoff_ms",
-            );
-        }
-        if !(1024..=64 * 1024 * 1024).contains(&e.max_line_bytes) {
-            return invalid("driver.exec.max_line_bytes", "must be in [1024, 64 MiB]");
-        }
-        if e.max_in_flight == 0 {
-            return invalid("driver.exec.max_in_flight", "must be at least 1");
-        }
-        Ok(())
+        self.balancing.validate()?;
+        self.gossip.validate()?;
+        self.driver.validate()?;
+        validate_handoff(&self.handoff)?;
+        self.reconcile.validate()
     }
 
     /// The configuration as TOML (with every default filled in).
@@ -591,6 +438,179 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
+}
+
+/// `Ok` when `ok`, else the error for `field` with `reason`.
+fn ensure(ok: bool, field: &str, reason: impl Into<String>) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        })
+    }
+}
+
+/// Every one of `fields` (dotted key, value) must be above 0.
+fn above_zero(fields: &[(&str, u64)]) -> Result<(), ConfigError> {
+    fields
+        .iter()
+        .try_for_each(|(field, v)| ensure(*v > 0, field, "must be above 0"))
+}
+
+/// `Ok` when `v` lies in `[1 KiB, 64 MiB]` (frame and line limits).
+fn frame_limit(field: &str, v: usize) -> Result<(), ConfigError> {
+    ensure(
+        (1024..=64 * 1024 * 1024).contains(&v),
+        field,
+        "must be in [1024, 64 MiB]",
+    )
+}
+
+impl NodeSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        // The same rule as the node certificate's name, so a config never names a
+        // node that no certificate could prove.
+        ensure(
+            ballast_gossip::validate_name(&self.id).is_ok(),
+            "node.id",
+            "must be 1-63 letters, digits or '-', starting with a letter and not ending with '-'",
+        )?;
+        ensure(
+            !self.cluster.is_empty(),
+            "node.cluster",
+            "must not be empty",
+        )
+    }
+}
+
+impl LoadSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let w = &self.weights;
+        for (field, v) in [
+            ("load.weights.cpu", w.cpu),
+            ("load.weights.io", w.io),
+            ("load.weights.mem", w.mem),
+        ] {
+            ensure(
+                v.is_finite() && v >= 0.0,
+                field,
+                format!("a weight must be a finite number >= 0, got {v}"),
+            )?;
+        }
+        ensure(
+            w.cpu + w.io + w.mem > 0.0,
+            "load.weights",
+            "at least one weight must be above 0",
+        )?;
+        ensure(
+            self.smoothing_alpha > 0.0 && self.smoothing_alpha <= 1.0,
+            "load.smoothing_alpha",
+            "must be in (0, 1]",
+        )?;
+        above_zero(&[("load.sample_interval_ms", self.sample_interval_ms)])
+    }
+}
+
+/// `[host]`: every capacity a finite number above 0.
+fn validate_host(h: &HostCapacity) -> Result<(), ConfigError> {
+    for (field, v) in [
+        ("host.cpu_cores", h.cpu_cores),
+        ("host.cpu_speed", h.cpu_speed),
+        ("host.io_bytes_per_s", h.io_bytes_per_s),
+        ("host.mem_bytes", h.mem_bytes),
+    ] {
+        ensure(
+            v.is_finite() && v > 0.0,
+            field,
+            format!("a capacity must be a finite number > 0, got {v}"),
+        )?;
+    }
+    Ok(())
+}
+
+impl BalancingSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        above_zero(&[
+            ("balancing.round_interval_ms", self.round_interval_ms),
+            ("balancing.session_timeout_ms", self.session_timeout_ms),
+        ])?;
+        ensure(
+            self.max_outgoing >= 1,
+            "balancing.max_outgoing",
+            "must be at least 1",
+        )?;
+        ensure(
+            self.max_incoming >= 1,
+            "balancing.max_incoming",
+            "must be at least 1",
+        )
+    }
+}
+
+impl GossipSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        above_zero(&[
+            ("gossip.interval_ms", self.interval_ms),
+            ("gossip.rpc_timeout_ms", self.rpc_timeout_ms),
+            ("gossip.connect_timeout_ms", self.connect_timeout_ms),
+        ])?;
+        ensure(
+            self.phi_threshold.is_finite() && self.phi_threshold > 0.0,
+            "gossip.phi_threshold",
+            "must be a finite number > 0",
+        )?;
+        frame_limit("gossip.max_rpc_frame_bytes", self.max_rpc_frame_bytes)
+    }
+}
+
+impl ReconcileSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        above_zero(&[("reconcile.interval_ms", self.interval_ms)])
+    }
+}
+
+impl DriverSection {
+    /// `[driver.exec]`: a command when the exec driver is chosen, and limits that let a
+    /// plugin work at all. (`[driver.sim]` holds only values its types keep in range.)
+    fn validate(&self) -> Result<(), ConfigError> {
+        let e = &self.exec;
+        ensure(
+            self.kind != DriverKind::Exec
+                || e.command.first().is_some_and(|p| !p.trim().is_empty()),
+            "driver.exec.command",
+            "must name the plugin program when driver.kind = \"exec\"",
+        )?;
+        above_zero(&[
+            ("driver.exec.timeout_ms", e.timeout_ms),
+            ("driver.exec.migrate_timeout_ms", e.migrate_timeout_ms),
+            ("driver.exec.hello_timeout_ms", e.hello_timeout_ms),
+        ])?;
+        ensure(
+            e.restart_backoff_max_ms >= e.restart_backoff_ms,
+            "driver.exec.restart_backoff_max_ms",
+            "must be at least restart_backoff_ms",
+        )?;
+        frame_limit("driver.exec.max_line_bytes", e.max_line_bytes)?;
+        ensure(
+            e.max_in_flight >= 1,
+            "driver.exec.max_in_flight",
+            "must be at least 1",
+        )
+    }
+}
+
+/// `[handoff]`: every interval above 0.
+fn validate_handoff(h: &HandoffConfig) -> Result<(), ConfigError> {
+    above_zero(&[
+        ("handoff.prepare_retry_ms", h.prepare_retry_ms),
+        ("handoff.prepare_timeout_ms", h.prepare_timeout_ms),
+        ("handoff.migrate_timeout_ms", h.migrate_timeout_ms),
+        ("handoff.commit_retry_ms", h.commit_retry_ms),
+        ("handoff.query_interval_ms", h.query_interval_ms),
+        ("handoff.store_retry_ms", h.store_retry_ms),
+    ])
 }
 
 #[cfg(test)]
@@ -640,6 +660,42 @@ mod tests {
         let e = AgentConfig::from_toml_str("[load.weights]\ncpu = -1.0\n")
             .expect_err("negative weight");
         assert!(e.to_string().starts_with("load.weights.cpu:"), "{e}");
+    }
+
+    #[test]
+    fn each_migration_limit_is_refused_by_its_own_name() {
+        for key in ["max_outgoing", "max_incoming"] {
+            let e = AgentConfig::from_toml_str(&format!("[balancing]\n{key} = 0\n"))
+                .expect_err("zero limit");
+            assert!(
+                e.to_string().starts_with(&format!("balancing.{key}:")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_probability_out_of_range_is_refused_at_its_line() {
+        let e = AgentConfig::from_toml_str("[driver.sim]\nseed = 1\nfail_prob = 2.0\n")
+            .expect_err("fail_prob 2");
+        match e {
+            ConfigError::Parse { line, message, .. } => {
+                assert_eq!(line, 3, "{message}");
+                assert!(message.contains("[0, 1]"), "{message}");
+            }
+            other => panic!("not a parse error: {other}"),
+        }
+        let ok = AgentConfig::from_toml_str("[driver.sim]\nfail_prob = 0.5\n").expect("0.5");
+        assert_eq!(ok.driver.sim.fail_prob.get(), 0.5);
+    }
+
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn an_unknown_failpoint_is_refused_at_its_line() {
+        let e = AgentConfig::from_toml_str("[failpoints]\nexit_at = [\"after:nothing\"]\n")
+            .expect_err("unknown failpoint");
+        assert!(matches!(e, ConfigError::Parse { line: 2, .. }), "{e}");
+        assert!(e.to_string().contains("after:nothing"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`load`], [`policy`], [`handoff`]: the pure core, re-exported from `ballast-core`
 //!   (the load model, the balancing policy, the handoff machine and its deterministic world).
 //! - [`simulate`]: an in-process simulation of many hosts running the same policy.
+//! - [`failpoints`]: named handoff steps where a test build's agent kills itself.
 //! - [`driver`]: the hypervisor driver trait and its drivers (sim, qemu, exec).
 //! - [`agent`]: the running agent — rounds, sessions, handoffs, admin API, metrics.
 #![deny(missing_docs, unreachable_pub)]
@@ -12,6 +13,7 @@
 pub mod agent;
 pub mod config;
 pub mod driver;
+pub mod failpoints;
 pub mod simulate;
 
-pub use ballast_core::{handoff, load, policy};
+pub use ballast_core::{handoff, load, policy, units};

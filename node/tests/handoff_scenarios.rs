@@ -415,3 +415,61 @@ fn planted_promote_on_timeout_is_caught() {
         "{violation}"
     );
 }
+
+/// The admission limits live in the machine: with one handoff in per node, a second
+/// source's `Prepare` to a busy destination is refused `Busy` and that move aborts
+/// (its VM runs on where it was); with one handoff out, a second move is not started.
+#[test]
+fn admission_limits_refuse_the_second_handoff_and_lose_nothing() {
+    use ballast_node::handoff::{AbortReason, HandoffConfig, RefuseReason, StartError};
+    let limited = HandoffConfig {
+        incoming_max: 1,
+        outgoing_max: 1,
+        ..HandoffConfig::default()
+    };
+    // vm0 on n0, vm1 on n1, both sent to n2 at once.
+    let mut w = world_of(limited.clone());
+    w.start_move(0, &vm0(), 2).expect("first move starts");
+    w.start_move(1, &vm_id(1), 2)
+        .expect("second move starts at its source");
+    run_to_idle(&mut w).unwrap();
+    w.resolved().unwrap();
+    let on_n2 = (0..2)
+        .filter(|&i| w.nodes[2].store.entry(&vm_id(i)).is_some())
+        .count();
+    assert_eq!(on_n2, 1, "n2 took exactly one of the two VMs");
+    assert!(
+        w.notices.iter().any(|(i, n)| *i < 2
+            && matches!(
+                n,
+                Notice::Aborted {
+                    reason: AbortReason::Refused(RefuseReason::Busy),
+                    ..
+                }
+            )),
+        "the second source aborted on n2's Busy: {:?}",
+        w.notices
+    );
+    for i in 0..2 {
+        let holders = (0..3)
+            .filter(|&n| w.nodes[n].store.entry(&vm_id(i)).is_some())
+            .count();
+        assert_eq!(holders, 1, "vm{i} held by exactly one node");
+    }
+    // Outgoing: vm0 and a second VM on n0; the second move is not started.
+    let mut w = ballast_node::handoff::world::World::new(3, &[0, 0], limited);
+    w.record = true;
+    w.start_move(0, &vm0(), 1).expect("first move starts");
+    assert!(matches!(
+        w.start_move(0, &vm_id(1), 2),
+        Err(StartError::OutgoingLimit(1))
+    ));
+    run_to_idle(&mut w).unwrap();
+    assert_eq!(
+        w.start_move(0, &vm_id(1), 2).map(|_| ()),
+        Ok(()),
+        "free again"
+    );
+    run_to_idle(&mut w).unwrap();
+    w.resolved().unwrap();
+}

@@ -112,8 +112,12 @@ impl Model for HandoffModel {
 
     fn init_states(&self) -> Vec<ModelState> {
         let b = &self.bounds;
+        // The agent's default limits: one handoff out and one in per node at a time
+        // (`balancing.max_outgoing`, `max_incoming`), enforced inside the machine.
         let config = HandoffConfig {
             planted_bug: self.bug,
+            outgoing_max: 1,
+            incoming_max: 1,
             ..HandoffConfig::default()
         };
         let homes: Vec<usize> = (0..b.vms).map(|i| i % b.nodes).collect();

@@ -5,10 +5,10 @@
 //! Dropping the cluster kills every process it started, also when a run fails.
 
 use ballast_gossip::{create_ca, issue_admin_cert, issue_node_cert, save_cert_bundle, CertBundle};
-use ballast_node::agent::failpoints::FAILPOINTS_ENV;
 use ballast_node::config::AgentConfig;
 use ballast_node::driver::sim::runlog::now_unix_ns;
 use ballast_node::driver::sim::{HostCrash, RUNLOG_FILE};
+use ballast_node::failpoints::FAILPOINTS_ENV;
 use ballast_store::NodeId;
 use rustix::process::{kill_process, Pid, Signal};
 use std::net::{SocketAddr, UdpSocket};

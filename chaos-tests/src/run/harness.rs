@@ -37,6 +37,8 @@ const FAULT_FREE_HEAD_MS: u64 = 5_000;
 const FAULT_FREE_TAIL_MS: u64 = 8_000;
 /// After the faults, a handoff must resolve within this (I3).
 const HANDOFF_BOUND: Duration = Duration::from_secs(30);
+/// Moves tried for the I4 check before it counts as not checkable.
+const I4_ATTEMPTS: usize = 10;
 /// How long the destination is watched after its source was wiped (I4).
 const I4_WATCH: Duration = Duration::from_secs(4);
 
@@ -73,7 +75,7 @@ fn tune(cfg: &mut AgentConfig, bug: PlantedBug) {
         // migrations fail: the bug then shows as a VM on two hosts.
         cfg.handoff.query_interval_ms = 50;
         cfg.driver.sim.migration_ms = 600;
-        cfg.driver.sim.fail_prob = 0.3;
+        cfg.driver.sim.fail_prob = ballast_node::units::Probability::new(0.3).expect("in [0, 1]");
     }
 }
 
@@ -693,9 +695,12 @@ impl Harness<'_> {
         ));
     }
 
-    /// I4: move a VM, wipe its source, and check the destination did not notice.
+    /// I4: move a VM, wipe its source, and check the destination did not notice. A move
+    /// may abort (a destination still busy with a handoff the faults left behind, a
+    /// refused Prepare): the next attempt takes another VM and, in turn, another
+    /// destination, and the note keeps both sides' last log lines.
     async fn independence(&mut self) {
-        for attempt in 0..3 {
+        for attempt in 0..I4_ATTEMPTS {
             let s = sweep(&self.clients, &self.askable()).await;
             let views = self.views_of(&s);
             let counts: Vec<(usize, usize)> = s
@@ -716,18 +721,20 @@ impl Harness<'_> {
             let Some(&(src, _)) = counts.iter().max_by_key(|(i, c)| (*c, usize::MAX - i)) else {
                 break;
             };
-            let Some(&(dst, _)) = counts
-                .iter()
-                .filter(|(i, _)| *i != src)
-                .min_by_key(|(i, c)| (*c, *i))
-            else {
+            let mut dsts: Vec<(usize, usize)> =
+                counts.iter().copied().filter(|(i, _)| *i != src).collect();
+            dsts.sort_by_key(|(i, c)| (*c, *i));
+            let Some(&(dst, _)) = dsts.get(attempt % dsts.len().max(1)) else {
                 break;
             };
             let Some(vm) = s.views[src].as_ref().and_then(|v| {
-                v.entries
+                let running: Vec<_> = v
+                    .entries
                     .iter()
                     .filter(|e| e.state == VmState::Running)
-                    .nth(attempt)
+                    .collect();
+                running
+                    .get(attempt % running.len().max(1))
                     .map(|e| e.vm.clone())
             }) else {
                 break;
@@ -751,7 +758,10 @@ impl Harness<'_> {
             let moved = mover.move_vm(&vm, &dst_id).await;
             let Ok((true, epoch)) = moved else {
                 self.report.notes.push(format!(
-                    "I4: move of {vm} {src_id}->{dst_id} did not commit: {moved:?}"
+                    "I4: move of {vm} {src_id}->{dst_id} did not commit: {moved:?}; \
+                     last log lines of {src_id}:\n{}\nof {dst_id}:\n{}",
+                    self.cluster.log_tail(src, 8),
+                    self.cluster.log_tail(dst, 8)
                 ));
                 continue;
             };
@@ -761,7 +771,9 @@ impl Harness<'_> {
         self.report.violations.push(Violation {
             invariant: "I4",
             vm: None,
-            evidence: "no VM could be moved to check independence (3 attempts)".into(),
+            evidence: format!(
+                "no VM could be moved to check independence ({I4_ATTEMPTS} attempts)"
+            ),
         });
     }
 

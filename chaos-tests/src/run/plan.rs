@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn every_restart_failpoint_is_one_the_agent_knows() {
         for name in RESTART_FAILPOINTS {
-            let parsed = name.parse::<ballast_node::agent::failpoints::Failpoint>();
+            let parsed = name.parse::<ballast_node::failpoints::Failpoint>();
             assert_eq!(parsed.map(|f| f.to_string()).as_deref(), Ok(*name));
         }
     }

@@ -5,6 +5,7 @@
 //!
 //! Modules:
 //! - [`types`]: ids and the records a host keeps (schedule entries, handoff records).
+//! - [`units`]: value types that cannot hold an invalid value ([`units::Probability`]).
 //! - [`hypervisor`]: what a hypervisor driver reports (run states, usage, migrations).
 //! - [`load`]: the load model (docs/design.md §Load): weights, capacities, smoothing.
 //! - [`policy`]: the balancing policy (docs/design.md §Balancing).
@@ -19,3 +20,4 @@ pub mod load;
 pub mod names;
 pub mod policy;
 pub mod types;
+pub mod units;

@@ -5,15 +5,14 @@
 //! tasks and come back as inputs; timers are tokio sleeps that come back as inputs.
 //! Failpoints fire around every store transition and message.
 
-use super::failpoints::Failpoint;
 use super::outcome::MoveRefused;
 use super::shared::Shared;
 use super::wire::{AgentRequest, AgentResponse, Request};
 use crate::driver::{Driver, DriverError};
+use crate::failpoints::Failpoint;
 use crate::handoff::{
     CallKind, DriverAction, DriverCall, DriverOutcome, DriverReply, Effect, HandoffConfig,
-    HandoffMsg, HandoffStatus, HandoffStep, Handoffs, Notice, RefuseReason, Role, StoreOp,
-    StoreOutcome, StoreRefusal, Timer,
+    HandoffMsg, HandoffStatus, Handoffs, Notice, Role, StoreOp, StoreOutcome, StoreRefusal, Timer,
 };
 use ballast_store::{NodeId, StoreError, VmId};
 use std::collections::HashMap;
@@ -88,6 +87,8 @@ pub(crate) fn machine_config(shared: &Shared) -> HandoffConfig {
     }
     let b = &shared.cfg.balancing;
     c.handoffs_max = c.handoffs_max.max(b.max_outgoing + b.max_incoming);
+    c.outgoing_max = b.max_outgoing;
+    c.incoming_max = b.max_incoming;
     c
 }
 
@@ -156,36 +157,14 @@ impl Owner {
     }
 
     fn incoming_count(&self) -> usize {
-        self.machine
-            .handoffs()
-            .iter()
-            .filter(|h| h.role == Role::Destination)
-            .count()
+        self.machine.count_role(Role::Destination)
     }
 
     fn outgoing_count(&self) -> usize {
-        self.machine
-            .handoffs()
-            .iter()
-            .filter(|h| h.role == Role::Source && h.step != HandoffStep::Settling)
-            .count()
+        self.machine.count_role(Role::Source)
     }
 
     fn on_message(&mut self, now: u64, from: NodeId, msg: HandoffMsg) {
-        // The node's incoming limit: a new Prepare beyond it is refused Busy.
-        if let HandoffMsg::Prepare { vm, epoch, .. } = &msg {
-            let limit = self.shared.cfg.balancing.max_incoming;
-            if !self.machine.is_busy(vm) && self.incoming_count() >= limit {
-                debug!(vm = %vm, epoch, peer = %from, "prepare refused: incoming limit");
-                let refuse = HandoffMsg::PrepareRefused {
-                    vm: vm.clone(),
-                    epoch: *epoch,
-                    reason: RefuseReason::Busy,
-                };
-                self.send(from, refuse);
-                return;
-            }
-        }
         self.machine.handle_message(now, &from, msg);
     }
 
@@ -196,10 +175,6 @@ impl Owner {
         to: NodeId,
         done: oneshot::Sender<Result<MoveResult, MoveRefused>>,
     ) {
-        if self.outgoing_count() >= self.shared.cfg.balancing.max_outgoing {
-            let _ = done.send(Err(MoveRefused::OutgoingLimit));
-            return;
-        }
         let vm2 = vm.clone();
         let read = self
             .shared

@@ -5,7 +5,6 @@
 //! Files:
 //! - [`wire`]: the versioned wire enum (sessions, handoff messages, placement, admin).
 //! - [`admin_client`]: [`AdminClient`], the typed admin client for the CLI and harness.
-//! - [`failpoints`]: named handoff steps where the agent kills itself (tests, chaos).
 //! - `runtime`: [`Agent`] start-up and shutdown, [`run_agent`].
 //! - `shared`: the state every task reaches.
 //! - `handoff_task`: the one task that owns the handoff machine and executes its effects.
@@ -23,7 +22,6 @@ mod admin;
 pub mod admin_client;
 pub mod bench;
 mod error;
-pub mod failpoints;
 mod figures;
 mod handoff_task;
 mod http;

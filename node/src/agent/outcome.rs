@@ -172,13 +172,22 @@ pub(crate) enum MoveRefused {
     Store(String),
     /// The handoff machine refused to start it.
     #[error(transparent)]
-    Start(#[from] StartError),
+    Start(StartError),
     /// The agent is stopping.
     #[error("agent shutting down")]
     ShuttingDown,
     /// The handoff outlasted every timeout the machine has.
     #[error("handoff did not resolve in time")]
     TimedOut,
+}
+
+impl From<StartError> for MoveRefused {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::OutgoingLimit(_) => Self::OutgoingLimit,
+            other => Self::Start(other),
+        }
+    }
 }
 
 impl From<MoveRefused> for BusyDetail {

@@ -2,8 +2,6 @@
 //! it (signal every task, wait for each, shut the endpoint down).
 
 use super::error::AgentError;
-#[cfg(feature = "failpoints")]
-use super::failpoints::Failpoints;
 use super::handoff_task::{Owner, INPUTS_MAX};
 use super::metrics::Metrics;
 use super::mover::{run_mover, MOVES_QUEUED_MAX};
@@ -14,6 +12,8 @@ use crate::driver::exec::ExecDriver;
 use crate::driver::qemu::QemuDriver;
 use crate::driver::sim::SimDriver;
 use crate::driver::Driver;
+#[cfg(feature = "failpoints")]
+use crate::failpoints::Failpoints;
 use crate::load::LoadModel;
 use ballast_gossip::{Endpoint, EndpointConfig, TlsBundle};
 use ballast_store::{NodeId, Store};

@@ -2,14 +2,14 @@
 //! load model, metrics, the handoff machine's input channel, the network handles, the
 //! session slot and the draining flag.
 
-use super::failpoints::Failpoint;
-#[cfg(feature = "failpoints")]
-use super::failpoints::Failpoints;
 use super::handoff_task::Input;
 use super::metrics::Metrics;
 use super::wire::SessionRecord;
 use crate::config::AgentConfig;
 use crate::driver::Driver;
+use crate::failpoints::Failpoint;
+#[cfg(feature = "failpoints")]
+use crate::failpoints::Failpoints;
 use crate::load::LoadModel;
 use ballast_gossip::{Endpoint, PeerView, RpcClient};
 use ballast_store::{NodeId, Store};

@@ -22,6 +22,15 @@ pub struct HandoffConfig {
     /// Most handoffs (either side, not counting settling records) at once; a `Prepare`
     /// beyond it is refused `Busy`, a move beyond it is not started.
     pub handoffs_max: usize,
+    /// Most handoffs as source at once (not counting settling records): a move beyond it
+    /// is not started (`StartError::OutgoingLimit`). The agent sets it from
+    /// `balancing.max_outgoing`.
+    #[serde(skip)]
+    pub outgoing_max: usize,
+    /// Most handoffs as destination at once: a new `Prepare` beyond it is refused `Busy`.
+    /// The agent sets it from `balancing.max_incoming`.
+    #[serde(skip)]
+    pub incoming_max: usize,
     /// Deliberate protocol bugs, for the model check and the chaos harness only (builds
     /// with the `planted-bugs` feature).
     #[cfg(feature = "planted-bugs")]
@@ -39,6 +48,8 @@ impl Default for HandoffConfig {
             query_interval_ms: 2_000,
             store_retry_ms: 500,
             handoffs_max: 16,
+            outgoing_max: 16,
+            incoming_max: 16,
             #[cfg(feature = "planted-bugs")]
             planted_bug: PlantedBug::None,
         }

@@ -52,7 +52,10 @@ impl Handoffs {
             }
             return;
         }
-        if self.is_busy(&vm) || self.active.len() >= self.config.handoffs_max {
+        if self.is_busy(&vm)
+            || self.active.len() >= self.config.handoffs_max
+            || self.count_role(Role::Destination) >= self.config.incoming_max
+        {
             return self.refuse(from, vm, epoch, RefuseReason::Busy);
         }
         self.active.insert(

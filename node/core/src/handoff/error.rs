@@ -22,4 +22,7 @@ pub enum StartError {
     /// `handoffs_max` handoffs are already running.
     #[error("too many handoffs at once ({0})")]
     TooMany(usize),
+    /// `outgoing_max` handoffs as source are already running.
+    #[error("outgoing migration limit reached ({0} under way)")]
+    OutgoingLimit(usize),
 }

@@ -182,6 +182,15 @@ impl Handoffs {
         self.active.len()
     }
 
+    /// Number of unresolved handoffs in which this node is `role` (settling records,
+    /// which are past their commit point, not counted).
+    pub fn count_role(&self, role: Role) -> usize {
+        self.active
+            .values()
+            .filter(|h| h.phase.role() == role)
+            .count()
+    }
+
     /// Whether nothing is in progress at all (no handoff, no settling record).
     pub fn is_idle(&self) -> bool {
         self.active.is_empty() && self.settling.is_empty() && self.resuming.is_empty()

@@ -37,6 +37,10 @@ impl Handoffs {
         if self.active.len() >= self.config.handoffs_max {
             return Err(StartError::TooMany(self.active.len()));
         }
+        let outgoing = self.count_role(Role::Source);
+        if outgoing >= self.config.outgoing_max {
+            return Err(StartError::OutgoingLimit(outgoing));
+        }
         let epoch = entry.epoch.max(highest_epoch).saturating_add(1);
         let _ = now;
         tracing::debug!(vm = %vm, to = %to, epoch, "starting move");

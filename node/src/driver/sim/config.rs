@@ -1,5 +1,6 @@
 //! The sim driver's configuration (the `[driver.sim]` section of the agent's TOML).
 
+use ballast_core::units::Probability;
 use ballast_store::NodeId;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -31,8 +32,8 @@ pub struct SimConfig {
     /// How long the transfer phase of a migration lasts (the VM keeps running on the
     /// source meanwhile), milliseconds. Default 200.
     pub migration_ms: u64,
-    /// Probability in `[0, 1]` that a migration fails (before its switchover). Default 0.
-    pub fail_prob: f64,
+    /// Probability that a migration fails (before its switchover). Default 0.
+    pub fail_prob: Probability,
     /// The next this many migrations fail (before their switchover). Default 0.
     pub fail_next: u32,
     /// In-process VMs (default) or one detached process per VM.
@@ -49,7 +50,7 @@ impl Default for SimConfig {
             host: NodeId::from(""),
             seed: 0,
             migration_ms: 200,
-            fail_prob: 0.0,
+            fail_prob: Probability::NEVER,
             fail_next: 0,
             mode: SimMode::InProcess,
             vm_command: Vec::new(),

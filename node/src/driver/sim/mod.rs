@@ -78,17 +78,11 @@ pub struct SimDriver {
 
 impl SimDriver {
     /// Opens the host's state directory (creating it) and, in-process, joins or creates
-    /// the process's registry entry for it. Fails on an empty `host` or a bad
-    /// `fail_prob`.
+    /// the process's registry entry for it. Fails on an empty `host`.
     pub fn new(config: SimConfig) -> Result<Self, DriverError> {
         if config.host.as_str().is_empty() {
             return Err(DriverError::InvalidSpec(
                 "sim driver: host must be set".into(),
-            ));
-        }
-        if !(0.0..=1.0).contains(&config.fail_prob) {
-            return Err(DriverError::InvalidSpec(
-                "sim driver: fail_prob must be in [0, 1]".into(),
             ));
         }
         let backend = match config.mode {
@@ -103,7 +97,7 @@ impl SimDriver {
         };
         let faults = Faults {
             rng: SplitMix64(config.seed ^ 0x5157_u64),
-            fail_prob: config.fail_prob,
+            fail_prob: config.fail_prob.get(),
             fail_next: config.fail_next,
         };
         Ok(Self {

@@ -8,11 +8,13 @@
 //! `[failpoints] exit_at` or the environment variable `FAILPOINTS_ENV` (comma separated).
 
 use crate::handoff::{MsgKind, StoreOpKind};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
 /// One handoff step where an agent can be made to die.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Failpoint {
     /// Before a store transition.
     Before(StoreOpKind),
@@ -67,6 +69,20 @@ impl FromStr for Failpoint {
     }
 }
 
+impl TryFrom<String> for Failpoint {
+    type Error = UnknownFailpoint;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
+    }
+}
+
+impl From<Failpoint> for String {
+    fn from(f: Failpoint) -> Self {
+        f.to_string()
+    }
+}
+
 #[cfg(feature = "failpoints")]
 pub use armed::{Failpoints, FAILPOINTS_ENV};
 
@@ -87,12 +103,15 @@ mod armed {
     impl Failpoints {
         /// The failpoints of the configuration plus those of [`FAILPOINTS_ENV`]; unknown
         /// names are an error.
-        pub fn new(configured: &[String]) -> Result<Self, String> {
-            let mut armed = BTreeSet::new();
+        pub fn new(configured: &[Failpoint]) -> Result<Self, String> {
+            let mut armed: BTreeSet<Failpoint> = configured.iter().copied().collect();
             let from_env = std::env::var(FAILPOINTS_ENV).unwrap_or_default();
             let env_names = from_env.split(',').map(str::trim).filter(|s| !s.is_empty());
-            for name in configured.iter().map(String::as_str).chain(env_names) {
-                armed.insert(name.parse::<Failpoint>().map_err(|e| e.to_string())?);
+            for name in env_names {
+                let point = name
+                    .parse::<Failpoint>()
+                    .map_err(|e| format!("{FAILPOINTS_ENV}: {e}"))?;
+                armed.insert(point);
             }
             if !armed.is_empty() {
                 let names: Vec<String> = armed.iter().map(ToString::to_string).collect();
