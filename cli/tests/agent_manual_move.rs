@@ -21,11 +21,11 @@ fn a_move_longer_than_an_rpc_is_followed_to_its_end() {
     };
     let mut c = Cluster::new(&[quiet.clone(), quiet]);
     for n in &c.nodes {
-        set_in_config(&n.config, "rpc_timeout_ms = 3000", "rpc_timeout_ms = 1000");
+        set_in_config(&n.config, "rpc_timeout = \"3s\"", "rpc_timeout = \"1s\"");
         set_in_config(
             &n.config,
-            "migration_ms = 30",
-            &format!("migration_ms = {MIGRATION_MS}"),
+            "migration = \"30ms\"",
+            &format!("migration = \"{MIGRATION_MS}ms\""),
         );
     }
     c.start_all();

@@ -126,10 +126,10 @@ fn move_and_outlive(kind: &str, section: impl Fn(&Path, [u16; 2]) -> String) {
         // Launching QEMU under TCG on a busy host can take seconds.
         set_in_config(
             &n.config,
-            "prepare_timeout_ms = 3000",
-            "prepare_timeout_ms = 30000",
+            "prepare_timeout = \"3s\"",
+            "prepare_timeout = \"30s\"",
         );
-        set_in_config(&n.config, "rpc_timeout_ms = 3000", "rpc_timeout_ms = 20000");
+        set_in_config(&n.config, "rpc_timeout = \"3s\"", "rpc_timeout = \"20s\"");
     }
     c.start_all();
     run_bounded(Duration::from_secs(150), async {

@@ -6,6 +6,7 @@ mod agent_util;
 
 use agent_util::*;
 use ballast_node::policy::{decide, Candidate, Context, Decision, PolicyConfig, View};
+use ballast_node::units::Millis;
 use ballast_store::VmId;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -91,7 +92,7 @@ fn both_sides_weigh_vms_by_their_own_capacity() {
                         free_mem_bytes: r.free_mem_bytes.1,
                     };
                     let cfg = PolicyConfig {
-                        cooldown_ms: 0,
+                        cooldown: Millis::new(0),
                         ..PolicyConfig::default()
                     };
                     let ctx = Context {

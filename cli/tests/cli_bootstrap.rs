@@ -167,7 +167,7 @@ fn config_default_is_complete_and_valid() {
     assert!(!text.contains("(undocumented)"), "{text}");
     for key in [
         "[node]",
-        "round_interval_ms",
+        "round_interval = \"10s\"",
         "[policy]",
         "threshold",
         "[driver.sim]",

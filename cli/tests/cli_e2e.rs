@@ -6,11 +6,11 @@
 
 mod cli_util;
 
+use ballast_local_cluster::{AgentProcess, HeldPort};
 use cli_util::*;
 use serde_json::Value;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Bound on each wait of this test.
@@ -28,26 +28,10 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// Agent processes, killed when the test ends however it ends.
-struct Agents(Vec<Child>);
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let socks: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    socks
-        .iter()
-        .map(|s| s.local_addr().expect("addr").port())
-        .collect()
+/// A port nobody listens on (bound, then released at once).
+fn unused_port() -> u16 {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.local_addr().expect("addr").port()
 }
 
 /// What an operator edits for a quick test cluster: rounds every few hundred ms, loads
@@ -69,11 +53,11 @@ fn tune(config: &Path) {
     set("load", "mode", "target".into());
     set("policy", "threshold", 0.004.into());
     set("policy", "min_gain", 0.002.into());
-    set("policy", "cooldown_ms", 2_000.into());
-    set("balancing", "round_interval_ms", 300.into());
-    set("balancing", "round_jitter_ms", 200.into());
-    set("gossip", "interval_ms", 250.into());
-    set("driver.sim", "migration_ms", 50.into());
+    set("policy", "cooldown", "2s".into());
+    set("balancing", "round_interval", "300ms".into());
+    set("balancing", "round_jitter", "200ms".into());
+    set("gossip", "interval", "250ms".into());
+    set("driver.sim", "migration", "50ms".into());
     std::fs::write(config, toml::to_string(&t).expect("render")).expect("write config");
 }
 
@@ -105,8 +89,11 @@ fn distinct_vms(dir: &Path) -> Vec<String> {
 fn a_user_bootstraps_balances_drains_and_deletes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let d = tmp.path();
-    let ports = free_ports(3);
-    let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    // The ports are held by the test and handed to each agent (`--stdin-socket`).
+    let ports: Vec<HeldPort> = (0..3)
+        .map(|_| HeldPort::loopback().expect("port"))
+        .collect();
+    let addr = |i: usize| ports[i].addr().to_string();
     let common = ["--driver", "sim", "--metrics-listen", "127.0.0.1:0"];
     let mut args = vec!["cluster", "init", "--name", "e2e", "--dir", "c"];
     let a0 = addr(0);
@@ -127,18 +114,15 @@ fn a_user_bootstraps_balances_drains_and_deletes() {
         tune(c);
         ok(&["config", "check", c.to_str().expect("utf-8")], d);
     }
-    let mut agents = Agents(Vec::new());
-    for c in &configs {
-        let log = std::fs::File::create(c.with_file_name("agent.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ballast"))
-            .args(["agent", "--config"])
-            .arg(c)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start agent");
-        agents.0.push(child);
-    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_ballast"));
+    let mut agents: Vec<AgentProcess> = configs
+        .iter()
+        .zip(&ports)
+        .map(|(c, port)| {
+            let log = c.with_file_name("agent.log");
+            AgentProcess::start(bin, c, port, &log, &[]).expect("start agent")
+        })
+        .collect();
     let admin = ["--admin", "c/ballast-admin"];
     let with_admin = |args: &[&'static str]| -> Vec<&str> {
         let mut v: Vec<&str> = args.to_vec();
@@ -327,9 +311,7 @@ fn a_user_bootstraps_balances_drains_and_deletes() {
     refusals(d);
 
     // A node that stops shows as unreachable; status still answers.
-    let node3 = agents.0.get_mut(2).expect("node-3");
-    node3.kill().expect("kill node-3");
-    node3.wait().expect("reap node-3");
+    agents[2].kill();
     wait_for("node-3 unreachable", || {
         let s = json(&with_admin(&["status", "--json"]), d);
         let n3 = s["nodes"]
@@ -405,7 +387,7 @@ fn refusals(d: &Path) {
     );
 
     // An agent that is not there.
-    let port = free_ports(1)[0];
+    let port = unused_port();
     let addr = format!("127.0.0.1:{port}");
     fails(
         &["status", "--admin", "c/ballast-admin", "--node-addr", &addr],

@@ -11,6 +11,7 @@ use ballast_node::driver::sim::{
     check_no_double_run, read_runlog, RunEvent, SimConfig, SimDriver, SimMode,
 };
 use ballast_node::driver::{Driver, VmRunState};
+use ballast_node::units::Millis;
 use ballast_store::{NodeId, VmId, VmSpec};
 use common::conformance;
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,7 +36,7 @@ fn config(dir: &Path, host: &str, mode: SimMode) -> SimConfig {
         state_dir: dir.join(host),
         host: NodeId::from(host),
         seed: 7,
-        migration_ms: 30,
+        migration: Millis::new(30),
         mode,
         vm_command: vec![sim_vm_binary(), "sim-vm".to_owned()],
         ..SimConfig::default()

@@ -49,6 +49,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct EndpointConfig {
     /// UDP address to bind; port 0 picks a free port (read it with [`Endpoint::local_addr`]).
     pub listen_addr: SocketAddr,
+    /// A socket already bound to `listen_addr` to use instead of binding one (a launcher
+    /// that holds the port hands it over; see `ballast agent --stdin-socket`).
+    pub bound_socket: Option<Arc<std::net::UdpSocket>>,
     /// Address peers use to reach us; defaults to the bound address, which must then not
     /// be unspecified (0.0.0.0).
     pub advertise_addr: Option<SocketAddr>,
@@ -80,6 +83,7 @@ impl Default for EndpointConfig {
     fn default() -> Self {
         Self {
             listen_addr: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            bound_socket: None,
             advertise_addr: None,
             node_id: String::new(),
             cluster_id: "ballast".to_owned(),
@@ -94,6 +98,26 @@ impl Default for EndpointConfig {
             initial_summary: None,
         }
     }
+}
+
+/// A copy of a socket handed over, checked to be bound to `listen` (or to any port of
+/// its address when `listen` has port 0).
+fn held_socket(
+    held: &std::net::UdpSocket,
+    listen: SocketAddr,
+) -> std::io::Result<std::net::UdpSocket> {
+    let bound = held.local_addr()?;
+    let matches =
+        bound.ip() == listen.ip() && (listen.port() == 0 || bound.port() == listen.port());
+    if !matches {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the socket handed over is bound to {bound}, not to {listen}"),
+        ));
+    }
+    let socket = held.try_clone()?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
 }
 
 /// quinn transport settings shared by server and clients.
@@ -163,7 +187,10 @@ impl Endpoint {
             addr: config.listen_addr,
             source,
         };
-        let socket = std::net::UdpSocket::bind(config.listen_addr).map_err(bind_err)?;
+        let socket = match &config.bound_socket {
+            Some(held) => held_socket(held, config.listen_addr).map_err(bind_err)?,
+            None => std::net::UdpSocket::bind(config.listen_addr).map_err(bind_err)?,
+        };
         let quic = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),
@@ -402,7 +429,7 @@ async fn start_chitchat(
     let transport = QuicTransport { shared: gossip };
     spawn_chitchat(cc, Vec::new(), &transport)
         .await
-        .map_err(|e| EndpointError::Gossip(e.to_string()))
+        .map_err(|e| EndpointError::Gossip(e.into()))
 }
 
 /// Keeps the membership view up to date.

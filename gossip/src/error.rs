@@ -69,10 +69,10 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     /// The CA certificate could not be used as a trust root.
     #[error("CA certificate unusable as a trust root: {0}")]
-    Verifier(String),
-    /// quinn refused the rustls configuration (e.g. no TLS 1.3 cipher suite).
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// quinn refused the rustls configuration (no TLS 1.3 cipher suite).
     #[error("QUIC crypto configuration: {0}")]
-    Quic(String),
+    Quic(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
     /// The PEM material is missing a certificate or key.
     #[error(transparent)]
     Pki(#[from] PkiError),
@@ -188,5 +188,5 @@ pub enum EndpointError {
     Config(String),
     /// chitchat could not be started; the QUIC endpoint was closed again.
     #[error("gossip failed to start: {0}")]
-    Gossip(String),
+    Gossip(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 }

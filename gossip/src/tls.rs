@@ -121,13 +121,13 @@ pub(crate) fn server_config(
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(tls)?, provider.clone())
         .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        .map_err(TlsError::Verifier)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(tls.chain.clone(), tls.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN_GOSSIP.to_vec(), ALPN_RPC.to_vec()];
-    let quic = QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let quic = QuicServerConfig::try_from(cfg).map_err(TlsError::Quic)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(transport);
     Ok(server)
@@ -143,14 +143,14 @@ pub(crate) fn client_config(
     let provider = provider();
     let inner = WebPkiServerVerifier::builder_with_provider(roots(tls)?, provider.clone())
         .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        .map_err(TlsError::Verifier)?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NodeServerVerifier { inner }))
         .with_client_auth_cert(tls.chain.clone(), tls.key.clone_key())?;
     cfg.alpn_protocols = vec![alpn.to_vec()];
-    let quic = QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let quic = QuicClientConfig::try_from(cfg).map_err(TlsError::Quic)?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
     client.transport_config(transport);
     Ok(client)

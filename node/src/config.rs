@@ -10,8 +10,10 @@ use crate::handoff::HandoffConfig;
 use crate::handoff::PlantedBug;
 use crate::load::{HostCapacity, LoadMode, Weights};
 use crate::policy::{PolicyConfig, PolicyConfigError};
+use ballast_core::units::Millis;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 /// Who this agent is and where it keeps its state.
@@ -83,7 +85,8 @@ pub struct LoadSection {
     /// Weights of CPU, I/O and memory; the same on every node of a cluster.
     pub weights: Weights,
     /// How often VM usage is sampled, in milliseconds.
-    pub sample_interval_ms: u64,
+    #[serde(alias = "sample_interval_ms")]
+    pub sample_interval: Millis,
     /// Weight of a new sample in the exponential smoothing, in (0, 1].
     pub smoothing_alpha: f64,
 }
@@ -93,7 +96,7 @@ impl Default for LoadSection {
         Self {
             mode: LoadMode::Measured,
             weights: Weights::default(),
-            sample_interval_ms: 5_000,
+            sample_interval: Millis::new(5_000),
             smoothing_alpha: 0.3,
         }
     }
@@ -104,15 +107,18 @@ impl Default for LoadSection {
 #[serde(deny_unknown_fields, default)]
 pub struct BalancingSection {
     /// Time between two rounds, in milliseconds.
-    pub round_interval_ms: u64,
+    #[serde(alias = "round_interval_ms")]
+    pub round_interval: Millis,
     /// Random extra delay added to each interval, up to this many milliseconds.
-    pub round_jitter_ms: u64,
+    #[serde(alias = "round_jitter_ms")]
+    pub round_jitter: Millis,
     /// A balancing session that takes longer than this is dropped.
-    pub session_timeout_ms: u64,
+    #[serde(alias = "session_timeout_ms")]
+    pub session_timeout: Millis,
     /// Outgoing migrations under way at once on this node.
-    pub max_outgoing: usize,
+    pub max_outgoing: NonZeroUsize,
     /// Incoming migrations under way at once on this node.
-    pub max_incoming: usize,
+    pub max_incoming: NonZeroUsize,
     /// Whether this node starts rounds at all (it still answers its peers).
     pub enabled: bool,
     /// Advise only: sessions run and decide as usual, and `ballast sessions` shows the
@@ -123,11 +129,11 @@ pub struct BalancingSection {
 impl Default for BalancingSection {
     fn default() -> Self {
         Self {
-            round_interval_ms: 10_000,
-            round_jitter_ms: 2_000,
-            session_timeout_ms: 5_000,
-            max_outgoing: 1,
-            max_incoming: 1,
+            round_interval: Millis::new(10_000),
+            round_jitter: Millis::new(2_000),
+            session_timeout: Millis::new(5_000),
+            max_outgoing: NonZeroUsize::MIN,
+            max_incoming: NonZeroUsize::MIN,
             enabled: true,
             dry_run: false,
         }
@@ -139,15 +145,19 @@ impl Default for BalancingSection {
 #[serde(deny_unknown_fields, default)]
 pub struct GossipSection {
     /// Period of chitchat's gossip rounds, in milliseconds.
-    pub interval_ms: u64,
+    #[serde(alias = "interval_ms")]
+    pub interval: Millis,
     /// Phi above which the failure detector marks a node dead.
     pub phi_threshold: f64,
     /// How long a dead node stays in the gossip state before it is forgotten, in ms.
-    pub dead_grace_ms: u64,
+    #[serde(alias = "dead_grace_ms")]
+    pub dead_grace: Millis,
     /// Bound on one RPC (sessions, handoff messages, admin calls), in milliseconds.
-    pub rpc_timeout_ms: u64,
+    #[serde(alias = "rpc_timeout_ms")]
+    pub rpc_timeout: Millis,
     /// Bound on a QUIC handshake, in milliseconds.
-    pub connect_timeout_ms: u64,
+    #[serde(alias = "connect_timeout_ms")]
+    pub connect_timeout: Millis,
     /// Limit of one RPC frame's payload, in bytes.
     pub max_rpc_frame_bytes: usize,
 }
@@ -155,11 +165,11 @@ pub struct GossipSection {
 impl Default for GossipSection {
     fn default() -> Self {
         Self {
-            interval_ms: 500,
+            interval: Millis::new(500),
             phi_threshold: 8.0,
-            dead_grace_ms: 3_600_000,
-            rpc_timeout_ms: 10_000,
-            connect_timeout_ms: 5_000,
+            dead_grace: Millis::new(3_600_000),
+            rpc_timeout: Millis::new(10_000),
+            connect_timeout: Millis::new(5_000),
             max_rpc_frame_bytes: 4 * 1024 * 1024,
         }
     }
@@ -200,13 +210,14 @@ pub struct DriverSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ReconcileSection {
     /// Time between two reconciliations, in milliseconds.
-    pub interval_ms: u64,
+    #[serde(alias = "interval_ms")]
+    pub interval: Millis,
 }
 
 impl Default for ReconcileSection {
     fn default() -> Self {
         Self {
-            interval_ms: 10_000,
+            interval: Millis::new(10_000),
         }
     }
 }
@@ -344,6 +355,16 @@ impl AgentConfig {
                     "; [failpoints] is a test hook that this build does not have \
                      (cargo features `failpoints`, `planted-bugs`): remove the section",
                 );
+            }
+            // A bad value: say whose (toml names the line, not the key).
+            let key = text.lines().nth(line - 1).and_then(|l| l.split_once('='));
+            let key = key.map(|(k, _)| k.trim()).filter(|k| {
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.\"".contains(c))
+            });
+            if let Some(key) = key.filter(|k| !message.contains(*k)) {
+                message = format!("{key}: {message}");
             }
             ConfigError::Parse {
                 path: path.map(Into::into),
@@ -509,7 +530,7 @@ impl LoadSection {
             "load.smoothing_alpha",
             "must be in (0, 1]",
         )?;
-        above_zero(&[("load.sample_interval_ms", self.sample_interval_ms)])
+        above_zero(&[("load.sample_interval", self.sample_interval.get())])
     }
 }
 
@@ -533,28 +554,18 @@ fn validate_host(h: &HostCapacity) -> Result<(), ConfigError> {
 impl BalancingSection {
     fn validate(&self) -> Result<(), ConfigError> {
         above_zero(&[
-            ("balancing.round_interval_ms", self.round_interval_ms),
-            ("balancing.session_timeout_ms", self.session_timeout_ms),
-        ])?;
-        ensure(
-            self.max_outgoing >= 1,
-            "balancing.max_outgoing",
-            "must be at least 1",
-        )?;
-        ensure(
-            self.max_incoming >= 1,
-            "balancing.max_incoming",
-            "must be at least 1",
-        )
+            ("balancing.round_interval", self.round_interval.get()),
+            ("balancing.session_timeout", self.session_timeout.get()),
+        ])
     }
 }
 
 impl GossipSection {
     fn validate(&self) -> Result<(), ConfigError> {
         above_zero(&[
-            ("gossip.interval_ms", self.interval_ms),
-            ("gossip.rpc_timeout_ms", self.rpc_timeout_ms),
-            ("gossip.connect_timeout_ms", self.connect_timeout_ms),
+            ("gossip.interval", self.interval.get()),
+            ("gossip.rpc_timeout", self.rpc_timeout.get()),
+            ("gossip.connect_timeout", self.connect_timeout.get()),
         ])?;
         ensure(
             self.phi_threshold.is_finite() && self.phi_threshold > 0.0,
@@ -567,7 +578,7 @@ impl GossipSection {
 
 impl ReconcileSection {
     fn validate(&self) -> Result<(), ConfigError> {
-        above_zero(&[("reconcile.interval_ms", self.interval_ms)])
+        above_zero(&[("reconcile.interval", self.interval.get())])
     }
 }
 
@@ -583,14 +594,14 @@ impl DriverSection {
             "must name the plugin program when driver.kind = \"exec\"",
         )?;
         above_zero(&[
-            ("driver.exec.timeout_ms", e.timeout_ms),
-            ("driver.exec.migrate_timeout_ms", e.migrate_timeout_ms),
-            ("driver.exec.hello_timeout_ms", e.hello_timeout_ms),
+            ("driver.exec.timeout", e.timeout.get()),
+            ("driver.exec.migrate_timeout", e.migrate_timeout.get()),
+            ("driver.exec.hello_timeout", e.hello_timeout.get()),
         ])?;
         ensure(
-            e.restart_backoff_max_ms >= e.restart_backoff_ms,
-            "driver.exec.restart_backoff_max_ms",
-            "must be at least restart_backoff_ms",
+            e.restart_backoff_max.get() >= e.restart_backoff.get(),
+            "driver.exec.restart_backoff_max",
+            "must be at least restart_backoff",
         )?;
         frame_limit("driver.exec.max_line_bytes", e.max_line_bytes)?;
         ensure(
@@ -604,12 +615,12 @@ impl DriverSection {
 /// `[handoff]`: every interval above 0.
 fn validate_handoff(h: &HandoffConfig) -> Result<(), ConfigError> {
     above_zero(&[
-        ("handoff.prepare_retry_ms", h.prepare_retry_ms),
-        ("handoff.prepare_timeout_ms", h.prepare_timeout_ms),
-        ("handoff.migrate_timeout_ms", h.migrate_timeout_ms),
-        ("handoff.commit_retry_ms", h.commit_retry_ms),
-        ("handoff.query_interval_ms", h.query_interval_ms),
-        ("handoff.store_retry_ms", h.store_retry_ms),
+        ("handoff.prepare_retry", h.prepare_retry.get()),
+        ("handoff.prepare_timeout", h.prepare_timeout.get()),
+        ("handoff.migrate_timeout", h.migrate_timeout.get()),
+        ("handoff.commit_retry", h.commit_retry.get()),
+        ("handoff.query_interval", h.query_interval.get()),
+        ("handoff.store_retry", h.store_retry.get()),
     ])
 }
 
@@ -665,13 +676,31 @@ mod tests {
     #[test]
     fn each_migration_limit_is_refused_by_its_own_name() {
         for key in ["max_outgoing", "max_incoming"] {
-            let e = AgentConfig::from_toml_str(&format!("[balancing]\n{key} = 0\n"))
-                .expect_err("zero limit");
-            assert!(
-                e.to_string().starts_with(&format!("balancing.{key}:")),
-                "{e}"
-            );
+            let e =
+                AgentConfig::from_toml_str(&format!("[balancing]\nenabled = true\n{key} = 0\n"))
+                    .expect_err("zero limit");
+            let text = e.to_string();
+            assert!(text.contains("line 3") && text.contains(key), "{text}");
         }
+    }
+
+    #[test]
+    fn a_duration_is_read_with_its_unit_or_in_milliseconds_under_the_old_key() {
+        let cfg =
+            AgentConfig::from_toml_str("[balancing]\nround_interval = \"2s\"\n").expect("new key");
+        assert_eq!(cfg.balancing.round_interval, Millis::secs(2));
+        let cfg =
+            AgentConfig::from_toml_str("[balancing]\nround_interval_ms = 2500\n").expect("old key");
+        assert_eq!(cfg.balancing.round_interval, Millis::new(2_500));
+        let e = AgentConfig::from_toml_str("[balancing]\nround_interval = \"2 fortnights\"\n")
+            .expect_err("no unit");
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let e =
+            AgentConfig::from_toml_str("[balancing]\nround_interval = \"0s\"\n").expect_err("zero");
+        assert!(
+            e.to_string().starts_with("balancing.round_interval:"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -731,7 +760,7 @@ mod tests {
         .expect("exec config parses");
         assert_eq!(c.driver.kind, DriverKind::Exec);
         assert_eq!(c.driver.exec.command, ["python3", "p.py"]);
-        assert_eq!(c.driver.exec.timeout_ms, 7000);
+        assert_eq!(c.driver.exec.timeout.get(), 7000);
         assert_eq!(c.driver.exec.env.get("A").map(String::as_str), Some("1"));
         assert_eq!(
             AgentConfig::from_toml_str(&c.to_toml()).expect("round trip"),

@@ -86,9 +86,52 @@ impl From<Failpoint> for String {
 #[cfg(feature = "failpoints")]
 pub use armed::{Failpoints, FAILPOINTS_ENV};
 
+/// The test hooks of one agent: armed failpoints and duplicated sends. Empty, and every
+/// method a no-op, in a build without the cargo feature `failpoints`.
+#[derive(Clone, Debug, Default)]
+pub struct TestHooks {
+    #[cfg(feature = "failpoints")]
+    failpoints: Failpoints,
+    #[cfg(feature = "failpoints")]
+    duplicate_sends: bool,
+}
+
+impl TestHooks {
+    /// The hooks `config` arms (plus the failpoints of [`FAILPOINTS_ENV`]); an unknown
+    /// name comes back with where it was found.
+    #[cfg(feature = "failpoints")]
+    pub fn new(
+        config: &crate::config::AgentConfig,
+    ) -> Result<Self, (&'static str, UnknownFailpoint)> {
+        Ok(Self {
+            failpoints: Failpoints::new(&config.failpoints.exit_at)
+                .map_err(|e| (FAILPOINTS_ENV, e))?,
+            duplicate_sends: config.failpoints.duplicate_sends,
+        })
+    }
+
+    /// Kills the process if `point` is armed.
+    pub fn fail_at(&self, point: Failpoint) {
+        #[cfg(feature = "failpoints")]
+        self.failpoints.hit(point);
+        #[cfg(not(feature = "failpoints"))]
+        let _ = point;
+    }
+
+    /// How many times to send each handoff message: twice with
+    /// `failpoints.duplicate_sends` (duplicates must change nothing), else once.
+    pub fn send_copies(&self) -> usize {
+        #[cfg(feature = "failpoints")]
+        if self.duplicate_sends {
+            return 2;
+        }
+        1
+    }
+}
+
 #[cfg(feature = "failpoints")]
 mod armed {
-    use super::Failpoint;
+    use super::{Failpoint, UnknownFailpoint};
     use std::collections::BTreeSet;
 
     /// The environment variable that adds failpoints (comma separated).
@@ -103,15 +146,12 @@ mod armed {
     impl Failpoints {
         /// The failpoints of the configuration plus those of [`FAILPOINTS_ENV`]; unknown
         /// names are an error.
-        pub fn new(configured: &[Failpoint]) -> Result<Self, String> {
+        pub fn new(configured: &[Failpoint]) -> Result<Self, UnknownFailpoint> {
             let mut armed: BTreeSet<Failpoint> = configured.iter().copied().collect();
             let from_env = std::env::var(FAILPOINTS_ENV).unwrap_or_default();
             let env_names = from_env.split(',').map(str::trim).filter(|s| !s.is_empty());
             for name in env_names {
-                let point = name
-                    .parse::<Failpoint>()
-                    .map_err(|e| format!("{FAILPOINTS_ENV}: {e}"))?;
-                armed.insert(point);
+                armed.insert(name.parse::<Failpoint>()?);
             }
             if !armed.is_empty() {
                 let names: Vec<String> = armed.iter().map(ToString::to_string).collect();

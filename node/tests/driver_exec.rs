@@ -9,6 +9,7 @@ mod common;
 use ballast_node::driver::exec::{ExecConfig, ExecDriver};
 use ballast_node::driver::qemu::{guest, QemuDriver};
 use ballast_node::driver::{Driver, DriverError, MigrationTarget};
+use ballast_node::units::Millis;
 use ballast_store::{VmId, VmSpec};
 use common::conformance;
 use std::path::{Path, PathBuf};
@@ -60,7 +61,7 @@ impl Scratch {
                 "--port-range".into(),
                 ports.into(),
             ],
-            restart_backoff_ms: 10,
+            restart_backoff: Millis::new(10),
             ..ExecConfig::default()
         };
         ExecDriver::new(cfg).expect("driver")
@@ -85,9 +86,9 @@ impl Scratch {
                     .to_string_lossy()
                     .into_owned(),
             ],
-            timeout_ms,
-            hello_timeout_ms: timeout_ms,
-            restart_backoff_ms: 10,
+            timeout: Millis::new(timeout_ms),
+            hello_timeout: Millis::new(timeout_ms),
+            restart_backoff: Millis::new(10),
             max_line_bytes: 64 * 1024,
             ..ExecConfig::default()
         };
@@ -107,8 +108,8 @@ impl Scratch {
                     .to_string_lossy()
                     .into_owned(),
             ],
-            timeout_ms,
-            restart_backoff_ms: 10,
+            timeout: Millis::new(timeout_ms),
+            restart_backoff: Millis::new(10),
             max_line_bytes: 64 * 1024,
             ..ExecConfig::default()
         };
@@ -341,7 +342,7 @@ async fn error_objects_and_progress_reach_the_caller() {
 async fn a_missing_program_is_an_io_error() {
     let d = ExecDriver::new(ExecConfig {
         command: vec!["/nonexistent/plugin".into()],
-        restart_backoff_ms: 1,
+        restart_backoff: Millis::new(1),
         ..ExecConfig::default()
     })
     .expect("driver");

@@ -7,6 +7,7 @@ use ballast_node::driver::sim::{
     check_no_double_run, read_runlog, RunEvent, RunRecord, SimConfig, SimDriver, SimMode,
 };
 use ballast_node::driver::{Driver, DriverError, MigrationStatus, VmRunState};
+use ballast_node::units::Millis;
 use ballast_store::{NodeId, VmId, VmSpec};
 use common::conformance;
 use std::collections::BTreeMap;
@@ -28,7 +29,7 @@ fn config(dir: &Path, host: &str) -> SimConfig {
         state_dir: dir.join(host),
         host: NodeId::from(host),
         seed: 42,
-        migration_ms: 30,
+        migration: Millis::new(30),
         mode: SimMode::InProcess,
         ..SimConfig::default()
     }

@@ -4,6 +4,7 @@ use ballast_node::policy::{
     decide, plan_moves, plan_swap, swap_possible, Candidate, Context, Decision, PlannedMove,
     PolicyConfig, Sender, Stay, View,
 };
+use ballast_node::units::Millis;
 use proptest::prelude::*;
 
 const NOW: u64 = 1_000_000;
@@ -13,7 +14,7 @@ fn cfg(threshold: f64, min_gain: f64, max_moves: usize) -> PolicyConfig {
     PolicyConfig {
         threshold,
         min_gain,
-        cooldown_ms: 0,
+        cooldown: Millis::new(0),
         max_moves_per_session: max_moves,
         ..PolicyConfig::default()
     }
@@ -243,7 +244,7 @@ fn pinned_cooling_and_too_big_vms_stay() {
     cands[1].last_moved_ms = Some(NOW - 10);
     cands[2].mem_bytes = 100;
     let c = PolicyConfig {
-        cooldown_ms: 1_000,
+        cooldown: Millis::new(1_000),
         ..cfg(0.0, 0.0, 1)
     };
     let mut out = Vec::new();

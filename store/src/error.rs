@@ -8,6 +8,10 @@
 use crate::types::{NodeId, VmId, VmState};
 use std::path::PathBuf;
 
+/// The underlying error of a storage failure, kept as the error's source (sled's own
+/// type stays behind this crate's API).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// What a successful idempotent transition did.
 #[must_use = "a duplicate may need a different reaction than a fresh change"]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,12 +78,13 @@ pub enum StoreError {
     },
     /// The store directory could not be created or accessed (permissions, disk full...).
     /// Nothing was opened; a half-made store from a first start is discarded on the next.
-    #[error("store at {path}: I/O error: {reason}")]
+    #[error("store at {path}: I/O error: {source}")]
     Io {
         /// The store directory.
         path: PathBuf,
-        /// The operating system's message.
-        reason: String,
+        /// The operating system's (or sled's) error.
+        #[source]
+        source: Cause,
     },
     /// An argument is not acceptable (empty id, non-finite factors, oversized spec, a
     /// state that does not fit the call). Nothing was changed.
@@ -139,22 +144,24 @@ pub enum StoreError {
     },
     /// sled failed while running the transaction. The transaction did not commit:
     /// nothing was changed.
-    #[error("store operation {op} failed, nothing changed: {reason}")]
+    #[error("store operation {op} failed, nothing changed: {source}")]
     Storage {
         /// The operation.
         op: &'static str,
-        /// sled's message.
-        reason: String,
+        /// sled's error (or the blocking task's).
+        #[source]
+        source: Cause,
     },
     /// The transaction committed in memory but the flush to disk failed: the change is
     /// visible in this process but may be lost on a crash. Treat it as not done and do
     /// not act on it; the store is probably unusable (disk full or failing).
-    #[error("store operation {op} committed but was not flushed to disk: {reason}")]
+    #[error("store operation {op} committed but was not flushed to disk: {source}")]
     NotFlushed {
         /// The operation.
         op: &'static str,
-        /// sled's message.
-        reason: String,
+        /// sled's (or the file system's) error.
+        #[source]
+        source: Cause,
     },
 }
 

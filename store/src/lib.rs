@@ -28,7 +28,7 @@ mod validate;
 pub use ballast_core::types;
 pub use ballast_core::types::*;
 pub use codec::{RECORD_BYTES_MAX, VM_ID_BYTES_MAX};
-pub use error::{Outcome, StoreError};
+pub use error::{Cause, Outcome, StoreError};
 pub use open::FORMAT_VERSION;
 pub use store::{Store, StoreSnapshot};
 pub use validate::FACTOR_BATCH_MAX;

@@ -63,7 +63,7 @@ pub(crate) fn open_dir(
 ) -> Result<Opened, StoreError> {
     let io = |e: std::io::Error| StoreError::Io {
         path: dir.to_path_buf(),
-        reason: e.to_string(),
+        source: e.into(),
     };
     fs::create_dir_all(dir).map_err(io)?;
     let live = dir.join(SLED_DIR);
@@ -84,7 +84,7 @@ pub(crate) fn open_dir(
     let log_path = live.join(SLED_LOG_FILE);
     let log_file = fs::File::open(&log_path).map_err(|e| StoreError::Io {
         path: log_path,
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     let opened = Opened {
         log_file,
@@ -105,7 +105,7 @@ pub(crate) fn open_dir(
 fn initialize(dir: &Path, live: &Path, meta: &NodeMeta) -> Result<(), StoreError> {
     let io = |e: std::io::Error| StoreError::Io {
         path: dir.to_path_buf(),
-        reason: e.to_string(),
+        source: e.into(),
     };
     let staging = dir.join(SLED_INIT_DIR);
     if fs::exists(&staging).map_err(io)? {
@@ -125,11 +125,11 @@ fn initialize(dir: &Path, live: &Path, meta: &NodeMeta) -> Result<(), StoreError
     });
     written.map_err(|e| StoreError::Io {
         path: dir.to_path_buf(),
-        reason: format!("{e:?}"),
+        source: format!("writing the metadata: {e:?}").into(),
     })?;
     db.flush().map_err(|e| StoreError::Io {
         path: dir.to_path_buf(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     drop(meta_tree);
     drop(db);
@@ -167,7 +167,7 @@ fn map_open_error(dir: &Path, error: sled::Error) -> StoreError {
         {
             StoreError::Io {
                 path: dir.to_path_buf(),
-                reason: e.to_string(),
+                source: e.into(),
             }
         }
         other => corrupt(dir, format!("sled cannot open the database: {other}")),

@@ -404,20 +404,20 @@ impl Store {
             Err(TransactionError::Storage(e)) => {
                 return Err(StoreError::Storage {
                     op,
-                    reason: e.to_string(),
+                    source: e.into(),
                 });
             }
         };
         if durability == Durability::Flush {
             self.db.flush().map_err(|e| StoreError::NotFlushed {
                 op,
-                reason: e.to_string(),
+                source: e.into(),
             })?;
             self.log_file
                 .sync_data()
                 .map_err(|e| StoreError::NotFlushed {
                     op,
-                    reason: e.to_string(),
+                    source: e.into(),
                 })?;
         }
         if let Some(generation) = generation {

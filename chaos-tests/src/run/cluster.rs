@@ -4,16 +4,17 @@
 //! processes), SIGSTOP/SIGCONT, restart with a failpoint armed, and wiping a host.
 //! Dropping the cluster kills every process it started, also when a run fails.
 
-use ballast_gossip::{create_ca, issue_admin_cert, issue_node_cert, save_cert_bundle, CertBundle};
+use ballast_gossip::CertBundle;
+use ballast_local_cluster::{write_node_certs, KitError, LocalCluster as Kit};
 use ballast_node::config::AgentConfig;
 use ballast_node::driver::sim::runlog::now_unix_ns;
 use ballast_node::driver::sim::{HostCrash, RUNLOG_FILE};
 use ballast_node::failpoints::FAILPOINTS_ENV;
 use ballast_store::NodeId;
 use rustix::process::{kill_process, Pid, Signal};
-use std::net::{SocketAddr, UdpSocket};
+use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 /// Name of the data directory of a node, and of what is left of it after a wipe.
 const DATA: &str = "data";
@@ -22,23 +23,16 @@ const WIPED: &str = "data-wiped";
 /// Setting up or driving the cluster failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// Certificates could not be made or written. Nothing runs yet.
-    #[error("certificates: {0}")]
-    Pki(String),
-    /// A file or directory could not be written or moved.
-    #[error("{what}: {source}")]
+    /// The nodes could not be set up or an agent could not be started.
+    #[error(transparent)]
+    Kit(#[from] KitError),
+    /// A file or directory could not be moved.
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
         /// Why it failed.
-        source: std::io::Error,
-    },
-    /// The agent binary could not be started. The node stays down.
-    #[error("cannot start {bin}: {source}")]
-    Spawn {
-        /// The binary.
-        bin: PathBuf,
-        /// Why.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -48,19 +42,15 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
     move |source| ClusterError::Io { what, source }
 }
 
-/// One agent.
+/// One host: its agent's identity and files (the process is the kit's).
 #[derive(Debug)]
 pub struct Node {
     /// Its node id (`n1`, `n2`...).
     pub id: NodeId,
-    /// Its QUIC address (one UDP socket for gossip and RPC).
+    /// Its QUIC address (one UDP socket for gossip and RPC, held by the kit).
     pub addr: SocketAddr,
     /// Its directory.
     pub dir: PathBuf,
-    config: PathBuf,
-    child: Option<Child>,
-    starts: u32,
-    paused: bool,
     wiped: bool,
 }
 
@@ -68,16 +58,6 @@ impl Node {
     /// The sim driver's state directory (run log, VM sockets).
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join(DATA).join("sim-state")
-    }
-
-    /// Whether its agent process is running (possibly paused).
-    pub fn is_up(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// Whether it is stopped with SIGSTOP.
-    pub fn is_paused(&self) -> bool {
-        self.paused
     }
 
     /// Whether it was wiped (gone for good).
@@ -88,18 +68,11 @@ impl Node {
 
 /// The cluster's processes and files.
 pub struct Cluster {
-    /// The agents.
+    /// The hosts.
     pub nodes: Vec<Node>,
-    /// The admin certificate the harness calls with.
-    pub admin: CertBundle,
-    bin: PathBuf,
+    kit: Kit,
     /// Host crashes (for the I2 checker): every VM of the host stopped by then.
     pub crashes: Vec<HostCrash>,
-}
-
-fn free_udp_addr() -> Result<SocketAddr, ClusterError> {
-    let s = UdpSocket::bind("127.0.0.1:0").map_err(io("bind a UDP port"))?;
-    s.local_addr().map_err(io("local address"))
 }
 
 impl Cluster {
@@ -111,104 +84,80 @@ impl Cluster {
         bin: PathBuf,
         tune: &dyn Fn(&mut AgentConfig),
     ) -> Result<Self, ClusterError> {
-        let pki = |e: ballast_gossip::PkiError| ClusterError::Pki(e.to_string());
-        let ca = create_ca("chaos").map_err(pki)?;
-        let admin = issue_admin_cert(&ca, "chaos-harness").map_err(pki)?;
-        let mut addrs = Vec::new();
-        while addrs.len() < n {
-            let a = free_udp_addr()?;
-            if !addrs.contains(&a) {
-                addrs.push(a);
-            }
-        }
-        let mut nodes = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
-            let id = format!("n{}", i + 1);
-            let dir = root.join(&id);
-            std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-            let cert = issue_node_cert(&ca, &id, &[addr.ip()]).map_err(pki)?;
-            let (cert_p, key_p, ca_p) = (
-                dir.join("node.pem"),
-                dir.join("node.key"),
-                dir.join("ca.pem"),
-            );
-            save_cert_bundle(&cert, &cert_p, &key_p, &ca_p)
-                .map_err(|e| ClusterError::Pki(e.to_string()))?;
+        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let vm_command = vec![bin.display().to_string(), "sim-vm".into()];
+        let kit = Kit::create(root, bin, "chaos", "chaos-harness", &names, |f| {
+            let certs =
+                write_node_certs(f.ca, f.name, f.addr.ip(), f.dir).map_err(|e| e.to_string())?;
             let mut cfg = AgentConfig::default();
-            cfg.node.id = id.clone();
+            cfg.node.id = f.name.to_owned();
             cfg.node.cluster = "chaos".into();
-            cfg.node.data_dir = dir.join(DATA);
-            cfg.node.listen = *addr;
-            cfg.node.seeds = addrs.iter().filter(|a| *a != addr).copied().collect();
+            cfg.node.data_dir = f.dir.join(DATA);
+            cfg.node.listen = f.addr;
+            cfg.node.seeds = f.addrs.iter().filter(|a| **a != f.addr).copied().collect();
             cfg.node.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-            cfg.tls.ca_cert = ca_p;
-            cfg.tls.cert = cert_p;
-            cfg.tls.key = key_p;
-            cfg.driver.sim.host = NodeId::from(id.as_str());
-            cfg.driver.sim.seed = i as u64 + 1;
-            cfg.driver.sim.state_dir = dir.join(DATA).join("sim-state");
+            cfg.tls.ca_cert = certs.ca;
+            cfg.tls.cert = certs.cert;
+            cfg.tls.key = certs.key;
+            cfg.driver.sim.host = NodeId::from(f.name);
+            cfg.driver.sim.seed = f.index as u64 + 1;
+            cfg.driver.sim.state_dir = f.dir.join(DATA).join("sim-state");
             cfg.driver.sim.mode = ballast_node::driver::sim::SimMode::Process;
-            cfg.driver.sim.vm_command = vec![bin.display().to_string(), "sim-vm".into()];
+            cfg.driver.sim.vm_command = vm_command.clone();
             tune(&mut cfg);
-            let config = dir.join("agent.toml");
-            std::fs::write(&config, cfg.to_toml()).map_err(io("write agent.toml"))?;
-            nodes.push(Node {
-                id: NodeId::from(id.as_str()),
-                addr: *addr,
-                dir,
-                config,
-                child: None,
-                starts: 0,
-                paused: false,
+            let config = f.dir.join("agent.toml");
+            std::fs::write(&config, cfg.to_toml()).map_err(|e| e.to_string())?;
+            Ok(config)
+        })?;
+        let nodes = kit
+            .nodes
+            .iter()
+            .map(|s| Node {
+                id: NodeId::from(s.name.as_str()),
+                addr: s.addr(),
+                dir: s.dir.clone(),
                 wiped: false,
-            });
-        }
+            })
+            .collect();
         Ok(Self {
             nodes,
-            admin,
-            bin,
+            kit,
             crashes: Vec::new(),
         })
     }
 
+    /// The admin certificate the harness calls with.
+    pub fn admin(&self) -> &CertBundle {
+        &self.kit.admin
+    }
+
+    /// Whether node `i`'s agent process is running (possibly paused).
+    pub fn is_up(&self, i: usize) -> bool {
+        self.kit.nodes[i].is_up()
+    }
+
+    /// Whether node `i`'s agent is stopped with SIGSTOP.
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.kit.nodes[i].is_paused()
+    }
+
     /// Starts node `i`'s agent (on its existing store), with `failpoint` armed if given.
     pub fn start(&mut self, i: usize, failpoint: Option<&str>) -> Result<(), ClusterError> {
-        let n = &mut self.nodes[i];
-        if n.child.is_some() || n.wiped {
+        if self.nodes[i].wiped {
             return Ok(());
         }
-        n.starts += 1;
-        let log = std::fs::File::create(n.dir.join(format!("agent-{}.log", n.starts)))
-            .map_err(io("agent log"))?;
-        let child = Command::new(&self.bin)
-            .args(["agent", "--config"])
-            .arg(&n.config)
-            .env(
-                "BALLAST_LOG",
-                std::env::var("BALLAST_CHAOS_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .env(FAILPOINTS_ENV, failpoint.unwrap_or(""))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|source| ClusterError::Spawn {
-                bin: self.bin.clone(),
-                source,
-            })?;
-        n.child = Some(child);
-        n.paused = false;
+        let level = std::env::var("BALLAST_CHAOS_AGENT_LOG").unwrap_or_else(|_| "warn".into());
+        let env: [(OsString, OsString); 2] = [
+            ("BALLAST_LOG".into(), level.into()),
+            (FAILPOINTS_ENV.into(), failpoint.unwrap_or("").into()),
+        ];
+        self.kit.start(i, &env)?;
         Ok(())
     }
 
     /// SIGKILLs node `i`'s agent and reaps it (its VM processes live on).
     pub fn kill_agent(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        if let Some(mut c) = n.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        n.paused = false;
+        self.kit.kill(i);
     }
 
     /// SIGKILLs node `i`'s agent and every VM process of its host; records the crash.
@@ -225,24 +174,12 @@ impl Cluster {
 
     /// SIGSTOPs node `i`'s agent.
     pub fn pause(&mut self, i: usize) {
-        if let Some(pid) = self.pid(i) {
-            if kill_process(pid, Signal::STOP).is_ok() {
-                self.nodes[i].paused = true;
-            }
-        }
+        self.kit.pause(i);
     }
 
     /// SIGCONTs node `i`'s agent.
     pub fn resume(&mut self, i: usize) {
-        if let Some(pid) = self.pid(i) {
-            let _ = kill_process(pid, Signal::CONT);
-        }
-        self.nodes[i].paused = false;
-    }
-
-    fn pid(&self, i: usize) -> Option<Pid> {
-        let id = self.nodes[i].child.as_ref()?.id();
-        Pid::from_raw(i32::try_from(id).ok()?)
+        self.kit.resume(i);
     }
 
     /// Every local UDP port node `i`'s agent holds now: its QUIC endpoint, and the
@@ -250,7 +187,7 @@ impl Cluster {
     /// socket when a peer restarts). Read from `/proc/PID/fd` and `/proc/PID/net/udp`.
     pub fn udp_ports(&self, i: usize) -> Vec<u16> {
         let mut ports = vec![self.nodes[i].addr.port()];
-        let Some(pid) = self.nodes[i].child.as_ref().map(Child::id) else {
+        let Some(pid) = self.kit.nodes[i].pid() else {
             return ports;
         };
         let mut inodes = std::collections::BTreeSet::new();
@@ -285,19 +222,10 @@ impl Cluster {
         ports
     }
 
-    /// Whether node `i`'s agent has exited (a failpoint hit); reaps it.
+    /// Whether node `i`'s agent is down: it has exited (a failpoint hit; reaped then) or
+    /// was never started or was killed.
     pub fn exited(&mut self, i: usize) -> bool {
-        let n = &mut self.nodes[i];
-        let Some(c) = n.child.as_mut() else {
-            return true;
-        };
-        match c.try_wait() {
-            Ok(Some(_)) => {
-                n.child = None;
-                true
-            }
-            _ => false,
-        }
+        !self.kit.nodes[i].is_up() || self.kit.exited(i).is_some()
     }
 
     /// Destroys host `i` for good: kills its agent and VMs and moves its data away
@@ -325,21 +253,14 @@ impl Cluster {
 
     /// The last lines of node `i`'s agent logs (for evidence).
     pub fn log_tail(&self, i: usize, lines: usize) -> String {
-        let n = &self.nodes[i];
-        let text = std::fs::read_to_string(n.dir.join(format!("agent-{}.log", n.starts)))
-            .unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.kit.log_tail(i, lines)
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
-            if self.nodes[i].paused {
-                self.resume(i);
-            }
-            self.kill_agent(i);
+            self.kit.kill(i);
             kill_vm_processes(&self.nodes[i].state_dir());
         }
     }

@@ -15,6 +15,7 @@ use ballast_node::config::AgentConfig;
 use ballast_node::driver::sim::{check_no_double_run, read_runlog, running_intervals};
 use ballast_node::handoff::PlantedBug;
 use ballast_node::load::{LoadMode, LoadModel};
+use ballast_node::units::Millis;
 use ballast_store::{NodeId, VmId, VmState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -47,34 +48,35 @@ const I4_WATCH: Duration = Duration::from_secs(4);
 fn tune(cfg: &mut AgentConfig, bug: PlantedBug) {
     cfg.host.cpu_cores = 4.0;
     cfg.load.mode = LoadMode::Measured;
-    cfg.load.sample_interval_ms = 250;
+    cfg.load.sample_interval = Millis::new(250);
     cfg.load.smoothing_alpha = 0.5;
     cfg.policy.threshold = 0.02;
     cfg.policy.min_gain = 0.01;
-    cfg.policy.cooldown_ms = 2_000;
+    cfg.policy.cooldown = Millis::new(2_000);
     cfg.policy.max_moves_per_session = 2;
-    cfg.balancing.round_interval_ms = 300;
-    cfg.balancing.round_jitter_ms = 200;
-    cfg.balancing.session_timeout_ms = 3_000;
-    cfg.balancing.max_outgoing = 2;
-    cfg.balancing.max_incoming = 2;
-    cfg.gossip.interval_ms = 100;
-    cfg.gossip.rpc_timeout_ms = 3_000;
-    cfg.gossip.connect_timeout_ms = 2_000;
-    cfg.handoff.prepare_retry_ms = 300;
-    cfg.handoff.prepare_timeout_ms = 3_000;
-    cfg.handoff.commit_retry_ms = 300;
-    cfg.handoff.query_interval_ms = 300;
-    cfg.handoff.store_retry_ms = 200;
-    cfg.handoff.migrate_timeout_ms = 15_000;
-    cfg.reconcile.interval_ms = 1_000;
-    cfg.driver.sim.migration_ms = 150;
+    cfg.balancing.round_interval = Millis::new(300);
+    cfg.balancing.round_jitter = Millis::new(200);
+    cfg.balancing.session_timeout = Millis::new(3_000);
+    let two = std::num::NonZeroUsize::MIN.saturating_add(1);
+    cfg.balancing.max_outgoing = two;
+    cfg.balancing.max_incoming = two;
+    cfg.gossip.interval = Millis::new(100);
+    cfg.gossip.rpc_timeout = Millis::new(3_000);
+    cfg.gossip.connect_timeout = Millis::new(2_000);
+    cfg.handoff.prepare_retry = Millis::new(300);
+    cfg.handoff.prepare_timeout = Millis::new(3_000);
+    cfg.handoff.commit_retry = Millis::new(300);
+    cfg.handoff.query_interval = Millis::new(300);
+    cfg.handoff.store_retry = Millis::new(200);
+    cfg.handoff.migrate_timeout = Millis::new(15_000);
+    cfg.reconcile.interval = Millis::new(1_000);
+    cfg.driver.sim.migration = Millis::new(150);
     cfg.failpoints.planted_bug = bug;
     if bug == PlantedBug::PromoteOnTimeout {
         // The destination's query timer fires while the source still migrates, and some
         // migrations fail: the bug then shows as a VM on two hosts.
-        cfg.handoff.query_interval_ms = 50;
-        cfg.driver.sim.migration_ms = 600;
+        cfg.handoff.query_interval = Millis::new(50);
+        cfg.driver.sim.migration = Millis::new(600);
         cfg.driver.sim.fail_prob = ballast_node::units::Probability::new(0.3).expect("in [0, 1]");
     }
 }
@@ -157,7 +159,7 @@ pub(super) async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     let clients = cluster
         .nodes
         .iter()
-        .map(|n| AdminClient::connect_with_timeout(&cluster.admin, n.addr, CALL_TIMEOUT))
+        .map(|n| AdminClient::connect_with_timeout(cluster.admin(), n.addr, CALL_TIMEOUT))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| RunError::Local(e.to_string()))?;
     let mut h = Harness {
@@ -238,6 +240,7 @@ fn created(r: &Result<NodeId, AdminClientError>) -> Option<bool> {
         Ok(_) | Err(AdminClientError::Admin(AdminError::Driver(_))) => Some(true),
         Err(AdminClientError::Refused(_))
         | Err(AdminClientError::Certificate(_))
+        | Err(AdminClientError::Tls(_))
         | Err(AdminClientError::Client(_))
         | Err(AdminClientError::Admin(
             AdminError::AlreadyExists { .. }
@@ -264,10 +267,9 @@ impl Harness<'_> {
 
     /// Hosts that can be asked now.
     fn askable(&self) -> Vec<bool> {
-        self.cluster
-            .nodes
-            .iter()
-            .map(|n| n.is_up() && !n.is_paused() && !n.is_wiped())
+        let c = &self.cluster;
+        (0..c.nodes.len())
+            .map(|i| c.is_up(i) && !c.is_paused(i) && !c.nodes[i].is_wiped())
             .collect()
     }
 
@@ -384,7 +386,7 @@ impl Harness<'_> {
         // A fresh client: calls on a connection cached to the old process would only
         // time out until its idle timeout.
         let addr = self.cluster.nodes[i].addr;
-        if let Ok(c) = AdminClient::connect_with_timeout(&self.cluster.admin, addr, CALL_TIMEOUT) {
+        if let Ok(c) = AdminClient::connect_with_timeout(self.cluster.admin(), addr, CALL_TIMEOUT) {
             self.clients[i] = c;
         }
     }
@@ -476,8 +478,8 @@ impl Harness<'_> {
     /// Restarts agents that exited on their own: a failpoint hit, or an unexpected exit.
     fn reap(&mut self) {
         for i in 0..self.cfg.agents {
-            let n = &self.cluster.nodes[i];
-            if !n.is_up() || n.is_wiped() || !self.cluster.exited(i) {
+            let c = &mut self.cluster;
+            if !c.is_up(i) || c.nodes[i].is_wiped() || !c.exited(i) {
                 continue;
             }
             match self.armed.take() {
@@ -745,7 +747,7 @@ impl Harness<'_> {
                 self.cluster.nodes[dst].id.clone(),
             );
             let mover = match AdminClient::connect_with_timeout(
-                &self.cluster.admin,
+                self.cluster.admin(),
                 self.cluster.nodes[src].addr,
                 MOVE_TIMEOUT,
             ) {

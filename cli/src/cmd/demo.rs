@@ -11,6 +11,7 @@ use ballast_node::agent::wire::NodeStatus;
 use ballast_node::agent::AdminClient;
 use ballast_node::config::AgentConfig;
 use ballast_node::load::LoadMode;
+use ballast_node::units::Millis;
 use ballast_store::{LoadFactors, NodeId, VmId, VmSpec, VmState};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
@@ -69,20 +70,21 @@ struct Summary {
 /// rounds and migrations, and room for every VM on one host.
 fn tune(cfg: &mut AgentConfig) {
     cfg.load.mode = LoadMode::Target;
-    cfg.load.sample_interval_ms = 500;
+    cfg.load.sample_interval = Millis::new(500);
     cfg.host.cpu_cores = 32.0;
     cfg.host.mem_bytes = 1024.0 * 1024.0 * 1024.0 * 1024.0;
     cfg.policy.threshold = 0.004;
     cfg.policy.min_gain = 0.002;
-    cfg.policy.cooldown_ms = 3_000;
-    cfg.balancing.round_interval_ms = 400;
-    cfg.balancing.round_jitter_ms = 300;
-    cfg.balancing.session_timeout_ms = 5_000;
-    cfg.balancing.max_outgoing = 4;
-    cfg.balancing.max_incoming = 4;
-    cfg.gossip.interval_ms = 250;
-    cfg.driver.sim.migration_ms = 50;
-    cfg.reconcile.interval_ms = 2_000;
+    cfg.policy.cooldown = Millis::new(3_000);
+    cfg.balancing.round_interval = Millis::new(400);
+    cfg.balancing.round_jitter = Millis::new(300);
+    cfg.balancing.session_timeout = Millis::new(5_000);
+    let four = std::num::NonZeroUsize::MIN.saturating_add(3);
+    cfg.balancing.max_outgoing = four;
+    cfg.balancing.max_incoming = four;
+    cfg.gossip.interval = Millis::new(250);
+    cfg.driver.sim.migration = Millis::new(50);
+    cfg.reconcile.interval = Millis::new(2_000);
 }
 
 /// A VM of random size: 1-4 vCPUs, 1-8 GiB, using 25-100 % of its CPUs.
@@ -122,11 +124,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Clients of every node.
 fn clients(cluster: &LocalCluster) -> anyhow::Result<Vec<(NodeId, AdminClient)>> {
     cluster
-        .nodes
-        .iter()
+        .nodes()
+        .into_iter()
         .map(|(n, addr)| {
-            let c = AdminClient::connect_with_timeout(&cluster.admin, *addr, CALL_TIMEOUT)?;
-            Ok((n.clone(), c))
+            let c = AdminClient::connect_with_timeout(cluster.admin(), addr, CALL_TIMEOUT)?;
+            Ok((n, c))
         })
         .collect()
 }

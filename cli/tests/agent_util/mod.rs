@@ -6,16 +6,16 @@
 
 #![allow(dead_code)]
 
-use ballast_gossip::{create_ca, issue_admin_cert, issue_node_cert, save_cert_bundle, CertBundle};
+use ballast_gossip::{save_cert_bundle, CertBundle};
+use ballast_local_cluster::{write_node_certs, LocalCluster as Kit};
 use ballast_node::agent::wire::StoreView;
 use ballast_node::agent::AdminClient;
 use ballast_node::driver::sim::{check_no_double_run, read_runlog, RunRecord, RUNLOG_FILE};
 use ballast_store::{NodeId, VmId, VmState};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Knobs of one node's config.
@@ -48,21 +48,16 @@ pub struct Node {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     pub config: PathBuf,
-    pub child: Option<Child>,
-    pub starts: u32,
 }
 
-/// A cluster of agent processes in a temporary directory.
+/// A cluster of agent processes in a temporary directory (the local-cluster kit holds
+/// each node's port for the whole test and hands it to every start of its agent).
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub ca: ballast_gossip::CaBundle,
     pub admin: CertBundle,
     pub nodes: Vec<Node>,
-}
-
-fn free_udp_port() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
-    s.local_addr().expect("local addr")
+    kit: Kit,
 }
 
 impl Cluster {
@@ -70,24 +65,13 @@ impl Cluster {
     /// (not started).
     pub fn new(opts: &[NodeOpts]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = create_ca("test").expect("ca");
-        let admin = issue_admin_cert(&ca, "ops").expect("admin cert");
-        let addrs: Vec<SocketAddr> = opts.iter().map(|_| free_udp_port()).collect();
-        let mut nodes = Vec::new();
-        for (i, o) in opts.iter().enumerate() {
-            let id = format!("n{}", i + 1);
-            let ndir = dir.path().join(&id);
-            std::fs::create_dir_all(&ndir).expect("node dir");
-            let cert =
-                issue_node_cert(&ca, &id, &["127.0.0.1".parse().expect("ip")]).expect("node cert");
-            save_cert_bundle(
-                &cert,
-                &ndir.join("node.pem"),
-                &ndir.join("node.key"),
-                &ndir.join("ca.pem"),
-            )
-            .expect("save cert");
-            let seeds: Vec<String> = addrs
+        let names: Vec<String> = (1..=opts.len()).map(|i| format!("n{i}")).collect();
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_ballast"));
+        let kit = Kit::create(dir.path(), bin, "test", "ops", &names, |f| {
+            let (id, i, o) = (f.name, f.index, &opts[f.index]);
+            write_node_certs(f.ca, id, f.addr.ip(), f.dir).map_err(|e| e.to_string())?;
+            let seeds: Vec<String> = f
+                .addrs
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
@@ -107,87 +91,82 @@ cpu_cores = {cores}
 
 [load]
 mode = "target"
-sample_interval_ms = 200
+sample_interval = "200ms"
 
 [policy]
-cooldown_ms = 0
+cooldown = "0s"
 
 [balancing]
-round_interval_ms = 300
-round_jitter_ms = 150
-session_timeout_ms = 3000
+round_interval = "300ms"
+round_jitter = "150ms"
+session_timeout = "3s"
 enabled = {balancing}
 
 [gossip]
-interval_ms = 100
-rpc_timeout_ms = 3000
-connect_timeout_ms = 2000
+interval = "100ms"
+rpc_timeout = "3s"
+connect_timeout = "2s"
 
 [handoff]
-prepare_retry_ms = 300
-prepare_timeout_ms = 3000
-commit_retry_ms = 300
-query_interval_ms = 300
-store_retry_ms = 200
-migrate_timeout_ms = 20000
+prepare_retry = "300ms"
+prepare_timeout = "3s"
+commit_retry = "300ms"
+query_interval = "300ms"
+store_retry = "200ms"
+migrate_timeout = "20s"
 
 [reconcile]
-interval_ms = 1000
+interval = "1s"
 
 [driver]
 kind = "sim"
 
 [driver.sim]
-migration_ms = 30
+migration = "30ms"
 mode = "{mode}"
 {extra}
 "#,
-                addr = addrs[i],
+                addr = f.addr,
                 seeds = seeds.join(", "),
                 cores = o.cpu_cores,
                 balancing = o.balancing,
                 mode = o.sim_mode,
                 extra = o.extra,
             );
-            let config = ndir.join("agent.toml");
-            std::fs::write(&config, toml).expect("write config");
-            nodes.push(Node {
-                id,
-                addr: addrs[i],
-                dir: ndir,
-                config,
-                child: None,
-                starts: 0,
-            });
-        }
+            let config = f.dir.join("agent.toml");
+            std::fs::write(&config, toml).map_err(|e| e.to_string())?;
+            Ok(config)
+        })
+        .expect("set up the cluster");
+        let nodes = kit
+            .nodes
+            .iter()
+            .map(|n| Node {
+                id: n.name.clone(),
+                addr: n.addr(),
+                dir: n.dir.clone(),
+                config: n.config.clone(),
+            })
+            .collect();
         Self {
             dir,
-            ca,
-            admin,
+            ca: kit.ca.clone(),
+            admin: kit.admin.clone(),
             nodes,
+            kit,
         }
     }
 
     /// Starts (or restarts) node `i`, with `failpoints` armed through the environment.
     pub fn start(&mut self, i: usize, failpoints: &str) {
-        let n = &mut self.nodes[i];
-        n.starts += 1;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(n.dir.join(format!("agent-{}.log", n.starts)))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_ballast"))
-            .args(["agent", "--config"])
-            .arg(&n.config)
-            .env("BALLAST_LOG", "info,ballast_node::agent=debug")
-            .env("BALLAST_FAILPOINTS", failpoints)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn agent");
-        n.child = Some(child);
+        let env = [
+            (
+                "BALLAST_LOG".into(),
+                "info,ballast_node::agent=debug".into(),
+            ),
+            ("BALLAST_FAILPOINTS".into(), failpoints.into()),
+        ];
+        self.kit.start(i, &env).expect("start agent");
     }
 
     /// Starts every node.
@@ -199,24 +178,13 @@ mode = "{mode}"
 
     /// SIGKILLs node `i` and waits for it.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kit.kill(i);
     }
 
-    /// Whether node `i`'s process has exited (then it is reaped).
+    /// Whether node `i`'s process has exited, or was never started or killed (then it
+    /// is reaped).
     pub fn exited(&mut self, i: usize) -> bool {
-        let Some(c) = self.nodes[i].child.as_mut() else {
-            return true;
-        };
-        match c.try_wait() {
-            Ok(Some(_)) => {
-                self.nodes[i].child = None;
-                true
-            }
-            _ => false,
-        }
+        !self.kit.nodes[i].is_up() || self.kit.exited(i).is_some()
     }
 
     /// An admin client of node `i`.
@@ -227,11 +195,7 @@ mode = "{mode}"
 
     /// The agents' logs of node `i`, concatenated.
     pub fn logs(&self, i: usize) -> String {
-        let n = &self.nodes[i];
-        (1..=n.starts)
-            .filter_map(|k| std::fs::read_to_string(n.dir.join(format!("agent-{k}.log"))).ok())
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.kit.logs(i)
     }
 
     /// Prints the last `lines` lines of every node's agent logs to stderr: what a failed
@@ -322,22 +286,21 @@ mode = "{mode}"
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for n in &mut self.nodes {
-                let state = match n.child.as_mut().map(Child::try_wait) {
-                    None => "not running (killed by the test or never started)".to_owned(),
-                    Some(Ok(None)) => "running".to_owned(),
-                    Some(Ok(Some(status))) => format!("EXITED by itself: {status}"),
-                    Some(Err(e)) => format!("unknown: {e}"),
+            for i in 0..self.nodes.len() {
+                let state = if !self.kit.nodes[i].is_up() {
+                    "not running (killed by the test or never started)".to_owned()
+                } else {
+                    match self.kit.exited(i) {
+                        None => "running".to_owned(),
+                        Some(status) => format!("EXITED by itself: {status}"),
+                    }
                 };
-                eprintln!("---- {} agent process: {state}", n.id);
+                eprintln!("---- {} agent process: {state}", self.nodes[i].id);
             }
             self.print_log_tails(60);
         }
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        for i in 0..self.nodes.len() {
+            self.kit.kill(i);
         }
     }
 }

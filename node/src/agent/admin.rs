@@ -1,9 +1,9 @@
 //! The admin API's handlers (admin certificate required, checked by the RPC layer) and
 //! the placement of new VMs (`Place`, node to node).
 
+use super::context::{lock, AgentContext};
 use super::figures::summary;
 use super::handoff_task::{handoffs_in_flight, move_vm, Input};
-use super::shared::{lock, Shared};
 use super::wire::{
     AdminError, AdminRequest, AdminResponse, AgentRequest, AgentResponse, BusyDetail, HandoffInfo,
     NodeStatus, PeerStatus, Placement, Request, Response, SessionRecord, StoreView,
@@ -32,7 +32,7 @@ fn store_err(e: StoreError) -> AdminError {
 
 /// Handles one admin request.
 pub(crate) async fn handle_admin(
-    shared: &Shared,
+    ctx: &AgentContext,
     req: AdminRequest,
 ) -> Result<AdminResponse, AdminError> {
     match req {
@@ -43,60 +43,57 @@ pub(crate) async fn handle_admin(
             pinned,
         } => {
             let p = Placement { vm, spec, pinned };
-            let node = create(shared, p, node).await?;
+            let node = create(ctx, p, node).await?;
             Ok(AdminResponse::Created { node })
         }
-        AdminRequest::ListVms => shared
+        AdminRequest::ListVms => ctx
             .with_store(|s| s.list())
             .await
             .map(AdminResponse::Vms)
             .map_err(store_err),
-        AdminRequest::DeleteVm { vm } => delete(shared, vm).await,
+        AdminRequest::DeleteVm { vm } => delete(ctx, vm).await,
         AdminRequest::SetPinned { vm, pinned } => {
-            let _outcome = shared
+            let _outcome = ctx
                 .with_store(move |s| s.set_pinned(&vm, pinned))
                 .await
                 .map_err(store_err)?;
             Ok(AdminResponse::Done)
         }
-        AdminRequest::Status => Ok(AdminResponse::Status(Box::new(status(shared).await?))),
+        AdminRequest::Status => Ok(AdminResponse::Status(Box::new(status(ctx).await?))),
         AdminRequest::Snapshot => {
-            let snap = shared
-                .with_store(|s| s.snapshot())
-                .await
-                .map_err(store_err)?;
+            let snap = ctx.with_store(|s| s.snapshot()).await.map_err(store_err)?;
             Ok(AdminResponse::Snapshot(Box::new(StoreView {
                 entries: snap.entries,
                 transfers: snap.transfers,
                 highest_epochs: snap.highest_epochs,
             })))
         }
-        AdminRequest::Drain => set_draining(shared, true),
-        AdminRequest::Undrain => set_draining(shared, false),
+        AdminRequest::Drain => set_draining(ctx, true),
+        AdminRequest::Undrain => set_draining(ctx, false),
         AdminRequest::ForgetNode { node } => {
-            if node == shared.me {
+            if node == ctx.me {
                 return Err(AdminError::Invalid("a node cannot forget itself".into()));
             }
             info!(node = %node, "operator: forget node");
-            shared
-                .inputs
+            ctx.handoffs
+                .inputs()
                 .send(Input::Forget(node))
                 .await
                 .map_err(|_| AdminError::Timeout("agent shutting down".into()))?;
             Ok(AdminResponse::Done)
         }
         AdminRequest::MoveVm { vm, to } => {
-            if to == shared.me {
+            if to == ctx.me {
                 return Err(AdminError::Invalid(format!("{vm} is already on {to}")));
             }
-            if shared.addr_of(&to).is_none() {
+            if ctx.net.addr_of(&to).is_none() {
                 return Err(AdminError::UnknownNode(to));
             }
             // Answer before the RPC layer's own deadline drops the call; the handoff
             // does not depend on this call and goes on.
-            let answer_by = Duration::from_millis(shared.cfg.gossip.rpc_timeout_ms * 4 / 5);
+            let answer_by = Duration::from_millis(ctx.cfg.gossip.rpc_timeout.get() * 4 / 5);
             info!(vm = %vm, peer = %to, "operator: move VM");
-            match tokio::time::timeout(answer_by, move_vm(shared, vm.clone(), to.clone())).await {
+            match tokio::time::timeout(answer_by, move_vm(ctx, vm.clone(), to.clone())).await {
                 Ok(Ok(r)) => Ok(AdminResponse::Moved {
                     committed: r.committed,
                     epoch: r.epoch,
@@ -113,13 +110,13 @@ pub(crate) async fn handle_admin(
         }
         AdminRequest::RecentSessions => {
             // Half of what any client accepts by default, whatever this node's own limit.
-            let budget = shared
+            let budget = ctx
                 .cfg
                 .gossip
                 .max_rpc_frame_bytes
                 .min(ballast_gossip::RPC_FRAME_BYTES_DEFAULT)
                 / 2;
-            let records: Vec<SessionRecord> = lock(&shared.sessions).iter().cloned().collect();
+            let records: Vec<SessionRecord> = ctx.sessions.recent();
             Ok(AdminResponse::Sessions(newest_within(records, budget)))
         }
     }
@@ -143,8 +140,8 @@ fn newest_within(mut records: Vec<SessionRecord>, budget: usize) -> Vec<SessionR
     records.split_off(records.len() - keep)
 }
 
-fn set_draining(shared: &Shared, on: bool) -> Result<AdminResponse, AdminError> {
-    let marker = shared.cfg.node.data_dir.join(DRAINING_FILE);
+fn set_draining(ctx: &AgentContext, on: bool) -> Result<AdminResponse, AdminError> {
+    let marker = ctx.cfg.node.data_dir.join(DRAINING_FILE);
     let r = if on {
         std::fs::write(&marker, b"draining\n")
     } else {
@@ -154,26 +151,31 @@ fn set_draining(shared: &Shared, on: bool) -> Result<AdminResponse, AdminError> 
         }
     };
     r.map_err(|e| AdminError::Store(format!("{}: {e}", marker.display())))?;
-    shared.draining.store(on, Ordering::Relaxed);
-    shared.summary_dirty.notify_one();
+    ctx.draining.store(on, Ordering::Relaxed);
+    ctx.summary_dirty.notify_one();
     info!(draining = on, "operator: drain state changed");
     Ok(AdminResponse::Done)
 }
 
 /// Picks where a new VM goes: the named node, or the less loaded of two random live,
 /// active nodes (this one included).
-async fn create(shared: &Shared, p: Placement, node: Option<NodeId>) -> Result<NodeId, AdminError> {
+async fn create(
+    ctx: &AgentContext,
+    p: Placement,
+    node: Option<NodeId>,
+) -> Result<NodeId, AdminError> {
     let target = match node {
         Some(n) => n,
         None => {
-            let mut nodes: Vec<(NodeId, f64)> = shared
+            let mut nodes: Vec<(NodeId, f64)> = ctx
+                .net
                 .active_peers()
                 .iter()
                 .map(|v| (NodeId::from(v.node_id.as_str()), v.summary.load))
                 .collect();
-            if !shared.is_draining() {
-                let own = summary(shared).await.map_err(store_err)?;
-                nodes.push((shared.me.clone(), own.load));
+            if !ctx.is_draining() {
+                let own = summary(ctx).await.map_err(store_err)?;
+                nodes.push((ctx.me.clone(), own.load));
             }
             if nodes.is_empty() {
                 return Err(AdminError::NoNode);
@@ -188,18 +190,20 @@ async fn create(shared: &Shared, p: Placement, node: Option<NodeId>) -> Result<N
             }
         }
     };
-    if target == shared.me {
-        place_here(shared, p).await?;
+    if target == ctx.me {
+        place_here(ctx, p).await?;
         return Ok(target);
     }
-    forward(shared, p, target).await
+    forward(ctx, p, target).await
 }
 
-async fn forward(shared: &Shared, p: Placement, node: NodeId) -> Result<NodeId, AdminError> {
-    let addr = shared
+async fn forward(ctx: &AgentContext, p: Placement, node: NodeId) -> Result<NodeId, AdminError> {
+    let addr = ctx
+        .net
         .addr_of(&node)
         .ok_or_else(|| AdminError::UnknownNode(node.clone()))?;
-    let rpc = shared
+    let rpc = ctx
+        .net
         .rpc()
         .ok_or_else(|| AdminError::Timeout("no endpoint".into()))?;
     let req = AgentRequest::V1(Request::Place(p));
@@ -218,7 +222,7 @@ async fn forward(shared: &Shared, p: Placement, node: NodeId) -> Result<NodeId, 
 }
 
 /// Creates a VM on this node: durable entry first, then the hypervisor.
-pub(crate) async fn place_here(shared: &Shared, p: Placement) -> Result<(), AdminError> {
+pub(crate) async fn place_here(ctx: &AgentContext, p: Placement) -> Result<(), AdminError> {
     let entry = ScheduleEntry {
         vm: p.vm.clone(),
         factors: p.spec.target.unwrap_or_default(),
@@ -229,23 +233,21 @@ pub(crate) async fn place_here(shared: &Shared, p: Placement) -> Result<(), Admi
         last_moved_unix_ms: None,
     };
     let e2 = entry.clone();
-    shared
-        .with_store(move |s| s.create(&e2))
+    ctx.with_store(move |s| s.create(&e2))
         .await
         .map_err(store_err)?;
     info!(vm = %entry.vm, "VM created");
-    shared.summary_dirty.notify_one();
-    shared
-        .driver
+    ctx.summary_dirty.notify_one();
+    ctx.driver
         .start(&entry.vm, &entry.spec)
         .await
         .map_err(|e| AdminError::Driver(e.to_string()))
 }
 
-async fn delete(shared: &Shared, vm: ballast_store::VmId) -> Result<AdminResponse, AdminError> {
-    let busy = handoffs_in_flight(shared).await.iter().any(|h| h.vm == vm);
+async fn delete(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminResponse, AdminError> {
+    let busy = handoffs_in_flight(ctx).await.iter().any(|h| h.vm == vm);
     let vm2 = vm.clone();
-    let entry = shared
+    let entry = ctx
         .with_store(move |s| s.get(&vm2))
         .await
         .map_err(store_err)?
@@ -256,24 +258,22 @@ async fn delete(shared: &Shared, vm: ballast_store::VmId) -> Result<AdminRespons
             detail: BusyDetail::Other("in a handoff".into()),
         });
     }
-    shared
-        .driver
+    ctx.driver
         .stop(&vm)
         .await
         .map_err(|e| AdminError::Driver(e.to_string()))?;
     let vm2 = vm.clone();
-    shared
-        .with_store(move |s| s.delete(&vm2))
+    ctx.with_store(move |s| s.delete(&vm2))
         .await
         .map_err(store_err)?;
     info!(vm = %vm, "VM deleted");
-    shared.summary_dirty.notify_one();
+    ctx.summary_dirty.notify_one();
     Ok(AdminResponse::Done)
 }
 
-async fn status(shared: &Shared) -> Result<NodeStatus, AdminError> {
-    let summary = summary(shared).await.map_err(store_err)?;
-    let handoffs = handoffs_in_flight(shared)
+async fn status(ctx: &AgentContext) -> Result<NodeStatus, AdminError> {
+    let summary = summary(ctx).await.map_err(store_err)?;
+    let handoffs = handoffs_in_flight(ctx)
         .await
         .into_iter()
         .map(|h| HandoffInfo {
@@ -284,7 +284,8 @@ async fn status(shared: &Shared) -> Result<NodeStatus, AdminError> {
             step: h.step,
         })
         .collect();
-    let peers = shared
+    let peers = ctx
+        .net
         .peers()
         .iter()
         .map(|p| PeerStatus {
@@ -294,13 +295,13 @@ async fn status(shared: &Shared) -> Result<NodeStatus, AdminError> {
         })
         .collect();
     Ok(NodeStatus {
-        node: shared.me.clone(),
+        node: ctx.me.clone(),
         summary,
-        draining: shared.is_draining(),
+        draining: ctx.is_draining(),
         peers,
         handoffs,
-        counters: shared.metrics.counters(),
-        unclaimed_vms: lock(&shared.unclaimed).clone(),
+        counters: ctx.metrics.counters(),
+        unclaimed_vms: lock(&ctx.unclaimed).clone(),
     })
 }
 

@@ -19,12 +19,15 @@ pub const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// An admin call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminClientError {
-    /// The certificate files could not be read or used. Nothing was sent.
+    /// The certificate files could not be read. Nothing was sent.
     #[error("admin certificate: {0}")]
-    Certificate(String),
+    Certificate(#[source] ballast_gossip::PkiError),
+    /// The certificate could not be used for TLS. Nothing was sent.
+    #[error("admin certificate: {0}")]
+    Tls(#[source] ballast_gossip::TlsError),
     /// The client endpoint could not be created. Nothing was sent.
     #[error("admin client: {0}")]
-    Client(String),
+    Client(#[source] ballast_gossip::EndpointError),
     /// The call did not complete (connect, timeout, stream). The request may or may not
     /// have been carried out.
     #[error("RPC to {addr}: {source}")]
@@ -67,8 +70,7 @@ impl AdminClient {
         addr: SocketAddr,
         timeout: Duration,
     ) -> Result<Self, AdminClientError> {
-        let tls = TlsBundle::from_cert_bundle(admin)
-            .map_err(|e| AdminClientError::Certificate(e.to_string()))?;
+        let tls = TlsBundle::from_cert_bundle(admin).map_err(AdminClientError::Tls)?;
         let bind_ip = if addr.ip().is_loopback() {
             Ipv4Addr::LOCALHOST
         } else {
@@ -79,8 +81,7 @@ impl AdminClient {
             timeout,
             ..RpcClientConfig::default()
         };
-        let rpc =
-            RpcClient::new(tls, config).map_err(|e| AdminClientError::Client(e.to_string()))?;
+        let rpc = RpcClient::new(tls, config).map_err(AdminClientError::Client)?;
         Ok(Self { rpc, addr })
     }
 
@@ -92,7 +93,7 @@ impl AdminClient {
         addr: SocketAddr,
     ) -> Result<Self, AdminClientError> {
         let bundle = ballast_gossip::load_cert_bundle(cert, key, ca_cert)
-            .map_err(|e| AdminClientError::Certificate(e.to_string()))?;
+            .map_err(AdminClientError::Certificate)?;
         Self::connect(&bundle, addr)
     }
 

@@ -14,6 +14,7 @@ use super::admin_client::AdminClient;
 use super::runtime::Agent;
 use crate::config::{AgentConfig, DriverKind};
 use crate::load::LoadMode;
+use crate::units::Millis;
 use ballast_gossip::{create_ca, issue_admin_cert, issue_node_cert, save_cert_bundle};
 use ballast_store::{LoadFactors, NodeId, ScheduleEntry, Store, VmId, VmSpec, VmState};
 use serde::Serialize;
@@ -78,20 +79,25 @@ pub struct HandoffBenchReport {
 pub enum BenchError {
     /// Setting up (files, certificates, agents) failed; nothing is left running.
     #[error("setup: {0}")]
-    Setup(String),
+    Setup(#[source] Cause),
     /// A call during the run failed; the agents were stopped.
     #[error("run: {0}")]
-    Run(String),
+    Run(#[source] Cause),
 }
 
-fn setup<E: std::fmt::Display>(e: E) -> BenchError {
-    BenchError::Setup(e.to_string())
+/// What a bench step failed on (an error of any layer, or a sentence).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+fn setup(e: impl Into<Cause>) -> BenchError {
+    BenchError::Setup(e.into())
 }
 
-fn free_port() -> Result<SocketAddr, BenchError> {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map_err(setup)
+/// A loopback UDP socket for an agent, bound here and handed to it (no port is
+/// released and bound again), and its address.
+fn bound_socket() -> Result<(UdpSocket, SocketAddr), BenchError> {
+    let socket = UdpSocket::bind("127.0.0.1:0").map_err(setup)?;
+    let addr = socket.local_addr().map_err(setup)?;
+    Ok((socket, addr))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -130,13 +136,14 @@ fn agent_config(
     c.tls.key = dir.join(format!("{id}.key"));
     c.load.mode = LoadMode::Target;
     c.balancing.enabled = false;
-    c.balancing.max_outgoing = concurrency;
-    c.balancing.max_incoming = concurrency;
-    c.gossip.interval_ms = 100;
+    let limit = std::num::NonZeroUsize::new(concurrency).unwrap_or(std::num::NonZeroUsize::MIN);
+    c.balancing.max_outgoing = limit;
+    c.balancing.max_incoming = limit;
+    c.gossip.interval = Millis::new(100);
     c.driver.kind = DriverKind::Sim;
     c.driver.sim.state_dir = dir.join(id).join("sim-state");
-    c.driver.sim.migration_ms = 0;
-    c.reconcile.interval_ms = 60_000;
+    c.driver.sim.migration = Millis::new(0);
+    c.reconcile.interval = Millis::new(60_000);
     c
 }
 
@@ -151,13 +158,13 @@ pub async fn bench_handoff(opts: HandoffBenchOptions) -> Result<HandoffBenchRepo
     let _cleanup = TempDir(dir.clone());
     let ca = create_ca("bench").map_err(setup)?;
     let admin = issue_admin_cert(&ca, "bench").map_err(setup)?;
-    let (pa, pb) = (free_port()?, free_port()?);
+    let ((sa, pa), (sb, pb)) = (bound_socket()?, bound_socket()?);
     let mut agents = Vec::new();
-    for (id, listen, seed) in [("a", pa, pb), ("b", pb, pa)] {
+    for (id, socket, listen, seed) in [("a", sa, pa, pb), ("b", sb, pb, pa)] {
         let cert = issue_node_cert(&ca, id, &[]).map_err(setup)?;
         let cfg = agent_config(&dir, id, listen, seed, opts.concurrency.max(1));
         save_cert_bundle(&cert, &cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca_cert).map_err(setup)?;
-        agents.push(Agent::start(cfg).await.map_err(setup)?);
+        agents.push(Agent::start_on(cfg, Some(socket)).await.map_err(setup)?);
     }
     let result = run(&opts, &admin, pa, pb, &dir).await;
     for a in agents {
@@ -168,7 +175,7 @@ pub async fn bench_handoff(opts: HandoffBenchOptions) -> Result<HandoffBenchRepo
 
 /// Waits (at most 30 s) until each of the two agents lists the other as a peer.
 pub(super) async fn wait_for_pair(ca: &AdminClient, cb: &AdminClient) -> Result<(), BenchError> {
-    let run_err = |e: super::AdminClientError| BenchError::Run(e.to_string());
+    let run_err = |e: super::AdminClientError| BenchError::Run(e.into());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let sa = ca.status().await.map_err(run_err)?;
@@ -192,7 +199,7 @@ async fn run(
     pb: SocketAddr,
     dir: &Path,
 ) -> Result<HandoffBenchReport, BenchError> {
-    let run_err = |e: super::AdminClientError| BenchError::Run(e.to_string());
+    let run_err = |e: super::AdminClientError| BenchError::Run(e.into());
     let ca = AdminClient::connect(admin, pa).map_err(run_err)?;
     let cb = AdminClient::connect(admin, pb).map_err(run_err)?;
     let (a, b) = (NodeId::from("a"), NodeId::from("b"));
@@ -259,14 +266,8 @@ async fn run(
 async fn settle(ca: &AdminClient, cb: &AdminClient) -> Result<(), BenchError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let a = ca
-            .status()
-            .await
-            .map_err(|e| BenchError::Run(e.to_string()))?;
-        let b = cb
-            .status()
-            .await
-            .map_err(|e| BenchError::Run(e.to_string()))?;
+        let a = ca.status().await.map_err(|e| BenchError::Run(e.into()))?;
+        let b = cb.status().await.map_err(|e| BenchError::Run(e.into()))?;
         if a.handoffs.is_empty() && b.handoffs.is_empty() {
             return Ok(());
         }
@@ -371,7 +372,7 @@ async fn raw_samples(n: usize, rpc_peer: &AdminClient, dir: &Path) -> Result<Vec
             rpc_peer
                 .recent_sessions()
                 .await
-                .map_err(|e| BenchError::Run(e.to_string()))?;
+                .map_err(|e| BenchError::Run(e.into()))?;
         }
         out.push(t.elapsed().as_secs_f64() * 1000.0);
     }

@@ -7,18 +7,28 @@ use std::path::PathBuf;
 pub enum AgentError {
     /// A failpoint name is unknown (config or environment). Nothing started.
     #[cfg(feature = "failpoints")]
-    #[error("failpoints: {0}")]
-    Failpoints(String),
-    /// The node's certificate, key or CA could not be read or used. Nothing started.
+    #[error("{origin}: {source}")]
+    Failpoints {
+        /// Where the name came from (config or environment variable).
+        origin: &'static str,
+        /// The name that is no failpoint.
+        #[source]
+        source: crate::failpoints::UnknownFailpoint,
+    },
+    /// The node's certificate, key or CA could not be read. Nothing started.
     #[error("certificates: {0}")]
-    Tls(String),
+    Certificates(#[source] ballast_gossip::PkiError),
+    /// The node's certificate, key or CA could not be used for TLS. Nothing started.
+    #[error("certificates: {0}")]
+    Tls(#[source] ballast_gossip::TlsError),
     /// The data directory could not be created. Nothing started.
-    #[error("data directory {path}: {reason}")]
+    #[error("data directory {}: {source}", path.display())]
     DataDir {
         /// The directory.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The store could not be opened (wrong node or cluster, locked, corrupt) or read.
     /// Nothing was changed.

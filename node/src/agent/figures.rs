@@ -2,7 +2,7 @@
 //! movable VMs with raw factors, and the load summary it gossips. Also the publisher
 //! task that gossips the summary after each change, and what peers' VMs weigh here.
 
-use super::shared::Shared;
+use super::context::AgentContext;
 use super::wire::{CandidateFactors, SideFigures};
 use crate::load::effective_factors;
 use ballast_gossip::{LoadSummary, NodeRunState, PROTOCOL_VERSION};
@@ -14,8 +14,8 @@ use std::time::Duration;
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// The factors an entry is weighed by on any host (mode-dependent).
-pub(crate) fn factors_of(shared: &Shared, e: &ScheduleEntry) -> LoadFactors {
-    effective_factors(shared.cfg.load.mode, e.factors, &e.spec)
+pub(crate) fn factors_of(ctx: &AgentContext, e: &ScheduleEntry) -> LoadFactors {
+    effective_factors(ctx.cfg.load.mode, e.factors, &e.spec)
 }
 
 /// Memory a VM needs, in bytes.
@@ -26,13 +26,13 @@ pub(crate) fn mem_bytes_of(e: &ScheduleEntry) -> u64 {
 /// This node's figures computed from `entries`: every entry counts in the load (a VM
 /// leaving still runs here; an incoming one is about to), only `Running` ones are
 /// candidates.
-pub(crate) fn figures_from(shared: &Shared, entries: &[ScheduleEntry]) -> SideFigures {
+pub(crate) fn figures_from(ctx: &AgentContext, entries: &[ScheduleEntry]) -> SideFigures {
     let mut load = 0.0;
     let mut mem_used = 0.0;
     let mut candidates = Vec::new();
     for e in entries {
-        let f = factors_of(shared, e);
-        let l = shared.model.load_of(&f);
+        let f = factors_of(ctx, e);
+        let l = ctx.model.load_of(&f);
         load += l;
         mem_used += e.spec.memory_mib as f64 * MIB;
         if e.state == VmState::Running {
@@ -46,7 +46,7 @@ pub(crate) fn figures_from(shared: &Shared, entries: &[ScheduleEntry]) -> SideFi
             });
         }
     }
-    let free = (shared.cfg.host.mem_bytes - mem_used).max(0.0);
+    let free = (ctx.cfg.host.mem_bytes - mem_used).max(0.0);
     SideFigures {
         load,
         free_mem_bytes: free as u64,
@@ -55,16 +55,16 @@ pub(crate) fn figures_from(shared: &Shared, entries: &[ScheduleEntry]) -> SideFi
 }
 
 /// This node's fresh figures, read from the store.
-pub(crate) async fn local_figures(shared: &Shared) -> Result<SideFigures, StoreError> {
-    let entries = shared.with_store(|s| s.list()).await?;
-    Ok(figures_from(shared, &entries))
+pub(crate) async fn local_figures(ctx: &AgentContext) -> Result<SideFigures, StoreError> {
+    let entries = ctx.with_store(|s| s.list()).await?;
+    Ok(figures_from(ctx, &entries))
 }
 
 /// The summary this node gossips.
-pub(crate) async fn summary(shared: &Shared) -> Result<LoadSummary, StoreError> {
-    let entries = shared.with_store(|s| s.list()).await?;
-    let figures = figures_from(shared, &entries);
-    let cap = &shared.cfg.host;
+pub(crate) async fn summary(ctx: &AgentContext) -> Result<LoadSummary, StoreError> {
+    let entries = ctx.with_store(|s| s.list()).await?;
+    let figures = figures_from(ctx, &entries);
+    let cap = &ctx.cfg.host;
     Ok(LoadSummary {
         load: figures.load,
         cpu_capacity: cap.cpu_reference_cores(),
@@ -72,35 +72,35 @@ pub(crate) async fn summary(shared: &Shared) -> Result<LoadSummary, StoreError> 
         mem_capacity: cap.mem_bytes,
         mem_free: figures.free_mem_bytes as f64,
         vm_count: u32::try_from(entries.len()).unwrap_or(u32::MAX),
-        state: if shared.is_draining() {
+        state: if ctx.is_draining() {
             NodeRunState::Draining
         } else {
             NodeRunState::Active
         },
-        rpc_addr: shared
+        rpc_addr: ctx
+            .net
             .endpoint()
-            .map_or(shared.cfg.node.listen, |e| e.local_addr()),
+            .map_or(ctx.cfg.node.listen, |e| e.local_addr()),
         protocol_version: PROTOCOL_VERSION,
     })
 }
 
 /// Gossips the summary whenever the schedule changes (and at least every sample
 /// interval), and keeps the load gauges current.
-pub(crate) async fn publish_summaries(shared: Arc<Shared>) {
-    let period = Duration::from_millis(shared.cfg.load.sample_interval_ms.max(100));
-    let mut shutdown = shared.shutdown.clone();
+pub(crate) async fn publish_summaries(ctx: Arc<AgentContext>) {
+    let period = Duration::from_millis(ctx.cfg.load.sample_interval.get().max(100));
+    let mut shutdown = ctx.shutdown.clone();
     let mut last: Option<LoadSummary> = None;
     loop {
-        match summary(&shared).await {
+        match summary(&ctx).await {
             Ok(s) => {
-                shared.metrics.load.set(s.load);
-                shared.metrics.vms.set(i64::from(s.vm_count));
-                shared
-                    .metrics
+                ctx.metrics.load.set(s.load);
+                ctx.metrics.vms.set(i64::from(s.vm_count));
+                ctx.metrics
                     .peers
-                    .set(i64::try_from(shared.peers().len()).unwrap_or(0));
+                    .set(i64::try_from(ctx.net.peers().len()).unwrap_or(0));
                 if last.as_ref() != Some(&s) {
-                    if let Some(ep) = shared.endpoint() {
+                    if let Some(ep) = ctx.net.endpoint() {
                         ep.publish(s.clone()).await;
                     }
                     last = Some(s);
@@ -109,7 +109,7 @@ pub(crate) async fn publish_summaries(shared: Arc<Shared>) {
             Err(e) => tracing::warn!(reason = %e, "cannot compute the load summary"),
         }
         tokio::select! {
-            _ = shared.summary_dirty.notified() => {
+            _ = ctx.summary_dirty.notified() => {
                 // Coalesce a burst of changes.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -5,8 +5,9 @@
 //! tasks and come back as inputs; timers are tokio sleeps that come back as inputs.
 //! Failpoints fire around every store transition and message.
 
+use super::context::AgentContext;
+use super::handoff_handle::InFlight;
 use super::outcome::MoveRefused;
-use super::shared::Shared;
 use super::wire::{AgentRequest, AgentResponse, Request};
 use crate::driver::{Driver, DriverError};
 use crate::failpoints::Failpoint;
@@ -16,10 +17,9 @@ use crate::handoff::{
 };
 use ballast_store::{NodeId, StoreError, VmId};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
 /// Capacity of the input channel.
@@ -72,33 +72,38 @@ struct Waiter {
 
 /// The owner of the machine.
 pub(crate) struct Owner {
-    shared: Arc<Shared>,
+    ctx: Arc<AgentContext>,
     machine: Handoffs,
     waiters: HashMap<VmId, Waiter>,
     sends: Arc<Semaphore>,
+    in_flight: watch::Sender<InFlight>,
 }
 
 /// The machine's configuration: the agent's `[handoff]` with room for the limits.
-pub(crate) fn machine_config(shared: &Shared) -> HandoffConfig {
-    let mut c = shared.cfg.handoff.clone();
+pub(crate) fn machine_config(ctx: &AgentContext) -> HandoffConfig {
+    let mut c = ctx.cfg.handoff.clone();
     #[cfg(feature = "planted-bugs")]
     {
-        c.planted_bug = shared.cfg.failpoints.planted_bug;
+        c.planted_bug = ctx.cfg.failpoints.planted_bug;
     }
-    let b = &shared.cfg.balancing;
-    c.handoffs_max = c.handoffs_max.max(b.max_outgoing + b.max_incoming);
-    c.outgoing_max = b.max_outgoing;
-    c.incoming_max = b.max_incoming;
+    let b = &ctx.cfg.balancing;
+    c.handoffs_max = c
+        .handoffs_max
+        .max(b.max_outgoing.get() + b.max_incoming.get());
+    c.outgoing_max = b.max_outgoing.get();
+    c.incoming_max = b.max_incoming.get();
     c
 }
 
 impl Owner {
     /// Recovers the machine from the store (docs/design.md §Handoff, recovery) and executes
     /// its first effects.
-    pub(crate) async fn recover(shared: Arc<Shared>) -> Result<Self, StoreError> {
-        let (entries, transfers) = shared
-            .with_store(|s| Ok((s.list()?, s.transfers()?)))
-            .await?;
+    /// The owner publishes the handoffs in flight on `in_flight` after every step.
+    pub(crate) async fn recover(
+        ctx: Arc<AgentContext>,
+        in_flight: watch::Sender<InFlight>,
+    ) -> Result<Self, StoreError> {
+        let (entries, transfers) = ctx.with_store(|s| Ok((s.list()?, s.transfers()?))).await?;
         let recovering = entries
             .iter()
             .filter(|e| e.state != ballast_store::VmState::Running)
@@ -108,17 +113,18 @@ impl Owner {
             info!(handoffs = recovering, "recovering handoffs from the store");
         }
         let machine = Handoffs::start(
-            shared.me.clone(),
-            machine_config(&shared),
-            shared.now_ms(),
+            ctx.me.clone(),
+            machine_config(&ctx),
+            ctx.handoffs.now_ms(),
             entries,
             transfers,
         );
         let mut owner = Self {
-            shared,
+            ctx,
             machine,
             waiters: HashMap::new(),
             sends: Arc::new(Semaphore::new(SENDS_IN_FLIGHT_MAX)),
+            in_flight,
         };
         owner.drain().await;
         Ok(owner)
@@ -126,7 +132,7 @@ impl Owner {
 
     /// Takes inputs until the channel closes or shutdown is asked.
     pub(crate) async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
-        let mut shutdown = self.shared.shutdown.clone();
+        let mut shutdown = self.ctx.shutdown.clone();
         loop {
             let input = tokio::select! {
                 i = inputs.recv() => i,
@@ -143,7 +149,7 @@ impl Owner {
     }
 
     async fn handle(&mut self, input: Input) {
-        let now = self.shared.now_ms();
+        let now = self.ctx.handoffs.now_ms();
         match input {
             Input::Message { from, msg } => self.on_message(now, from, msg),
             Input::StartMove { vm, to, done } => self.start_move(now, vm, to, done).await,
@@ -154,14 +160,6 @@ impl Owner {
                 let _ = reply.send(self.machine.handoffs());
             }
         }
-    }
-
-    fn incoming_count(&self) -> usize {
-        self.machine.count_role(Role::Destination)
-    }
-
-    fn outgoing_count(&self) -> usize {
-        self.machine.count_role(Role::Source)
     }
 
     fn on_message(&mut self, now: u64, from: NodeId, msg: HandoffMsg) {
@@ -177,7 +175,7 @@ impl Owner {
     ) {
         let vm2 = vm.clone();
         let read = self
-            .shared
+            .ctx
             .with_store_here(move |s| Ok((s.get(&vm2)?, s.highest_epoch(&vm2)?)))
             .await;
         let (entry, highest) = match read {
@@ -215,7 +213,7 @@ impl Owner {
             match effect {
                 Effect::Store(op) => {
                     let outcome = self.run_store(&op).await;
-                    let now = self.shared.now_ms();
+                    let now = self.ctx.handoffs.now_ms();
                     self.machine.handle_store(now, op, outcome);
                 }
                 Effect::Send { to, msg } => self.send(to, msg),
@@ -224,21 +222,24 @@ impl Owner {
                 Effect::Notify(notice) => self.notice(notice),
             }
         }
-        let (out, inc) = (self.outgoing_count(), self.incoming_count());
-        self.shared.out_in_flight.store(out, Ordering::Relaxed);
-        self.shared.in_flight_in.store(inc, Ordering::Relaxed);
-        self.shared
+        let now = InFlight {
+            outgoing: self.machine.count_role(Role::Source),
+            incoming: self.machine.count_role(Role::Destination),
+        };
+        self.in_flight
+            .send_if_modified(|was| std::mem::replace(was, now) != now);
+        self.ctx
             .metrics
             .handoffs_in_flight
             .set(i64::try_from(self.machine.handoffs().len()).unwrap_or(i64::MAX));
     }
 
     async fn run_store(&self, op: &StoreOp) -> StoreOutcome {
-        self.shared.fail_at(Failpoint::Before(op.kind()));
+        self.ctx.hooks.fail_at(Failpoint::Before(op.kind()));
         let now_unix = super::unix_ms();
         let op2 = op.clone();
         let result = self
-            .shared
+            .ctx
             .with_store_here(move |s| {
                 let r = match &op2 {
                     StoreOp::BeginMigrateOut { vm, to, epoch } => {
@@ -279,8 +280,8 @@ impl Owner {
             }
         };
         if outcome == StoreOutcome::Done {
-            self.shared.fail_at(Failpoint::After(op.kind()));
-            self.shared.summary_dirty.notify_one();
+            self.ctx.hooks.fail_at(Failpoint::After(op.kind()));
+            self.ctx.summary_dirty.notify_one();
         }
         outcome
     }
@@ -288,27 +289,27 @@ impl Owner {
     /// Sends a handoff message in its own task (fire and forget; losses are retried by
     /// the machine).
     fn send(&self, to: NodeId, msg: HandoffMsg) {
-        let shared = self.shared.clone();
-        shared.fail_at(Failpoint::BeforeSend(msg.msg_kind()));
-        let Some(addr) = shared.addr_of(&to) else {
+        let ctx = self.ctx.clone();
+        ctx.hooks.fail_at(Failpoint::BeforeSend(msg.msg_kind()));
+        let Some(addr) = ctx.net.addr_of(&to) else {
             debug!(peer = %to, kind = msg.kind(), "no address for peer; message dropped");
             return;
         };
-        let Some(rpc) = shared.rpc() else { return };
+        let Some(rpc) = ctx.net.rpc() else { return };
         let Ok(permit) = self.sends.clone().try_acquire_owned() else {
             warn!(peer = %to, kind = msg.kind(), "too many messages in flight; dropped");
             return;
         };
-        let copies = shared.send_copies();
+        let copies = ctx.hooks.send_copies();
         let span = tracing::debug_span!("handoff", vm = %msg.vm(), epoch = msg.epoch(), peer = %to);
-        tokio::spawn(
+        self.ctx.spawn(
             async move {
                 let kind = msg.msg_kind();
                 let req = AgentRequest::V1(Request::Handoff(msg));
                 for _ in 0..copies {
                     let r: Result<AgentResponse, _> = rpc.call(addr, Some(to.as_str()), &req).await;
                     match r {
-                        Ok(_) => shared.fail_at(Failpoint::AfterSend(kind)),
+                        Ok(_) => ctx.hooks.fail_at(Failpoint::AfterSend(kind)),
                         Err(e) => {
                             debug!(kind = kind.as_str(), reason = %e, "handoff message not delivered");
                         }
@@ -321,10 +322,10 @@ impl Owner {
     }
 
     fn spawn_driver(&self, call: DriverCall) {
-        let driver = self.shared.driver.clone();
-        let inputs = self.shared.inputs.clone();
+        let driver = self.ctx.driver.clone();
+        let inputs = self.ctx.handoffs.inputs().clone();
         let span = tracing::debug_span!("handoff", vm = %call.vm, epoch = call.epoch);
-        tokio::spawn(
+        self.ctx.spawn(
             async move {
                 let outcome = run_driver(&*driver, &call.vm, &call.action).await;
                 let reply = DriverReply {
@@ -339,16 +340,21 @@ impl Owner {
     }
 
     fn arm(&self, timer: Timer, at: u64) {
-        let inputs = self.shared.inputs.clone();
-        let when = self.shared.started + Duration::from_millis(at);
-        tokio::spawn(async move {
-            tokio::time::sleep_until(when.into()).await;
-            let _ = inputs.send(Input::Timer(timer)).await;
+        let inputs = self.ctx.handoffs.inputs().clone();
+        let when = self.ctx.handoffs.instant_of(at);
+        let mut shutdown = self.ctx.shutdown.clone();
+        self.ctx.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep_until(when.into()) => {
+                    let _ = inputs.send(Input::Timer(timer)).await;
+                }
+                _ = shutdown.changed() => {}
+            }
         });
     }
 
     fn notice(&mut self, notice: Notice) {
-        let m = &self.shared.metrics;
+        let m = &self.ctx.metrics;
         match &notice {
             Notice::Committed {
                 vm,
@@ -389,7 +395,7 @@ impl Owner {
                 self.resolve(op.vm(), op.epoch(), Role::Source, false);
             }
         }
-        self.shared.summary_dirty.notify_one();
+        self.ctx.summary_dirty.notify_one();
     }
 
     fn resolve(&mut self, vm: &VmId, epoch: u64, role: Role, committed: bool) {
@@ -402,7 +408,7 @@ impl Owner {
         }
         if let Some(w) = self.waiters.remove(vm) {
             if committed {
-                self.shared
+                self.ctx
                     .metrics
                     .handoff_seconds
                     .observe(w.started.elapsed().as_secs_f64());
@@ -465,9 +471,9 @@ async fn run_driver(driver: &dyn Driver, vm: &VmId, action: &DriverAction) -> Dr
 }
 
 /// Asks the owner for the handoffs in flight (empty if it does not answer).
-pub(crate) async fn handoffs_in_flight(shared: &Shared) -> Vec<HandoffStatus> {
+pub(crate) async fn handoffs_in_flight(ctx: &AgentContext) -> Vec<HandoffStatus> {
     let (tx, rx) = oneshot::channel();
-    if shared.inputs.send(Input::Status(tx)).await.is_err() {
+    if ctx.handoffs.inputs().send(Input::Status(tx)).await.is_err() {
         return Vec::new();
     }
     rx.await.unwrap_or_default()
@@ -475,20 +481,21 @@ pub(crate) async fn handoffs_in_flight(shared: &Shared) -> Vec<HandoffStatus> {
 
 /// Starts a move through the owner and waits (bounded) for its outcome.
 pub(crate) async fn move_vm(
-    shared: &Shared,
+    ctx: &AgentContext,
     vm: VmId,
     to: NodeId,
 ) -> Result<MoveResult, MoveRefused> {
     let (tx, rx) = oneshot::channel();
-    shared
-        .inputs
+    ctx.handoffs
+        .inputs()
         .send(Input::StartMove { vm, to, done: tx })
         .await
         .map_err(|_| MoveRefused::ShuttingDown)?;
-    let h = &shared.cfg.handoff;
+    let h = &ctx.cfg.handoff;
     let bound = Duration::from_millis(
-        h.prepare_timeout_ms
-            .saturating_add(h.migrate_timeout_ms)
+        h.prepare_timeout
+            .get()
+            .saturating_add(h.migrate_timeout.get())
             .saturating_add(60_000),
     );
     match tokio::time::timeout(bound, rx).await {

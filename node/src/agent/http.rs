@@ -1,12 +1,12 @@
 //! A minimal HTTP/1.1 responder for `GET /metrics` on a local TCP address: one request
 //! per connection, bounded head size and time, `Connection: close`.
 
+use super::context::AgentContext;
 use super::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// Longest request head read.
 const HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -15,12 +15,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most connections served at once.
 const CONNECTIONS_MAX: usize = 16;
 
-/// Serves `/metrics` on `listener` until `shutdown` changes.
-pub(crate) async fn serve_metrics(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Serves `/metrics` on `listener` until the agent shuts down; each connection is a
+/// tracked task of the agent.
+pub(crate) async fn serve_metrics(listener: TcpListener, ctx: Arc<AgentContext>) {
+    let mut shutdown = ctx.shutdown.clone();
     let limit = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
         let accepted = tokio::select! {
@@ -31,8 +29,8 @@ pub(crate) async fn serve_metrics(
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             continue;
         };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
+        let metrics = ctx.metrics.clone();
+        ctx.spawn(async move {
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics)).await;
             drop(permit);
         });

@@ -6,7 +6,10 @@
 //! - [`wire`]: the versioned wire enum (sessions, handoff messages, placement, admin).
 //! - [`admin_client`]: [`AdminClient`], the typed admin client for the CLI and harness.
 //! - `runtime`: [`Agent`] start-up and shutdown, [`run_agent`].
-//! - `shared`: the state every task reaches.
+//! - `context`: [`AgentContext`](context::AgentContext), the handles every task reaches;
+//!   one typed handle per concern: `network` (endpoint, RPC client, peer addresses),
+//!   `handoff_handle` (the machine's inputs, clock and in-flight counts),
+//!   `session_book` (the session slot and records), the mover's queue (`mover`).
 //! - `handoff_task`: the one task that owns the handoff machine and executes its effects.
 //! - `rounds`: balancing rounds and drain steps; `session`: both sides of a session;
 //!   `mover`: executes planned moves one after another.
@@ -21,12 +24,15 @@
 mod admin;
 pub mod admin_client;
 pub mod bench;
+mod context;
 mod error;
 mod figures;
+mod handoff_handle;
 mod handoff_task;
 mod http;
 mod metrics;
 mod mover;
+mod network;
 pub mod outcome;
 mod reconcile;
 mod rounds;
@@ -34,7 +40,7 @@ mod rpc;
 mod runtime;
 mod sampler;
 mod session;
-mod shared;
+mod session_book;
 pub mod wire;
 
 pub use admin_client::{AdminClient, AdminClientError};

@@ -2,17 +2,17 @@
 //! peer, drain), each through the handoff machine. Before starting a move it re-reads
 //! the entry and re-checks the destination, since the plan may be stale.
 
+use super::context::AgentContext;
 use super::handoff_task::move_vm;
-use super::shared::Shared;
 use ballast_gossip::NodeRunState;
 use ballast_store::{NodeId, VmId, VmState};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 /// Capacity of the mover's queue; a plan beyond it is dropped (the next round replans).
-pub(crate) const MOVES_QUEUED_MAX: usize = 64;
+const MOVES_QUEUED_MAX: usize = 64;
 
 /// One planned move.
 #[derive(Clone, Debug)]
@@ -25,23 +25,62 @@ pub(crate) struct MoveJob {
     pub(crate) forced: bool,
 }
 
+/// The mover's queue: planned moves go in, the mover takes them one at a time; counts
+/// the moves queued or running (a round plans nothing while any is).
+pub(crate) struct MoveQueue {
+    jobs: mpsc::Sender<MoveJob>,
+    pending: AtomicUsize,
+}
+
+impl MoveQueue {
+    /// An empty queue and the mover's end of it.
+    pub(crate) fn new() -> (Self, mpsc::Receiver<MoveJob>) {
+        let (tx, rx) = mpsc::channel(MOVES_QUEUED_MAX);
+        let queue = Self {
+            jobs: tx,
+            pending: AtomicUsize::new(0),
+        };
+        (queue, rx)
+    }
+
+    /// Queues `job`; false when the queue is full (the next round plans again).
+    pub(crate) fn push(&self, job: MoveJob) -> bool {
+        // Counted before the send, so the mover never finishes a job not yet counted.
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        let queued = self.jobs.try_send(job).is_ok();
+        if !queued {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        queued
+    }
+
+    /// Moves queued or running.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    fn finished(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Runs queued moves until shutdown.
-pub(crate) async fn run_mover(shared: Arc<Shared>, mut jobs: mpsc::Receiver<MoveJob>) {
-    let mut shutdown = shared.shutdown.clone();
+pub(crate) async fn run_mover(ctx: Arc<AgentContext>, mut jobs: mpsc::Receiver<MoveJob>) {
+    let mut shutdown = ctx.shutdown.clone();
     loop {
         let job = tokio::select! {
             j = jobs.recv() => j,
             _ = shutdown.changed() => None,
         };
         let Some(job) = job else { return };
-        run_one(&shared, job).await;
-        shared.moves_pending.fetch_sub(1, Ordering::Relaxed);
+        run_one(&ctx, job).await;
+        ctx.moves.finished();
     }
 }
 
-async fn run_one(shared: &Shared, job: MoveJob) {
+async fn run_one(ctx: &AgentContext, job: MoveJob) {
     let vm = job.vm.clone();
-    let entry = match shared.with_store(move |s| s.get(&vm)).await {
+    let entry = match ctx.with_store(move |s| s.get(&vm)).await {
         Ok(Some(e)) => e,
         _ => return,
     };
@@ -49,7 +88,8 @@ async fn run_one(shared: &Shared, job: MoveJob) {
         debug!(vm = %job.vm, "planned move dropped: VM no longer movable");
         return;
     }
-    let target_ok = shared
+    let target_ok = ctx
+        .net
         .peers()
         .iter()
         .any(|p| p.node_id == job.to.as_str() && p.summary.state == NodeRunState::Active);
@@ -57,7 +97,7 @@ async fn run_one(shared: &Shared, job: MoveJob) {
         debug!(vm = %job.vm, peer = %job.to, "planned move dropped: destination not active");
         return;
     }
-    match move_vm(shared, job.vm.clone(), job.to.clone()).await {
+    match move_vm(ctx, job.vm.clone(), job.to.clone()).await {
         Ok(r) => {
             info!(vm = %job.vm, peer = %job.to, epoch = r.epoch, committed = r.committed, "move finished")
         }

@@ -1,31 +1,30 @@
 //! Reconciliation of the hypervisor with the schedule (docs/design.md §Drivers), on start-up
-//! and every `reconcile.interval_ms`: a `Running` entry whose VM the hypervisor does not hold (or
+//! and every `reconcile.interval`: a `Running` entry whose VM the hypervisor does not hold (or
 //! holds stopped) is started (after `adopt`, a VM whose process survived is simply
 //! held); a VM the hypervisor holds that no entry claims is reported (log + metric),
 //! never killed. VMs in a handoff are left to the handoff machine.
 
+use super::context::{lock, AgentContext};
 use super::handoff_task::handoffs_in_flight;
-use super::shared::{lock, Shared};
 use crate::driver::VmRunState;
 use ballast_store::{VmId, VmState};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::{info, warn};
 
 /// One reconciliation pass.
-pub(crate) async fn reconcile_once(shared: &Shared) {
-    let listed = match shared.driver.list().await {
+pub(crate) async fn reconcile_once(ctx: &AgentContext) {
+    let listed = match ctx.driver.list().await {
         Ok(l) => l,
         Err(e) => {
             warn!(reason = %e, "reconcile: cannot list the hypervisor's VMs");
             return;
         }
     };
-    let Ok(entries) = shared.with_store(|s| s.list()).await else {
+    let Ok(entries) = ctx.with_store(|s| s.list()).await else {
         return;
     };
-    let busy: BTreeSet<VmId> = handoffs_in_flight(shared)
+    let busy: BTreeSet<VmId> = handoffs_in_flight(ctx)
         .await
         .into_iter()
         .map(|h| h.vm)
@@ -37,13 +36,13 @@ pub(crate) async fn reconcile_once(shared: &Shared) {
         }
         match held.get(&e.vm) {
             Some(VmRunState::Running) => {}
-            Some(VmRunState::Paused) => resume(shared, &e.vm).await,
+            Some(VmRunState::Paused) => resume(ctx, &e.vm).await,
             Some(VmRunState::Incoming) => {
                 warn!(vm = %e.vm, "reconcile: scheduled VM is an incomplete incoming copy; left for the operator");
             }
             None | Some(VmRunState::Stopped) => {
                 info!(vm = %e.vm, "reconcile: scheduled VM not running; starting it");
-                if let Err(err) = shared.driver.start(&e.vm, &e.spec).await {
+                if let Err(err) = ctx.driver.start(&e.vm, &e.spec).await {
                     warn!(vm = %e.vm, reason = %err, "reconcile: start failed");
                 }
             }
@@ -57,13 +56,12 @@ pub(crate) async fn reconcile_once(shared: &Shared) {
         .map(|i| i.vm.clone())
         .collect();
     {
-        let mut known = lock(&shared.unclaimed);
+        let mut known = lock(&ctx.unclaimed);
         for vm in unclaimed.iter().filter(|v| !known.contains(v)) {
             warn!(vm = %vm, "reconcile: hypervisor runs a VM no schedule entry claims (not killed)");
         }
         *known = unclaimed;
-        shared
-            .metrics
+        ctx.metrics
             .unclaimed_vms
             .set(i64::try_from(known.len()).unwrap_or(0));
     }
@@ -73,25 +71,25 @@ pub(crate) async fn reconcile_once(shared: &Shared) {
 /// is resolved with this node as the owner (a crash between promote and resume, or a
 /// failed cancel), so the VM must run. An incoming copy is resumed; a source copy whose
 /// migration was cancelled is let run again.
-async fn resume(shared: &Shared, vm: &VmId) {
+async fn resume(ctx: &AgentContext, vm: &VmId) {
     info!(vm = %vm, "reconcile: scheduled VM is paused here; resuming it");
-    if shared.driver.resume_incoming(vm).await.is_ok() {
+    if ctx.driver.resume_incoming(vm).await.is_ok() {
         return;
     }
-    if let Err(err) = shared.driver.cancel_outgoing(vm).await {
+    if let Err(err) = ctx.driver.cancel_outgoing(vm).await {
         warn!(vm = %vm, reason = %err, "reconcile: cannot resume a paused VM");
     }
 }
 
 /// Reconciles periodically until shutdown.
-pub(crate) async fn run_reconcile(shared: Arc<Shared>) {
-    let period = Duration::from_millis(shared.cfg.reconcile.interval_ms);
-    let mut shutdown = shared.shutdown.clone();
+pub(crate) async fn run_reconcile(ctx: Arc<AgentContext>) {
+    let period = ctx.cfg.reconcile.interval.duration();
+    let mut shutdown = ctx.shutdown.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,
         }
-        reconcile_once(&shared).await;
+        reconcile_once(&ctx).await;
     }
 }

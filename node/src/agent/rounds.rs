@@ -6,54 +6,52 @@
 //! hands its VMs off one at a time, each to the less loaded of two random active peers,
 //! pinned VMs included (an operator's drain overrides pinning).
 
+use super::context::AgentContext;
 use super::mover::MoveJob;
 use super::session::run_session;
-use super::shared::Shared;
 use crate::policy::{choose_peer, Sender};
 use ballast_store::{NodeId, VmState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Runs rounds (or drain steps) until shutdown.
-pub(crate) async fn run_rounds(shared: Arc<Shared>, movers: mpsc::Sender<MoveJob>) {
-    let b = shared.cfg.balancing.clone();
-    let mut shutdown = shared.shutdown.clone();
+pub(crate) async fn run_rounds(ctx: Arc<AgentContext>) {
+    let b = ctx.cfg.balancing.clone();
+    let mut shutdown = ctx.shutdown.clone();
     let mut rng = StdRng::from_os_rng();
     loop {
-        let jitter = if b.round_jitter_ms > 0 {
-            rng.random_range(0..=b.round_jitter_ms)
+        let jitter = if b.round_jitter.get() > 0 {
+            rng.random_range(0..=b.round_jitter.get())
         } else {
             0
         };
-        let pause = Duration::from_millis(b.round_interval_ms.saturating_add(jitter));
+        let pause = Duration::from_millis(b.round_interval.get().saturating_add(jitter));
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => return,
         }
-        let busy = shared.moves_pending.load(Ordering::Relaxed) > 0
-            || shared.out_in_flight.load(Ordering::Relaxed) >= b.max_outgoing;
+        let busy =
+            ctx.moves.pending() > 0 || ctx.handoffs.in_flight().outgoing >= b.max_outgoing.get();
         if busy {
             continue;
         }
-        if shared.is_draining() {
-            drain_step(&shared, &movers, &mut rng).await;
+        if ctx.is_draining() {
+            drain_step(&ctx, &mut rng).await;
         } else if b.enabled {
-            shared.metrics.rounds.inc();
-            round(&shared, &movers, &mut rng).await;
+            ctx.metrics.rounds.inc();
+            round(&ctx, &mut rng).await;
         }
     }
 }
 
-async fn round(shared: &Shared, movers: &mpsc::Sender<MoveJob>, rng: &mut impl Rng) {
-    let peers = shared.active_peers();
-    let Ok(own) = super::figures::summary(shared).await else {
+async fn round(ctx: &AgentContext, rng: &mut impl Rng) {
+    let peers = ctx.net.active_peers();
+    let Ok(own) = super::figures::summary(ctx).await else {
         return;
     };
-    let cfg = &shared.cfg.policy;
+    let cfg = &ctx.cfg.policy;
     let Some(i) = choose_peer(
         rng,
         peers.len(),
@@ -70,21 +68,21 @@ async fn round(shared: &Shared, movers: &mpsc::Sender<MoveJob>, rng: &mut impl R
         Sender::Initiator => gap > cfg.threshold,
     };
     if !worth {
-        shared.metrics.session("skipped");
+        ctx.metrics.session("skipped");
         return;
     }
     let session = rng.random::<u64>();
-    run_session(shared, movers, peer, session).await;
+    run_session(ctx, peer, session).await;
 }
 
-async fn drain_step(shared: &Shared, movers: &mpsc::Sender<MoveJob>, rng: &mut impl Rng) {
-    let Ok(entries) = shared.with_store(|s| s.list()).await else {
+async fn drain_step(ctx: &AgentContext, rng: &mut impl Rng) {
+    let Ok(entries) = ctx.with_store(|s| s.list()).await else {
         return;
     };
     let Some(entry) = entries.iter().find(|e| e.state == VmState::Running) else {
         return;
     };
-    let peers = shared.active_peers();
+    let peers = ctx.net.active_peers();
     if peers.is_empty() {
         tracing::warn!("draining, but no active peer can take VMs");
         return;
@@ -102,7 +100,7 @@ async fn drain_step(shared: &Shared, movers: &mpsc::Sender<MoveJob>, rng: &mut i
         forced: true,
     };
     tracing::info!(vm = %job.vm, peer = %job.to, "draining: handing VM off");
-    if movers.try_send(job).is_ok() {
-        shared.moves_pending.fetch_add(1, Ordering::Relaxed);
+    if !ctx.moves.push(job) {
+        tracing::debug!("mover queue full; the next drain step tries again");
     }
 }

@@ -3,22 +3,19 @@
 //! to the machine's bounded channel) and the admin API (admin certificates only).
 
 use super::admin::{handle_admin, place_here};
+use super::context::AgentContext;
 use super::handoff_task::Input;
-use super::mover::MoveJob;
 use super::session::serve_session;
-use super::shared::Shared;
 use super::wire::{AgentRequest, AgentResponse, Refusal, Request, Response};
 use async_trait::async_trait;
 use ballast_gossip::{PeerIdentity, Role, RpcHandler};
 use ballast_store::NodeId;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tracing::warn;
 
 /// Serves the agent's RPC.
 pub(crate) struct AgentRpc {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) movers: mpsc::Sender<MoveJob>,
+    pub(crate) ctx: Arc<AgentContext>,
 }
 
 #[async_trait]
@@ -35,33 +32,33 @@ impl AgentRpc {
             warn!(peer = %peer.name, reason = %reason, "request refused: invalid");
             return Response::Refused(Refusal::Invalid(reason));
         }
-        if self.shared.stopping() {
+        if self.ctx.stopping() {
             return Response::Refused(Refusal::ShuttingDown);
         }
-        let shared = &self.shared;
+        let ctx = &self.ctx;
         match (req, peer.role) {
             (Request::Admin(a), Role::Admin) => {
                 let span = tracing::info_span!("admin", caller = %peer.name);
                 let _enter = span.enter();
                 drop(_enter);
-                Response::Admin(handle_admin(shared, a).await)
+                Response::Admin(handle_admin(ctx, a).await)
             }
             (Request::Session(s), Role::Node) => {
                 let from = NodeId::from(peer.name);
-                Response::Session(serve_session(shared, &self.movers, from, s).await)
+                Response::Session(serve_session(ctx, from, s).await)
             }
             (Request::Handoff(msg), Role::Node) => {
                 let from = NodeId::from(peer.name);
-                match shared.inputs.try_send(Input::Message { from, msg }) {
+                match ctx.handoffs.inputs().try_send(Input::Message { from, msg }) {
                     Ok(()) => Response::HandoffQueued,
                     Err(_) => Response::Refused(Refusal::Overloaded),
                 }
             }
             (Request::Place(p), Role::Node) => {
-                if shared.is_draining() {
+                if ctx.is_draining() {
                     return Response::Placed(Err(super::wire::AdminError::NoNode));
                 }
-                Response::Placed(place_here(shared, p).await.map(|()| shared.me.clone()))
+                Response::Placed(place_here(ctx, p).await.map(|()| ctx.me.clone()))
             }
             (_, role) => {
                 warn!(peer = %peer.name, ?role, "request refused: wrong certificate role");

@@ -1,30 +1,32 @@
 //! [`Agent`]: starting the agent (store, driver, recovery, endpoint, tasks) and stopping
 //! it (signal every task, wait for each, shut the endpoint down).
 
+use super::context::AgentContext;
 use super::error::AgentError;
+use super::handoff_handle::HandoffHandle;
 use super::handoff_task::{Owner, INPUTS_MAX};
 use super::metrics::Metrics;
-use super::mover::{run_mover, MOVES_QUEUED_MAX};
+use super::mover::{run_mover, MoveQueue};
+use super::network::Network;
 use super::rpc::AgentRpc;
-use super::shared::{lock, Net, Shared};
+use super::session_book::SessionBook;
 use crate::config::{AgentConfig, DriverKind};
 use crate::driver::exec::ExecDriver;
 use crate::driver::qemu::QemuDriver;
 use crate::driver::sim::SimDriver;
 use crate::driver::Driver;
-#[cfg(feature = "failpoints")]
-use crate::failpoints::Failpoints;
+use crate::failpoints::TestHooks;
 use crate::load::LoadModel;
-use ballast_gossip::{Endpoint, EndpointConfig, TlsBundle};
+use ballast_gossip::{Endpoint, EndpointConfig, RpcClientConfig, TlsBundle};
 use ballast_store::{NodeId, Store};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch, Notify};
-use tokio::task::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 /// Bound on waiting for the agent's tasks at shutdown.
@@ -32,9 +34,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running agent.
 pub struct Agent {
-    shared: Arc<Shared>,
+    ctx: Arc<AgentContext>,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
     metrics_addr: Option<SocketAddr>,
 }
 
@@ -44,14 +45,25 @@ impl Agent {
     /// reconciles once, then runs rounds, sampling, publishing, reconciliation, the mover
     /// and the metrics listener.
     pub async fn start(cfg: AgentConfig) -> Result<Agent, AgentError> {
+        Self::start_on(cfg, None).await
+    }
+
+    /// [`Agent::start`] on `socket`, a UDP socket already bound to `node.listen` (handed
+    /// over by whoever holds the port), or on a socket of its own when `None`.
+    pub async fn start_on(
+        cfg: AgentConfig,
+        socket: Option<std::net::UdpSocket>,
+    ) -> Result<Agent, AgentError> {
         #[cfg(feature = "failpoints")]
-        let failpoints =
-            Failpoints::new(&cfg.failpoints.exit_at).map_err(AgentError::Failpoints)?;
+        let hooks = TestHooks::new(&cfg)
+            .map_err(|(origin, source)| AgentError::Failpoints { origin, source })?;
+        #[cfg(not(feature = "failpoints"))]
+        let hooks = TestHooks::default();
         let me = NodeId::from(cfg.node.id.as_str());
         let tls = load_tls(&cfg)?;
-        std::fs::create_dir_all(&cfg.node.data_dir).map_err(|e| AgentError::DataDir {
+        std::fs::create_dir_all(&cfg.node.data_dir).map_err(|source| AgentError::DataDir {
             path: cfg.node.data_dir.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         let store = open_store(&cfg, &me).await?;
         let driver = make_driver(&cfg, &me)?;
@@ -60,105 +72,85 @@ impl Agent {
         let draining = cfg.node.data_dir.join(super::admin::DRAINING_FILE).exists();
 
         let (stop, shutdown) = watch::channel(false);
-        let (inputs_tx, inputs_rx) = mpsc::channel(INPUTS_MAX);
-        let (moves_tx, moves_rx) = mpsc::channel(MOVES_QUEUED_MAX);
+        let (handoffs, owner_ends) = HandoffHandle::new(INPUTS_MAX);
+        let (moves, moves_rx) = MoveQueue::new();
         let model = LoadModel {
             weights: cfg.load.weights,
             capacity: cfg.host,
         };
-        let shared = Arc::new(Shared {
+        let ctx = Arc::new(AgentContext {
             me: me.clone(),
             store,
             driver,
             model,
             metrics: Arc::new(Metrics::new()),
-            #[cfg(feature = "failpoints")]
-            failpoints,
-            tls: tls.clone(),
-            inputs: inputs_tx,
-            net: Mutex::new(None),
-            addrs: Mutex::new(HashMap::new()),
-            slot: Mutex::new(None),
-            sessions: Mutex::new(VecDeque::new()),
+            hooks,
+            net: Network::new(tls.clone(), fresh_client_config(&cfg)),
+            handoffs,
+            sessions: SessionBook::default(),
+            moves,
             draining: AtomicBool::new(draining),
-            out_in_flight: AtomicUsize::new(0),
-            in_flight_in: AtomicUsize::new(0),
-            moves_pending: AtomicUsize::new(0),
             summary_dirty: Notify::new(),
             unclaimed: Mutex::new(Vec::new()),
-            started: Instant::now(),
             shutdown,
+            tasks: TaskTracker::new(),
             cfg,
         });
-        let owner = Owner::recover(shared.clone()).await?;
-        let mut tasks = vec![tokio::spawn(owner.run(inputs_rx))];
+        let owner = Owner::recover(ctx.clone(), owner_ends.in_flight).await?;
+        ctx.spawn(owner.run(owner_ends.inputs));
 
-        let handler = Arc::new(AgentRpc {
-            shared: shared.clone(),
-            movers: moves_tx.clone(),
-        });
-        let endpoint =
-            match Endpoint::start(endpoint_config(&shared.cfg), tls.clone(), handler).await {
-                Ok(e) => Arc::new(e),
-                Err(e) => {
-                    let _ = stop.send(true);
-                    return Err(e.into());
-                }
-            };
-        *lock(&shared.net) = Some(Net {
-            rpc: endpoint.rpc_client().clone(),
-            view: endpoint.watch_peers(),
-            endpoint: endpoint.clone(),
-        });
+        let handler = Arc::new(AgentRpc { ctx: ctx.clone() });
+        let mut endpoint_cfg = endpoint_config(&ctx.cfg);
+        endpoint_cfg.bound_socket = socket.map(Arc::new);
+        let endpoint = Endpoint::start(endpoint_cfg, tls, handler).await;
+        let endpoint = match endpoint {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                stop_tasks(&ctx, &stop).await;
+                return Err(e.into());
+            }
+        };
+        ctx.net.attach(endpoint.clone());
         info!(node = %me, addr = %endpoint.local_addr(), draining, "agent started");
 
-        super::reconcile::reconcile_once(&shared).await;
-        let metrics_addr = match shared.cfg.node.metrics_listen {
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| AgentError::Metrics { addr, source });
-                let listener = match listener {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = stop.send(true);
-                        return Err(e);
-                    }
-                };
-                let bound = listener.local_addr().ok();
-                info!(addr = %bound.unwrap_or(addr), path = "/metrics", "metrics endpoint listening");
-                tasks.push(tokio::spawn(super::http::serve_metrics(
-                    listener,
-                    shared.metrics.clone(),
-                    shared.shutdown.clone(),
-                )));
-                bound
-            }
+        super::reconcile::reconcile_once(&ctx).await;
+        let metrics_addr = match ctx.cfg.node.metrics_listen {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let bound = listener.local_addr().ok();
+                    info!(addr = %bound.unwrap_or(addr), path = "/metrics", "metrics endpoint listening");
+                    ctx.spawn(super::http::serve_metrics(listener, ctx.clone()));
+                    bound
+                }
+                Err(source) => {
+                    stop_tasks(&ctx, &stop).await;
+                    shut_endpoint(&ctx).await;
+                    return Err(AgentError::Metrics { addr, source });
+                }
+            },
             None => None,
         };
-        let s = &shared;
-        tasks.push(tokio::spawn(track_addresses(s.clone())));
-        tasks.push(tokio::spawn(super::figures::publish_summaries(s.clone())));
-        tasks.push(tokio::spawn(super::sampler::sample_loads(s.clone())));
-        tasks.push(tokio::spawn(super::reconcile::run_reconcile(s.clone())));
-        tasks.push(tokio::spawn(run_mover(s.clone(), moves_rx)));
-        tasks.push(tokio::spawn(super::rounds::run_rounds(s.clone(), moves_tx)));
+        ctx.spawn(track_addresses(ctx.clone()));
+        ctx.spawn(super::figures::publish_summaries(ctx.clone()));
+        ctx.spawn(super::sampler::sample_loads(ctx.clone()));
+        ctx.spawn(super::reconcile::run_reconcile(ctx.clone()));
+        ctx.spawn(run_mover(ctx.clone(), moves_rx));
+        ctx.spawn(super::rounds::run_rounds(ctx.clone()));
         Ok(Agent {
-            shared,
+            ctx,
             stop,
-            tasks,
             metrics_addr,
         })
     }
 
     /// This node's id.
     pub fn node_id(&self) -> &NodeId {
-        &self.shared.me
+        &self.ctx.me
     }
 
     /// The address peers reach this node at (gossip and RPC).
     pub fn addr(&self) -> Option<SocketAddr> {
-        self.shared.endpoint().map(|e| e.local_addr())
+        self.ctx.net.endpoint().map(|e| e.local_addr())
     }
 
     /// The bound metrics address, if metrics are served.
@@ -166,34 +158,48 @@ impl Agent {
         self.metrics_addr
     }
 
-    /// Signals every task, waits (bounded) until each has finished, then shuts the
-    /// endpoint down.
+    /// Signals every task, waits (bounded) until every task the agent spawned has
+    /// finished, then shuts the endpoint down.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            if tokio::time::timeout(STOP_TIMEOUT, t).await.is_err() {
-                warn!("an agent task did not stop in time");
-            }
-        }
-        let net = lock(&self.shared.net).take();
-        if let Some(net) = net {
-            drop(net.rpc);
-            drop(net.view);
-            match Arc::try_unwrap(net.endpoint) {
-                Ok(endpoint) => endpoint.shutdown().await,
-                Err(_) => warn!("endpoint still in use at shutdown; dropped"),
-            }
-        }
-        info!(node = %self.shared.me, "agent stopped");
+        stop_tasks(&self.ctx, &self.stop).await;
+        shut_endpoint(&self.ctx).await;
+        info!(node = %self.ctx.me, "agent stopped");
     }
 }
 
-/// Runs the agent of `cfg` until `shutdown` completes, then stops it.
+/// Signals shutdown and waits (bounded) for every tracked task.
+async fn stop_tasks(ctx: &AgentContext, stop: &watch::Sender<bool>) {
+    let _ = stop.send(true);
+    ctx.tasks.close();
+    if tokio::time::timeout(STOP_TIMEOUT, ctx.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            running = ctx.tasks.len(),
+            "agent tasks did not stop in time; left to the runtime"
+        );
+    }
+}
+
+/// Shuts the endpoint down once nothing else holds it.
+async fn shut_endpoint(ctx: &AgentContext) {
+    if let Some(endpoint) = ctx.net.detach() {
+        match Arc::try_unwrap(endpoint) {
+            Ok(endpoint) => endpoint.shutdown().await,
+            Err(_) => warn!("endpoint still in use at shutdown; dropped"),
+        }
+    }
+}
+
+/// Runs the agent of `cfg` (on `socket` if given, see [`Agent::start_on`]) until
+/// `shutdown` completes, then stops it.
 pub async fn run_agent(
     cfg: AgentConfig,
+    socket: Option<std::net::UdpSocket>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let agent = Agent::start(cfg).await?;
+    let agent = Agent::start_on(cfg, socket).await?;
     shutdown.await;
     info!("stopping agent");
     agent.shutdown().await;
@@ -203,8 +209,8 @@ pub async fn run_agent(
 fn load_tls(cfg: &AgentConfig) -> Result<TlsBundle, AgentError> {
     let t = &cfg.tls;
     let bundle = ballast_gossip::load_cert_bundle(&t.cert, &t.key, &t.ca_cert)
-        .map_err(|e| AgentError::Tls(e.to_string()))?;
-    TlsBundle::from_cert_bundle(&bundle).map_err(|e| AgentError::Tls(e.to_string()))
+        .map_err(AgentError::Certificates)?;
+    TlsBundle::from_cert_bundle(&bundle).map_err(AgentError::Tls)
 }
 
 async fn open_store(cfg: &AgentConfig, me: &NodeId) -> Result<Arc<Store>, AgentError> {
@@ -215,7 +221,7 @@ async fn open_store(cfg: &AgentConfig, me: &NodeId) -> Result<Arc<Store>, AgentE
         .await
         .map_err(|e| ballast_store::StoreError::Storage {
             op: "open",
-            reason: e.to_string(),
+            source: e.into(),
         })??;
     Ok(Arc::new(opened))
 }
@@ -234,6 +240,22 @@ fn make_driver(cfg: &AgentConfig, me: &NodeId) -> Result<Arc<dyn Driver>, AgentE
     })
 }
 
+/// Settings of a fresh RPC client on its own socket (see [`Network::renew_rpc`]).
+fn fresh_client_config(cfg: &AgentConfig) -> RpcClientConfig {
+    let g = &cfg.gossip;
+    let ip = if cfg.node.listen.ip().is_loopback() {
+        std::net::Ipv4Addr::LOCALHOST
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED
+    };
+    RpcClientConfig {
+        bind_addr: (ip, 0).into(),
+        max_frame_bytes: g.max_rpc_frame_bytes,
+        timeout: g.rpc_timeout.duration(),
+        connect_timeout: g.connect_timeout.duration(),
+    }
+}
+
 fn endpoint_config(cfg: &AgentConfig) -> EndpointConfig {
     let g = &cfg.gossip;
     EndpointConfig {
@@ -242,38 +264,37 @@ fn endpoint_config(cfg: &AgentConfig) -> EndpointConfig {
         node_id: cfg.node.id.clone(),
         cluster_id: cfg.node.cluster.clone(),
         seeds: cfg.node.seeds.iter().map(ToString::to_string).collect(),
-        gossip_interval: Duration::from_millis(g.interval_ms),
+        gossip_interval: g.interval.duration(),
         phi_threshold: g.phi_threshold,
-        dead_grace: Duration::from_millis(g.dead_grace_ms),
+        dead_grace: g.dead_grace.duration(),
         max_rpc_frame_bytes: g.max_rpc_frame_bytes,
-        rpc_timeout: Duration::from_millis(g.rpc_timeout_ms),
-        connect_timeout: Duration::from_millis(g.connect_timeout_ms),
+        rpc_timeout: g.rpc_timeout.duration(),
+        connect_timeout: g.connect_timeout.duration(),
         ..EndpointConfig::default()
     }
 }
 
 /// Remembers every peer's address (so handoff messages reach peers that left the live
 /// view), and renews the RPC client when a peer restarted (a new gossip generation).
-async fn track_addresses(shared: Arc<Shared>) {
-    let Some(mut view) = lock(&shared.net).as_ref().map(|n| n.view.clone()) else {
+async fn track_addresses(ctx: Arc<AgentContext>) {
+    let Some(mut view) = ctx.net.view() else {
         return;
     };
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = ctx.shutdown.clone();
     let mut generations: HashMap<String, u64> = HashMap::new();
     loop {
         let restarted = {
             let peers = view.borrow_and_update().clone();
-            let mut addrs = lock(&shared.addrs);
+            ctx.net.remember(&peers);
             let mut restarted = false;
             for p in peers.iter() {
-                addrs.insert(NodeId::from(p.node_id.as_str()), p.gossip_addr);
                 let old = generations.insert(p.node_id.clone(), p.generation);
                 restarted |= old.is_some_and(|g| g != p.generation);
             }
             restarted
         };
         if restarted {
-            shared.renew_rpc();
+            ctx.net.renew_rpc();
         }
         tokio::select! {
             changed = view.changed() => if changed.is_err() { return },

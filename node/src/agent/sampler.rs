@@ -1,14 +1,13 @@
-//! Measured load (docs/design.md §Load): every `load.sample_interval_ms` the driver's cumulative
+//! Measured load (docs/design.md §Load): every `load.sample_interval` the driver's cumulative
 //! usage counters of each running VM are read, turned into raw factors over the window
 //! (`factors_between`, normalized by this host's CPU speed), smoothed per VM (`Ewma`) and
 //! written back with `update_factors` (soft state). Does nothing in target mode.
 
-use super::shared::Shared;
+use super::context::AgentContext;
 use crate::load::{factors_between, Counters, Ewma, LoadMode};
 use ballast_store::{LoadFactors, VmId, VmState, FACTOR_BATCH_MAX};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 struct Track {
     prev: Counters,
@@ -16,32 +15,32 @@ struct Track {
 }
 
 /// Samples usage until shutdown.
-pub(crate) async fn sample_loads(shared: Arc<Shared>) {
-    if shared.cfg.load.mode != LoadMode::Measured {
+pub(crate) async fn sample_loads(ctx: Arc<AgentContext>) {
+    if ctx.cfg.load.mode != LoadMode::Measured {
         return;
     }
-    let period = Duration::from_millis(shared.cfg.load.sample_interval_ms);
-    let alpha = shared.cfg.load.smoothing_alpha;
-    let speed = shared.cfg.host.cpu_speed;
+    let period = ctx.cfg.load.sample_interval.duration();
+    let alpha = ctx.cfg.load.smoothing_alpha;
+    let speed = ctx.cfg.host.cpu_speed;
     let mut tracks: HashMap<VmId, Track> = HashMap::new();
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = ctx.shutdown.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,
         }
-        let Ok(entries) = shared.with_store(|s| s.list()).await else {
+        let Ok(entries) = ctx.with_store(|s| s.list()).await else {
             continue;
         };
         let mut updates: Vec<(VmId, LoadFactors)> = Vec::new();
         let mut seen = Vec::with_capacity(entries.len());
         for e in entries.iter().filter(|e| e.state == VmState::Running) {
-            let Ok(u) = shared.driver.usage(&e.vm).await else {
+            let Ok(u) = ctx.driver.usage(&e.vm).await else {
                 continue;
             };
             seen.push(e.vm.clone());
             let now = Counters {
-                at_ms: shared.now_ms(),
+                at_ms: ctx.handoffs.now_ms(),
                 cpu_time_s: u.cpu_time_s,
                 io_bytes: u.io_bytes,
                 mem_bytes: u.mem_bytes,
@@ -67,8 +66,8 @@ pub(crate) async fn sample_loads(shared: Arc<Shared>) {
         tracks.retain(|vm, _| seen.contains(vm));
         for chunk in updates.chunks(FACTOR_BATCH_MAX) {
             let batch = chunk.to_vec();
-            match shared.with_store(move |s| s.update_factors(&batch)).await {
-                Ok(n) if n > 0 => shared.summary_dirty.notify_one(),
+            match ctx.with_store(move |s| s.update_factors(&batch)).await {
+                Ok(n) if n > 0 => ctx.summary_dirty.notify_one(),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(reason = %e, "cannot store load factors"),
             }

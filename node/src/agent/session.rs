@@ -7,48 +7,24 @@
 //! itself and calls the pure policy (`policy::decide`) with both sides' figures: A sends,
 //! pulls (`Pull`), or swaps — hands one VM over and pulls one back, two independent
 //! handoffs. A node takes part in one session at a time (its slot); a busy peer answers
-//! `Busy`. The slot frees itself after `balancing.session_timeout_ms`.
+//! `Busy`. The slot frees itself after `balancing.session_timeout`.
 
+use super::context::AgentContext;
 use super::figures::local_figures;
 use super::mover::MoveJob;
-use super::shared::{lock, SessionSlot, Shared};
 use super::wire::{
     AgentRequest, AgentResponse, CandidateView, PlanKind, PlannedVm, Request, Response,
     SessionOutcome, SessionRecord, SessionRequest, SessionResponse, SideFigures,
 };
-use crate::policy::{decide, Candidate, Context, Decision, PlannedMove, View};
+use crate::policy::{self, decide, Candidate, Decision, PlannedMove, View};
 use ballast_gossip::PeerView;
 use ballast_store::NodeId;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tracing::{debug, info, Instrument};
 
 /// Takes the slot for `peer` unless another live session holds it.
-fn take_slot(shared: &Shared, peer: &NodeId, session: u64) -> bool {
-    let mut slot = lock(&shared.slot);
-    let now = Instant::now();
-    if slot.as_ref().is_some_and(|s| s.expires > now) {
-        return false;
-    }
-    *slot = Some(SessionSlot {
-        peer: peer.clone(),
-        session,
-        expires: now + Duration::from_millis(shared.cfg.balancing.session_timeout_ms),
-    });
-    true
-}
-
-/// Frees the slot if `peer`/`session` hold it; says whether they did.
-fn release_slot(shared: &Shared, peer: &NodeId, session: u64) -> bool {
-    let mut slot = lock(&shared.slot);
-    let held = slot
-        .as_ref()
-        .is_some_and(|s| &s.peer == peer && s.session == session && s.expires > Instant::now());
-    if held {
-        *slot = None;
-    }
-    held
+fn take_slot(ctx: &AgentContext, peer: &NodeId, session: u64) -> bool {
+    let timeout = ctx.cfg.balancing.session_timeout.duration();
+    ctx.sessions.take_slot(peer, session, timeout)
 }
 
 fn candidates_of(figures: &SideFigures, loads_there: impl Fn(usize) -> f64) -> Vec<Candidate> {
@@ -84,34 +60,33 @@ fn views(figures: &SideFigures, candidates: &[Candidate]) -> Vec<CandidateView> 
 
 /// The peer's side: answers one session step from `from`.
 pub(crate) async fn serve_session(
-    shared: &Shared,
-    movers: &mpsc::Sender<MoveJob>,
+    ctx: &AgentContext,
     from: NodeId,
     req: SessionRequest,
 ) -> SessionResponse {
     match req {
         SessionRequest::Open { session, figures } => {
-            if shared.is_draining() {
+            if ctx.is_draining() {
                 return SessionResponse::Draining;
             }
-            if shared.in_flight_in.load(Ordering::Relaxed) >= shared.cfg.balancing.max_incoming {
+            if ctx.handoffs.in_flight().incoming >= ctx.cfg.balancing.max_incoming.get() {
                 return SessionResponse::Busy;
             }
-            if !take_slot(shared, &from, session) {
+            if !take_slot(ctx, &from, session) {
                 return SessionResponse::Busy;
             }
-            let mine = match local_figures(shared).await {
+            let mine = match local_figures(ctx).await {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(reason = %e, "cannot read own figures for a session");
-                    release_slot(shared, &from, session);
+                    ctx.sessions.release_slot(&from, session);
                     return SessionResponse::Busy;
                 }
             };
             let loads_there = figures
                 .candidates
                 .iter()
-                .map(|c| shared.model.load_of(&c.factors))
+                .map(|c| ctx.model.load_of(&c.factors))
                 .collect();
             debug!(session, peer = %from, load_peer = figures.load, load_here = mine.load, "session offer");
             SessionResponse::Offer {
@@ -121,10 +96,10 @@ pub(crate) async fn serve_session(
             }
         }
         SessionRequest::Pull { session, vms } => {
-            if !release_slot(shared, &from, session) {
+            if !ctx.sessions.release_slot(&from, session) {
                 return SessionResponse::NoSession;
             }
-            if shared.cfg.balancing.dry_run {
+            if ctx.cfg.balancing.dry_run {
                 info!(session, peer = %from, vms = vms.len(), "dry run: a peer's pull not run");
                 return SessionResponse::Done;
             }
@@ -135,14 +110,14 @@ pub(crate) async fn serve_session(
                     to: from.clone(),
                     forced: false,
                 };
-                if movers.try_send(job).is_ok() {
-                    shared.moves_pending.fetch_add(1, Ordering::Relaxed);
+                if !ctx.moves.push(job) {
+                    debug!(peer = %from, "mover queue full; pulled VM left for a later round");
                 }
             }
             SessionResponse::Done
         }
         SessionRequest::Close { session } => {
-            if release_slot(shared, &from, session) {
+            if ctx.sessions.release_slot(&from, session) {
                 SessionResponse::Done
             } else {
                 SessionResponse::NoSession
@@ -153,31 +128,29 @@ pub(crate) async fn serve_session(
 
 /// The initiator's side: one session with `peer`. Returns the record (also kept).
 pub(crate) async fn run_session(
-    shared: &Shared,
-    movers: &mpsc::Sender<MoveJob>,
+    ctx: &AgentContext,
     peer: &PeerView,
     session: u64,
 ) -> SessionRecord {
     let peer_id = NodeId::from(peer.node_id.as_str());
     let span = tracing::info_span!("session", session, peer = %peer_id);
-    let record = session_inner(shared, movers, peer, &peer_id, session)
+    let record = session_inner(ctx, peer, &peer_id, session)
         .instrument(span)
         .await;
-    shared.metrics.session(record.outcome.label());
-    shared.record_session(record.clone());
+    ctx.metrics.session(record.outcome.label());
+    ctx.sessions.record(record.clone());
     record
 }
 
 async fn session_inner(
-    shared: &Shared,
-    movers: &mpsc::Sender<MoveJob>,
+    ctx: &AgentContext,
     peer: &PeerView,
     peer_id: &NodeId,
     session: u64,
 ) -> SessionRecord {
     let mut record = SessionRecord {
         session,
-        initiator: shared.me.clone(),
+        initiator: ctx.me.clone(),
         peer: peer_id.clone(),
         load_initiator: 0.0,
         load_peer: peer.summary.load,
@@ -188,14 +161,14 @@ async fn session_inner(
         free_mem_bytes: (0, 0),
         now_unix_ms: super::unix_ms(),
     };
-    if !take_slot(shared, peer_id, session) {
+    if !take_slot(ctx, peer_id, session) {
         record.outcome = SessionOutcome::SelfBusy;
         return record;
     }
-    shared.metrics.sessions_opened.inc();
-    let outcome = negotiate(shared, movers, peer, peer_id, session, &mut record).await;
+    ctx.metrics.sessions_opened.inc();
+    let outcome = negotiate(ctx, peer, peer_id, session, &mut record).await;
     record.outcome = outcome;
-    release_slot(shared, peer_id, session);
+    ctx.sessions.release_slot(peer_id, session);
     info!(
         outcome = %record.outcome,
         load_here = record.load_initiator,
@@ -207,12 +180,12 @@ async fn session_inner(
 }
 
 async fn call(
-    shared: &Shared,
+    ctx: &AgentContext,
     peer: &PeerView,
     req: SessionRequest,
 ) -> Result<SessionResponse, String> {
-    let rpc = shared.rpc().ok_or("no endpoint")?;
-    let timeout = Duration::from_millis(shared.cfg.balancing.session_timeout_ms);
+    let rpc = ctx.net.rpc().ok_or("no endpoint")?;
+    let timeout = ctx.cfg.balancing.session_timeout.duration();
     let req = AgentRequest::V1(Request::Session(req));
     let call = rpc.call::<_, AgentResponse>(peer.gossip_addr, Some(&peer.node_id), &req);
     match tokio::time::timeout(timeout, call).await {
@@ -224,14 +197,13 @@ async fn call(
 }
 
 async fn negotiate(
-    shared: &Shared,
-    movers: &mpsc::Sender<MoveJob>,
+    ctx: &AgentContext,
     peer: &PeerView,
     peer_id: &NodeId,
     session: u64,
     record: &mut SessionRecord,
 ) -> SessionOutcome {
-    let mine = match local_figures(shared).await {
+    let mine = match local_figures(ctx).await {
         Ok(f) => f,
         Err(e) => return SessionOutcome::Failed(e.to_string()),
     };
@@ -240,7 +212,7 @@ async fn negotiate(
         session,
         figures: mine.clone(),
     };
-    let (theirs, loads_there) = match call(shared, peer, open).await {
+    let (theirs, loads_there) = match call(ctx, peer, open).await {
         Ok(SessionResponse::Offer {
             figures,
             loads_there,
@@ -255,7 +227,7 @@ async fn negotiate(
     record.load_peer = theirs.load;
     let local_c = candidates_of(&mine, |i| loads_there[i]);
     let peer_c = candidates_of(&theirs, |i| {
-        shared.model.load_of(&theirs.candidates[i].factors)
+        ctx.model.load_of(&theirs.candidates[i].factors)
     });
     let local = View {
         load: mine.load,
@@ -267,14 +239,14 @@ async fn negotiate(
         candidates: &peer_c,
         free_mem_bytes: theirs.free_mem_bytes,
     };
-    let ctx = Context {
+    let at = policy::Context {
         now_ms: super::unix_ms(),
     };
     record.initiator_candidates = views(&mine, &local_c);
     record.peer_candidates = views(&theirs, &peer_c);
     record.free_mem_bytes = (mine.free_mem_bytes, theirs.free_mem_bytes);
-    record.now_unix_ms = ctx.now_ms;
-    let decision = decide(&local, &remote, &ctx, &shared.cfg.policy);
+    record.now_unix_ms = at.now_ms;
+    let decision = decide(&local, &remote, &at, &ctx.cfg.policy);
     let planned = |moves: &[PlannedMove], figs: &SideFigures, from: &NodeId, to: &NodeId| {
         moves
             .iter()
@@ -288,17 +260,17 @@ async fn negotiate(
             .collect::<Vec<_>>()
     };
     record.moves = match &decision {
-        Decision::Send(moves) => planned(moves, &mine, &shared.me, peer_id),
-        Decision::Receive(moves) => planned(moves, &theirs, peer_id, &shared.me),
+        Decision::Send(moves) => planned(moves, &mine, &ctx.me, peer_id),
+        Decision::Receive(moves) => planned(moves, &theirs, peer_id, &ctx.me),
         Decision::Swap { give, take } => {
-            let mut m = planned(&[*give], &mine, &shared.me, peer_id);
-            m.extend(planned(&[*take], &theirs, peer_id, &shared.me));
+            let mut m = planned(&[*give], &mine, &ctx.me, peer_id);
+            m.extend(planned(&[*take], &theirs, peer_id, &ctx.me));
             m
         }
         Decision::Stay(_) => Vec::new(),
     };
-    if shared.cfg.balancing.dry_run && !record.moves.is_empty() {
-        let _ = call(shared, peer, SessionRequest::Close { session }).await;
+    if ctx.cfg.balancing.dry_run && !record.moves.is_empty() {
+        let _ = call(ctx, peer, SessionRequest::Close { session }).await;
         let what = match decision {
             Decision::Send(_) => PlanKind::Send,
             Decision::Receive(_) => PlanKind::Receive,
@@ -312,13 +284,13 @@ async fn negotiate(
     }
     match decision {
         Decision::Send(_) => {
-            let _ = call(shared, peer, SessionRequest::Close { session }).await;
-            queue_sends(shared, movers, &record.moves, peer_id);
+            let _ = call(ctx, peer, SessionRequest::Close { session }).await;
+            queue_sends(ctx, &record.moves, peer_id);
             SessionOutcome::Moved(PlanKind::Send)
         }
         Decision::Receive(_) => {
             let vms = record.moves.iter().map(|m| m.vm.clone()).collect();
-            match call(shared, peer, SessionRequest::Pull { session, vms }).await {
+            match call(ctx, peer, SessionRequest::Pull { session, vms }).await {
                 Ok(SessionResponse::Done) => SessionOutcome::Moved(PlanKind::Receive),
                 Ok(other) => SessionOutcome::Failed(format!("pull answered {other:?}")),
                 Err(e) => SessionOutcome::Failed(e),
@@ -328,31 +300,31 @@ async fn negotiate(
             // Two independent handoffs, each one crash-safe on its own: this node hands
             // `give` over, the peer hands `take` back (a pull). If one fails, the pair is
             // merely less balanced until a later round.
-            queue_sends(shared, movers, &record.moves[..1], peer_id);
+            queue_sends(ctx, &record.moves[..1], peer_id);
             let vms = vec![record.moves[1].vm.clone()];
-            match call(shared, peer, SessionRequest::Pull { session, vms }).await {
+            match call(ctx, peer, SessionRequest::Pull { session, vms }).await {
                 Ok(SessionResponse::Done) => SessionOutcome::Moved(PlanKind::Swap),
                 Ok(other) => SessionOutcome::Failed(format!("swap pull answered {other:?}")),
                 Err(e) => SessionOutcome::Failed(e),
             }
         }
         Decision::Stay(why) => {
-            let _ = call(shared, peer, SessionRequest::Close { session }).await;
+            let _ = call(ctx, peer, SessionRequest::Close { session }).await;
             SessionOutcome::Stay(why)
         }
     }
 }
 
 /// Queues a handoff of each of `moves` (VMs of this node) to `to`.
-fn queue_sends(shared: &Shared, movers: &mpsc::Sender<MoveJob>, moves: &[PlannedVm], to: &NodeId) {
+fn queue_sends(ctx: &AgentContext, moves: &[PlannedVm], to: &NodeId) {
     for m in moves {
         let job = MoveJob {
             vm: m.vm.clone(),
             to: to.clone(),
             forced: false,
         };
-        if movers.try_send(job).is_ok() {
-            shared.moves_pending.fetch_add(1, Ordering::Relaxed);
+        if !ctx.moves.push(job) {
+            debug!(peer = %to, "mover queue full; planned move left for a later round");
         }
     }
 }

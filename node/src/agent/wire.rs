@@ -212,7 +212,7 @@ pub enum AdminRequest {
     },
     /// Moves a VM of this node to `to` now (ignores threshold, gain, pinning and
     /// cooldown) and answers when the source side resolved it, or `MoveUnderway` when
-    /// that takes longer than most of `gossip.rpc_timeout_ms`.
+    /// that takes longer than most of `gossip.rpc_timeout`.
     MoveVm {
         /// The VM.
         vm: VmId,

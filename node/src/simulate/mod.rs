@@ -15,6 +15,7 @@ pub mod round;
 pub mod scenario;
 
 use crate::policy::PolicyConfig;
+use crate::units::Millis;
 use rand::{
     rngs::{SmallRng, StdRng},
     Rng, SeedableRng,
@@ -31,7 +32,7 @@ pub fn default_sim_policy() -> PolicyConfig {
         threshold: 0.25,
         min_gain: 0.1,
         swap_min_gain: 0.25,
-        cooldown_ms: 0,
+        cooldown: Millis::ZERO,
         ..PolicyConfig::default()
     }
 }

@@ -1,6 +1,7 @@
 //! [`HandoffConfig`]: the machine's intervals and limits, and the planted bugs that let
 //! the model check prove it can fail.
 
+use crate::units::Millis;
 use serde::{Deserialize, Serialize};
 
 /// Intervals (milliseconds on the agent's clock) and limits of the handoff machine.
@@ -8,17 +9,23 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct HandoffConfig {
     /// Source: re-send `Prepare` this often while waiting for `Prepared`.
-    pub prepare_retry_ms: u64,
+    #[serde(alias = "prepare_retry_ms")]
+    pub prepare_retry: Millis,
     /// Source: abort if `Prepared` has not come this long after the first `Prepare`.
-    pub prepare_timeout_ms: u64,
+    #[serde(alias = "prepare_timeout_ms")]
+    pub prepare_timeout: Millis,
     /// Source: cancel and abort a migration still running after this long.
-    pub migrate_timeout_ms: u64,
+    #[serde(alias = "migrate_timeout_ms")]
+    pub migrate_timeout: Millis,
     /// Source, after its commit point: re-send `Commit` this often until `CommitAck`.
-    pub commit_retry_ms: u64,
+    #[serde(alias = "commit_retry_ms")]
+    pub commit_retry: Millis,
     /// Destination: ask the source for the outcome this often while waiting.
-    pub query_interval_ms: u64,
+    #[serde(alias = "query_interval_ms")]
+    pub query_interval: Millis,
     /// Re-run a failed store op after this long.
-    pub store_retry_ms: u64,
+    #[serde(alias = "store_retry_ms")]
+    pub store_retry: Millis,
     /// Most handoffs (either side, not counting settling records) at once; a `Prepare`
     /// beyond it is refused `Busy`, a move beyond it is not started.
     pub handoffs_max: usize,
@@ -41,12 +48,12 @@ pub struct HandoffConfig {
 impl Default for HandoffConfig {
     fn default() -> Self {
         Self {
-            prepare_retry_ms: 1_000,
-            prepare_timeout_ms: 10_000,
-            migrate_timeout_ms: 600_000,
-            commit_retry_ms: 1_000,
-            query_interval_ms: 2_000,
-            store_retry_ms: 500,
+            prepare_retry: Millis::new(1_000),
+            prepare_timeout: Millis::new(10_000),
+            migrate_timeout: Millis::new(600_000),
+            commit_retry: Millis::new(1_000),
+            query_interval: Millis::new(2_000),
+            store_retry: Millis::new(500),
             handoffs_max: 16,
             outgoing_max: 16,
             incoming_max: 16,

@@ -6,7 +6,7 @@ use super::state::{AfterPrepare, Handoff, Phase};
 #[cfg(feature = "planted-bugs")]
 use super::PlantedBug;
 use super::{
-    AbortReason, CallKind, DriverAction, HandoffMsg, Handoffs, IgnoreReason, Millis, Notice,
+    AbortReason, CallKind, ClockMs, DriverAction, HandoffMsg, Handoffs, IgnoreReason, Notice,
     Payload, RefuseReason, Role, StoreOp, StoreOutcome, StoreRefusal, TimerKind,
 };
 use crate::hypervisor::MigrationTarget;
@@ -15,7 +15,7 @@ use crate::types::{NodeId, VmId};
 impl Handoffs {
     pub(super) fn on_prepare(
         &mut self,
-        _now: Millis,
+        _now: ClockMs,
         from: &NodeId,
         vm: VmId,
         epoch: u64,
@@ -107,7 +107,7 @@ impl Handoffs {
 
     pub(super) fn on_prepare_done(
         &mut self,
-        now: Millis,
+        now: ClockMs,
         vm: VmId,
         epoch: u64,
         result: Result<MigrationTarget, bool>,
@@ -151,7 +151,7 @@ impl Handoffs {
             },
         };
         self.send(&peer, msg);
-        let interval = self.config.query_interval_ms;
+        let interval = self.config.query_interval.get();
         self.arm(now, &vm, epoch, TimerKind::Query, interval);
     }
 
@@ -160,7 +160,7 @@ impl Handoffs {
     /// A aborted), so the answer is an idempotent `CommitAck`.
     pub(super) fn on_commit(
         &mut self,
-        _now: Millis,
+        _now: ClockMs,
         from: &NodeId,
         vm: VmId,
         epoch: u64,
@@ -304,7 +304,7 @@ impl Handoffs {
 
     /// B's periodic question while it waits. (With `PlantedBug::PromoteOnTimeout` B
     /// wrongly decides alone instead.)
-    pub(super) fn on_query_timer(&mut self, now: Millis, vm: VmId, epoch: u64) {
+    pub(super) fn on_query_timer(&mut self, now: ClockMs, vm: VmId, epoch: u64) {
         #[cfg(feature = "planted-bugs")]
         let bug = self.config.planted_bug;
         let Some(h) = self.active_at(&vm, epoch) else {
@@ -325,7 +325,7 @@ impl Handoffs {
                 epoch,
             },
         );
-        let interval = self.config.query_interval_ms;
+        let interval = self.config.query_interval.get();
         self.arm(now, &vm, epoch, TimerKind::Query, interval);
     }
 

@@ -13,7 +13,7 @@ use crate::hypervisor::MigrationTarget;
 use crate::types::{NodeId, ScheduleEntry, VmId, VmState};
 
 /// Time in milliseconds on the agent's monotonic clock, passed in with every input.
-pub type Millis = u64;
+pub type ClockMs = u64;
 
 /// One thing for the agent to do.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -36,7 +36,7 @@ pub enum Effect {
         /// The timer.
         timer: Timer,
         /// When it fires.
-        at: Millis,
+        at: ClockMs,
     },
     /// Something happened that the agent logs or counts; nothing to execute.
     Notify(Notice),

@@ -2,7 +2,7 @@
 //!
 //! This module imports no clock or randomness, and its crate (`ballast-core`) has no
 //! async runtime, store or network among its dependencies. Time is an argument
-//! (`now: Millis`), timers are values carrying the epoch they were armed for, and every
+//! (`now: ClockMs`), timers are values carrying the epoch they were armed for, and every
 //! store write, message, driver call and timer is an [`Effect`] the agent executes. One
 //! [`Handoffs`] per node manages every handoff in which the node is source (A) or
 //! destination (B), keyed by VM. The same machine runs in the agent, in the unit
@@ -38,7 +38,7 @@ pub use config::HandoffConfig;
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
 pub use effects::{
-    CallKind, DriverAction, DriverCall, Effect, Millis, StoreOp, StoreOpKind, Timer, TimerKind,
+    CallKind, ClockMs, DriverAction, DriverCall, Effect, StoreOp, StoreOpKind, Timer, TimerKind,
 };
 pub use error::StartError;
 pub use events::{DriverOutcome, DriverReply, StoreOutcome, StoreRefusal};
@@ -247,7 +247,7 @@ impl Handoffs {
 
     /// A message from `from` (authenticated by the RPC layer). Invalid, stale and
     /// duplicate messages change nothing (an idempotent answer or an `Ignored` notice).
-    pub fn handle_message(&mut self, now: Millis, from: &NodeId, msg: HandoffMsg) {
+    pub fn handle_message(&mut self, now: ClockMs, from: &NodeId, msg: HandoffMsg) {
         if msg.validate().is_err() {
             self.ignore(msg.vm(), msg.epoch(), msg.kind(), IgnoreReason::Invalid);
             return;
@@ -278,7 +278,7 @@ impl Handoffs {
     }
 
     /// The result of a store effect (see [`StoreOutcome`] for the mapping).
-    pub fn handle_store(&mut self, now: Millis, op: StoreOp, outcome: StoreOutcome) {
+    pub fn handle_store(&mut self, now: ClockMs, op: StoreOp, outcome: StoreOutcome) {
         let _span = tracing::debug_span!("handoff", vm = %op.vm(), epoch = op.epoch()).entered();
         tracing::debug!(op = op.name(), ?outcome, "store result");
         if outcome == StoreOutcome::Failed && self.store_retry_applies(&op) {
@@ -288,7 +288,7 @@ impl Handoffs {
                 op.vm(),
                 op.epoch(),
                 TimerKind::StoreRetry,
-                self.config.store_retry_ms,
+                self.config.store_retry.get(),
             );
             return;
         }
@@ -304,7 +304,7 @@ impl Handoffs {
     }
 
     /// The result of a driver effect.
-    pub fn handle_driver(&mut self, now: Millis, reply: DriverReply) {
+    pub fn handle_driver(&mut self, now: ClockMs, reply: DriverReply) {
         let DriverReply { vm, epoch, outcome } = reply;
         let _span = tracing::debug_span!("handoff", vm = %vm, epoch).entered();
         match outcome {
@@ -322,7 +322,7 @@ impl Handoffs {
     }
 
     /// A timer armed earlier has come due. A timer whose step has passed does nothing.
-    pub fn handle_timer(&mut self, now: Millis, timer: Timer) {
+    pub fn handle_timer(&mut self, now: ClockMs, timer: Timer) {
         let Timer { vm, epoch, kind } = timer;
         let _span = tracing::debug_span!("handoff", vm = %vm, epoch).entered();
         match kind {
@@ -360,7 +360,7 @@ impl Handoffs {
         }));
     }
 
-    fn arm(&mut self, now: Millis, vm: &VmId, epoch: u64, kind: TimerKind, after_ms: u64) {
+    fn arm(&mut self, now: ClockMs, vm: &VmId, epoch: u64, kind: TimerKind, after_ms: u64) {
         let timer = Timer {
             vm: vm.clone(),
             epoch,

@@ -9,7 +9,7 @@
 
 use super::state::{AfterPrepare, Handoff, Phase, SettleStep};
 use super::{
-    AbortReason, DriverAction, HandoffConfig, HandoffMsg, Handoffs, IgnoreReason, Millis, Payload,
+    AbortReason, ClockMs, DriverAction, HandoffConfig, HandoffMsg, Handoffs, IgnoreReason, Payload,
     StoreOp, TimerKind,
 };
 use crate::hypervisor::MigrationStatus;
@@ -24,7 +24,7 @@ impl Handoffs {
     pub fn start(
         me: NodeId,
         config: HandoffConfig,
-        now: Millis,
+        now: ClockMs,
         entries: impl IntoIterator<Item = ScheduleEntry>,
         transferred: impl IntoIterator<Item = Transferred>,
     ) -> Self {
@@ -46,7 +46,7 @@ impl Handoffs {
         machine
     }
 
-    fn recover_entry(&mut self, now: Millis, entry: ScheduleEntry) {
+    fn recover_entry(&mut self, now: ClockMs, entry: ScheduleEntry) {
         let payload = Payload::of_entry(&entry);
         let vm = entry.vm;
         match entry.state {
@@ -72,7 +72,7 @@ impl Handoffs {
                         epoch,
                     },
                 );
-                let interval = self.config.query_interval_ms;
+                let interval = self.config.query_interval.get();
                 self.arm(now, &vm, epoch, TimerKind::Query, interval);
                 self.active.insert(
                     vm,
@@ -110,7 +110,7 @@ impl Handoffs {
     /// incoming VM, else abort. As source of a move to `node`, abort before the commit
     /// point; after it, forget the record without quitting the paused copy (the VM went
     /// with `node`; the copy is kept for the operator and reported as orphaned).
-    pub fn handle_forget(&mut self, _now: Millis, node: &NodeId) {
+    pub fn handle_forget(&mut self, _now: ClockMs, node: &NodeId) {
         tracing::warn!(node = %node, "operator forgot node; resolving its handoffs alone");
         let vms: Vec<(VmId, u64)> = self
             .active

@@ -3,7 +3,7 @@
 
 use super::state::{Handoff, Phase, SettleStep, Settling};
 use super::{
-    AbortReason, CallKind, DriverAction, HandoffMsg, Handoffs, IgnoreReason, Millis, Notice,
+    AbortReason, CallKind, ClockMs, DriverAction, HandoffMsg, Handoffs, IgnoreReason, Notice,
     Outcome, Payload, RefuseReason, Role, StartError, StoreOp, StoreOutcome, TimerKind,
 };
 use crate::hypervisor::MigrationTarget;
@@ -16,7 +16,7 @@ impl Handoffs {
     /// `begin_migrate_out`; the move goes on when its result comes back.
     pub fn start_move(
         &mut self,
-        now: Millis,
+        now: ClockMs,
         entry: &ScheduleEntry,
         to: NodeId,
         highest_epoch: u64,
@@ -62,7 +62,7 @@ impl Handoffs {
         Ok(epoch)
     }
 
-    pub(super) fn on_begun(&mut self, now: Millis, vm: VmId, epoch: u64, outcome: StoreOutcome) {
+    pub(super) fn on_begun(&mut self, now: ClockMs, vm: VmId, epoch: u64, outcome: StoreOutcome) {
         let Some(h) = self.active_at(&vm, epoch) else {
             return self.ignore(&vm, epoch, "begin_migrate_out", IgnoreReason::Unknown);
         };
@@ -92,12 +92,15 @@ impl Handoffs {
                 payload,
             },
         );
-        let (retry, deadline) = (self.config.prepare_retry_ms, self.config.prepare_timeout_ms);
+        let (retry, deadline) = (
+            self.config.prepare_retry.get(),
+            self.config.prepare_timeout.get(),
+        );
         self.arm(now, &vm, epoch, TimerKind::PrepareRetry, retry);
         self.arm(now, &vm, epoch, TimerKind::PrepareDeadline, deadline);
     }
 
-    pub(super) fn on_prepare_retry(&mut self, now: Millis, vm: VmId, epoch: u64) {
+    pub(super) fn on_prepare_retry(&mut self, now: ClockMs, vm: VmId, epoch: u64) {
         let Some(Handoff {
             peer,
             phase: Phase::Preparing { payload },
@@ -113,7 +116,7 @@ impl Handoffs {
         };
         let peer = peer.clone();
         self.send(&peer, msg);
-        let retry = self.config.prepare_retry_ms;
+        let retry = self.config.prepare_retry.get();
         self.arm(now, &vm, epoch, TimerKind::PrepareRetry, retry);
     }
 
@@ -127,7 +130,7 @@ impl Handoffs {
 
     pub(super) fn on_prepared(
         &mut self,
-        now: Millis,
+        now: ClockMs,
         from: &NodeId,
         vm: VmId,
         epoch: u64,
@@ -141,7 +144,7 @@ impl Handoffs {
         }
         h.phase = Phase::Migrating;
         self.call(&vm, epoch, DriverAction::MigrateOut { target });
-        let deadline = self.config.migrate_timeout_ms;
+        let deadline = self.config.migrate_timeout.get();
         self.arm(now, &vm, epoch, TimerKind::MigrateDeadline, deadline);
     }
 
@@ -244,7 +247,7 @@ impl Handoffs {
     /// (bounded interval, unbounded count) until `CommitAck`.
     pub(super) fn on_committed(
         &mut self,
-        now: Millis,
+        now: ClockMs,
         vm: VmId,
         epoch: u64,
         outcome: StoreOutcome,
@@ -270,7 +273,7 @@ impl Handoffs {
     }
 
     /// Records a settling source handoff and sends the first `Commit`.
-    pub(super) fn begin_settling(&mut self, now: Millis, vm: VmId, epoch: u64, peer: NodeId) {
+    pub(super) fn begin_settling(&mut self, now: ClockMs, vm: VmId, epoch: u64, peer: NodeId) {
         self.send(
             &peer,
             HandoffMsg::Commit {
@@ -278,7 +281,7 @@ impl Handoffs {
                 epoch,
             },
         );
-        let retry = self.config.commit_retry_ms;
+        let retry = self.config.commit_retry.get();
         self.arm(now, &vm, epoch, TimerKind::CommitRetry, retry);
         self.settling.insert(
             (vm, epoch),
@@ -289,7 +292,7 @@ impl Handoffs {
         );
     }
 
-    pub(super) fn on_commit_retry(&mut self, now: Millis, vm: VmId, epoch: u64) {
+    pub(super) fn on_commit_retry(&mut self, now: ClockMs, vm: VmId, epoch: u64) {
         let Some(s) = self.settling.get(&(vm.clone(), epoch)) else {
             return;
         };
@@ -304,7 +307,7 @@ impl Handoffs {
                 epoch,
             },
         );
-        let retry = self.config.commit_retry_ms;
+        let retry = self.config.commit_retry.get();
         self.arm(now, &vm, epoch, TimerKind::CommitRetry, retry);
     }
 

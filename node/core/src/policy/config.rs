@@ -1,5 +1,6 @@
 //! The policy's configuration; every field has a default chosen with `ballast simulate`.
 
+use crate::units::Millis;
 use serde::{Deserialize, Serialize};
 
 /// Which side of a pair hands VMs over.
@@ -37,7 +38,8 @@ pub struct PolicyConfig {
     /// A move must lower the pair's larger load by at least this much (hysteresis).
     pub min_gain: f64,
     /// A VM that moved is not moved again for this long, in milliseconds.
-    pub cooldown_ms: u64,
+    #[serde(alias = "cooldown_ms")]
+    pub cooldown: Millis,
     /// How many moves one session may plan, each by the nearest-half-difference rule
     /// applied to the loads the previous moves leave.
     pub max_moves_per_session: usize,
@@ -61,7 +63,7 @@ impl Default for PolicyConfig {
         Self {
             threshold: 0.02,
             min_gain: 0.005,
-            cooldown_ms: 60_000,
+            cooldown: Millis::new(60_000),
             max_moves_per_session: 8,
             sender: Sender::Busier,
             peer_choice: PeerChoice::MostDifferent,

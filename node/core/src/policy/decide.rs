@@ -284,7 +284,7 @@ fn nearest_half<'c>(
 fn eligible(c: &Candidate, free_mem_bytes: u64, now_ms: u64, cfg: &PolicyConfig) -> bool {
     let cooling = c
         .last_moved_ms
-        .is_some_and(|t| now_ms.saturating_sub(t) < cfg.cooldown_ms);
+        .is_some_and(|t| now_ms.saturating_sub(t) < cfg.cooldown.get());
     !c.pinned
         && !cooling
         && c.mem_bytes <= free_mem_bytes

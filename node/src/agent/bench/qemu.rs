@@ -12,13 +12,14 @@
 
 use super::super::admin_client::AdminClient;
 use super::super::runtime::Agent;
-use super::{agent_config, free_port, percentile, settle, setup, BenchError, TempDir};
+use super::{agent_config, bound_socket, percentile, settle, setup, BenchError, TempDir};
 use crate::config::{AgentConfig, DriverKind};
 use crate::driver::qemu::bench::{
     incoming_resumed_at, ms_between, tap_args, BareMigrations, EventTap, QmpMigrateTiming,
 };
 use crate::driver::qemu::guest::{demo_spec, write_boot_image};
 use crate::driver::qemu::{QemuConfig, QemuDriver};
+use crate::units::Millis;
 use ballast_gossip::{create_ca, issue_admin_cert, issue_node_cert, save_cert_bundle};
 use ballast_store::{LoadFactors, NodeId, VmId, VmSpec};
 use serde::Serialize;
@@ -55,7 +56,7 @@ pub struct QemuHandoffBenchOptions {
 impl Default for QemuHandoffBenchOptions {
     fn default() -> Self {
         let mut qemu = QemuConfig::default();
-        qemu.timeouts.poll_ms = BENCH_POLL_MS;
+        qemu.timeouts.poll = Millis::new(BENCH_POLL_MS);
         Self {
             moves: 5,
             memory_mib: 128,
@@ -128,8 +129,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     percentile(&v, 0.5)
 }
 
-fn run_err<E: std::fmt::Display>(e: E) -> BenchError {
-    BenchError::Run(e.to_string())
+fn run_err(e: impl Into<super::Cause>) -> BenchError {
+    BenchError::Run(e.into())
 }
 
 /// Ports of a side (`i` = 0, 1 or 2), below the usual ephemeral range.
@@ -229,7 +230,7 @@ pub async fn bench_handoff_qemu(
         ratio: ratio(qmp),
         added_ms: handoff - qmp,
         ratio_migrate_only: ratio(migrate_only),
-        poll_ms: opts.qemu.timeouts.poll_ms,
+        poll_ms: opts.qemu.timeouts.poll.get(),
         aborted: moves.aborted,
     })
 }
@@ -251,7 +252,7 @@ fn qemu_agent_config(
         .extra_args
         .extend(tap_args(&tap_of(state_dir)));
     // Should a resume fail, reconciliation retries it before the next move.
-    c.reconcile.interval_ms = RECONCILE_MS;
+    c.reconcile.interval = Millis::new(RECONCILE_MS);
     c
 }
 
@@ -284,13 +285,14 @@ async fn agent_moves(
 ) -> Result<(Moves, Vec<QmpMigrateTiming>), BenchError> {
     let ca = create_ca("bench").map_err(setup)?;
     let admin = issue_admin_cert(&ca, "bench").map_err(setup)?;
-    let (pa, pb) = (free_port()?, free_port()?);
+    let ((sa, pa), (sb, pb)) = (bound_socket()?, bound_socket()?);
     let mut agents = Vec::new();
-    for (side, (id, listen, seed)) in [("a", pa, pb), ("b", pb, pa)].into_iter().enumerate() {
+    let sides = [("a", sa, pa, pb), ("b", sb, pb, pa)];
+    for (side, (id, socket, listen, seed)) in sides.into_iter().enumerate() {
         let cert = issue_node_cert(&ca, id, &[]).map_err(setup)?;
         let cfg = qemu_agent_config(opts, dir, id, listen, seed, &states[side], side as u16);
         save_cert_bundle(&cert, &cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca_cert).map_err(setup)?;
-        match Agent::start(cfg).await {
+        match Agent::start_on(cfg, Some(socket)).await {
             Ok(agent) => agents.push(agent),
             Err(e) => {
                 for a in agents {

@@ -1,5 +1,6 @@
 //! Configuration of the `exec` driver: the `[driver.exec]` section of the agent's TOML.
 
+use ballast_core::units::Millis;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,17 +19,22 @@ pub struct ExecConfig {
     pub working_dir: Option<PathBuf>,
     /// How long the plugin may take to answer one request, in milliseconds. Past it the
     /// plugin counts as hung: it is killed and restarted on the next call.
-    pub timeout_ms: u64,
+    #[serde(alias = "timeout_ms")]
+    pub timeout: Millis,
     /// The same limit for `migrate_out`, which lasts as long as the transfer.
-    pub migrate_timeout_ms: u64,
+    #[serde(alias = "migrate_timeout_ms")]
+    pub migrate_timeout: Millis,
     /// The same limit for the `hello` handshake of a freshly started plugin (an
     /// interpreter may take a while to start on a busy host).
-    pub hello_timeout_ms: u64,
+    #[serde(alias = "hello_timeout_ms")]
+    pub hello_timeout: Millis,
     /// Wait before restarting a plugin that failed, in milliseconds; doubled after each
     /// further failure in a row, up to `restart_backoff_max_ms`.
-    pub restart_backoff_ms: u64,
+    #[serde(alias = "restart_backoff_ms")]
+    pub restart_backoff: Millis,
     /// Upper bound of the restart wait, in milliseconds.
-    pub restart_backoff_max_ms: u64,
+    #[serde(alias = "restart_backoff_max_ms")]
+    pub restart_backoff_max: Millis,
     /// Longest line accepted from (or sent to) the plugin, in bytes.
     pub max_line_bytes: usize,
     /// Most requests in flight at once; further calls wait (within their timeout).
@@ -41,11 +47,11 @@ impl Default for ExecConfig {
             command: Vec::new(),
             env: BTreeMap::new(),
             working_dir: None,
-            timeout_ms: 30_000,
-            migrate_timeout_ms: 600_000,
-            hello_timeout_ms: 30_000,
-            restart_backoff_ms: 500,
-            restart_backoff_max_ms: 30_000,
+            timeout: Millis::new(30_000),
+            migrate_timeout: Millis::new(600_000),
+            hello_timeout: Millis::new(30_000),
+            restart_backoff: Millis::new(500),
+            restart_backoff_max: Millis::new(30_000),
             max_line_bytes: 1 << 20,
             max_in_flight: 64,
         }
@@ -55,15 +61,15 @@ impl Default for ExecConfig {
 impl ExecConfig {
     /// [`Self::timeout_ms`] as a duration.
     pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms.max(1))
+        Duration::from_millis(self.timeout.get().max(1))
     }
     /// [`Self::hello_timeout_ms`] as a duration.
     pub fn hello_timeout(&self) -> Duration {
-        Duration::from_millis(self.hello_timeout_ms.max(1))
+        Duration::from_millis(self.hello_timeout.get().max(1))
     }
     /// [`Self::migrate_timeout_ms`] as a duration.
     pub fn migrate_timeout(&self) -> Duration {
-        Duration::from_millis(self.migrate_timeout_ms.max(1))
+        Duration::from_millis(self.migrate_timeout.get().max(1))
     }
     /// The wait before the next restart after `failures` failures in a row.
     pub fn backoff(&self, failures: u32) -> Duration {
@@ -71,8 +77,8 @@ impl ExecConfig {
             return Duration::ZERO;
         }
         let shift = (failures - 1).min(20);
-        let ms = self.restart_backoff_ms.saturating_mul(1 << shift);
-        Duration::from_millis(ms.min(self.restart_backoff_max_ms))
+        let ms = self.restart_backoff.get().saturating_mul(1 << shift);
+        Duration::from_millis(ms.min(self.restart_backoff_max.get()))
     }
 }
 
@@ -86,10 +92,10 @@ mod tests {
             toml::from_str("command = [\"python3\", \"plugin.py\"]\ntimeout_ms = 5\n")
                 .expect("parse");
         assert_eq!(c.command, ["python3", "plugin.py"]);
-        assert_eq!(c.timeout_ms, 5);
+        assert_eq!(c.timeout.get(), 5);
         assert_eq!(
-            c.restart_backoff_ms,
-            ExecConfig::default().restart_backoff_ms
+            c.restart_backoff.get(),
+            ExecConfig::default().restart_backoff.get()
         );
         assert!(toml::from_str::<ExecConfig>("comand = []").is_err());
         assert_eq!(c.backoff(0), Duration::ZERO);

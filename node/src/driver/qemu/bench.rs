@@ -312,7 +312,7 @@ impl BareMigrations {
                 .map_err(|e| DriverError::Protocol(format!("bench task: {e}")))??;
             let t1 = Instant::now();
             let params = qmp::MigrateSetParameters {
-                downtime_limit: Some(cfg.downtime_limit_ms),
+                downtime_limit: Some(cfg.downtime_limit.get()),
                 max_bandwidth: (cfg.bandwidth_mbps > 0)
                     .then(|| cfg.bandwidth_mbps.saturating_mul(125_000)),
             };

@@ -3,6 +3,7 @@
 //! Every field has a default, so an empty section is valid; unknown keys are refused so a
 //! typo does not silently fall back to a default.
 
+use ballast_core::units::Millis;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,25 +27,30 @@ pub enum Accel {
 #[serde(default, deny_unknown_fields)]
 pub struct QemuTimeouts {
     /// One QMP command (connect, greeting, reply).
-    pub qmp_ms: u64,
+    #[serde(alias = "qmp_ms")]
+    pub qmp: Millis,
     /// Launching a QEMU process until its QMP socket listens.
-    pub start_ms: u64,
+    #[serde(alias = "start_ms")]
+    pub start: Millis,
     /// A graceful `quit` before the process is killed.
-    pub stop_ms: u64,
+    #[serde(alias = "stop_ms")]
+    pub stop: Millis,
     /// A whole outgoing migration; past it the migration is cancelled.
-    pub migration_ms: u64,
+    #[serde(alias = "migration_ms")]
+    pub migration: Millis,
     /// Interval between two `query-migrate` polls during a migration.
-    pub poll_ms: u64,
+    #[serde(alias = "poll_ms")]
+    pub poll: Millis,
 }
 
 impl Default for QemuTimeouts {
     fn default() -> Self {
         Self {
-            qmp_ms: 5_000,
-            start_ms: 30_000,
-            stop_ms: 10_000,
-            migration_ms: 600_000,
-            poll_ms: 50,
+            qmp: Millis::new(5_000),
+            start: Millis::new(30_000),
+            stop: Millis::new(10_000),
+            migration: Millis::new(600_000),
+            poll: Millis::new(50),
         }
     }
 }
@@ -52,23 +58,23 @@ impl Default for QemuTimeouts {
 impl QemuTimeouts {
     /// [`Self::qmp_ms`] as a duration.
     pub fn qmp(&self) -> Duration {
-        Duration::from_millis(self.qmp_ms.max(1))
+        Duration::from_millis(self.qmp.get().max(1))
     }
     /// [`Self::start_ms`] as a duration.
     pub fn start(&self) -> Duration {
-        Duration::from_millis(self.start_ms.max(1))
+        Duration::from_millis(self.start.get().max(1))
     }
     /// [`Self::stop_ms`] as a duration.
     pub fn stop(&self) -> Duration {
-        Duration::from_millis(self.stop_ms.max(1))
+        Duration::from_millis(self.stop.get().max(1))
     }
     /// [`Self::migration_ms`] as a duration.
     pub fn migration(&self) -> Duration {
-        Duration::from_millis(self.migration_ms.max(1))
+        Duration::from_millis(self.migration.get().max(1))
     }
     /// [`Self::poll_ms`] as a duration.
     pub fn poll(&self) -> Duration {
-        Duration::from_millis(self.poll_ms.max(1))
+        Duration::from_millis(self.poll.get().max(1))
     }
 }
 
@@ -94,7 +100,8 @@ pub struct QemuConfig {
     /// Inclusive range of TCP ports for incoming migrations, `[first, last]`.
     pub port_range: [u16; 2],
     /// Maximum downtime of a live migration (QMP `downtime-limit`), in milliseconds.
-    pub downtime_limit_ms: u64,
+    #[serde(alias = "downtime_limit_ms")]
+    pub downtime_limit: Millis,
     /// Bandwidth cap of a live migration (QMP `max-bandwidth`) in megabits per second;
     /// 0 keeps QEMU's default.
     pub bandwidth_mbps: u64,
@@ -115,7 +122,7 @@ impl Default for QemuConfig {
             accel: Accel::Auto,
             migration_host: "127.0.0.1".to_owned(),
             port_range: [30_100, 30_199],
-            downtime_limit_ms: 300,
+            downtime_limit: Millis::new(300),
             bandwidth_mbps: 1_000,
             extra_args: Vec::new(),
             disk_interface: "virtio".to_owned(),
@@ -141,8 +148,8 @@ mod tests {
                 .expect("parse");
         assert_eq!(c.accel, Accel::Tcg);
         assert_eq!(c.port_range, [5000, 5010]);
-        assert_eq!(c.timeouts.qmp_ms, 7);
-        assert_eq!(c.timeouts.poll_ms, QemuTimeouts::default().poll_ms);
+        assert_eq!(c.timeouts.qmp.get(), 7);
+        assert_eq!(c.timeouts.poll.get(), QemuTimeouts::default().poll.get());
         assert!(toml::from_str::<QemuConfig>("acel = \"tcg\"").is_err());
         assert!(toml::from_str::<QemuConfig>("accel = \"xen\"").is_err());
     }

@@ -200,7 +200,7 @@ impl QemuDriver {
             return Ok(());
         }
         let params = qmp::MigrateSetParameters {
-            downtime_limit: Some(self.cfg.downtime_limit_ms),
+            downtime_limit: Some(self.cfg.downtime_limit.get()),
             max_bandwidth: (self.cfg.bandwidth_mbps > 0)
                 .then(|| self.cfg.bandwidth_mbps.saturating_mul(125_000)),
         };

@@ -172,7 +172,7 @@ impl QemuDriver {
                     vm: vm.clone(),
                     reason: format!(
                         "not done within {} ms; cancelled",
-                        self.cfg.timeouts.migration_ms
+                        self.cfg.timeouts.migration.get()
                     ),
                 });
             }

@@ -1,5 +1,6 @@
 //! The sim driver's configuration (the `[driver.sim]` section of the agent's TOML).
 
+use ballast_core::units::Millis;
 use ballast_core::units::Probability;
 use ballast_store::NodeId;
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// How long the transfer phase of a migration lasts (the VM keeps running on the
     /// source meanwhile), milliseconds. Default 200.
-    pub migration_ms: u64,
+    #[serde(alias = "migration_ms")]
+    pub migration: Millis,
     /// Probability that a migration fails (before its switchover). Default 0.
     pub fail_prob: Probability,
     /// The next this many migrations fail (before their switchover). Default 0.
@@ -49,7 +51,7 @@ impl Default for SimConfig {
             state_dir: PathBuf::from("sim-state"),
             host: NodeId::from(""),
             seed: 0,
-            migration_ms: 200,
+            migration: Millis::new(200),
             fail_prob: Probability::NEVER,
             fail_next: 0,
             mode: SimMode::InProcess,
@@ -67,7 +69,7 @@ mod tests {
         let c: SimConfig = toml::from_str("host = \"h1\"\nmode = \"process\"\n").unwrap();
         assert_eq!(c.host, NodeId::from("h1"));
         assert_eq!(c.mode, SimMode::Process);
-        assert_eq!(c.migration_ms, 200);
+        assert_eq!(c.migration.get(), 200);
         assert!(toml::from_str::<SimConfig>("bogus = 1").is_err());
     }
 }

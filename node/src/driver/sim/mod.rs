@@ -262,7 +262,11 @@ impl SimDriver {
         vm: &VmId,
         progress: &(dyn Fn(MigrationProgress) + Send + Sync),
     ) -> Result<(), DriverError> {
-        let limit = Duration::from_millis(self.config.migration_ms).saturating_add(MIGRATE_SLACK);
+        let limit = self
+            .config
+            .migration
+            .duration()
+            .saturating_add(MIGRATE_SLACK);
         let deadline = tokio::time::Instant::now() + limit;
         let mut last = None;
         // The VM answers as soon as the status changes (or after POLL, for progress).
@@ -391,7 +395,7 @@ impl Driver for SimDriver {
         }
         let req = VmRequest::Migrate {
             target: target.0.clone(),
-            duration_ms: self.config.migration_ms,
+            duration_ms: self.config.migration.get(),
             fail: self.draw_failure(),
         };
         self.call_unit(vm, req).await?;

@@ -20,8 +20,8 @@ pub use invariants::Violation;
 pub use store::{Held, MemEntry, MemStore};
 
 use super::{
-    CallKind, DriverAction, DriverCall, DriverOutcome, DriverReply, Effect, HandoffConfig,
-    HandoffMsg, Handoffs, Millis, Notice, Payload, StartError, StoreOutcome, Timer,
+    CallKind, ClockMs, DriverAction, DriverCall, DriverOutcome, DriverReply, Effect, HandoffConfig,
+    HandoffMsg, Handoffs, Notice, Payload, StartError, StoreOutcome, Timer,
 };
 use crate::hypervisor::{MigrationStatus, MigrationTarget};
 use crate::types::{NodeId, VmId};
@@ -73,7 +73,7 @@ pub struct SimNode {
     /// Driver calls running.
     pub calls: Vec<Call>,
     /// Armed timers.
-    pub timers: BTreeSet<(Millis, Timer)>,
+    pub timers: BTreeSet<(ClockMs, Timer)>,
     /// The durable store.
     pub store: MemStore,
     /// The hypervisor (survives agent crashes).
@@ -127,7 +127,7 @@ pub enum SimAction {
         /// Node index.
         node: usize,
         /// When it was due.
-        at: Millis,
+        at: ClockMs,
         /// The timer.
         timer: Timer,
     },
@@ -166,7 +166,7 @@ pub struct World {
     /// Most messages in flight; a send beyond it is lost.
     pub net_capacity: usize,
     /// The clock (stays 0 unless `clocked`).
-    pub now: Millis,
+    pub now: ClockMs,
     /// Whether the network is a set: a message identical to one in flight is merged
     /// with it (the model's reduction; duplication is then an explicit fault).
     pub net_dedup: bool,
@@ -429,7 +429,7 @@ impl World {
             .enumerate()
             .filter(|(i, _)| self.can_input(*i))
             .flat_map(|(node, n)| n.timers.iter().map(move |(at, t)| (*at, node, t)));
-        let mut push = |(at, node, timer): (Millis, usize, &Timer)| {
+        let mut push = |(at, node, timer): (ClockMs, usize, &Timer)| {
             out.push(SimAction::Fire {
                 node,
                 at,
@@ -609,7 +609,7 @@ impl World {
         self.after_input(env.to);
     }
 
-    fn fire(&mut self, node: usize, at: Millis, timer: &Timer) {
+    fn fire(&mut self, node: usize, at: ClockMs, timer: &Timer) {
         let n = &mut self.nodes[node];
         if !n.timers.remove(&(at, timer.clone())) {
             return;

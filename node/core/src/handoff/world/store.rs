@@ -2,7 +2,7 @@
 //! same preconditions, idempotence and epoch rules. Everything in it counts as durable:
 //! a simulated crash keeps it whole.
 
-use crate::handoff::{Millis, Payload, StoreOp, StoreOutcome, StoreRefusal};
+use crate::handoff::{ClockMs, Payload, StoreOp, StoreOutcome, StoreRefusal};
 use crate::types::{NodeId, ScheduleEntry, Transferred, VmId, VmState};
 use std::collections::BTreeMap;
 
@@ -37,7 +37,7 @@ pub struct MemEntry {
     /// Spec and factors.
     pub payload: Payload,
     /// Time of the last move (the simulation's clock).
-    pub last_moved: Option<Millis>,
+    pub last_moved: Option<ClockMs>,
 }
 
 /// The durable state of one simulated node.
@@ -127,7 +127,7 @@ impl MemStore {
     }
 
     /// Runs one transition, as `ballast-store` would.
-    pub fn apply(&mut self, op: &StoreOp, now: Millis) -> StoreOutcome {
+    pub fn apply(&mut self, op: &StoreOp, now: ClockMs) -> StoreOutcome {
         use StoreOutcome::{Done, Refused};
         const WRONG: StoreOutcome = Refused(StoreRefusal::WrongState);
         const STALE: StoreOutcome = Refused(StoreRefusal::StaleEpoch);
