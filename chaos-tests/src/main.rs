@@ -10,7 +10,7 @@ use anyhow::Result;
 use ballast_chaos::model::{self, Bounds, HandoffModel};
 use ballast_chaos::run::plan::FaultKind;
 use ballast_chaos::run::{self as chaos_run, netns, RunConfig};
-use ballast_node::handoff::PlantedBug;
+use ballast_node::handoff::{PlantedBug, SourceCopy};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +58,10 @@ struct RunArgs {
     /// Plant a handoff bug in every agent, to see the checks fail.
     #[arg(long, value_enum, default_value_t = Bug::None)]
     plant_bug: Bug,
+    /// What the sim hypervisors leave of a source copy after the switchover: `kept`
+    /// (paused until the handoff finishes it) or `ended` (gone at once, as libvirt does).
+    #[arg(long, default_value = "kept")]
+    source_copy: SourceCopy,
     /// Bound on the settle phase after the faults, seconds (I3).
     #[arg(long, default_value_t = 60)]
     settle: u64,
@@ -116,6 +120,10 @@ struct ModelArgs {
     /// Let a VM move to any other node (default: only to the next node).
     #[arg(long)]
     any_destination: bool,
+    /// What the driver leaves of the source copy after the switchover: `kept` (QEMU over
+    /// QMP: paused until finished) or `ended` (libvirt: gone, the move must roll forward).
+    #[arg(long, default_value = "kept")]
+    source_copy: SourceCopy,
     /// Checker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -132,6 +140,7 @@ enum Bug {
     None,
     PromoteOnTimeout,
     AckBeforeDurable,
+    AbortAfterSwitchover,
 }
 
 impl From<Bug> for PlantedBug {
@@ -140,6 +149,7 @@ impl From<Bug> for PlantedBug {
             Bug::None => PlantedBug::None,
             Bug::PromoteOnTimeout => PlantedBug::PromoteOnTimeout,
             Bug::AckBeforeDurable => PlantedBug::AckBeforeDurable,
+            Bug::AbortAfterSwitchover => PlantedBug::AbortAfterSwitchover,
         }
     }
 }
@@ -193,6 +203,7 @@ fn run_chaos(args: RunArgs) -> Result<ExitCode> {
         vms: args.vms,
         faults: args.faults,
         plant_bug: args.plant_bug.into(),
+        source_copy: args.source_copy,
         settle: Duration::from_secs(args.settle),
         ballast_bin: args.ballast_bin.unwrap_or_else(default_ballast_bin),
         keep_dir: args.keep_dir,
@@ -239,8 +250,12 @@ fn run_model(args: ModelArgs) -> Result<ExitCode> {
             any_destination: args.any_destination,
         },
         bug: args.bug.into(),
+        source_copy: args.source_copy,
     };
-    println!("model: {:?}, planted bug {:?}", model.bounds, model.bug);
+    println!(
+        "model: {:?}, planted bug {:?}, source copy after switchover: {}",
+        model.bounds, model.bug, model.source_copy
+    );
     let report = model::run(
         model,
         args.threads,

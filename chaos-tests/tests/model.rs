@@ -7,7 +7,7 @@
 //! unoptimized build explores states about ten times slower.
 
 use ballast_chaos::model::{self, Bounds, HandoffModel, COMMITS, I1, I2};
-use ballast_node::handoff::PlantedBug;
+use ballast_node::handoff::{PlantedBug, SourceCopy};
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,14 +22,26 @@ fn small() -> Bounds {
 
 #[test]
 fn model_check_finds_no_violation_and_a_commit() {
+    for source_copy in SourceCopy::ALL.iter().copied() {
+        check_clean(source_copy);
+    }
+}
+
+/// The correct machine over hypervisors that keep (QEMU) or end (libvirt) the source
+/// copy at the switchover.
+fn check_clean(source_copy: SourceCopy) {
     if let Ok(bin) = std::env::var("BALLAST_CHAOS_BIN") {
         let out = Command::new(bin)
-            .args(["model", "--timeout-secs", "300"])
+            .args(["model", "--timeout-secs", "300", "--source-copy"])
+            .arg(source_copy.as_str())
             .output()
             .expect("run ballast-chaos model");
         let text = String::from_utf8_lossy(&out.stdout);
         println!("{text}");
-        assert!(out.status.success(), "model check failed:\n{text}");
+        assert!(
+            out.status.success(),
+            "model check ({source_copy}) failed:\n{text}"
+        );
         assert!(text.contains("exhaustive in"), "{text}");
         return;
     }
@@ -37,12 +49,13 @@ fn model_check_finds_no_violation_and_a_commit() {
         HandoffModel {
             bounds: small(),
             bug: PlantedBug::None,
+            source_copy,
         },
         2,
         false,
         TIMEOUT,
     );
-    println!("{}", report.render());
+    println!("source copy {source_copy}:\n{}", report.render());
     assert!(report.violations().is_empty(), "{}", report.render());
     assert!(report.exhausted, "{}", report.render());
     assert!(
@@ -61,11 +74,16 @@ fn model_check_finds_no_violation_and_a_commit() {
 
 #[test]
 fn model_check_finds_each_planted_bug() {
-    for bug in [PlantedBug::PromoteOnTimeout, PlantedBug::AckBeforeDurable] {
+    for (bug, source_copy) in [
+        (PlantedBug::PromoteOnTimeout, SourceCopy::Kept),
+        (PlantedBug::AckBeforeDurable, SourceCopy::Kept),
+        (PlantedBug::AbortAfterSwitchover, SourceCopy::Ended),
+    ] {
         let report = model::run(
             HandoffModel {
                 bounds: small(),
                 bug,
+                source_copy,
             },
             2,
             false,

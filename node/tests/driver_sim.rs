@@ -6,7 +6,7 @@ mod common;
 use ballast_node::driver::sim::{
     check_no_double_run, read_runlog, RunEvent, RunRecord, SimConfig, SimDriver, SimMode,
 };
-use ballast_node::driver::{Driver, DriverError, MigrationStatus, VmRunState};
+use ballast_node::driver::{Driver, DriverError, MigrationStatus, SourceCopy, VmRunState};
 use ballast_node::units::Millis;
 use ballast_store::{NodeId, VmId, VmSpec};
 use common::conformance;
@@ -60,6 +60,53 @@ async fn conformance_in_process() {
     .expect("suite bound");
     let v = check_no_double_run(&all_records(&[&a, &b]), &[]);
     assert!(v.is_empty(), "I2 violated during the suite: {v:?}");
+}
+
+/// The suite with the sim hypervisor ending the source copy at the switchover (as
+/// libvirt does), plus the marker that keeps `Completed` / `SwitchedOver` across a new
+/// driver instance (an agent restart).
+#[tokio::test]
+async fn conformance_source_copy_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let ended = |host| SimConfig {
+        source_copy: SourceCopy::Ended,
+        ..config(dir.path(), host)
+    };
+    let (a, b) = (
+        SimDriver::new(ended("a")).unwrap(),
+        SimDriver::new(ended("b")).unwrap(),
+    );
+    assert_eq!(a.source_copy(), SourceCopy::Ended);
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        conformance::run_all(&a, &b, &spec),
+    )
+    .await
+    .expect("suite bound");
+    let v = check_no_double_run(&all_records(&[&a, &b]), &[]);
+    assert!(v.is_empty(), "I2 violated during the suite: {v:?}");
+
+    let vm = VmId::from("ended-restart");
+    a.start(&vm, &spec()).await.unwrap();
+    let target = b.prepare_incoming(&vm, &spec()).await.unwrap();
+    a.migrate_out(&vm, &target, &|_| {}).await.unwrap();
+    drop(a);
+    let a = SimDriver::new(ended("a")).unwrap();
+    assert_eq!(
+        a.migration_status(&vm).await.unwrap(),
+        MigrationStatus::Completed
+    );
+    assert!(matches!(
+        a.cancel_outgoing(&vm).await,
+        Err(DriverError::SwitchedOver(_))
+    ));
+    a.finish_outgoing(&vm).await.unwrap();
+    assert_eq!(
+        a.migration_status(&vm).await.unwrap(),
+        MigrationStatus::None
+    );
+    b.resume_incoming(&vm).await.unwrap();
+    b.stop(&vm).await.unwrap();
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ mod handoff_util;
 
 #[cfg(feature = "planted-bugs")]
 use ballast_node::handoff::PlantedBug;
-use ballast_node::handoff::{HandoffConfig, Notice, Role};
+use ballast_node::handoff::{HandoffConfig, Notice, Role, SourceCopy};
 use handoff_util::*;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -89,12 +89,34 @@ fn fixed_seeds_with_heavy_faults_still_commit_moves() {
     );
 }
 
+/// The same heavy faults over hypervisors that end the source copy at the switchover.
+#[test]
+fn fixed_seeds_with_heavy_faults_when_the_source_copy_ends() {
+    let config = HandoffConfig {
+        source_copy: SourceCopy::Ended,
+        ..HandoffConfig::default()
+    };
+    let mut committed = 0;
+    for seed in 0..64 {
+        committed += run_with(config.clone(), seed, 50, 3, 600).unwrap();
+    }
+    assert!(
+        committed >= 10,
+        "only {committed} moves committed in 64 runs"
+    );
+}
+
 #[cfg(feature = "planted-bugs")]
 #[test]
 fn the_random_runs_find_planted_bugs() {
-    for bug in [PlantedBug::PromoteOnTimeout, PlantedBug::AckBeforeDurable] {
+    for (bug, source_copy) in [
+        (PlantedBug::PromoteOnTimeout, SourceCopy::Kept),
+        (PlantedBug::AckBeforeDurable, SourceCopy::Kept),
+        (PlantedBug::AbortAfterSwitchover, SourceCopy::Ended),
+    ] {
         let config = HandoffConfig {
             planted_bug: bug,
+            source_copy,
             ..HandoffConfig::default()
         };
         let found = (0..200).find(|&seed| run_with(config.clone(), seed, 40, 3, 400).is_err());

@@ -4,7 +4,7 @@
 
 mod handoff_util;
 
-use ballast_node::handoff::world::{vm_id, CopyState, Faults, Held, SimAction, World};
+use ballast_node::handoff::world::{vm_id, CopyState, Held, SimAction, World};
 #[cfg(feature = "planted-bugs")]
 use ballast_node::handoff::PlantedBug;
 use ballast_node::handoff::{Notice, Role, TimerKind};
@@ -55,57 +55,6 @@ fn happy_steps() -> usize {
     let mut w = world();
     w.start_move(0, &vm0(), 1).unwrap();
     run_to_idle(&mut w).unwrap()
-}
-
-/// Fires every pending deadline timer of the source now.
-fn force_deadlines(w: &mut World) -> Result<(), String> {
-    let due: Vec<_> = w.nodes[0]
-        .timers
-        .iter()
-        .filter(|(_, t)| {
-            matches!(
-                t.kind,
-                TimerKind::PrepareDeadline | TimerKind::MigrateDeadline
-            )
-        })
-        .cloned()
-        .collect();
-    for (at, timer) in due {
-        if !w.can_input(0) {
-            run_steps_exec(w, 0)?;
-        }
-        step(w, &SimAction::Fire { node: 0, at, timer })?;
-    }
-    Ok(())
-}
-
-fn run_steps_exec(w: &mut World, node: usize) -> Result<(), String> {
-    while !w.nodes[node].queue.is_empty() {
-        step(w, &SimAction::Exec { node })?;
-    }
-    Ok(())
-}
-
-/// The failures one can inject at a given point, each as the list of fault actions
-/// enabled there.
-fn failures(w: &World) -> Vec<SimAction> {
-    let mut all = Vec::new();
-    w.actions(
-        Faults {
-            fail_migration: true,
-            fail_calls: true,
-            ..Faults::default()
-        },
-        &mut all,
-    );
-    all.into_iter()
-        .filter(|a| {
-            matches!(
-                a,
-                SimAction::Switchover { fail: true, .. } | SimAction::RunCall { fail: true, .. }
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -292,18 +241,6 @@ fn failed_store_ops_are_retried() {
             );
         }
     }
-}
-
-/// Steps until `pred` holds.
-fn run_until(w: &mut World, pred: impl Fn(&World) -> bool) {
-    for _ in 0..STEPS_MAX {
-        if pred(w) {
-            return;
-        }
-        let a = first_action(w).expect("stuck before the condition held");
-        step(w, &a).unwrap();
-    }
-    panic!("condition never held");
 }
 
 #[test]

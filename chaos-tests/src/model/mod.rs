@@ -13,7 +13,7 @@ mod check;
 pub use check::{run, CheckReport, PropertyResult};
 
 use ballast_node::handoff::world::{vm_id, Faults, Held, SimAction, World};
-use ballast_node::handoff::{HandoffConfig, PlantedBug};
+use ballast_node::handoff::{HandoffConfig, PlantedBug, SourceCopy};
 use stateright::{Model, Property};
 
 /// Name of the I1 property.
@@ -71,6 +71,8 @@ pub struct HandoffModel {
     pub bounds: Bounds,
     /// A deliberate protocol bug, to show the check can fail.
     pub bug: PlantedBug,
+    /// What the simulated hypervisors leave of a source copy after the switchover.
+    pub source_copy: SourceCopy,
 }
 
 /// A state: the cluster and the fault budgets left.
@@ -118,6 +120,7 @@ impl Model for HandoffModel {
             planted_bug: self.bug,
             outgoing_max: 1,
             incoming_max: 1,
+            source_copy: self.source_copy,
             ..HandoffConfig::default()
         };
         let homes: Vec<usize> = (0..b.vms).map(|i| i % b.nodes).collect();

@@ -13,7 +13,7 @@ use ballast_node::agent::wire::{AdminError, StoreView};
 use ballast_node::agent::{AdminClient, AdminClientError};
 use ballast_node::config::AgentConfig;
 use ballast_node::driver::sim::{check_no_double_run, read_runlog, running_intervals};
-use ballast_node::handoff::PlantedBug;
+use ballast_node::handoff::{PlantedBug, SourceCopy};
 use ballast_node::load::{LoadMode, LoadModel};
 use ballast_node::units::Millis;
 use ballast_store::{NodeId, VmId, VmState};
@@ -45,7 +45,7 @@ const I4_WATCH: Duration = Duration::from_secs(4);
 
 /// The agents' settings: measured loads, short rounds and intervals so that many
 /// handoffs happen, the sim driver in process mode (VMs outlive their agent).
-fn tune(cfg: &mut AgentConfig, bug: PlantedBug) {
+fn tune(cfg: &mut AgentConfig, bug: PlantedBug, source_copy: SourceCopy) {
     cfg.host.cpu_cores = 4.0;
     cfg.load.mode = LoadMode::Measured;
     cfg.load.sample_interval = Millis::new(250);
@@ -72,6 +72,7 @@ fn tune(cfg: &mut AgentConfig, bug: PlantedBug) {
     cfg.reconcile.interval = Millis::new(1_000);
     cfg.driver.sim.migration = Millis::new(150);
     cfg.failpoints.planted_bug = bug;
+    cfg.driver.sim.source_copy = source_copy;
     if bug == PlantedBug::PromoteOnTimeout {
         // The destination's query timer fires while the source still migrates, and some
         // migrations fail: the bug then shows as a VM on two hosts.
@@ -133,6 +134,7 @@ pub(super) async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         duration_s: cfg.duration.as_secs_f64(),
         agents: cfg.agents,
         planted_bug: format!("{:?}", cfg.plant_bug),
+        source_copy: cfg.source_copy.to_string(),
         ..Report::default()
     };
     let mut kinds = cfg.faults.clone();
@@ -147,15 +149,15 @@ pub(super) async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
             kinds,
         },
     );
-    let bug = cfg.plant_bug;
+    let (bug, source_copy) = (cfg.plant_bug, cfg.source_copy);
     let mut cluster = Cluster::create(&root, cfg.agents, cfg.ballast_bin.clone(), &|c| {
-        tune(c, bug)
+        tune(c, bug, source_copy)
     })?;
     for i in 0..cfg.agents {
         cluster.start(i, None)?;
     }
     let mut probe = AgentConfig::default();
-    tune(&mut probe, bug);
+    tune(&mut probe, bug, source_copy);
     let clients = cluster
         .nodes
         .iter()

@@ -22,7 +22,7 @@ pub mod plan;
 pub mod report;
 pub mod workload;
 
-use ballast_node::handoff::PlantedBug;
+use ballast_node::handoff::{PlantedBug, SourceCopy};
 use plan::FaultKind;
 pub use report::Report;
 use std::path::PathBuf;
@@ -43,6 +43,9 @@ pub struct RunConfig {
     pub faults: Vec<FaultKind>,
     /// A deliberate handoff bug in every agent (`None` for the real protocol).
     pub plant_bug: PlantedBug,
+    /// What the sim hypervisors leave of a source copy after the switchover: `Kept`
+    /// (paused until finished, as QEMU over QMP) or `Ended` (as libvirt).
+    pub source_copy: SourceCopy,
     /// Bound on the settle phase after the faults (I3).
     pub settle: Duration,
     /// The `ballast` binary.

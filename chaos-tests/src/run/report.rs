@@ -17,6 +17,9 @@ pub struct Report {
     pub agents: usize,
     /// The planted bug, `None` for the real protocol.
     pub planted_bug: String,
+    /// What the sim hypervisors leave of a source copy after the switchover (`kept`,
+    /// `ended`).
+    pub source_copy: String,
     /// Faults injected, per kind.
     pub faults: BTreeMap<String, u64>,
     /// Packets the network faults dropped: `[partition, loss]` (from `tc -s qdisc`).
@@ -71,8 +74,8 @@ impl Report {
             .collect();
         let _ = writeln!(
             s,
-            "chaos run: seed {} agents {} duration {:.0}s planted bug {} (wall {:.0}s)",
-            self.seed, self.agents, self.duration_s, self.planted_bug, self.wall_s
+            "chaos run: seed {} agents {} duration {:.0}s planted bug {} source copy {} (wall {:.0}s)",
+            self.seed, self.agents, self.duration_s, self.planted_bug, self.source_copy, self.wall_s
         );
         let _ = writeln!(s, "faults: {}", faults.join(" "));
         if self.packets_dropped != [0, 0] {

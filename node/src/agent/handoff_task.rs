@@ -92,6 +92,7 @@ pub(crate) fn machine_config(ctx: &AgentContext) -> HandoffConfig {
         .max(b.max_outgoing.get() + b.max_incoming.get());
     c.outgoing_max = b.max_outgoing.get();
     c.incoming_max = b.max_incoming.get();
+    c.source_copy = ctx.driver.source_copy();
     c
 }
 
@@ -452,9 +453,13 @@ async fn run_driver(driver: &dyn Driver, vm: &VmId, action: &DriverAction) -> Dr
             Ok(s) => DriverOutcome::Status(s),
             Err(_) => DriverOutcome::StatusUnknown,
         },
-        DriverAction::CancelOutgoing => {
-            finished(CallKind::CancelOutgoing, driver.cancel_outgoing(vm).await)
-        }
+        DriverAction::CancelOutgoing => match driver.cancel_outgoing(vm).await {
+            Err(DriverError::SwitchedOver(_)) => {
+                info!(vm = %vm, "cancel came after the switchover; the move goes forward");
+                DriverOutcome::SwitchedOver
+            }
+            r => finished(CallKind::CancelOutgoing, r),
+        },
         DriverAction::FinishOutgoing => {
             finished(CallKind::FinishOutgoing, driver.finish_outgoing(vm).await)
         }

@@ -36,6 +36,11 @@ pub enum DriverError {
     /// Starting or talking to the hypervisor failed at the OS level.
     #[error("hypervisor I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// `cancel_outgoing` came too late: the switchover is complete and the hypervisor
+    /// ended the source copy itself (drivers whose `source_copy()` is `Ended`), so the
+    /// destination holds the only copy and the move must go forward.
+    #[error("VM {0}: the migration completed and the source copy is gone; nothing to cancel")]
+    SwitchedOver(VmId),
     /// The driver refused the VM spec (e.g. zero memory). Nothing changed.
     #[error("invalid VM spec: {0}")]
     InvalidSpec(String),

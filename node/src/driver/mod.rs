@@ -19,6 +19,7 @@ pub mod sim;
 pub use error::DriverError;
 
 use async_trait::async_trait;
+pub use ballast_core::handoff::SourceCopy;
 use ballast_store::{VmId, VmSpec};
 
 pub use ballast_core::hypervisor::{
@@ -31,6 +32,14 @@ pub use ballast_core::hypervisor::{
 pub trait Driver: Send + Sync + 'static {
     /// The driver's name (`sim`, `qemu`, `exec`).
     fn name(&self) -> &'static str;
+
+    /// What this hypervisor leaves of a source copy once a migration's switchover is
+    /// complete: `Kept` (paused until `finish_outgoing`; `cancel_outgoing` can still resume
+    /// it) or `Ended` (the hypervisor ends it; `cancel_outgoing` then fails with
+    /// [`DriverError::SwitchedOver`] and the handoff rolls forward).
+    fn source_copy(&self) -> SourceCopy {
+        SourceCopy::Kept
+    }
 
     /// Every VM this hypervisor holds on this host.
     async fn list(&self) -> Result<Vec<VmInfo>, DriverError>;

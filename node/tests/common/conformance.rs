@@ -11,10 +11,15 @@
 //!
 //! Sources and destinations: a migration check takes `src` and `dst`, two driver
 //! instances standing for two hosts (separate state directories).
+//!
+//! What the switchover leaves of the source depends on the driver (`Driver::source_copy`):
+//! `Kept` — a paused copy that `cancel_outgoing` can resume until `finish_outgoing`;
+//! `Ended` — nothing (the hypervisor ended it), `migration_status` still says `Completed`
+//! and `cancel_outgoing` fails with `SwitchedOver`, so the destination must be resumed.
 
 use ballast_node::driver::{
-    Driver, DriverError, MigrationProgress, MigrationStatus, MigrationTarget, UsageSample,
-    VmRunState,
+    Driver, DriverError, MigrationProgress, MigrationStatus, MigrationTarget, SourceCopy,
+    UsageSample, VmRunState,
 };
 use ballast_store::{VmId, VmSpec};
 use std::future::Future;
@@ -255,10 +260,7 @@ pub async fn migrate_commit(src: &dyn Driver, dst: &dyn Driver, spec: SpecFactor
     let vm = VmId::from("conf-commit");
     let spec = spec();
     start_and_migrate(src, dst, &vm, &spec).await;
-    assert!(
-        paused(state_of(src, &vm).await),
-        "source must be paused after switchover"
-    );
+    assert_source_after_switchover(src, &vm).await;
     let st = src.migration_status(&vm).await.expect("migration_status");
     assert_eq!(st, MigrationStatus::Completed);
     wait_state(dst, &vm, "Paused", paused).await;
@@ -268,17 +270,24 @@ pub async fn migrate_commit(src: &dyn Driver, dst: &dyn Driver, spec: SpecFactor
         "destination ran before resume_incoming"
     );
     // Paused copies do not run: the source's CPU time stands still.
-    let s1 = src.usage(&vm).await.expect("usage of paused source");
+    let kept = src.source_copy() == SourceCopy::Kept;
+    let s1 = if kept {
+        Some(src.usage(&vm).await.expect("usage of paused source"))
+    } else {
+        None
+    };
     dst.resume_incoming(&vm).await.expect("resume_incoming");
     wait_state(dst, &vm, "Running", running).await;
     dst.resume_incoming(&vm)
         .await
         .expect("second resume_incoming is Ok");
-    let s2 = src.usage(&vm).await.expect("usage of paused source");
-    assert!(
-        s2.cpu_time_s <= s1.cpu_time_s + 0.25,
-        "paused source still runs: {s1:?} {s2:?}"
-    );
+    if let Some(s1) = s1 {
+        let s2 = src.usage(&vm).await.expect("usage of paused source");
+        assert!(
+            s2.cpu_time_s <= s1.cpu_time_s + 0.25,
+            "paused source still runs: {s1:?} {s2:?}"
+        );
+    }
     src.finish_outgoing(&vm).await.expect("finish_outgoing");
     wait_state(src, &vm, "absent", absent).await;
     src.finish_outgoing(&vm)
@@ -326,7 +335,10 @@ pub async fn cancel_after_switchover(src: &dyn Driver, dst: &dyn Driver, spec: S
     let vm = VmId::from("conf-cancel-late");
     let spec = spec();
     let before = start_and_migrate(src, dst, &vm, &spec).await;
-    assert!(paused(state_of(src, &vm).await));
+    assert_source_after_switchover(src, &vm).await;
+    if src.source_copy() == SourceCopy::Ended {
+        return cancel_after_switchover_rolls_forward(src, dst, &vm, before).await;
+    }
     src.cancel_outgoing(&vm).await.expect("cancel_outgoing");
     wait_state(src, &vm, "Running", running).await;
     src.cancel_outgoing(&vm)
@@ -348,6 +360,49 @@ pub async fn cancel_after_switchover(src: &dyn Driver, dst: &dyn Driver, spec: S
     );
     src.stop(&vm).await.expect("stop");
     wait_state(src, &vm, "absent", absent).await;
+}
+
+/// What a completed switchover leaves on the source: a paused copy (`Kept`) or none
+/// (`Ended`).
+async fn assert_source_after_switchover(src: &dyn Driver, vm: &VmId) {
+    match src.source_copy() {
+        SourceCopy::Kept => assert!(
+            paused(state_of(src, vm).await),
+            "source must be paused after switchover"
+        ),
+        SourceCopy::Ended => wait_state(src, vm, "absent (ended by the switchover)", absent).await,
+    }
+}
+
+/// `Ended` drivers: a cancel after the switchover fails with `SwitchedOver` (twice: it
+/// changes nothing), the status stays `Completed`, and the destination's complete copy
+/// resumes with the CPU time the guest had (moved, not restarted).
+async fn cancel_after_switchover_rolls_forward(
+    src: &dyn Driver,
+    dst: &dyn Driver,
+    vm: &VmId,
+    before: UsageSample,
+) {
+    for _ in 0..2 {
+        let r = src.cancel_outgoing(vm).await;
+        assert!(
+            matches!(r, Err(DriverError::SwitchedOver(_))),
+            "cancel_outgoing after the switchover: {r:?}"
+        );
+    }
+    assert_eq!(
+        src.migration_status(vm).await.expect("status"),
+        MigrationStatus::Completed
+    );
+    wait_state(dst, vm, "Paused", paused).await;
+    assert!(dst.incoming_complete(vm).await.expect("incoming_complete"));
+    dst.resume_incoming(vm).await.expect("resume_incoming");
+    let u = wait_cpu_above(dst, vm, before.cpu_time_s).await;
+    assert!(u.cpu_time_s >= before.cpu_time_s);
+    src.finish_outgoing(vm).await.expect("finish_outgoing");
+    assert!(absent(state_of(src, vm).await));
+    dst.stop(vm).await.expect("stop on dst");
+    wait_state(dst, vm, "absent", absent).await;
 }
 
 /// A migration to a target nobody listens on fails with `MigrationFailed` and the

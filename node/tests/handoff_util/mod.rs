@@ -4,9 +4,9 @@
 #![allow(dead_code)]
 
 use ballast_node::handoff::world::{Faults, SimAction, World};
-use ballast_node::handoff::HandoffConfig;
 #[cfg(feature = "planted-bugs")]
 use ballast_node::handoff::PlantedBug;
+use ballast_node::handoff::{HandoffConfig, TimerKind};
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -176,4 +176,67 @@ pub fn settle(w: &mut World, rng: &mut StdRng) -> Result<usize, String> {
         step(w, &a)?;
     }
     Err(format!("no quiescence after {STEPS_MAX} fault-free steps"))
+}
+
+/// Fires every pending deadline timer of the source now.
+pub fn force_deadlines(w: &mut World) -> Result<(), String> {
+    let due: Vec<_> = w.nodes[0]
+        .timers
+        .iter()
+        .filter(|(_, t)| {
+            matches!(
+                t.kind,
+                TimerKind::PrepareDeadline | TimerKind::MigrateDeadline
+            )
+        })
+        .cloned()
+        .collect();
+    for (at, timer) in due {
+        if !w.can_input(0) {
+            run_steps_exec(w, 0)?;
+        }
+        step(w, &SimAction::Fire { node: 0, at, timer })?;
+    }
+    Ok(())
+}
+
+pub fn run_steps_exec(w: &mut World, node: usize) -> Result<(), String> {
+    while !w.nodes[node].queue.is_empty() {
+        step(w, &SimAction::Exec { node })?;
+    }
+    Ok(())
+}
+
+/// The failures one can inject at a given point, each as the list of fault actions
+/// enabled there.
+pub fn failures(w: &World) -> Vec<SimAction> {
+    let mut all = Vec::new();
+    w.actions(
+        Faults {
+            fail_migration: true,
+            fail_calls: true,
+            ..Faults::default()
+        },
+        &mut all,
+    );
+    all.into_iter()
+        .filter(|a| {
+            matches!(
+                a,
+                SimAction::Switchover { fail: true, .. } | SimAction::RunCall { fail: true, .. }
+            )
+        })
+        .collect()
+}
+
+/// Steps until `pred` holds.
+pub fn run_until(w: &mut World, pred: impl Fn(&World) -> bool) {
+    for _ in 0..STEPS_MAX {
+        if pred(w) {
+            return;
+        }
+        let a = first_action(w).expect("stuck before the condition held");
+        step(w, &a).unwrap();
+    }
+    panic!("condition never held");
 }

@@ -38,6 +38,10 @@ pub struct HandoffConfig {
     /// The agent sets it from `balancing.max_incoming`.
     #[serde(skip)]
     pub incoming_max: usize,
+    /// What the driver leaves of the source copy once a migration's switchover is
+    /// complete. The agent sets it from its driver.
+    #[serde(skip)]
+    pub source_copy: SourceCopy,
     /// Deliberate protocol bugs, for the model check and the chaos harness only (builds
     /// with the `planted-bugs` feature).
     #[cfg(feature = "planted-bugs")]
@@ -57,11 +61,30 @@ impl Default for HandoffConfig {
             handoffs_max: 16,
             outgoing_max: 16,
             incoming_max: 16,
+            source_copy: SourceCopy::Kept,
             #[cfg(feature = "planted-bugs")]
             planted_bug: PlantedBug::None,
         }
     }
 }
+
+/// What a driver leaves on the source once a migration's switchover is complete.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SourceCopy {
+    /// A paused source copy stays until `finish_outgoing` (QEMU driven over QMP): before
+    /// the commit point `cancel_outgoing` can still resume it, so every failure before
+    /// the commit point may roll back.
+    #[default]
+    Kept,
+    /// The hypervisor ends the source copy itself when the switchover completes
+    /// (libvirt's peer-to-peer migration with `UNDEFINE_SOURCE`): from then on the paused
+    /// destination is the only copy, so the move must roll forward. `cancel_outgoing`
+    /// answers `SwitchedOver` instead of cancelling, and a cancel that failed is retried
+    /// (never taken as cancelled).
+    Ended,
+}
+
+crate::named_enum!(SourceCopy { Kept => "kept", Ended => "ended" });
 
 /// A deliberate violation of docs/design.md §Handoff, so that tests can show the model check and
 /// the invariant checkers find real bugs. Off (`None`) by default.
@@ -76,4 +99,8 @@ pub enum PlantedBug {
     PromoteOnTimeout,
     /// The destination acks `Commit` before its `Running` entry is durable.
     AckBeforeDurable,
+    /// The source treats a cancel that came after the switchover (or failed) as done and
+    /// aborts, as it may with a driver that keeps the source copy; with a driver that
+    /// ends it, the destination then drops the only copy.
+    AbortAfterSwitchover,
 }

@@ -344,9 +344,16 @@ impl Handoffs {
     }
 
     /// Results of the driver calls without a value, dispatched by kind.
-    pub(super) fn on_finished(&mut self, vm: VmId, epoch: u64, call: CallKind, ok: bool) {
+    pub(super) fn on_finished(
+        &mut self,
+        now: ClockMs,
+        vm: VmId,
+        epoch: u64,
+        call: CallKind,
+        ok: bool,
+    ) {
         match call {
-            CallKind::CancelOutgoing => self.on_cancelled_outgoing(vm, epoch, ok),
+            CallKind::CancelOutgoing => self.on_cancelled_outgoing(now, vm, epoch, ok),
             CallKind::FinishOutgoing => self.on_finished_outgoing(vm, epoch, ok),
             CallKind::CancelIncoming => self.on_cancelled_incoming(vm, epoch, ok),
             CallKind::ResumeIncoming => {

@@ -279,6 +279,9 @@ pub enum TimerKind {
     Query,
     /// Either side: re-run a store op that failed.
     StoreRetry,
+    /// Source with a driver that ends the source copy: re-run a `cancel_outgoing` that
+    /// failed (the migration may have completed; only the driver can tell).
+    CancelRetry,
 }
 
 /// The store transitions a [`StoreOp`] can be, named as the store's methods.

@@ -59,6 +59,10 @@ pub enum DriverOutcome {
     Status(MigrationStatus),
     /// `migration_status` failed (the machine treats it as "not completed").
     StatusUnknown,
+    /// `cancel_outgoing` found the switchover complete and the source copy gone (drivers
+    /// with [`SourceCopy::Ended`](super::SourceCopy::Ended)): nothing was cancelled, the
+    /// destination holds the only copy.
+    SwitchedOver,
     /// `incoming_complete` answered (an error counts as `false`).
     Complete(bool),
     /// One of the calls without a value (`cancel_outgoing`, `finish_outgoing`,

@@ -34,9 +34,9 @@ mod source;
 mod state;
 pub mod world;
 
-pub use config::HandoffConfig;
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
+pub use config::{HandoffConfig, SourceCopy};
 pub use effects::{
     CallKind, ClockMs, DriverAction, DriverCall, Effect, StoreOp, StoreOpKind, Timer, TimerKind,
 };
@@ -237,6 +237,9 @@ impl Handoffs {
             TimerKind::CommitRetry => {
                 settling.is_some_and(|s| s.step == state::SettleStep::AwaitAck)
             }
+            TimerKind::CancelRetry => {
+                active.is_some_and(|h| matches!(h.phase, state::Phase::Cancelling { .. }))
+            }
             TimerKind::StoreRetry => {
                 active.is_some_and(|h| h.phase.store_op(&timer.vm, &h.peer, h.epoch).is_some())
                     || settling
@@ -317,7 +320,8 @@ impl Handoffs {
             DriverOutcome::Status(status) => self.on_status(vm, epoch, Some(status)),
             DriverOutcome::StatusUnknown => self.on_status(vm, epoch, None),
             DriverOutcome::Complete(complete) => self.on_complete(vm, epoch, complete),
-            DriverOutcome::Finished { call, ok } => self.on_finished(vm, epoch, call, ok),
+            DriverOutcome::Finished { call, ok } => self.on_finished(now, vm, epoch, call, ok),
+            DriverOutcome::SwitchedOver => self.on_switched_over(vm, epoch),
         }
     }
 
@@ -332,6 +336,7 @@ impl Handoffs {
             TimerKind::CommitRetry => self.on_commit_retry(now, vm, epoch),
             TimerKind::Query => self.on_query_timer(now, vm, epoch),
             TimerKind::StoreRetry => self.on_store_retry(vm, epoch),
+            TimerKind::CancelRetry => self.on_cancel_retry(vm, epoch),
         }
     }
 

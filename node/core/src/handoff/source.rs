@@ -4,7 +4,7 @@
 use super::state::{Handoff, Phase, SettleStep, Settling};
 use super::{
     AbortReason, CallKind, ClockMs, DriverAction, HandoffMsg, Handoffs, IgnoreReason, Notice,
-    Outcome, Payload, RefuseReason, Role, StartError, StoreOp, StoreOutcome, TimerKind,
+    Outcome, Payload, RefuseReason, Role, SourceCopy, StartError, StoreOp, StoreOutcome, TimerKind,
 };
 use crate::hypervisor::MigrationTarget;
 use crate::types::{NodeId, ScheduleEntry, VmId, VmState};
@@ -197,22 +197,71 @@ impl Handoffs {
         }
     }
 
-    pub(super) fn on_cancelled_outgoing(&mut self, vm: VmId, epoch: u64, ok: bool) {
+    pub(super) fn on_cancelled_outgoing(&mut self, now: ClockMs, vm: VmId, epoch: u64, ok: bool) {
+        let ends_source = self.config.source_copy == SourceCopy::Ended;
         let Some(h) = self.active_at(&vm, epoch) else {
             return self.ignore(&vm, epoch, "cancel_outgoing", IgnoreReason::Unknown);
         };
         let Phase::Cancelling { reason } = h.phase else {
             return self.ignore(&vm, epoch, "cancel_outgoing", IgnoreReason::WrongStep);
         };
-        h.phase = Phase::Aborting { reason };
         if !ok {
             self.notify(Notice::DriverTrouble {
                 vm: vm.clone(),
                 epoch,
                 call: CallKind::CancelOutgoing,
             });
+            if ends_source && !self.bug_aborts_after_switchover() {
+                // The switchover may have ended the source copy: aborting now could
+                // leave B to drop the only copy. Ask the driver again.
+                let retry = self.config.store_retry.get();
+                return self.arm(now, &vm, epoch, TimerKind::CancelRetry, retry);
+            }
         }
+        let Some(h) = self.active_at(&vm, epoch) else {
+            return;
+        };
+        h.phase = Phase::Aborting { reason };
         self.store(StoreOp::AbortMigrateOut { vm, epoch });
+    }
+
+    /// Whether the planted bug `AbortAfterSwitchover` is on (never without the
+    /// `planted-bugs` feature).
+    fn bug_aborts_after_switchover(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.config.planted_bug == super::PlantedBug::AbortAfterSwitchover;
+        #[cfg(not(feature = "planted-bugs"))]
+        false
+    }
+
+    pub(super) fn on_cancel_retry(&mut self, vm: VmId, epoch: u64) {
+        if let Some(h) = self.active_at(&vm, epoch) {
+            if matches!(h.phase, Phase::Cancelling { .. }) {
+                self.call(&vm, epoch, DriverAction::CancelOutgoing);
+            }
+        }
+    }
+
+    /// `cancel_outgoing` found the switchover complete and the source copy ended by the
+    /// hypervisor: the paused destination holds the only copy, so the move rolls forward
+    /// to the commit point instead of aborting.
+    pub(super) fn on_switched_over(&mut self, vm: VmId, epoch: u64) {
+        let planted_abort = self.bug_aborts_after_switchover();
+        let Some(h) = self.active_at(&vm, epoch) else {
+            return self.ignore(&vm, epoch, "cancel_outgoing", IgnoreReason::Unknown);
+        };
+        if !matches!(h.phase, Phase::Cancelling { .. }) {
+            return self.ignore(&vm, epoch, "cancel_outgoing", IgnoreReason::WrongStep);
+        }
+        if planted_abort {
+            h.phase = Phase::Aborting {
+                reason: AbortReason::MigrateFailed,
+            };
+            return self.store(StoreOp::AbortMigrateOut { vm, epoch });
+        }
+        tracing::info!(vm = %vm, epoch, "cancel came after the switchover: rolling forward");
+        h.phase = Phase::Committing;
+        self.store(StoreOp::CommitMigrateOut { vm, epoch });
     }
 
     pub(super) fn on_aborted(&mut self, vm: VmId, epoch: u64, outcome: StoreOutcome) {

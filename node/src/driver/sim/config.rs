@@ -1,5 +1,6 @@
 //! The sim driver's configuration (the `[driver.sim]` section of the agent's TOML).
 
+use ballast_core::handoff::SourceCopy;
 use ballast_core::units::Millis;
 use ballast_core::units::Probability;
 use ballast_store::NodeId;
@@ -40,6 +41,10 @@ pub struct SimConfig {
     pub fail_next: u32,
     /// In-process VMs (default) or one detached process per VM.
     pub mode: SimMode,
+    /// What a completed migration leaves of the source copy: `"kept"` (default: paused
+    /// until the handoff finishes it, as QEMU over QMP) or `"ended"` (stopped at once, as
+    /// libvirt does; the handoff must then roll forward).
+    pub source_copy: SourceCopy,
     /// Process mode: the command that runs one VM; the driver appends its arguments.
     /// Empty (default) means `[<current executable>, "sim-vm"]`.
     pub vm_command: Vec<String>,
@@ -55,6 +60,7 @@ impl Default for SimConfig {
             fail_prob: Probability::NEVER,
             fail_next: 0,
             mode: SimMode::InProcess,
+            source_copy: SourceCopy::Kept,
             vm_command: Vec::new(),
         }
     }
@@ -68,6 +74,10 @@ mod tests {
     fn toml_with_defaults() {
         let c: SimConfig = toml::from_str("host = \"h1\"\nmode = \"process\"\n").unwrap();
         assert_eq!(c.host, NodeId::from("h1"));
+        assert_eq!(c.source_copy, SourceCopy::Kept);
+        let c: SimConfig = toml::from_str("source_copy = \"ended\"\n").unwrap();
+        assert_eq!(c.source_copy, SourceCopy::Ended);
+        assert!(toml::from_str::<SimConfig>("source_copy = \"gone\"").is_err());
         assert_eq!(c.mode, SimMode::Process);
         assert_eq!(c.migration.get(), 200);
         assert!(toml::from_str::<SimConfig>("bogus = 1").is_err());

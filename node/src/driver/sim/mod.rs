@@ -24,6 +24,7 @@ mod migration;
 mod process;
 pub mod profile;
 pub mod runlog;
+mod switched;
 mod vm_process;
 mod wire;
 
@@ -36,12 +37,14 @@ use self::core::VmCore;
 use self::inproc::InProcHost;
 use self::process::ProcHost;
 use self::profile::{vm_seed, SplitMix64};
+use self::switched::SwitchedMarkers;
 use self::wire::{VmReply, VmRequest, VmStatus};
 use super::{
     Driver, DriverError, MigrationProgress, MigrationStatus, MigrationTarget, UsageSample, VmInfo,
     VmRunState,
 };
 use async_trait::async_trait;
+use ballast_core::handoff::SourceCopy;
 use ballast_store::{VmId, VmSpec};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -74,6 +77,8 @@ pub struct SimDriver {
     backend: Backend,
     /// A std mutex: only read-modify-write of the fault plan under it.
     faults: Mutex<Faults>,
+    /// With `source_copy = "ended"`: the VMs that left by a completed migration.
+    switched: Option<SwitchedMarkers>,
 }
 
 impl SimDriver {
@@ -100,10 +105,13 @@ impl SimDriver {
             fail_prob: config.fail_prob.get(),
             fail_next: config.fail_next,
         };
+        let switched = (config.source_copy == SourceCopy::Ended)
+            .then(|| SwitchedMarkers::new(&config.state_dir));
         Ok(Self {
             config,
             backend,
             faults: Mutex::new(faults),
+            switched,
         })
     }
 
@@ -115,6 +123,18 @@ impl SimDriver {
     /// This host's run log.
     pub fn runlog_path(&self) -> PathBuf {
         self.config.state_dir.join(RUNLOG_FILE)
+    }
+
+    /// With `source_copy = "ended"`, after a completed switchover: records durably that
+    /// `vm` left by migration, then stops its paused source copy (as libvirt undefines
+    /// the source). A no-op in the default mode.
+    async fn end_source_if_switched(&self, vm: &VmId) -> Result<(), DriverError> {
+        let Some(markers) = &self.switched else {
+            return Ok(());
+        };
+        markers.record(vm)?;
+        self.call_unit_absent_ok(vm, VmRequest::FinishOutgoing)
+            .await
     }
 
     /// Makes the next `n` migrations out of this host fail before their switchover.
@@ -337,6 +357,10 @@ impl Driver for SimDriver {
         "sim"
     }
 
+    fn source_copy(&self) -> SourceCopy {
+        self.config.source_copy
+    }
+
     async fn list(&self) -> Result<Vec<VmInfo>, DriverError> {
         self.all().await
     }
@@ -399,24 +423,40 @@ impl Driver for SimDriver {
             fail: self.draw_failure(),
         };
         self.call_unit(vm, req).await?;
-        self.poll_migration(vm, progress).await
+        self.poll_migration(vm, progress).await?;
+        self.end_source_if_switched(vm).await
     }
 
     async fn migration_status(&self, vm: &VmId) -> Result<MigrationStatus, DriverError> {
-        match self.call(vm, VmRequest::MigrationStatus).await? {
-            None => Ok(MigrationStatus::None),
-            Some(VmReply::Migration { status, .. }) => Ok(status),
-            Some(other) => Err(other.into_error(vm)),
+        let status = match self.call(vm, VmRequest::MigrationStatus).await? {
+            None if self.switched.as_ref().is_some_and(|m| m.contains(vm)) => {
+                MigrationStatus::Completed
+            }
+            None => MigrationStatus::None,
+            Some(VmReply::Migration { status, .. }) => status,
+            Some(other) => return Err(other.into_error(vm)),
+        };
+        if status == MigrationStatus::Completed {
+            self.end_source_if_switched(vm).await?;
         }
+        Ok(status)
     }
 
     async fn cancel_outgoing(&self, vm: &VmId) -> Result<(), DriverError> {
+        if self.switched.is_some() && self.migration_status(vm).await? == MigrationStatus::Completed
+        {
+            return Err(DriverError::SwitchedOver(vm.clone()));
+        }
         self.call_unit(vm, VmRequest::CancelOutgoing).await
     }
 
     async fn finish_outgoing(&self, vm: &VmId) -> Result<(), DriverError> {
         self.call_unit_absent_ok(vm, VmRequest::FinishOutgoing)
-            .await
+            .await?;
+        match &self.switched {
+            Some(m) => m.remove(vm),
+            None => Ok(()),
+        }
     }
 
     async fn resume_incoming(&self, vm: &VmId) -> Result<(), DriverError> {

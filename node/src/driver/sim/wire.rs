@@ -96,7 +96,8 @@ impl VmReply {
     pub(crate) fn from_error(e: &DriverError) -> Self {
         let kind = match e {
             DriverError::NotFound(_) => ErrKind::NotFound,
-            DriverError::BadState { .. } => ErrKind::BadState,
+            // Answered by the driver itself, never by a VM; carried as a bad state.
+            DriverError::BadState { .. } | DriverError::SwitchedOver(_) => ErrKind::BadState,
             DriverError::MigrationFailed { .. } => ErrKind::MigrationFailed,
             DriverError::Timeout(_) => ErrKind::Timeout,
             DriverError::Protocol(_) => ErrKind::Protocol,

@@ -74,6 +74,17 @@ impl Hypervisor {
         }
     }
 
+    /// `cancel_outgoing` of a driver that ends the source copy at the switchover: after a
+    /// completed switchover there is nothing to cancel (false: "switched over"); before
+    /// it, as [`Hypervisor::cancel_outgoing`] (true).
+    pub fn cancel_outgoing_ended(&mut self, vm: &VmId) -> bool {
+        if self.outgoing.get(vm) == Some(&OutMigration::Completed) {
+            return false;
+        }
+        self.cancel_outgoing(vm);
+        true
+    }
+
     /// `cancel_outgoing`: forget the migration; a paused source runs again (`cont`).
     pub fn cancel_outgoing(&mut self, vm: &VmId) {
         self.outgoing.remove(vm);

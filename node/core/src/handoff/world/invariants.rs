@@ -6,7 +6,10 @@
 //! each `Transferred { to: B, epoch }` whose B still holds `Incoming { epoch }` (the
 //! commit point passed, B not yet promoted). An `Incoming` whose source holds neither is
 //! an orphan about to be dropped and owns nothing. I1 holds when every VM has exactly one
-//! owner. VMs touched by a decommissioned node are skipped (the operator decided).
+//! owner and some hypervisor holds the VM's state (a running or paused copy, or an
+//! incoming copy that received it): a store that names an owner whose every copy was
+//! dropped has lost the VM all the same. VMs touched by a decommissioned node are skipped
+//! (the operator decided).
 
 use super::{CopyState, Held, World};
 use crate::types::VmId;
@@ -22,6 +25,12 @@ pub enum Violation {
         vm: VmId,
         /// How many owners it has.
         owners: usize,
+    },
+    /// I1: no hypervisor holds the VM's state any more (every copy dropped or never
+    /// filled).
+    NoCopy {
+        /// The VM.
+        vm: VmId,
     },
     /// I2: the VM runs on several hypervisors at once.
     DoubleRun {
@@ -40,6 +49,9 @@ impl fmt::Display for Violation {
                     f,
                     "I1 violated: VM {vm} has {owners} owners in durable state"
                 )
+            }
+            Self::NoCopy { vm } => {
+                write!(f, "I1 violated: no hypervisor holds the state of VM {vm}")
             }
             Self::DoubleRun { vm, nodes } => {
                 write!(f, "I2 violated: VM {vm} runs on nodes {nodes:?} at once")
@@ -122,6 +134,15 @@ impl World {
     fn check_owners(&self, vm: &VmId) -> Result<(), Violation> {
         if self.touched_by_down_node(vm) {
             return Ok(());
+        }
+        let held = self.nodes.iter().any(|n| {
+            matches!(
+                n.hyper.copy(vm),
+                Some(CopyState::Running | CopyState::Paused | CopyState::Received)
+            )
+        });
+        if !held {
+            return Err(Violation::NoCopy { vm: vm.clone() });
         }
         match self.owners(vm) {
             1 => Ok(()),

@@ -21,7 +21,7 @@ pub use store::{Held, MemEntry, MemStore};
 
 use super::{
     CallKind, ClockMs, DriverAction, DriverCall, DriverOutcome, DriverReply, Effect, HandoffConfig,
-    HandoffMsg, Handoffs, Notice, Payload, StartError, StoreOutcome, Timer,
+    HandoffMsg, Handoffs, Notice, Payload, SourceCopy, StartError, StoreOutcome, Timer,
 };
 use crate::hypervisor::{MigrationStatus, MigrationTarget};
 use crate::types::{NodeId, VmId};
@@ -633,7 +633,10 @@ impl World {
             return;
         }
         src.outgoing.insert(vm.clone(), OutMigration::Completed);
-        src.copies.insert(vm.clone(), CopyState::Paused);
+        match self.config.source_copy {
+            SourceCopy::Kept => src.copies.insert(vm.clone(), CopyState::Paused),
+            SourceCopy::Ended => src.copies.remove(vm),
+        };
         self.nodes[to]
             .hyper
             .copies
@@ -679,6 +682,7 @@ impl World {
         fail: bool,
     ) -> DriverOutcome {
         let me = self.nodes[node].id.clone();
+        let ends_source = self.config.source_copy == SourceCopy::Ended;
         let n = &mut self.nodes[node];
         let h = &mut n.hyper;
         let finished = |call, ok| DriverOutcome::Finished { call, ok };
@@ -697,6 +701,12 @@ impl World {
                 Some(OutMigration::Completed) => MigrationStatus::Completed,
                 Some(OutMigration::Failed) => MigrationStatus::Failed,
             }),
+            DriverAction::CancelOutgoing if ends_source && fail => {
+                finished(CallKind::CancelOutgoing, false)
+            }
+            DriverAction::CancelOutgoing if ends_source && !h.cancel_outgoing_ended(vm) => {
+                DriverOutcome::SwitchedOver
+            }
             DriverAction::CancelOutgoing => {
                 h.cancel_outgoing(vm);
                 for c in &mut n.calls {
