@@ -3,6 +3,7 @@
 //! a file. Unknown keys are errors, so a typo never silently falls back to a default.
 
 use crate::driver::exec::ExecConfig;
+use crate::driver::libvirt::LibvirtConfig;
 use crate::driver::qemu::QemuConfig;
 use crate::driver::sim::SimConfig;
 use crate::handoff::HandoffConfig;
@@ -186,13 +187,15 @@ pub enum DriverKind {
     Qemu,
     /// An external plugin speaking `docs/driver-protocol.md` (`[driver.exec]`).
     Exec,
+    /// libvirt (`[driver.libvirt]`; a build with the cargo feature `libvirt`).
+    Libvirt,
 }
 
 /// The hypervisor driver and its settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DriverSection {
-    /// `sim`, `qemu` or `exec`.
+    /// `sim`, `qemu`, `exec` or `libvirt`.
     pub kind: DriverKind,
     /// Settings of the sim driver (its `host` is set to the node id when empty; a
     /// relative `state_dir` is relative to `node.data_dir`).
@@ -203,6 +206,9 @@ pub struct DriverSection {
     /// Settings of the exec driver (its `command` is required when `kind = "exec"`; a
     /// relative `working_dir` is relative to `node.data_dir`).
     pub exec: ExecConfig,
+    /// Settings of the libvirt driver (a relative `state_dir` is relative to
+    /// `node.data_dir`).
+    pub libvirt: LibvirtConfig,
 }
 
 /// Start-up and periodic reconciliation of hypervisor and schedule (docs/design.md §Drivers).
@@ -393,6 +399,7 @@ impl AgentConfig {
         for p in [
             &mut self.driver.sim.state_dir,
             &mut self.driver.qemu.state_dir,
+            &mut self.driver.libvirt.state_dir,
         ] {
             if p.is_relative() {
                 *p = data.join(&*p);
@@ -586,6 +593,10 @@ impl DriverSection {
     /// `[driver.exec]`: a command when the exec driver is chosen, and limits that let a
     /// plugin work at all. (`[driver.sim]` holds only values its types keep in range.)
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(why) = self.libvirt.validate() {
+            let (key, message) = why.split_once(": ").unwrap_or(("driver.libvirt", &why));
+            ensure(false, key, message)?;
+        }
         let e = &self.exec;
         ensure(
             self.kind != DriverKind::Exec

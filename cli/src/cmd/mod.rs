@@ -13,4 +13,5 @@ pub mod sessions;
 pub mod simulate;
 pub mod status;
 pub mod vm;
+pub mod vm_adopt;
 pub mod vm_move;

@@ -1,4 +1,4 @@
-//! `ballast vm create|list|show|delete|pin|unpin|move`: VMs through the admin API.
+//! `ballast vm create|list|show|delete|pin|unpin|move|adopt|release`: VMs through the admin API.
 //! Commands on one VM find the node that holds it first.
 
 use crate::admin_bundle::AdminArgs;
@@ -62,6 +62,14 @@ enum Cmd {
     /// Move a VM to another node now (live migration, crash-safe handoff); waits until
     /// it runs there.
     Move(crate::cmd::vm_move::MoveArgs),
+    /// Take VMs the hypervisor of --node already runs (libvirt domains defined outside
+    /// ballast) into its schedule, so balancing may move them.
+    Adopt(crate::cmd::vm_adopt::AdoptArgs),
+    /// Give a VM back: it leaves the schedule, keeps running, and is never moved again.
+    Release {
+        /// The VM.
+        name: String,
+    },
 }
 
 /// Arguments of `ballast vm create`.
@@ -157,6 +165,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Cmd::Pin { name } => change(&cluster, &name, Change::Pin).await,
             Cmd::Unpin { name } => change(&cluster, &name, Change::Unpin).await,
             Cmd::Move(a) => crate::cmd::vm_move::run_move(&cluster, a).await,
+            Cmd::Adopt(a) => crate::cmd::vm_adopt::run_adopt(&cluster, a).await,
+            Cmd::Release { name } => change(&cluster, &name, Change::Release).await,
         }
     })
 }
@@ -283,6 +293,7 @@ enum Change {
     Delete,
     Pin,
     Unpin,
+    Release,
 }
 
 async fn change(cluster: &Cluster, name: &str, what: Change) -> anyhow::Result<()> {
@@ -293,6 +304,10 @@ async fn change(cluster: &Cluster, name: &str, what: Change) -> anyhow::Result<(
         Change::Delete => (client.delete_vm(&vm).await, "deleted"),
         Change::Pin => (client.pin(&vm).await, "pinned"),
         Change::Unpin => (client.unpin(&vm).await, "unpinned"),
+        Change::Release => (
+            client.release_vm(&vm).await,
+            "released (it keeps running, unmanaged)",
+        ),
     };
     result.map_err(|e| explain(e, member.addr, &cluster.bundle_path))?;
     println!("VM {vm} {done} (on {})", member.node);

@@ -108,6 +108,8 @@ pub(crate) async fn handle_admin(
                 }
             }
         }
+        AdminRequest::AdoptVms { names } => adopt(ctx, names).await,
+        AdminRequest::ReleaseVm { vm } => release(ctx, vm).await,
         AdminRequest::RecentSessions => {
             // Half of what any client accepts by default, whatever this node's own limit.
             let budget = ctx
@@ -268,6 +270,80 @@ async fn delete(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminResp
         .map_err(store_err)?;
     info!(vm = %vm, "VM deleted");
     ctx.summary_dirty.notify_one();
+    Ok(AdminResponse::Done)
+}
+
+/// Most names one `AdoptVms` may carry.
+const ADOPT_NAMES_MAX: usize = 4096;
+
+/// Takes the hypervisor's existing VMs into the schedule: the driver marks each as
+/// managed and says its spec, then its `Running` entry is stored (an entry that exists
+/// already counts as adopted: the call is idempotent).
+async fn adopt(ctx: &AgentContext, names: Vec<String>) -> Result<AdminResponse, AdminError> {
+    if names.len() > ADOPT_NAMES_MAX {
+        return Err(AdminError::Invalid(format!(
+            "{} names; at most {ADOPT_NAMES_MAX} per call",
+            names.len()
+        )));
+    }
+    if let Some(bad) = names.iter().find(|n| n.is_empty() || n.len() > 255) {
+        return Err(AdminError::Invalid(format!("bad VM name {bad:?}")));
+    }
+    let found = ctx
+        .driver
+        .adopt_existing(&names)
+        .await
+        .map_err(|e| AdminError::Driver(e.to_string()))?;
+    let mut adopted = Vec::with_capacity(found.len());
+    for (vm, spec) in found {
+        let entry = ScheduleEntry {
+            vm: vm.clone(),
+            factors: spec.target.unwrap_or_default(),
+            spec,
+            state: VmState::Running,
+            epoch: 0,
+            pinned: false,
+            last_moved_unix_ms: None,
+        };
+        match ctx.with_store(move |s| s.create(&entry)).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {
+                info!(vm = %vm, "VM adopted");
+                adopted.push(vm);
+            }
+            Err(e) => return Err(store_err(e)),
+        }
+    }
+    ctx.summary_dirty.notify_one();
+    Ok(AdminResponse::Adopted(adopted))
+}
+
+/// Gives a VM back: its entry leaves the schedule first (durably), then the driver
+/// unmarks it. Should the second step fail, the VM is reported as unclaimed, never moved.
+async fn release(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminResponse, AdminError> {
+    let busy = handoffs_in_flight(ctx).await.iter().any(|h| h.vm == vm);
+    let vm2 = vm.clone();
+    let entry = ctx
+        .with_store(move |s| s.get(&vm2))
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| AdminError::NotFound(vm.clone()))?;
+    if busy || entry.state != VmState::Running {
+        return Err(AdminError::Busy {
+            vm,
+            detail: BusyDetail::Other("in a handoff".into()),
+        });
+    }
+    let vm2 = vm.clone();
+    ctx.with_store(move |s| s.delete(&vm2))
+        .await
+        .map_err(store_err)?;
+    ctx.summary_dirty.notify_one();
+    ctx.driver.release(&vm).await.map_err(|e| {
+        AdminError::Driver(format!(
+            "{vm} left the schedule, but the hypervisor still marks it as ballast's: {e}"
+        ))
+    })?;
+    info!(vm = %vm, "VM released");
     Ok(AdminResponse::Done)
 }
 

@@ -153,6 +153,23 @@ impl AdminClient {
         }
     }
 
+    /// Takes this host's existing VMs named in `names` (all when empty) into its
+    /// schedule; returns the VMs adopted.
+    pub async fn adopt_vms(&self, names: &[String]) -> Result<Vec<VmId>, AdminClientError> {
+        let req = AdminRequest::AdoptVms {
+            names: names.to_vec(),
+        };
+        match self.call(req).await? {
+            AdminResponse::Adopted(v) => Ok(v),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Gives a VM of this node back to the hypervisor's operator (unmanaged, never moved).
+    pub async fn release_vm(&self, vm: &VmId) -> Result<(), AdminClientError> {
+        self.done(AdminRequest::ReleaseVm { vm: vm.clone() }).await
+    }
+
     /// Deletes a VM of this node.
     pub async fn delete_vm(&self, vm: &VmId) -> Result<(), AdminClientError> {
         self.done(AdminRequest::DeleteVm { vm: vm.clone() }).await

@@ -14,7 +14,7 @@ use crate::config::AgentConfig;
 use crate::driver::Driver;
 use crate::failpoints::TestHooks;
 use crate::load::LoadModel;
-use ballast_store::{NodeId, Store, VmId};
+use ballast_store::{LoadFactors, NodeId, Store, VmId};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +46,10 @@ pub(crate) struct AgentContext {
     /// VMs the hypervisor runs that no entry claims (last reconciliation); a std mutex,
     /// never held across `.await`.
     pub(crate) unclaimed: Mutex<Vec<VmId>>,
+    /// Smoothed factors of the VMs the hypervisor runs that the driver does not manage
+    /// (measured load only): they weigh on this host but are never moved. A std mutex,
+    /// never held across `.await`.
+    pub(crate) unmanaged: Mutex<LoadFactors>,
     /// Set when shutting down.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Every task the agent spawns; closed and waited for at shutdown.

@@ -46,6 +46,12 @@ pub(crate) fn figures_from(ctx: &AgentContext, entries: &[ScheduleEntry]) -> Sid
             });
         }
     }
+    // VMs the driver does not manage weigh here but are no candidates.
+    let unmanaged = *super::context::lock(&ctx.unmanaged);
+    if unmanaged != LoadFactors::default() {
+        load += ctx.model.load_of(&unmanaged);
+        mem_used += unmanaged.mem;
+    }
     let free = (ctx.cfg.host.mem_bytes - mem_used).max(0.0);
     SideFigures {
         load,

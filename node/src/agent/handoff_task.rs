@@ -436,7 +436,9 @@ async fn run_driver(driver: &dyn Driver, vm: &VmId, action: &DriverAction) -> Dr
                 Ok(t) => DriverOutcome::Prepared(t),
                 Err(e) => {
                     warn!(vm = %vm, reason = %e, "prepare_incoming failed");
-                    DriverOutcome::PrepareFailed { no_room: false }
+                    DriverOutcome::PrepareFailed {
+                        no_room: matches!(e, DriverError::NoRoom(_)),
+                    }
                 }
             }
         }

@@ -92,6 +92,7 @@ impl Agent {
             draining: AtomicBool::new(draining),
             summary_dirty: Notify::new(),
             unclaimed: Mutex::new(Vec::new()),
+            unmanaged: Mutex::new(Default::default()),
             shutdown,
             tasks: TaskTracker::new(),
             cfg,
@@ -237,6 +238,19 @@ fn make_driver(cfg: &AgentConfig, me: &NodeId) -> Result<Arc<dyn Driver>, AgentE
         }
         DriverKind::Qemu => Arc::new(QemuDriver::new(cfg.driver.qemu.clone())?),
         DriverKind::Exec => Arc::new(ExecDriver::new(cfg.driver.exec.clone())?),
+        #[cfg(feature = "libvirt")]
+        DriverKind::Libvirt => Arc::new(crate::driver::libvirt::LibvirtDriver::new(
+            cfg.driver.libvirt.clone(),
+        )?),
+        #[cfg(not(feature = "libvirt"))]
+        DriverKind::Libvirt => {
+            return Err(crate::driver::DriverError::Unsupported {
+                driver: "libvirt",
+                what: "run: this ballast was built without the cargo feature `libvirt` \
+                       (build with `cargo build --release --features libvirt`, which needs libvirt-dev)",
+            }
+            .into())
+        }
     })
 }
 

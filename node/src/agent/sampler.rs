@@ -23,6 +23,7 @@ pub(crate) async fn sample_loads(ctx: Arc<AgentContext>) {
     let alpha = ctx.cfg.load.smoothing_alpha;
     let speed = ctx.cfg.host.cpu_speed;
     let mut tracks: HashMap<VmId, Track> = HashMap::new();
+    let mut unmanaged: Option<Track> = None;
     let mut shutdown = ctx.shutdown.clone();
     loop {
         tokio::select! {
@@ -64,6 +65,7 @@ pub(crate) async fn sample_loads(ctx: Arc<AgentContext>) {
             }
         }
         tracks.retain(|vm, _| seen.contains(vm));
+        sample_unmanaged(&ctx, &mut unmanaged, alpha, speed).await;
         for chunk in updates.chunks(FACTOR_BATCH_MAX) {
             let batch = chunk.to_vec();
             match ctx.with_store(move |s| s.update_factors(&batch)).await {
@@ -71,6 +73,45 @@ pub(crate) async fn sample_loads(ctx: Arc<AgentContext>) {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(reason = %e, "cannot store load factors"),
             }
+        }
+    }
+}
+
+/// The driver's unmanaged VMs as one background load (`ctx.unmanaged`), smoothed like a VM.
+async fn sample_unmanaged(ctx: &AgentContext, track: &mut Option<Track>, alpha: f64, speed: f64) {
+    let u = match ctx.driver.unmanaged_usage().await {
+        Ok(Some(u)) => u,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(reason = %e, "cannot read the unmanaged VMs' usage");
+            return;
+        }
+    };
+    let now = Counters {
+        at_ms: ctx.handoffs.now_ms(),
+        cpu_time_s: u.cpu_time_s,
+        io_bytes: u.io_bytes,
+        mem_bytes: u.mem_bytes,
+    };
+    match track {
+        Some(t) => {
+            // A domain that stopped lowers the sums: start over rather than go negative.
+            if now.cpu_time_s < t.prev.cpu_time_s || now.io_bytes < t.prev.io_bytes {
+                t.prev = now;
+                return;
+            }
+            if let Some(f) = factors_between(&t.prev, &now, speed) {
+                let smoothed = t.ewma.update(f);
+                *super::context::lock(&ctx.unmanaged) = smoothed;
+                ctx.summary_dirty.notify_one();
+            }
+            t.prev = now;
+        }
+        None => {
+            *track = Some(Track {
+                prev: now,
+                ewma: Ewma::new(alpha),
+            });
         }
     }
 }

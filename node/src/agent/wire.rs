@@ -221,6 +221,18 @@ pub enum AdminRequest {
     },
     /// The last balancing sessions this node took part in, newest last.
     RecentSessions,
+    /// `ballast vm adopt`: takes this host's existing VMs named in `names` (every
+    /// running or defined one when empty) into this node's schedule.
+    AdoptVms {
+        /// The hypervisor's names of the VMs (they become their VM ids).
+        names: Vec<String>,
+    },
+    /// `ballast vm release`: removes a VM from this node's schedule and gives it back to
+    /// the hypervisor's operator; it keeps running and is never moved again.
+    ReleaseVm {
+        /// The VM.
+        vm: VmId,
+    },
 }
 
 /// Answers to admin requests.
@@ -248,6 +260,8 @@ pub enum AdminResponse {
     },
     /// Recent sessions.
     Sessions(Vec<SessionRecord>),
+    /// The VMs an `AdoptVms` took into the schedule (already adopted ones included).
+    Adopted(Vec<VmId>),
     /// A `MoveVm` that had not resolved when the answer was due (a large VM's live
     /// migration outlasts an RPC): the handoff goes on; the VM's entry says how it ends.
     MoveUnderway,

@@ -41,6 +41,30 @@ pub enum DriverError {
     /// destination holds the only copy and the move must go forward.
     #[error("VM {0}: the migration completed and the source copy is gone; nothing to cancel")]
     SwitchedOver(VmId),
+    /// The hypervisor could not be reached (libvirtd down or restarting). Nothing is known
+    /// to have changed; ask again.
+    #[error("hypervisor unavailable: {0}")]
+    Unavailable(String),
+    /// The hypervisor refused or failed the call `op` and said why. Nothing changed
+    /// unless the call's doc says otherwise.
+    #[error("hypervisor {op} failed: {reason}")]
+    Hypervisor {
+        /// The call.
+        op: &'static str,
+        /// What the hypervisor said.
+        reason: String,
+    },
+    /// This host lacks the room (disk space, memory) for the VM. Nothing changed.
+    #[error("no room: {0}")]
+    NoRoom(String),
+    /// The driver does not do this (e.g. adopting existing VMs on the sim driver).
+    #[error("the {driver} driver cannot {what}")]
+    Unsupported {
+        /// The driver.
+        driver: &'static str,
+        /// What was asked.
+        what: &'static str,
+    },
     /// The driver refused the VM spec (e.g. zero memory). Nothing changed.
     #[error("invalid VM spec: {0}")]
     InvalidSpec(String),

@@ -13,6 +13,7 @@
 
 mod error;
 pub mod exec;
+pub mod libvirt;
 pub mod qemu;
 pub mod sim;
 
@@ -89,6 +90,34 @@ pub trait Driver: Send + Sync + 'static {
     /// Whether this host holds a complete incoming copy of `vm` (all state received),
     /// asked only when an operator has forgotten the source (`ballast node forget`).
     async fn incoming_complete(&self, vm: &VmId) -> Result<bool, DriverError>;
+
+    /// Usage summed over the VMs this hypervisor runs that the driver does not manage
+    /// (they weigh on the host but are never moved); `None` when the driver has no such
+    /// notion.
+    async fn unmanaged_usage(&self) -> Result<Option<UsageSample>, DriverError> {
+        Ok(None)
+    }
+
+    /// `ballast vm adopt`: takes the hypervisor's existing VMs named in `names` (all that
+    /// run or are defined when empty) under management and returns each with the spec its
+    /// schedule entry records. Idempotent: an already managed VM is returned again.
+    async fn adopt_existing(&self, names: &[String]) -> Result<Vec<(VmId, VmSpec)>, DriverError> {
+        let _ = names;
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            what: "adopt VMs it did not start",
+        })
+    }
+
+    /// `ballast vm release`: gives `vm` back to the operator (it keeps running, unmanaged
+    /// and never moved again). Idempotent.
+    async fn release(&self, vm: &VmId) -> Result<(), DriverError> {
+        let _ = vm;
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            what: "release VMs",
+        })
+    }
 
     /// After an agent restart: finds the VMs still running from the previous agent and
     /// takes them over (QEMU: reconnects to their QMP sockets) without restarting them.

@@ -47,7 +47,7 @@ pub(crate) fn accel_args(accel: Accel, kvm_usable: bool) -> Vec<String> {
 }
 
 /// Whether `/dev/kvm` can be opened read-write by this process.
-pub(crate) fn kvm_usable() -> bool {
+pub fn kvm_usable() -> bool {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -26,6 +26,7 @@ mod procfs;
 mod qmp;
 mod vm_dir;
 
+pub use cmdline::kvm_usable;
 pub use config::{Accel, QemuConfig, QemuTimeouts};
 
 use crate::driver::{

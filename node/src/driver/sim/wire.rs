@@ -99,7 +99,10 @@ impl VmReply {
             // Answered by the driver itself, never by a VM; carried as a bad state.
             DriverError::BadState { .. } | DriverError::SwitchedOver(_) => ErrKind::BadState,
             DriverError::MigrationFailed { .. } => ErrKind::MigrationFailed,
-            DriverError::Timeout(_) => ErrKind::Timeout,
+            DriverError::Timeout(_) | DriverError::Unavailable(_) => ErrKind::Timeout,
+            DriverError::Hypervisor { .. }
+            | DriverError::NoRoom(_)
+            | DriverError::Unsupported { .. } => ErrKind::BadState,
             DriverError::Protocol(_) => ErrKind::Protocol,
             DriverError::Io(_) => ErrKind::Io,
             DriverError::InvalidSpec(_) => ErrKind::InvalidSpec,
