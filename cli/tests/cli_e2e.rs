@@ -120,7 +120,7 @@ fn a_user_bootstraps_balances_drains_and_deletes() {
         .zip(&ports)
         .map(|(c, port)| {
             let log = c.with_file_name("agent.log");
-            AgentProcess::start(bin, c, port, &log, &[]).expect("start agent")
+            AgentProcess::start(&[], bin, c, port, &log, &[]).expect("start agent")
         })
         .collect();
     let admin = ["--admin", "c/ballast-admin"];

@@ -34,6 +34,9 @@ pub struct NodeSlot {
     pub dir: PathBuf,
     /// Its config file.
     pub config: PathBuf,
+    /// A command the agent runs under, its arguments first (empty: none). For example
+    /// `nsenter -t PID -m --`, so that the agent sees a host's mount namespace.
+    pub launcher: Vec<OsString>,
     port: HeldPort,
     process: Option<AgentProcess>,
     starts: u32,
@@ -126,6 +129,7 @@ impl LocalCluster {
                 name: name.clone(),
                 dir,
                 config,
+                launcher: Vec::new(),
                 port,
                 process: None,
                 starts: 0,
@@ -152,7 +156,7 @@ impl LocalCluster {
             return Ok(());
         }
         let log = n.log_of(n.starts + 1);
-        let process = AgentProcess::start(&self.bin, &n.config, &n.port, &log, env)?;
+        let process = AgentProcess::start(&n.launcher, &self.bin, &n.config, &n.port, &log, env)?;
         n.starts += 1;
         n.process = Some(process);
         Ok(())

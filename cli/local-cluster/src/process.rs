@@ -16,10 +16,12 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts `bin agent --config CONFIG --stdin-socket` with a copy of `port`'s socket
-    /// as its standard input, `env` added to its environment, and its standard output
-    /// and error appended to `log`.
+    /// Starts `bin agent --config CONFIG --stdin-socket` (under `launcher` when it is not
+    /// empty: a command that ends by executing its arguments in its own process) with a
+    /// copy of `port`'s socket as its standard input, `env` added to its environment, and
+    /// its standard output and error appended to `log`.
     pub fn start(
+        launcher: &[OsString],
         bin: &Path,
         config: &Path,
         port: &HeldPort,
@@ -38,7 +40,15 @@ impl AgentProcess {
             ip: port.addr().ip(),
             source,
         })?;
-        let child = Command::new(bin)
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .args(["agent", "--stdin-socket", "--config"])
             .arg(config)
             .env_remove("BALLAST_CONFIG")

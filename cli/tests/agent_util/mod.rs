@@ -157,6 +157,12 @@ mode = "{mode}"
         }
     }
 
+    /// Runs node `i`'s agent under `launcher` from its next start on (e.g. `nsenter -t PID
+    /// -m --`: the agent then sees that process's mount namespace).
+    pub fn set_launcher(&mut self, i: usize, launcher: Vec<std::ffi::OsString>) {
+        self.kit.nodes[i].launcher = launcher;
+    }
+
     /// Starts (or restarts) node `i`, with `failpoints` armed through the environment.
     pub fn start(&mut self, i: usize, failpoints: &str) {
         let env = [

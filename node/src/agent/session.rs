@@ -69,7 +69,15 @@ pub(crate) async fn serve_session(
             if ctx.is_draining() {
                 return SessionResponse::Draining;
             }
-            if ctx.handoffs.in_flight().incoming >= ctx.cfg.balancing.max_incoming.get() {
+            let in_flight = ctx.handoffs.in_flight();
+            if in_flight.incoming >= ctx.cfg.balancing.max_incoming.get() {
+                return SessionResponse::Busy;
+            }
+            // Moves this node planned but has not finished are not yet in its figures'
+            // place: a peer pulling on those figures would pull the same load twice (with
+            // migrations of seconds, every session until they end). Busy until they end.
+            if ctx.moves.pending() > 0 || in_flight.outgoing >= ctx.cfg.balancing.max_outgoing.get()
+            {
                 return SessionResponse::Busy;
             }
             if !take_slot(ctx, &from, session) {
