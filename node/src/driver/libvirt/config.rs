@@ -45,8 +45,6 @@ pub struct LibvirtConfig {
     pub call_timeout: Millis,
     /// Bound on one migration; past it the migration is aborted (when it can still be).
     pub migrate_timeout: Millis,
-    /// Wait between two attempts to reach libvirtd while it is down.
-    pub reconnect_interval: Millis,
     /// `qemu-img`, used to pre-create a copied disk on the destination.
     pub qemu_img: PathBuf,
 }
@@ -65,7 +63,6 @@ impl Default for LibvirtConfig {
             state_dir: PathBuf::from("libvirt-state"),
             call_timeout: Millis::new(30_000),
             migrate_timeout: Millis::new(600_000),
-            reconnect_interval: Millis::new(2_000),
             qemu_img: PathBuf::from("qemu-img"),
         }
     }
@@ -88,10 +85,6 @@ impl LibvirtConfig {
         for (key, v) in [
             ("driver.libvirt.call_timeout", self.call_timeout.get()),
             ("driver.libvirt.migrate_timeout", self.migrate_timeout.get()),
-            (
-                "driver.libvirt.reconnect_interval",
-                self.reconnect_interval.get(),
-            ),
         ] {
             if v == 0 {
                 return Err(format!("{key}: must be above zero"));

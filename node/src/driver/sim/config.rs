@@ -75,11 +75,11 @@ mod tests {
         let c: SimConfig = toml::from_str("host = \"h1\"\nmode = \"process\"\n").unwrap();
         assert_eq!(c.host, NodeId::from("h1"));
         assert_eq!(c.source_copy, SourceCopy::Kept);
+        assert_eq!(c.mode, SimMode::Process);
+        assert_eq!(c.migration.get(), 200);
         let c: SimConfig = toml::from_str("source_copy = \"ended\"\n").unwrap();
         assert_eq!(c.source_copy, SourceCopy::Ended);
         assert!(toml::from_str::<SimConfig>("source_copy = \"gone\"").is_err());
-        assert_eq!(c.mode, SimMode::Process);
-        assert_eq!(c.migration.get(), 200);
         assert!(toml::from_str::<SimConfig>("bogus = 1").is_err());
     }
 }
