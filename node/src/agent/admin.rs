@@ -246,8 +246,9 @@ pub(crate) async fn place_here(ctx: &AgentContext, p: Placement) -> Result<(), A
         .map_err(|e| AdminError::Driver(e.to_string()))
 }
 
-async fn delete(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminResponse, AdminError> {
-    let busy = handoffs_in_flight(ctx).await.iter().any(|h| h.vm == vm);
+/// Ok when `vm` is this node's, `Running` and in no handoff; else `NotFound` or `Busy`.
+async fn ensure_settled(ctx: &AgentContext, vm: &ballast_store::VmId) -> Result<(), AdminError> {
+    let busy = handoffs_in_flight(ctx).await.iter().any(|h| &h.vm == vm);
     let vm2 = vm.clone();
     let entry = ctx
         .with_store(move |s| s.get(&vm2))
@@ -256,10 +257,15 @@ async fn delete(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminResp
         .ok_or_else(|| AdminError::NotFound(vm.clone()))?;
     if busy || entry.state != VmState::Running {
         return Err(AdminError::Busy {
-            vm,
+            vm: vm.clone(),
             detail: BusyDetail::Other("in a handoff".into()),
         });
     }
+    Ok(())
+}
+
+async fn delete(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminResponse, AdminError> {
+    ensure_settled(ctx, &vm).await?;
     ctx.driver
         .stop(&vm)
         .await
@@ -320,19 +326,7 @@ async fn adopt(ctx: &AgentContext, names: Vec<String>) -> Result<AdminResponse, 
 /// Gives a VM back: its entry leaves the schedule first (durably), then the driver
 /// unmarks it. Should the second step fail, the VM is reported as unclaimed, never moved.
 async fn release(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminResponse, AdminError> {
-    let busy = handoffs_in_flight(ctx).await.iter().any(|h| h.vm == vm);
-    let vm2 = vm.clone();
-    let entry = ctx
-        .with_store(move |s| s.get(&vm2))
-        .await
-        .map_err(store_err)?
-        .ok_or_else(|| AdminError::NotFound(vm.clone()))?;
-    if busy || entry.state != VmState::Running {
-        return Err(AdminError::Busy {
-            vm,
-            detail: BusyDetail::Other("in a handoff".into()),
-        });
-    }
+    ensure_settled(ctx, &vm).await?;
     let vm2 = vm.clone();
     ctx.with_store(move |s| s.delete(&vm2))
         .await

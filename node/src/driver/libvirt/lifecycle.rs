@@ -17,16 +17,23 @@ pub(super) const ADOPTED_KEY: &str = "libvirt.adopted";
 /// `driver_opts` key: the domain's UUID when adopted.
 const UUID_KEY: &str = "libvirt.uuid";
 
-/// Sets ballast's metadata element on a domain (live and persistent parts that exist).
-fn mark(dom: &Domain, vm: &str) -> Result<(), virt::error::Error> {
-    let element = domain_xml::metadata_element(&VmId::from(vm));
-    let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
+/// Where a metadata change applies: the persistent definition if there is one, the
+/// running domain if it runs.
+fn metadata_flags(dom: &Domain) -> Result<u32, virt::error::Error> {
+    let mut flags = 0;
+    if dom.is_persistent()? {
+        flags |= sys::VIR_DOMAIN_AFFECT_CONFIG;
+    }
     if dom.is_active()? {
         flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
     }
-    if !dom.is_persistent()? {
-        flags = sys::VIR_DOMAIN_AFFECT_LIVE;
-    }
+    Ok(flags)
+}
+
+/// Sets ballast's metadata element on a domain (live and persistent parts that exist).
+fn mark(dom: &Domain, vm: &str) -> Result<(), virt::error::Error> {
+    let element = domain_xml::metadata_element(&VmId::from(vm));
+    let flags = metadata_flags(dom)?;
     dom.set_metadata(
         sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
         Some(&element),
@@ -38,13 +45,7 @@ fn mark(dom: &Domain, vm: &str) -> Result<(), virt::error::Error> {
 
 /// Removes ballast's metadata element.
 fn unmark(dom: &Domain) -> Result<(), virt::error::Error> {
-    let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
-    if dom.is_active()? {
-        flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
-    }
-    if !dom.is_persistent()? {
-        flags = sys::VIR_DOMAIN_AFFECT_LIVE;
-    }
+    let flags = metadata_flags(dom)?;
     dom.set_metadata(
         sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
         None,
