@@ -16,7 +16,7 @@ mod agent_util;
 mod libvirt_util;
 
 use agent_util::*;
-use libvirt_util::{domain_xml, LibvirtHosts};
+use libvirt_util::{domain_xml, qcow2_image, LibvirtHosts};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -86,7 +86,6 @@ fn disk_sha(path: &Path) -> String {
 
 /// A boot disk for guest `i`: the boot sector, then 2 MiB of bytes that depend on `i`.
 fn make_disk(path: &Path, i: usize) {
-    let raw = path.with_extension("seed.raw");
     let mut bytes = ballast_node::driver::qemu::guest::boot_sector().to_vec();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1);
     while bytes.len() < (2 << 20) {
@@ -95,23 +94,7 @@ fn make_disk(path: &Path, i: usize) {
         x ^= x << 17;
         bytes.extend_from_slice(&x.to_le_bytes());
     }
-    std::fs::write(&raw, &bytes).expect("seed disk");
-    let ok = Command::new("qemu-img")
-        .args(["convert", "-q", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(path)
-        .status()
-        .expect("qemu-img")
-        .success()
-        && Command::new("qemu-img")
-            .args(["resize", "-q"])
-            .arg(path)
-            .arg(DISK_BYTES.to_string())
-            .status()
-            .expect("qemu-img")
-            .success();
-    let _ = std::fs::remove_file(&raw);
-    assert!(ok, "could not make {}", path.display());
+    qcow2_image(path, &bytes, DISK_BYTES);
 }
 
 fn libvirt_section(hosts: &LibvirtHosts, h: &str) -> String {

@@ -16,6 +16,7 @@ pub mod exec;
 pub mod libvirt;
 pub mod qemu;
 pub mod sim;
+mod vm_file;
 
 pub use error::DriverError;
 

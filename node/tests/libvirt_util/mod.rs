@@ -111,11 +111,20 @@ impl Drop for LibvirtHosts {
 }
 
 /// The tiny boot sector (the qemu driver's demo guest) as a qcow2 image of `size` bytes at
-/// `path`, made with `qemu-img`.
+/// `path`.
 pub fn boot_image(path: &Path, size: u64) {
-    let raw = path.with_extension("raw-boot");
-    std::fs::write(&raw, ballast_node::driver::qemu::guest::boot_sector())
-        .expect("write boot sector");
+    qcow2_image(
+        path,
+        &ballast_node::driver::qemu::guest::boot_sector(),
+        size,
+    );
+}
+
+/// A qcow2 image at `path` of virtual size `size` whose first bytes are `contents`, made
+/// with `qemu-img`.
+pub fn qcow2_image(path: &Path, contents: &[u8], size: u64) {
+    let raw = path.with_extension("seed.raw");
+    std::fs::write(&raw, contents).expect("write the image's contents");
     let ok = Command::new("qemu-img")
         .args(["convert", "-q", "-O", "qcow2"])
         .arg(&raw)

@@ -5,6 +5,7 @@
 //! the source domain the outcome can still be asked from the destination). Written with
 //! fsync before the step that depends on them.
 
+use crate::driver::vm_file::{file_name, vm_of_file};
 use crate::driver::DriverError;
 use ballast_store::VmId;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -45,17 +46,7 @@ impl Records {
     }
 
     fn path(&self, vm: &VmId) -> PathBuf {
-        let s = vm.as_str();
-        let safe = !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        let name = if safe {
-            format!("v-{s}.json")
-        } else {
-            let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
-            format!("x-{hex}.json")
-        };
-        self.dir.join(name)
+        self.dir.join(file_name(vm, "json"))
     }
 
     /// The record of `vm`, if any. A corrupt record is an error that names its file.
@@ -107,20 +98,8 @@ impl Records {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
-        dir.filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            let stem = name.strip_suffix(".json")?;
-            if let Some(id) = stem.strip_prefix("v-") {
-                return Some(VmId::from(id));
-            }
-            let hex = stem.strip_prefix("x-")?;
-            let bytes: Option<Vec<u8>> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect();
-            String::from_utf8(bytes?).ok().map(VmId::from)
-        })
-        .collect()
+        dir.filter_map(|e| vm_of_file(e.ok()?.file_name().to_str()?, "json"))
+            .collect()
     }
 }
 

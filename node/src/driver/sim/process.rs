@@ -45,36 +45,14 @@ fn is_cut(e: &io::Error) -> bool {
     )
 }
 
-/// The socket file name of `vm`: `v-<id>.sock` for ids of `[A-Za-z0-9._-]`, else
-/// `x-<hex of the id's bytes>.sock`; both decode back with [`vm_of_socket`].
+/// The socket file name of `vm` (`v-<id>.sock`, or `x-<hex>.sock` for other ids).
 pub(crate) fn socket_name(vm: &VmId) -> String {
-    let s = vm.as_str();
-    let safe = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if safe {
-        format!("v-{s}.sock")
-    } else {
-        let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("x-{hex}.sock")
-    }
+    crate::driver::vm_file::file_name(vm, "sock")
 }
 
 /// The VM whose socket is named `name`, if it is one of ours.
 pub(crate) fn vm_of_socket(name: &str) -> Option<VmId> {
-    let stem = name.strip_suffix(".sock")?;
-    if let Some(id) = stem.strip_prefix("v-") {
-        return Some(VmId::from(id));
-    }
-    let hex = stem.strip_prefix("x-")?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok().map(VmId::from)
+    crate::driver::vm_file::vm_of_file(name, "sock")
 }
 
 /// The directory of the VM sockets of a host.

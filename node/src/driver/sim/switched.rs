@@ -5,7 +5,7 @@
 //! answers `Completed` and `cancel_outgoing` answers `SwitchedOver` — also after the agent
 //! (or, in-process, the whole host) restarted. `finish_outgoing` removes the marker.
 
-use super::process::socket_name;
+use crate::driver::vm_file::file_name;
 use crate::driver::DriverError;
 use ballast_store::VmId;
 use std::io::Write;
@@ -26,7 +26,7 @@ impl SwitchedMarkers {
     }
 
     fn path(&self, vm: &VmId) -> PathBuf {
-        self.dir.join(socket_name(vm).replace(".sock", ".switched"))
+        self.dir.join(file_name(vm, "switched"))
     }
 
     /// Records, durably, that `vm` left this host by a completed migration.
