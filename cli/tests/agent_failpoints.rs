@@ -11,14 +11,13 @@ use agent_util::*;
 use ballast_store::VmId;
 use std::time::Duration;
 
-#[derive(Clone, Copy, PartialEq)]
-enum Side {
-    Source,
-    Destination,
-}
-
-/// `must_fire`: the step is on the path of this scenario, so the agent must die there.
-fn scenario(failpoint: &str, side: Side, fail_migration: bool, must_fire: bool) {
+fn scenario(failpoint: &str) {
+    let FailpointCase {
+        side,
+        fail_migration,
+        must_fire,
+        ..
+    } = failpoint_case(failpoint);
     let mut source = NodeOpts {
         balancing: false,
         ..NodeOpts::default()
@@ -113,41 +112,54 @@ fn scenario(failpoint: &str, side: Side, fail_migration: bool, must_fire: bool) 
 }
 
 macro_rules! failpoint_tests {
-    ($($name:ident: $fp:expr, $side:expr, $fail:expr, $must:expr;)*) => {
+    ($($name:ident: $fp:expr;)*) => {
         $(
             #[test]
             fn $name() {
-                scenario($fp, $side, $fail, $must);
+                scenario($fp);
             }
         )*
     };
 }
 
 failpoint_tests! {
-    src_before_begin: "before:begin_migrate_out", Side::Source, false, true;
-    src_after_begin: "after:begin_migrate_out", Side::Source, false, true;
-    src_before_send_prepare: "before-send:prepare", Side::Source, false, true;
-    src_after_send_prepare: "after-send:prepare", Side::Source, false, true;
-    src_before_commit: "before:commit_migrate_out", Side::Source, false, true;
-    src_after_commit: "after:commit_migrate_out", Side::Source, false, true;
-    src_before_send_commit: "before-send:commit", Side::Source, false, true;
-    src_after_send_commit: "after-send:commit", Side::Source, false, true;
-    src_before_forget: "before:forget_transfer", Side::Source, false, true;
-    src_after_forget: "after:forget_transfer", Side::Source, false, true;
-    src_before_abort: "before:abort_migrate_out", Side::Source, true, true;
-    src_after_abort: "after:abort_migrate_out", Side::Source, true, true;
-    src_before_send_abort: "before-send:abort", Side::Source, true, true;
-    src_after_send_abort: "after-send:abort", Side::Source, true, true;
-    dst_before_accept: "before:accept_incoming", Side::Destination, false, true;
-    dst_after_accept: "after:accept_incoming", Side::Destination, false, true;
-    dst_before_send_prepared: "before-send:prepared", Side::Destination, false, true;
-    dst_after_send_prepared: "after-send:prepared", Side::Destination, false, true;
-    dst_before_promote: "before:promote_incoming", Side::Destination, false, true;
-    dst_after_promote: "after:promote_incoming", Side::Destination, false, true;
-    dst_before_send_commit_ack: "before-send:commit_ack", Side::Destination, false, true;
-    dst_after_send_commit_ack: "after-send:commit_ack", Side::Destination, false, true;
-    dst_before_drop: "before:drop_incoming", Side::Destination, true, true;
-    dst_after_drop: "after:drop_incoming", Side::Destination, true, true;
-    dst_before_send_query: "before-send:query_outcome", Side::Destination, false, false;
-    src_before_send_outcome: "before-send:outcome", Side::Source, false, false;
+    src_before_begin: "before:begin_migrate_out";
+    src_after_begin: "after:begin_migrate_out";
+    src_before_send_prepare: "before-send:prepare";
+    src_after_send_prepare: "after-send:prepare";
+    src_before_commit: "before:commit_migrate_out";
+    src_after_commit: "after:commit_migrate_out";
+    src_before_send_commit: "before-send:commit";
+    src_after_send_commit: "after-send:commit";
+    src_before_forget: "before:forget_transfer";
+    src_after_forget: "after:forget_transfer";
+    src_before_abort: "before:abort_migrate_out";
+    src_after_abort: "after:abort_migrate_out";
+    src_before_send_abort: "before-send:abort";
+    src_after_send_abort: "after-send:abort";
+    dst_before_accept: "before:accept_incoming";
+    dst_after_accept: "after:accept_incoming";
+    dst_before_send_prepared: "before-send:prepared";
+    dst_after_send_prepared: "after-send:prepared";
+    dst_before_promote: "before:promote_incoming";
+    dst_after_promote: "after:promote_incoming";
+    dst_before_send_commit_ack: "before-send:commit_ack";
+    dst_after_send_commit_ack: "after-send:commit_ack";
+    dst_before_drop: "before:drop_incoming";
+    dst_after_drop: "after:drop_incoming";
+    dst_before_send_query: "before-send:query_outcome";
+    src_before_send_outcome: "before-send:outcome";
+}
+
+/// Every case in the table has its test above.
+#[test]
+fn every_failpoint_case_has_a_test() {
+    let here = include_str!("agent_failpoints.rs");
+    for c in FAILPOINT_CASES {
+        assert!(
+            here.contains(&format!("\"{}\";", c.name)),
+            "no test for {}",
+            c.name
+        );
+    }
 }

@@ -11,37 +11,20 @@
 //! on b. Domains that ballast does not manage are never moved.
 #![cfg(feature = "libvirt")]
 
+mod agent_libvirt_util;
 mod agent_util;
 #[path = "../../node/tests/libvirt_util/mod.rs"]
 mod libvirt_util;
 
+use agent_libvirt_util::{define_guest, disk_sha, guest_ticks, libvirt_cluster, make_disk};
 use agent_util::*;
-use libvirt_util::{domain_xml, qcow2_image, LibvirtHosts};
+use libvirt_util::{domain_xml, LibvirtHosts};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const VMS: usize = 6;
-/// Virtual size of each disk.
-const DISK_BYTES: u64 = 64 << 20;
-
-/// The guest's BIOS tick counter (18.2 Hz, in guest RAM at 0x46c): the guest's own
-/// clock, carried over by a live migration and reset by a restart.
-fn guest_ticks(hosts: &LibvirtHosts, h: &str, name: &str) -> Option<u64> {
-    let out = Command::new("virsh")
-        .arg("-c")
-        .arg(hosts.uri(h))
-        .args(["qemu-monitor-command", name, "--hmp", "xp /1wx 0x46c"])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = text.rsplit_once("0x")?.1.trim();
-    u64::from_str_radix(hex, 16).ok()
-}
 
 /// Whether the QEMU that runs `name` on host `h` was started to receive a migration
 /// (`-incoming` on its command line): its state came from the source, it did not boot.
@@ -61,109 +44,23 @@ fn started_as_incoming(hosts: &LibvirtHosts, h: &str, name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// SHA-256 of the disk's contents as the guest sees them (read while the VM runs).
-fn disk_sha(path: &Path) -> String {
-    let raw = path.with_extension("check.raw");
-    let ok = Command::new("qemu-img")
-        .args(["convert", "-U", "-q", "-O", "raw"])
-        .arg(path)
-        .arg(&raw)
-        .status()
-        .expect("qemu-img")
-        .success();
-    assert!(ok, "qemu-img could not read {}", path.display());
-    let out = Command::new("sha256sum")
-        .arg(&raw)
-        .output()
-        .expect("sha256sum");
-    let _ = std::fs::remove_file(&raw);
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// A boot disk for guest `i`: the boot sector, then 2 MiB of bytes that depend on `i`.
-fn make_disk(path: &Path, i: usize) {
-    let mut bytes = ballast_node::driver::qemu::guest::boot_sector().to_vec();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1);
-    while bytes.len() < (2 << 20) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        bytes.extend_from_slice(&x.to_le_bytes());
-    }
-    qcow2_image(path, &bytes, DISK_BYTES);
-}
-
-fn libvirt_section(hosts: &LibvirtHosts, h: &str) -> String {
-    format!(
-        "\n[driver.libvirt]\npeer_uri = \"{}\"\nmigrate_uri = \"tcp://127.0.0.1\"\n\
-         listen_address = \"127.0.0.1\"\ncall_timeout = \"30s\"\nmigrate_timeout = \"60s\"\n",
-        hosts.uri(h)
-    )
-}
-
 #[test]
 fn adopted_libvirt_domains_balance_live_with_their_local_disks() {
     let hosts = LibvirtHosts::start();
     let mut sums = BTreeMap::new();
     for i in 0..VMS {
         let name = format!("guest-{i}");
-        let disk = hosts.images("a").join(format!("{name}.qcow2"));
-        make_disk(&disk, i);
-        sums.insert(name.clone(), disk_sha(&disk));
-        let xml = hosts.dir().join(format!("{name}.xml"));
-        let inside = Path::new("/var/lib/libvirt/images").join(format!("{name}.qcow2"));
-        std::fs::write(&xml, domain_xml(&name, &inside, 32)).expect("xml");
-        hosts.virsh("a", &["define", &xml.display().to_string()]);
-        hosts.virsh("a", &["start", &name]);
+        let disk = define_guest(&hosts, "a", &name, i, 32);
+        sums.insert(name, disk_sha(&disk));
     }
-    // One domain ballast will not manage (defined after the adopt below).
     let started = Instant::now();
-
-    let opts: Vec<NodeOpts> = ["a", "b"]
-        .iter()
-        .map(|h| NodeOpts {
-            cpu_cores: 1.0,
-            balancing: true,
-            extra: libvirt_section(&hosts, h),
-            ..NodeOpts::default()
-        })
-        .collect();
-    let mut c = Cluster::new(&opts);
-    for (i, h) in ["a", "b"].iter().enumerate() {
-        let n = &c.nodes[i];
-        set_in_config(&n.config, "kind = \"sim\"", "kind = \"libvirt\"");
-        set_in_config(&n.config, "mode = \"target\"", "mode = \"measured\"");
-        set_in_config(
-            &n.config,
-            "prepare_timeout = \"3s\"",
-            "prepare_timeout = \"30s\"",
-        );
-        set_in_config(
-            &n.config,
-            "migrate_timeout = \"20s\"",
-            "migrate_timeout = \"60s\"",
-        );
-        set_in_config(&n.config, "rpc_timeout = \"3s\"", "rpc_timeout = \"20s\"");
-        // Measured loads of TCG guests on two shared cores are noisy: a VM moves at most
-        // once here, and only for a clear difference, so that the cluster comes to rest.
-        set_in_config(
-            &n.config,
-            "cooldown = \"0s\"",
-            "cooldown = \"300s\"\nthreshold = 0.15\nmin_gain = 0.05\nswaps = false",
-        );
-        let pid = hosts.daemon_pid(h).to_string();
-        c.set_launcher(
-            i,
-            ["nsenter", "-t", &pid, "-m", "--"]
-                .iter()
-                .map(Into::into)
-                .collect(),
-        );
-    }
+    // Measured loads of TCG guests on two shared cores are noisy: a VM moves at most
+    // once here, and only for a clear difference, so that the cluster comes to rest.
+    let mut c = libvirt_cluster(
+        &hosts,
+        true,
+        "cooldown = \"300s\"\nthreshold = 0.15\nmin_gain = 0.05\nswaps = false",
+    );
     c.start_all();
     let bundle = c.write_admin_bundle();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -62,6 +62,17 @@ impl Specs {
     }
 }
 
+/// Host `h`'s driver, and specs of VMs whose images are in the shared directory.
+fn driver_on(hosts: &LibvirtHosts, h: &str) -> (LibvirtDriver, Specs) {
+    std::fs::create_dir_all(shared(hosts)).unwrap();
+    let d = LibvirtDriver::new(config(hosts, h)).unwrap();
+    let specs = Specs {
+        dir: shared(hosts),
+        n: AtomicUsize::new(0),
+    };
+    (d, specs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_two_libvirtds() {
     let hosts = LibvirtHosts::start();
@@ -90,12 +101,7 @@ async fn conformance_on_two_libvirtds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_destination_fails_the_migration_and_the_source_runs_on() {
     let hosts = LibvirtHosts::start();
-    std::fs::create_dir_all(shared(&hosts)).unwrap();
-    let a = LibvirtDriver::new(config(&hosts, "a")).unwrap();
-    let specs = Specs {
-        dir: shared(&hosts),
-        n: AtomicUsize::new(0),
-    };
+    let (a, specs) = driver_on(&hosts, "a");
     let vm = VmId::from("dead-dst");
     a.start(&vm, &specs.spec()).await.unwrap();
     wait_state(&a, &vm, "Running", |s| s == Some(VmRunState::Running)).await;
@@ -153,4 +159,38 @@ async fn a_destination_refuses_a_name_it_already_has_and_a_missing_disk() {
     assert_eq!(state_of(&b, &VmId::from("other")).await, None);
     // The operator's domain is no VM of ballast's.
     assert_eq!(state_of(&b, &VmId::from("taken")).await, None);
+}
+
+/// The spec a source sends with a move follows the domain: a VM started from a spec with
+/// no disk records gets them (format, virtual size, allocation), a disk grown with
+/// `virsh blockresize` is sent with its new size, and an up-to-date spec is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_sent_with_a_move_follows_the_domain() {
+    let hosts = LibvirtHosts::start();
+    let (a, specs) = driver_on(&hosts, "a");
+    let vm = VmId::from("grows");
+    let spec = specs.spec();
+    a.start(&vm, &spec).await.unwrap();
+    wait_state(&a, &vm, "Running", |s| s == Some(VmRunState::Running)).await;
+    let record = |s: &VmSpec| s.driver_opts.get("libvirt.disk.vda").cloned();
+    assert_eq!(record(&spec), None);
+    let fresh = a
+        .current_spec(&vm, &spec)
+        .await
+        .unwrap()
+        .expect("disk records");
+    let r = record(&fresh).expect("vda recorded");
+    assert!(r.starts_with(&format!("file:qcow2:{}:", 16 << 20)), "{r}");
+    assert_eq!(a.current_spec(&vm, &fresh).await.unwrap(), None);
+
+    hosts.virsh("a", &["blockresize", "grows", "vda", "32M"]);
+    let grown = a
+        .current_spec(&vm, &fresh)
+        .await
+        .unwrap()
+        .expect("new size");
+    let r = record(&grown).expect("vda recorded");
+    assert!(r.starts_with(&format!("file:qcow2:{}:", 32 << 20)), "{r}");
+    assert_eq!(grown.disks, fresh.disks);
+    a.stop(&vm).await.unwrap();
 }

@@ -9,7 +9,7 @@
 
 use crate::error::{Outcome, StoreError};
 use crate::store::{abort, Durability, Store, Tx, TxResult};
-use crate::types::{LoadFactors, NodeId, ScheduleEntry, Transferred, VmId, VmState};
+use crate::types::{LoadFactors, NodeId, ScheduleEntry, Transferred, VmId, VmSpec, VmState};
 use crate::validate;
 
 fn wrong_state<A>(entry: &ScheduleEntry, expected: &'static str) -> TxResult<A> {
@@ -374,6 +374,34 @@ impl Store {
             },
         )?;
         tracing::debug!(vm = %vm, pinned, ?outcome, "set pinned");
+        Ok(outcome)
+    }
+
+    /// Replaces a `Running` VM's spec: its hypervisor's view changed since it was recorded
+    /// (a disk grew or was added). `Duplicate` if it is the same. A VM in a handoff keeps
+    /// the spec it was sent with (`WrongState`).
+    pub fn update_spec(&self, vm: &VmId, spec: &VmSpec) -> Result<Outcome, StoreError> {
+        let outcome = self.write(
+            "update_spec",
+            Durability::Flush,
+            Self::check_vm(vm),
+            |tx, ()| {
+                let mut entry = tx.existing(vm)?;
+                if entry.state != VmState::Running {
+                    return wrong_state(&entry, "Running");
+                }
+                if entry.spec == *spec {
+                    return Ok(Outcome::Duplicate);
+                }
+                entry.spec = spec.clone();
+                if let Err(e) = validate::entry(&entry) {
+                    return abort(e);
+                }
+                tx.put_entry(&entry)?;
+                Ok(Outcome::Applied)
+            },
+        )?;
+        tracing::debug!(vm = %vm, ?outcome, "updated spec");
         Ok(outcome)
     }
 

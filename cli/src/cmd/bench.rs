@@ -33,16 +33,27 @@ enum What {
     /// and rate next to the bare durable work (3 flushed sled transactions + 2 loopback
     /// RPC round trips). `--driver qemu`: one demo VM (a boot sector, no OS image) moved
     /// back and forth, next to bare QMP migrations of the same VM in the same run.
+    /// `--driver libvirt`: the same between two libvirt hosts (`--libvirt-config` twice),
+    /// next to `virsh migrate` with the same flags in the same run.
     Handoff {
-        /// The hypervisor driver: `sim` or `qemu`.
+        /// The hypervisor driver: `sim`, `qemu` or `libvirt`.
         #[arg(long, default_value = "sim")]
         driver: String,
-        /// Handoffs timed one after another (default 200 with sim, 5 with qemu).
+        /// Handoffs timed one after another (default 200 with sim, 5 with qemu and
+        /// libvirt).
         #[arg(long)]
         count: Option<usize>,
-        /// qemu: memory of the VM, in MiB.
+        /// qemu, libvirt: memory of the VM, in MiB.
         #[arg(long, default_value_t = 128)]
         memory_mib: u64,
+        /// libvirt: the two hosts' driver settings, each a TOML file holding a
+        /// `[driver.libvirt]` section (an agent.toml will do) or that section's keys.
+        #[arg(long, value_name = "FILE")]
+        libvirt_config: Vec<std::path::PathBuf>,
+        /// libvirt: a directory at the same path on both hosts for the VMs' disks
+        /// (default: a new temporary directory, shared when both hosts run here).
+        #[arg(long, value_name = "DIR")]
+        image_dir: Option<std::path::PathBuf>,
         /// Handoffs in flight in the throughput phase.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
@@ -79,6 +90,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             driver,
             count,
             memory_mib,
+            libvirt_config,
+            image_dir,
             concurrency,
             json,
         } => match driver.as_str() {
@@ -106,8 +119,88 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .context("qemu handoff benchmark failed")?;
                 print(&report, json)
             }
-            other => anyhow::bail!("bench handoff: --driver sim or qemu (got {other:?})"),
+            "libvirt" => {
+                let report = rt.block_on(libvirt::bench(
+                    count,
+                    memory_mib,
+                    &libvirt_config,
+                    image_dir,
+                ))?;
+                print(&report, json)
+            }
+            other => {
+                anyhow::bail!("bench handoff: --driver sim, qemu or libvirt (got {other:?})")
+            }
         },
+    }
+}
+
+#[cfg(feature = "libvirt")]
+mod libvirt {
+    use anyhow::Context;
+    use ballast_node::agent::bench::libvirt::{
+        bench_handoff_libvirt, LibvirtHandoffBenchOptions, LibvirtHandoffBenchReport,
+    };
+    use ballast_node::driver::libvirt::LibvirtConfig;
+    use std::path::{Path, PathBuf};
+
+    /// One host's settings from `path`: its `[driver.libvirt]` table, or the whole file.
+    fn host_config(path: &Path) -> anyhow::Result<LibvirtConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{} is not TOML", path.display()))?;
+        let section = match table.get("driver").and_then(|d| d.get("libvirt")) {
+            Some(s) => s.clone(),
+            None => toml::Value::Table(table),
+        };
+        let cfg: LibvirtConfig = section
+            .try_into()
+            .with_context(|| format!("{}: bad [driver.libvirt] settings", path.display()))?;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub(super) async fn bench(
+        count: Option<usize>,
+        memory_mib: u64,
+        configs: &[PathBuf],
+        image_dir: Option<PathBuf>,
+    ) -> anyhow::Result<LibvirtHandoffBenchReport> {
+        let [a, b] = configs else {
+            anyhow::bail!(
+                "bench handoff --driver libvirt needs --libvirt-config twice, one per host \
+                 (got {})",
+                configs.len()
+            );
+        };
+        let opts = LibvirtHandoffBenchOptions {
+            moves: count.unwrap_or(5),
+            memory_mib,
+            hosts: [host_config(a)?, host_config(b)?],
+            image_dir,
+        };
+        bench_handoff_libvirt(opts)
+            .await
+            .context("libvirt handoff benchmark failed")
+    }
+}
+
+#[cfg(not(feature = "libvirt"))]
+mod libvirt {
+    use std::path::PathBuf;
+
+    pub(super) async fn bench(
+        _count: Option<usize>,
+        _memory_mib: u64,
+        _configs: &[PathBuf],
+        _image_dir: Option<PathBuf>,
+    ) -> anyhow::Result<ballast_node::agent::bench::HandoffBenchReport> {
+        anyhow::bail!(
+            "this ballast was built without the libvirt driver: build it with \
+             `--features libvirt` (needs libvirt-dev and pkg-config)"
+        )
     }
 }
 

@@ -402,3 +402,77 @@ pub fn run_bounded<Fut: Future<Output = ()>>(bound: Duration, f: Fut) {
 pub fn data_dir(c: &Cluster, i: usize) -> &Path {
     &c.nodes[i].dir
 }
+
+/// The side of a handoff that a failpoint kills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The node the VM leaves.
+    Source,
+    /// The node the VM goes to.
+    Destination,
+}
+
+/// A failpoint scenario of a move n1 → n2.
+#[derive(Clone, Copy, Debug)]
+pub struct FailpointCase {
+    /// The failpoint (`before:OP`, `after-send:MSG`...).
+    pub name: &'static str,
+    /// The side armed with it.
+    pub side: Side,
+    /// Whether the migration must fail (the step is on the abort path).
+    pub fail_migration: bool,
+    /// Whether the step is on the path of the scenario, so the agent must die there.
+    pub must_fire: bool,
+}
+
+const fn case(
+    name: &'static str,
+    side: Side,
+    fail_migration: bool,
+    must_fire: bool,
+) -> FailpointCase {
+    FailpointCase {
+        name,
+        side,
+        fail_migration,
+        must_fire,
+    }
+}
+
+/// Every handoff failpoint, with the side and path on which it fires.
+pub const FAILPOINT_CASES: &[FailpointCase] = &[
+    case("before:begin_migrate_out", Side::Source, false, true),
+    case("after:begin_migrate_out", Side::Source, false, true),
+    case("before-send:prepare", Side::Source, false, true),
+    case("after-send:prepare", Side::Source, false, true),
+    case("before:commit_migrate_out", Side::Source, false, true),
+    case("after:commit_migrate_out", Side::Source, false, true),
+    case("before-send:commit", Side::Source, false, true),
+    case("after-send:commit", Side::Source, false, true),
+    case("before:forget_transfer", Side::Source, false, true),
+    case("after:forget_transfer", Side::Source, false, true),
+    case("before:abort_migrate_out", Side::Source, true, true),
+    case("after:abort_migrate_out", Side::Source, true, true),
+    case("before-send:abort", Side::Source, true, true),
+    case("after-send:abort", Side::Source, true, true),
+    case("before:accept_incoming", Side::Destination, false, true),
+    case("after:accept_incoming", Side::Destination, false, true),
+    case("before-send:prepared", Side::Destination, false, true),
+    case("after-send:prepared", Side::Destination, false, true),
+    case("before:promote_incoming", Side::Destination, false, true),
+    case("after:promote_incoming", Side::Destination, false, true),
+    case("before-send:commit_ack", Side::Destination, false, true),
+    case("after-send:commit_ack", Side::Destination, false, true),
+    case("before:drop_incoming", Side::Destination, true, true),
+    case("after:drop_incoming", Side::Destination, true, true),
+    case("before-send:query_outcome", Side::Destination, false, false),
+    case("before-send:outcome", Side::Source, false, false),
+];
+
+/// The case of failpoint `name`; panics when there is none.
+pub fn failpoint_case(name: &str) -> FailpointCase {
+    *FAILPOINT_CASES
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no failpoint case {name:?}"))
+}

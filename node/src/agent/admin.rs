@@ -225,6 +225,7 @@ async fn forward(ctx: &AgentContext, p: Placement, node: NodeId) -> Result<NodeI
 
 /// Creates a VM on this node: durable entry first, then the hypervisor.
 pub(crate) async fn place_here(ctx: &AgentContext, p: Placement) -> Result<(), AdminError> {
+    let _changes = ctx.vm_changes.lock().await;
     let entry = ScheduleEntry {
         vm: p.vm.clone(),
         factors: p.spec.target.unwrap_or_default(),
@@ -265,6 +266,7 @@ async fn ensure_settled(ctx: &AgentContext, vm: &ballast_store::VmId) -> Result<
 }
 
 async fn delete(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminResponse, AdminError> {
+    let _changes = ctx.vm_changes.lock().await;
     ensure_settled(ctx, &vm).await?;
     ctx.driver
         .stop(&vm)
@@ -295,6 +297,7 @@ async fn adopt(ctx: &AgentContext, names: Vec<String>) -> Result<AdminResponse, 
     if let Some(bad) = names.iter().find(|n| n.is_empty() || n.len() > 255) {
         return Err(AdminError::Invalid(format!("bad VM name {bad:?}")));
     }
+    let _changes = ctx.vm_changes.lock().await;
     let found = ctx
         .driver
         .adopt_existing(&names)
@@ -326,6 +329,7 @@ async fn adopt(ctx: &AgentContext, names: Vec<String>) -> Result<AdminResponse, 
 /// Gives a VM back: its entry leaves the schedule first (durably), then the driver
 /// unmarks it. Should the second step fail, the VM is reported as unclaimed, never moved.
 async fn release(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminResponse, AdminError> {
+    let _changes = ctx.vm_changes.lock().await;
     ensure_settled(ctx, &vm).await?;
     let vm2 = vm.clone();
     ctx.with_store(move |s| s.delete(&vm2))

@@ -6,8 +6,11 @@
 //! timed too, so the report can give the handoff's cost as a ratio of it.
 //!
 //! [`qemu`]: the same between two agents on the qemu driver, next to a bare QMP
-//! migration of the same VM (`ballast bench handoff --driver qemu`).
+//! migration of the same VM (`ballast bench handoff --driver qemu`); [`libvirt`]: the
+//! same between two libvirt hosts, next to `virsh migrate` (`--driver libvirt`).
 
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod qemu;
 
 use super::admin_client::AdminClient;
@@ -111,6 +114,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Removes the bench directory when dropped.
 struct TempDir(PathBuf);
 
+impl TempDir {
+    /// A new directory `<system temp>/<prefix>-<pid>-<unix ms>`.
+    fn create(prefix: &str) -> Result<Self, BenchError> {
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            super::unix_ms()
+        ));
+        std::fs::create_dir_all(&dir).map_err(setup)?;
+        Ok(Self(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -149,13 +169,8 @@ fn agent_config(
 
 /// Runs the benchmark (inside a tokio runtime).
 pub async fn bench_handoff(opts: HandoffBenchOptions) -> Result<HandoffBenchReport, BenchError> {
-    let dir = std::env::temp_dir().join(format!(
-        "ballast-bench-{}-{}",
-        std::process::id(),
-        super::unix_ms()
-    ));
-    std::fs::create_dir_all(&dir).map_err(setup)?;
-    let _cleanup = TempDir(dir.clone());
+    let tmp = TempDir::create("ballast-bench")?;
+    let dir = tmp.path().to_path_buf();
     let ca = create_ca("bench").map_err(setup)?;
     let admin = issue_admin_cert(&ca, "bench").map_err(setup)?;
     let ((sa, pa), (sb, pb)) = (bound_socket()?, bound_socket()?);

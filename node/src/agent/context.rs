@@ -50,6 +50,11 @@ pub(crate) struct AgentContext {
     /// (measured load only): they weigh on this host but are never moved. A std mutex,
     /// never held across `.await`.
     pub(crate) unmanaged: Mutex<LoadFactors>,
+    /// Held by a reconciliation pass, and by the admin steps that change a VM in the
+    /// hypervisor and in the schedule together (create, delete, adopt, release), so that
+    /// a pass never acts between their two steps (a VM stopped by a delete whose entry
+    /// is not yet gone would be started again).
+    pub(crate) vm_changes: tokio::sync::Mutex<()>,
     /// Set when shutting down.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Every task the agent spawns; closed and waited for at shutdown.

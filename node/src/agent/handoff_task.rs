@@ -15,7 +15,7 @@ use crate::handoff::{
     CallKind, DriverAction, DriverCall, DriverOutcome, DriverReply, Effect, HandoffConfig,
     HandoffMsg, HandoffStatus, Handoffs, Notice, Role, StoreOp, StoreOutcome, StoreRefusal, Timer,
 };
-use ballast_store::{NodeId, StoreError, VmId};
+use ballast_store::{NodeId, StoreError, VmId, VmState};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -486,12 +486,45 @@ pub(crate) async fn handoffs_in_flight(ctx: &AgentContext) -> Vec<HandoffStatus>
     rx.await.unwrap_or_default()
 }
 
-/// Starts a move through the owner and waits (bounded) for its outcome.
+/// Records the driver's current view of `vm`'s spec before it is moved (disks grown or
+/// added since it was recorded), so that the destination prepares for what will arrive.
+/// A failure is logged and the move goes on with the recorded spec.
+async fn refresh_spec(ctx: &AgentContext, vm: &VmId) {
+    let vm2 = vm.clone();
+    let entry = match ctx.with_store_here(move |s| s.get(&vm2)).await {
+        Ok(Some(e)) if e.state == VmState::Running => e,
+        _ => return, // the owner answers for a VM that is not here or busy
+    };
+    let spec = match ctx.driver.current_spec(vm, &entry.spec).await {
+        Ok(Some(spec)) => spec,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(vm = %vm, error = %e, "cannot read the VM's current spec; moving it with the recorded one");
+            return;
+        }
+    };
+    let vm2 = vm.clone();
+    match ctx
+        .with_store_here(move |s| s.update_spec(&vm2, &spec))
+        .await
+    {
+        Ok(outcome) => {
+            debug!(vm = %vm, ?outcome, "spec refreshed from the hypervisor before the move")
+        }
+        Err(e) => {
+            warn!(vm = %vm, error = %e, "cannot record the VM's current spec; moving it with the recorded one")
+        }
+    }
+}
+
+/// Starts a move through the owner and waits (bounded) for its outcome. The spec is
+/// refreshed from the driver first.
 pub(crate) async fn move_vm(
     ctx: &AgentContext,
     vm: VmId,
     to: NodeId,
 ) -> Result<MoveResult, MoveRefused> {
+    refresh_spec(ctx, &vm).await;
     let (tx, rx) = oneshot::channel();
     ctx.handoffs
         .inputs()

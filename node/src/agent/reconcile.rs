@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 /// One reconciliation pass.
 pub(crate) async fn reconcile_once(ctx: &AgentContext) {
+    let _changes = ctx.vm_changes.lock().await;
     let listed = match ctx.driver.list().await {
         Ok(l) => l,
         Err(e) => {

@@ -99,6 +99,15 @@ pub trait Driver: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The spec to move `vm` with when the hypervisor's view of it differs from the
+    /// recorded `spec` (a disk grew or was added since it was recorded), else `None`.
+    /// The source asks before each move and records the answer, so the destination
+    /// prepares for what will arrive.
+    async fn current_spec(&self, vm: &VmId, spec: &VmSpec) -> Result<Option<VmSpec>, DriverError> {
+        let _ = (vm, spec);
+        Ok(None)
+    }
+
     /// `ballast vm adopt`: takes the hypervisor's existing VMs named in `names` (all that
     /// run or are defined when empty) under management and returns each with the spec its
     /// schedule entry records. Idempotent: an already managed VM is returned again.

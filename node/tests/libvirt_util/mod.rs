@@ -66,6 +66,34 @@ impl LibvirtHosts {
             .unwrap_or_else(|| panic!("no pid in {}", p.display()))
     }
 
+    /// Kills host `h`'s libvirtd (SIGKILL: a crash, or systemd's stop timeout when a
+    /// migration job keeps it from exiting on SIGTERM) and starts it again: it finds its
+    /// guests' status in the host's run directory and reconnects to them. Its pid changes.
+    pub fn crash_and_restart_daemon(&self, h: &str) {
+        let pid = self.daemon_pid(h);
+        let stat = format!("/proc/{pid}/stat");
+        // Gone, or a zombie not yet reaped by pid 1.
+        let exited = || !std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z "));
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let t0 = std::time::Instant::now();
+        while !exited() && t0.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(exited(), "libvirtd {pid} did not exit");
+        let out = Command::new(&self.script)
+            .arg("start")
+            .arg(self.dir.path())
+            .output()
+            .expect("run scripts/libvirt-hosts");
+        assert!(
+            out.status.success(),
+            "libvirtd of host {h} did not start again: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `virsh -c <host h> ARGS...`; panics unless it succeeds; returns its stdout.
     pub fn virsh(&self, h: &str, args: &[&str]) -> String {
         let out = Command::new("virsh")

@@ -151,13 +151,8 @@ fn qemu_side(opts: &QemuHandoffBenchOptions, state_dir: PathBuf, side: u16) -> Q
 pub async fn bench_handoff_qemu(
     opts: QemuHandoffBenchOptions,
 ) -> Result<QemuHandoffBenchReport, BenchError> {
-    let dir = std::env::temp_dir().join(format!(
-        "ballast-qb-{}-{}",
-        std::process::id(),
-        crate::agent::unix_ms()
-    ));
-    std::fs::create_dir_all(&dir).map_err(setup)?;
-    let _cleanup = TempDir(dir.clone());
+    let tmp = TempDir::create("ballast-qb")?;
+    let dir = tmp.path().to_path_buf();
     let states = [dir.join("a/q"), dir.join("b/q"), dir.join("bare")];
     let _kill = KillQemu(states.to_vec());
     let image = dir.join("boot.img");

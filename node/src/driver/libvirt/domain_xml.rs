@@ -179,12 +179,12 @@ pub(crate) fn from_spec(vm: &VmId, spec: &VmSpec, kvm: bool) -> String {
             escape(path)
         ));
     }
-    // KVM: the host's CPU as is; TCG: QEMU's generic model, not checked against the host.
-    let (kind, cpu) = if kvm {
-        ("kvm", "<cpu mode='host-passthrough' check='none'/>")
-    } else {
-        ("qemu", "<cpu mode='custom' match='exact' check='none'><model fallback='allow'>qemu64</model></cpu>")
-    };
+    // One baseline CPU model whatever the host: a VM that balancing moves must run on
+    // every host it may go to (the host's own CPU, `host-passthrough`, migrates only
+    // between identical hosts, and fails outright under some nested KVM). An operator
+    // who wants more gives the domain's XML (`--xml`).
+    let kind = if kvm { "kvm" } else { "qemu" };
+    let cpu = "<cpu mode='custom' match='exact' check='none'><model fallback='allow'>qemu64</model></cpu>";
     format!(
         "<domain type='{kind}'><name>{}</name><memory unit='MiB'>{}</memory><vcpu>{}</vcpu>\
          <os><type arch='x86_64'>hvm</type></os>{cpu}\

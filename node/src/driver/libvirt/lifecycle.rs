@@ -235,9 +235,35 @@ impl LibvirtDriver {
     }
 
     /// The spec recorded for an adopted domain: memory, vCPUs, disk files and one disk
-    /// record per disk (format, virtual size and allocation from `virDomainGetBlockInfo`
-    /// while it runs).
+    /// record per disk.
     async fn spec_of(&self, v: &DomainView) -> Result<VmSpec, DriverError> {
+        let mut spec = VmSpec::default();
+        self.describe(v, &mut spec).await;
+        spec.driver_opts.insert(ADOPTED_KEY.into(), "true".into());
+        spec.driver_opts
+            .insert(UUID_KEY.into(), v.desc.uuid.clone());
+        Ok(spec)
+    }
+
+    /// The spec to move `vm` with: `spec` with memory, vCPUs, disk files and disk records
+    /// as the domain has them now; `None` when nothing changed (or no managed domain).
+    pub(super) async fn refreshed_spec(
+        &self,
+        vm: &VmId,
+        spec: &VmSpec,
+    ) -> Result<Option<VmSpec>, DriverError> {
+        let Some(v) = self.managed(vm).await? else {
+            return Ok(None);
+        };
+        let mut fresh = spec.clone();
+        self.describe(&v, &mut fresh).await;
+        Ok((fresh != *spec).then_some(fresh))
+    }
+
+    /// Writes into `spec` what the domain says of itself: memory, vCPUs, disk files and
+    /// a disk record per disk (format, virtual size and allocation from
+    /// `virDomainGetBlockInfo` while it runs; 0 when unknown).
+    async fn describe(&self, v: &DomainView, spec: &mut VmSpec) {
         let mut disks = Vec::new();
         for d in &v.desc.disks {
             let (capacity, allocation) = if v.run_state() != VmRunState::Stopped {
@@ -266,20 +292,13 @@ impl LibvirtDriver {
                 path: d.file.clone(),
             });
         }
-        let mut spec = VmSpec {
-            vcpus: v.desc.vcpus,
-            memory_mib: v.desc.memory_mib,
-            disks: disks
-                .iter()
-                .filter_map(|d| d.path.as_ref().map(|p| p.display().to_string()))
-                .collect(),
-            ..VmSpec::default()
-        };
-        spec.driver_opts.insert(ADOPTED_KEY.into(), "true".into());
-        spec.driver_opts
-            .insert(UUID_KEY.into(), v.desc.uuid.clone());
+        spec.vcpus = v.desc.vcpus;
+        spec.memory_mib = v.desc.memory_mib;
+        spec.disks = disks
+            .iter()
+            .filter_map(|d| d.path.as_ref().map(|p| p.display().to_string()))
+            .collect();
         record_disks(&mut spec.driver_opts, &disks);
-        Ok(spec)
     }
 
     /// Removes the metadata element: the domain is the operator's again. Absent: Ok.

@@ -47,6 +47,8 @@ mod stats;
 mod target;
 
 pub use config::LibvirtConfig;
+#[cfg(feature = "libvirt")]
+pub(crate) use outgoing::migrate_flags;
 
 #[cfg(feature = "libvirt")]
 pub use driver::LibvirtDriver;
@@ -192,6 +194,14 @@ mod driver {
 
         async fn release(&self, vm: &VmId) -> Result<(), DriverError> {
             self.release_domain(vm).await
+        }
+
+        async fn current_spec(
+            &self,
+            vm: &VmId,
+            spec: &VmSpec,
+        ) -> Result<Option<VmSpec>, DriverError> {
+            self.refreshed_spec(vm, spec).await
         }
     }
 }

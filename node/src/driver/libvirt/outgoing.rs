@@ -3,6 +3,7 @@
 //! the migration completes, so once it is gone the outcome is asked from the destination
 //! (its libvirtd, from the outgoing record): holding the domain means completed.
 
+use super::config::LibvirtConfig;
 use super::connection::Libvirtd;
 use super::domains;
 use super::ffi::abort_job;
@@ -20,6 +21,28 @@ use virt::sys;
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// How often a cancelled migration is looked at until its job is gone.
 const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// The flags of every migration this driver starts (`copy_disks`: some disk is not on
+/// shared storage and is copied): the source is ended when it completes, the
+/// destination stays paused until the handoff commits.
+pub(crate) fn migrate_flags(cfg: &LibvirtConfig, copy_disks: bool) -> u32 {
+    let mut flags = sys::VIR_MIGRATE_LIVE
+        | sys::VIR_MIGRATE_PEER2PEER
+        | sys::VIR_MIGRATE_PERSIST_DEST
+        | sys::VIR_MIGRATE_UNDEFINE_SOURCE
+        | sys::VIR_MIGRATE_PAUSED
+        | sys::VIR_MIGRATE_ABORT_ON_ERROR;
+    if copy_disks {
+        flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
+    }
+    if cfg.tls {
+        flags |= sys::VIR_MIGRATE_TLS;
+    }
+    if cfg.allow_unsafe {
+        flags |= sys::VIR_MIGRATE_UNSAFE;
+    }
+    flags
+}
 
 impl LibvirtDriver {
     pub(super) async fn migrate(
@@ -57,21 +80,7 @@ impl LibvirtDriver {
             })
             .map(|d| d.target.clone())
             .collect();
-        let mut flags = sys::VIR_MIGRATE_LIVE
-            | sys::VIR_MIGRATE_PEER2PEER
-            | sys::VIR_MIGRATE_PERSIST_DEST
-            | sys::VIR_MIGRATE_UNDEFINE_SOURCE
-            | sys::VIR_MIGRATE_PAUSED
-            | sys::VIR_MIGRATE_ABORT_ON_ERROR;
-        if !copied.is_empty() {
-            flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
-        }
-        if self.cfg.tls {
-            flags |= sys::VIR_MIGRATE_TLS;
-        }
-        if self.cfg.allow_unsafe {
-            flags |= sys::VIR_MIGRATE_UNSAFE;
-        }
+        let flags = migrate_flags(&self.cfg, !copied.is_empty());
         let params = MigrateParameters {
             uri: t.migrate_uri.clone(),
             listen_address: t.listen_address.clone(),
