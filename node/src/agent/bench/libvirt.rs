@@ -217,6 +217,8 @@ struct Hosts {
 
 impl Hosts {
     async fn open(cfgs: &[LibvirtConfig; 2]) -> Result<Self, BenchError> {
+        // libvirt prints every error on stderr by default; the bench reports its own.
+        virt::error::clear_error_callback();
         let uris = [cfgs[0].uri.clone(), cfgs[1].uri.clone()];
         let conns = blocking(move || {
             Ok([
