@@ -8,7 +8,9 @@
 //! again (the QEMU on b was started to receive a migration, libvirt does not say it
 //! booted, and the guest's own clock, the BIOS tick counter in guest memory, continued
 //! from where it was on a and keeps advancing); every moved disk has the same contents
-//! on b. Domains that ballast does not manage are never moved.
+//! on b. Domains that ballast does not manage are never moved. The ports libvirt would
+//! pick for the migrations are held by the test: they go through the ports that ballast
+//! picks from `port_range`.
 #![cfg(feature = "libvirt")]
 
 mod agent_libvirt_util;
@@ -61,6 +63,14 @@ fn adopted_libvirt_domains_balance_live_with_their_local_disks() {
         true,
         "cooldown = \"300s\"\nthreshold = 0.15\nmin_gain = 0.05\nswaps = false",
     );
+    // The ports libvirt would pick itself (both hosts' qemu.conf ranges) are taken: a
+    // migration can only go through the ports ballast picks (`port_range`).
+    let qemu_conf_ports = 49152..=49189u16;
+    let taken: Vec<std::net::TcpListener> = qemu_conf_ports
+        .clone()
+        .filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+        .collect();
+    assert_eq!(taken.len(), qemu_conf_ports.len(), "ports in use already");
     c.start_all();
     let bundle = c.write_admin_bundle();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

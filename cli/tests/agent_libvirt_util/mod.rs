@@ -87,11 +87,24 @@ pub fn define_guest(
     disk
 }
 
+/// Ports ballast picks incoming migrations' from on host `h` (`port_range`): outside the
+/// ranges in the hosts' qemu.conf (scripts/libvirt-hosts), so a migration that works
+/// used them.
+pub fn port_range(h: &str) -> [u16; 2] {
+    if h == "a" {
+        [49210, 49219]
+    } else {
+        [49200, 49209]
+    }
+}
+
 /// The `[driver.libvirt]` section of host `h`'s agent; `extra` is appended to it.
 pub fn libvirt_section(hosts: &LibvirtHosts, h: &str, extra: &str) -> String {
+    let [first, last] = port_range(h);
     format!(
         "\n[driver.libvirt]\npeer_uri = \"{}\"\nmigrate_uri = \"tcp://127.0.0.1\"\n\
-         listen_address = \"127.0.0.1\"\ncall_timeout = \"30s\"\nmigrate_timeout = \"60s\"\n{extra}",
+         listen_address = \"127.0.0.1\"\ncall_timeout = \"30s\"\nmigrate_timeout = \"60s\"\n\
+         port_range = [{first}, {last}]\n{extra}",
         hosts.uri(h)
     )
 }

@@ -33,6 +33,11 @@ pub struct LibvirtConfig {
     /// Ceph FS, GFS2, OCFS2...). Turns libvirt's own safety check off: only for storage
     /// that really is shared.
     pub allow_unsafe: bool,
+    /// Ports `[first, last]` this host's QEMU listens on for an incoming migration:
+    /// ballast picks two free ones per incoming VM (the memory stream and the disk copy)
+    /// and hands them to the source. Needs `migrate_uri` (without a port). Default:
+    /// libvirt picks them from qemu.conf's `migration_port_min`/`migration_port_max`.
+    pub port_range: Option<[u16; 2]>,
     /// Bandwidth limit of a migration, MiB/s (0: libvirt's default, unlimited).
     pub bandwidth_mibps: u64,
     /// Encrypt the migration stream with libvirt's TLS (`VIR_MIGRATE_TLS`; needs the
@@ -58,6 +63,7 @@ impl Default for LibvirtConfig {
             listen_address: None,
             shared_paths: Vec::new(),
             allow_unsafe: false,
+            port_range: None,
             bandwidth_mibps: 0,
             tls: false,
             state_dir: PathBuf::from("libvirt-state"),
@@ -81,6 +87,27 @@ impl LibvirtConfig {
             a.parse::<std::net::IpAddr>().map_err(|_| {
                 format!("driver.libvirt.listen_address: {a:?} is not an IP address")
             })?;
+        }
+        if let Some([first, last]) = self.port_range {
+            if first == 0 || last <= first {
+                return Err(format!(
+                    "driver.libvirt.port_range: [{first}, {last}] must hold at least two \
+                     ports, the first above 0"
+                ));
+            }
+            match &self.migrate_uri {
+                None => {
+                    return Err("driver.libvirt.port_range needs migrate_uri (the address \
+                                the ports are on)"
+                        .into())
+                }
+                Some(u) if migrate_uri_has_port(u) => {
+                    return Err(format!(
+                        "driver.libvirt.port_range: migrate_uri {u:?} already names a port"
+                    ))
+                }
+                Some(_) => {}
+            }
         }
         for (key, v) in [
             ("driver.libvirt.call_timeout", self.call_timeout.get()),
@@ -131,6 +158,13 @@ pub fn check_peer_uri(u: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a `tcp://HOST[:PORT]` URI names a port (an IPv6 host is in brackets).
+fn migrate_uri_has_port(u: &str) -> bool {
+    let host = u.strip_prefix("tcp://").unwrap_or(u);
+    let after_host = host.rsplit_once(']').map_or(host, |(_, rest)| rest);
+    after_host.contains(':')
+}
+
 /// `tcp://HOST` or `tcp://HOST:PORT`.
 pub fn check_migrate_uri(u: &str) -> Result<(), String> {
     let rest = u
@@ -164,5 +198,23 @@ mod tests {
         assert!(!c.is_shared(std::path::Path::new("/srv/nfsx/vm1.qcow2")));
         assert!(!c.is_shared(std::path::Path::new("/var/lib/libvirt/images/a.qcow2")));
         assert!(toml::from_str::<LibvirtConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn port_range_needs_two_ports_and_a_migrate_uri_without_one() {
+        let check = |toml_text: &str| {
+            toml::from_str::<LibvirtConfig>(toml_text)
+                .unwrap()
+                .validate()
+        };
+        let uri = "migrate_uri = \"tcp://10.0.0.2\"\n";
+        assert!(check(&format!("{uri}port_range = [49152, 49215]")).is_ok());
+        assert!(check("port_range = [49152, 49215]").is_err());
+        assert!(check(&format!("{uri}port_range = [49152, 49152]")).is_err());
+        assert!(check(&format!("{uri}port_range = [0, 10]")).is_err());
+        assert!(
+            check("migrate_uri = \"tcp://10.0.0.2:4444\"\nport_range = [49152, 49215]").is_err()
+        );
+        assert!(check("migrate_uri = \"tcp://[fd00::2]\"\nport_range = [49152, 49215]").is_ok());
     }
 }

@@ -8,6 +8,7 @@ use super::target::LibvirtTarget;
 use super::LibvirtDriver;
 use crate::driver::{DriverError, MigrationTarget, VmRunState};
 use ballast_store::{VmId, VmSpec};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use virt::sys;
 
@@ -39,10 +40,12 @@ impl LibvirtDriver {
             .collect();
         let disks = disks_of(spec)?;
         let to_create = check_destination(vm, &self.cfg, &disks, &in_use)?;
+        let (migrate_uri, disks_port) = self.ports_for(vm)?;
         let target = LibvirtTarget {
             peer_uri,
-            migrate_uri: self.cfg.migrate_uri.clone(),
+            migrate_uri,
             listen_address: self.cfg.listen_address.clone(),
+            disks_port,
         }
         .encode();
         // The record first: if the agent dies during the creation, a cancel still knows
@@ -63,8 +66,42 @@ impl LibvirtDriver {
                 return Err(e);
             }
         }
-        tracing::info!(vm = %vm, disks = to_create.len(), "libvirt: reserved as migration destination");
+        tracing::info!(vm = %vm, disks = to_create.len(), answer = %target.0, "libvirt: reserved as migration destination");
         Ok(target)
+    }
+
+    /// The migrate URI and disk copy port of a new incoming VM: from `port_range`, two
+    /// ports that no other reservation of this host holds and that are free now; else
+    /// the configured URI and libvirt's choice.
+    fn ports_for(&self, vm: &VmId) -> Result<(Option<String>, Option<u16>), DriverError> {
+        let (Some([first, last]), Some(uri)) = (self.cfg.port_range, &self.cfg.migrate_uri) else {
+            return Ok((self.cfg.migrate_uri.clone(), None));
+        };
+        let mut held = Vec::new();
+        for other in self.incoming.vms().into_iter().filter(|v| v != vm) {
+            if let Some(r) = self.incoming.get::<IncomingRecord>(&other)? {
+                if let Ok(t) = LibvirtTarget::decode(&MigrationTarget(r.target)) {
+                    held.extend(t.ports());
+                }
+            }
+        }
+        let ip: IpAddr = self
+            .cfg
+            .listen_address
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let mut free = (first..=last)
+            .filter(|p| !held.contains(p))
+            .filter(|p| TcpListener::bind((ip, *p)).is_ok());
+        match (free.next(), free.next()) {
+            (Some(stream), Some(disks)) => Ok((Some(format!("{uri}:{stream}")), Some(disks))),
+            _ => Err(DriverError::NoRoom(format!(
+                "no two free ports in driver.libvirt.port_range [{first}, {last}] for {vm} \
+                 ({} held by other incoming VMs)",
+                held.len()
+            ))),
+        }
     }
 
     pub(super) async fn resume_in(&self, vm: &VmId) -> Result<(), DriverError> {
