@@ -8,7 +8,8 @@
 //! again (the QEMU on b was started to receive a migration, libvirt does not say it
 //! booted, and the guest's own clock, the BIOS tick counter in guest memory, continued
 //! from where it was on a and keeps advancing); every moved disk has the same contents
-//! on b. Domains that ballast does not manage are never moved. The ports libvirt would
+//! on b, and gone from a (`remove_source_disks`). Domains that ballast does not manage
+//! are never moved. The ports libvirt would
 //! pick for the migrations are held by the test: they go through the ports that ballast
 //! picks from `port_range`.
 #![cfg(feature = "libvirt")]
@@ -18,7 +19,9 @@ mod agent_util;
 #[path = "../../node/tests/libvirt_util/mod.rs"]
 mod libvirt_util;
 
-use agent_libvirt_util::{define_guest, disk_sha, guest_ticks, libvirt_cluster, make_disk};
+use agent_libvirt_util::{
+    define_guest, disk_sha, guest_ticks, libvirt_cluster, make_disk, set_libvirt_option,
+};
 use agent_util::*;
 use libvirt_util::{domain_xml, LibvirtHosts};
 use std::collections::BTreeMap;
@@ -63,6 +66,9 @@ fn adopted_libvirt_domains_balance_live_with_their_local_disks() {
         true,
         "cooldown = \"300s\"\nthreshold = 0.15\nmin_gain = 0.05\nswaps = false",
     );
+    for n in &c.nodes {
+        set_libvirt_option(&n.config, "remove_source_disks", "true");
+    }
     // The ports libvirt would pick itself (both hosts' qemu.conf ranges) are taken: a
     // migration can only go through the ports ballast picks (`port_range`).
     let qemu_conf_ports = 49152..=49189u16;
@@ -203,13 +209,15 @@ fn adopted_libvirt_domains_balance_live_with_their_local_disks() {
                 assert!(!reason.contains("booted"), "{name} on b: {reason}");
                 let later = guest_ticks(&hosts, "b", name).expect("ticks");
                 assert!(later > *b, "{name}: guest clock stands still on b");
-                // The disk arrived whole.
+                // The disk arrived whole, and a's copy is gone (`remove_source_disks`).
                 let disk = hosts.images("b").join(format!("{name}.qcow2"));
                 assert_eq!(
                     disk_sha(&disk),
                     sums[name],
                     "{name}: disk contents differ on b"
                 );
+                let old = hosts.images("a").join(format!("{name}.qcow2"));
+                assert!(!old.exists(), "{name}: the source's disk file stayed");
             }
         });
     }));

@@ -8,7 +8,7 @@ mod common;
 
 use ballast_node::driver::exec::{ExecConfig, ExecDriver};
 use ballast_node::driver::qemu::{guest, QemuDriver};
-use ballast_node::driver::{Driver, DriverError, MigrationTarget};
+use ballast_node::driver::{Driver, DriverError, MigrationTarget, SourceCopy};
 use ballast_node::units::Millis;
 use ballast_store::{VmId, VmSpec};
 use common::conformance;
@@ -97,6 +97,11 @@ impl Scratch {
 
     /// A plugin that answers `hello` properly and then behaves as `mode` says.
     fn flaky_plugin(&self, mode: &str, timeout_ms: u64) -> ExecDriver {
+        self.flaky_plugin_leaving(mode, timeout_ms, SourceCopy::Kept)
+    }
+
+    /// [`Self::flaky_plugin`], with `driver.exec.source_copy` set.
+    fn flaky_plugin_leaving(&self, mode: &str, timeout_ms: u64, source: SourceCopy) -> ExecDriver {
         let path = self.path("flaky.py");
         std::fs::write(&path, FLAKY_PY).expect("write plugin");
         let cfg = ExecConfig {
@@ -111,6 +116,7 @@ impl Scratch {
             timeout: Millis::new(timeout_ms),
             restart_backoff: Millis::new(10),
             max_line_bytes: 64 * 1024,
+            source_copy: source,
             ..ExecConfig::default()
         };
         ExecDriver::new(cfg).expect("driver")
@@ -142,7 +148,10 @@ def send(o):
 for line in sys.stdin:
     req = json.loads(line); rid, m, p = req["id"], req["method"], req.get("params", {})
     if m == "hello":
-        send({"id": rid, "result": {"protocol": 1, "name": "flaky"}}); continue
+        hello = {"protocol": 1, "name": "flaky"}
+        if mode.startswith("source_copy_"):
+            hello["source_copy"] = mode[len("source_copy_"):]
+        send({"id": rid, "result": hello}); continue
     if m == "list":
         if mode == "garbage_on_list":
             print("Traceback (most recent call last): oops", flush=True); continue
@@ -310,6 +319,10 @@ async fn error_objects_and_progress_reach_the_caller() {
             Err(DriverError::MigrationFailed { .. })
         ));
         assert!(matches!(
+            d.cancel_outgoing(&e("switched_over")).await,
+            Err(DriverError::SwitchedOver(_))
+        ));
+        assert!(matches!(
             d.stop(&e("timeout")).await,
             Err(DriverError::Timeout(_))
         ));
@@ -334,6 +347,25 @@ async fn error_objects_and_progress_reach_the_caller() {
         let seen = seen.into_inner().expect("lock");
         assert_eq!(seen.len(), 3, "{seen:?}");
         assert_eq!(seen[2].transferred_bytes, 2);
+    })
+    .await;
+}
+
+/// A plugin says in `hello` what its migrations leave of the source copy; the agent's
+/// setting must agree, else the plugin is refused with a message naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_ends_the_source_must_be_configured_so() {
+    let s = Scratch::new();
+    limited(async {
+        let d = s.flaky_plugin("source_copy_ended", 5_000);
+        assert_eq!(d.source_copy(), SourceCopy::Kept);
+        match d.list().await {
+            Err(DriverError::Protocol(m)) => assert!(m.contains("driver.exec.source_copy"), "{m}"),
+            other => panic!("a mismatch must refuse the plugin: {other:?}"),
+        }
+        let d = s.flaky_plugin_leaving("source_copy_ended", 5_000, SourceCopy::Ended);
+        assert_eq!(d.source_copy(), SourceCopy::Ended);
+        assert!(d.list().await.expect("list").is_empty());
     })
     .await;
 }

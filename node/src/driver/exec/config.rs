@@ -1,5 +1,6 @@
 //! Configuration of the `exec` driver: the `[driver.exec]` section of the agent's TOML.
 
+use ballast_core::handoff::SourceCopy;
 use ballast_core::units::Millis;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -39,6 +40,11 @@ pub struct ExecConfig {
     pub max_line_bytes: usize,
     /// Most requests in flight at once; further calls wait (within their timeout).
     pub max_in_flight: usize,
+    /// What the plugin's completed migration leaves of the source copy: `"kept"`
+    /// (default: paused until `finish_outgoing`) or `"ended"` (the hypervisor ends it, as
+    /// libvirt does; the handoff then rolls forward). A plugin that says so in `hello`
+    /// must agree with this setting, else it is refused.
+    pub source_copy: SourceCopy,
 }
 
 impl Default for ExecConfig {
@@ -54,6 +60,7 @@ impl Default for ExecConfig {
             restart_backoff_max: Millis::new(30_000),
             max_line_bytes: 1 << 20,
             max_in_flight: 64,
+            source_copy: SourceCopy::Kept,
         }
     }
 }

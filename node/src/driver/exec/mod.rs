@@ -19,7 +19,8 @@ pub use config::ExecConfig;
 pub use wire::PROTOCOL_VERSION;
 
 use crate::driver::{
-    Driver, DriverError, MigrationProgress, MigrationStatus, MigrationTarget, UsageSample, VmInfo,
+    Driver, DriverError, MigrationProgress, MigrationStatus, MigrationTarget, SourceCopy,
+    UsageSample, VmInfo,
 };
 use async_trait::async_trait;
 use ballast_store::{VmId, VmSpec};
@@ -119,6 +120,16 @@ impl ExecDriver {
         match v.get("protocol").and_then(Value::as_u64) {
             Some(PROTOCOL_VERSION) => {
                 let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
+                if let Some(said) = v.get("source_copy") {
+                    let ours = self.cfg.source_copy.as_str();
+                    if said.as_str() != Some(ours) {
+                        return Err(DriverError::Protocol(format!(
+                            "plugin {name} says its migrations leave the source copy {said}, \
+                             but driver.exec.source_copy is \"{ours}\": set it to what the \
+                             plugin does"
+                        )));
+                    }
+                }
                 tracing::info!(plugin = name, "exec plugin handshake done");
                 Ok(())
             }
@@ -186,6 +197,10 @@ impl ExecDriver {
 impl Driver for ExecDriver {
     fn name(&self) -> &'static str {
         "exec"
+    }
+
+    fn source_copy(&self) -> SourceCopy {
+        self.cfg.source_copy
     }
 
     async fn list(&self) -> Result<Vec<VmInfo>, DriverError> {

@@ -94,6 +94,7 @@ pub(crate) fn driver_error(vm: Option<&VmId>, e: RemoteError) -> DriverError {
             vm,
             reason: message,
         }),
+        "switched_over" => vm_or(message).map(DriverError::SwitchedOver),
         "timeout" => Ok(DriverError::Timeout(message)),
         "invalid_spec" => Ok(DriverError::InvalidSpec(message)),
         "io" => Ok(DriverError::Io(std::io::Error::other(message))),

@@ -38,6 +38,10 @@ pub struct LibvirtConfig {
     /// and hands them to the source. Needs `migrate_uri` (without a port). Default:
     /// libvirt picks them from qemu.conf's `migration_port_min`/`migration_port_max`.
     pub port_range: Option<[u16; 2]>,
+    /// After a move has committed, delete this host's files of the disks that the
+    /// migration copied (the destination has its own copies now). Default `false`: they
+    /// stay, as after `virsh migrate --copy-storage-all`.
+    pub remove_source_disks: bool,
     /// Bandwidth limit of a migration, MiB/s (0: libvirt's default, unlimited).
     pub bandwidth_mibps: u64,
     /// Encrypt the migration stream with libvirt's TLS (`VIR_MIGRATE_TLS`; needs the
@@ -64,6 +68,7 @@ impl Default for LibvirtConfig {
             shared_paths: Vec::new(),
             allow_unsafe: false,
             port_range: None,
+            remove_source_disks: false,
             bandwidth_mibps: 0,
             tls: false,
             state_dir: PathBuf::from("libvirt-state"),

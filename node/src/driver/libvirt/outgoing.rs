@@ -12,6 +12,7 @@ use super::target::LibvirtTarget;
 use super::LibvirtDriver;
 use crate::driver::{DriverError, MigrationProgress, MigrationStatus, MigrationTarget, VmRunState};
 use ballast_store::VmId;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
 use virt::domain::MigrateParameters;
@@ -69,7 +70,7 @@ impl LibvirtDriver {
                 v.run_state()
             )));
         }
-        let copied: Vec<String> = v
+        let copied_disks: Vec<_> = v
             .desc
             .disks
             .iter()
@@ -78,7 +79,12 @@ impl LibvirtDriver {
                     && matches!(d.kind.as_str(), "file" | "block")
                     && d.file.as_deref().is_some_and(|p| !self.cfg.is_shared(p))
             })
-            .map(|d| d.target.clone())
+            .collect();
+        let copied: Vec<String> = copied_disks.iter().map(|d| d.target.clone()).collect();
+        let copied_files: Vec<PathBuf> = copied_disks
+            .iter()
+            .filter(|d| d.kind == "file")
+            .filter_map(|d| d.file.clone())
             .collect();
         let flags = migrate_flags(&self.cfg, !copied.is_empty());
         let params = MigrateParameters {
@@ -95,6 +101,7 @@ impl LibvirtDriver {
             vm,
             &OutgoingRecord {
                 peer_uri: t.peer_uri.clone(),
+                copied_files,
             },
         )?;
         let name = vm.as_str().to_owned();
@@ -205,6 +212,37 @@ impl LibvirtDriver {
         }
     }
 
+    /// With `remove_source_disks`, deletes this host's files of the disks that the
+    /// committed migration of `vm` copied, once the destination is seen holding the
+    /// domain (else they stay, with a warning; errors are logged: the move stands).
+    async fn remove_copied_files(&self, vm: &VmId) -> Result<(), DriverError> {
+        if !self.cfg.remove_source_disks {
+            return Ok(());
+        }
+        let Some(r) = self.outgoing.get::<OutgoingRecord>(vm)? else {
+            return Ok(());
+        };
+        match self.went_to_peer(vm).await {
+            Ok(Some(true)) => {}
+            other => {
+                tracing::warn!(vm = %vm, seen = ?other, "libvirt: the destination was not seen holding the VM; the source's disk files are kept");
+                return Ok(());
+            }
+        }
+        for f in &r.copied_files {
+            match std::fs::remove_file(f) {
+                Ok(()) => {
+                    tracing::info!(vm = %vm, path = %f.display(), "libvirt: removed the source's copy of a moved disk")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(vm = %vm, path = %f.display(), error = %e, "libvirt: cannot remove the source's copy of a moved disk")
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(super) async fn finish_out(&self, vm: &VmId) -> Result<(), DriverError> {
         if let Some(v) = self.managed(vm).await? {
             if v.running() || self.went_to_peer(vm).await? != Some(true) {
@@ -225,6 +263,7 @@ impl LibvirtDriver {
             })
             .await?;
         }
+        self.remove_copied_files(vm).await?;
         self.outgoing.remove(vm)
     }
 }

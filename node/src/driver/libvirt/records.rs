@@ -29,6 +29,10 @@ pub(crate) struct IncomingRecord {
 pub(crate) struct OutgoingRecord {
     /// The destination's libvirtd (the target's `peer_uri`).
     pub peer_uri: String,
+    /// This host's files of the disks the migration copies (removed after the commit
+    /// with `remove_source_disks`).
+    #[serde(default)]
+    pub copied_files: Vec<PathBuf>,
 }
 
 /// One kind of record, in its directory.
