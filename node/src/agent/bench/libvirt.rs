@@ -97,6 +97,19 @@ pub struct LibvirtHandoffBenchReport {
     pub virsh_migrate: String,
     /// Handoffs that aborted (should be 0).
     pub aborted: usize,
+    /// Every sample, in the order taken, ms rounded: handoffs, virsh, api.
+    pub samples_ms: BenchSamples,
+}
+
+/// Every timed sample of a run, in the order taken (ms, rounded).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BenchSamples {
+    /// Handoffs (to the domain running on the destination).
+    pub handoff: Vec<u64>,
+    /// `virsh migrate` + `virsh resume`.
+    pub virsh: Vec<u64>,
+    /// The same two calls from this process.
+    pub api: Vec<u64>,
 }
 
 fn run_err(e: impl Into<super::Cause>) -> BenchError {
@@ -525,8 +538,15 @@ async fn run(
         a.shutdown().await;
     }
     let (ours, commits, bare, api, aborted) = result?;
+    let rounded = |v: &[f64]| v.iter().map(|x| x.round() as u64).collect();
+    let samples_ms = BenchSamples {
+        handoff: rounded(&ours),
+        virsh: rounded(&bare),
+        api: rounded(&api),
+    };
     let p50 = median(ours.clone());
     let (bare_p50, api_p50) = (median(bare), median(api));
+
     let ratio = |base: f64| if base > 0.0 { p50 / base } else { 0.0 };
     Ok(LibvirtHandoffBenchReport {
         driver: "libvirt",
@@ -543,5 +563,6 @@ async fn run(
         added_api_ms: p50 - api_p50,
         virsh_migrate: format!("virsh {}", routes[0].virsh_migrate(BARE_VM)?.join(" ")),
         aborted,
+        samples_ms,
     })
 }
