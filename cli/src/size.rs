@@ -133,9 +133,35 @@ pub fn format_mib(mib: u64) -> String {
     }
 }
 
+/// A migration's progress for people: `48M of 130M sent (37%)`.
+pub fn format_progress(p: &ballast_node::driver::MigrationProgress) -> String {
+    let total = p.transferred_bytes.saturating_add(p.remaining_bytes);
+    let pct = p
+        .transferred_bytes
+        .saturating_mul(100)
+        .checked_div(total)
+        .unwrap_or(0);
+    format!(
+        "{} of {} sent ({pct}%)",
+        format_mib(p.transferred_bytes >> 20),
+        format_mib(total >> 20)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_for_people() {
+        let p = ballast_node::driver::MigrationProgress {
+            transferred_bytes: 48 << 20,
+            remaining_bytes: 82 << 20,
+        };
+        assert_eq!(format_progress(&p), "48M of 130M sent (36%)");
+        let none = ballast_node::driver::MigrationProgress::default();
+        assert_eq!(format_progress(&none), "0M of 0M sent (0%)");
+    }
 
     #[test]
     fn memory_sizes_in_the_usual_units() {

@@ -1,6 +1,7 @@
 //! `ballast vm move` against real agents whose live migration outlasts an RPC: the
 //! agent answers "under way" before its RPC deadline, the CLI follows the VM's entry
-//! until it runs on the destination, then pins it there. Each VM stays in exactly one
+//! until it runs on the destination, then pins it there. Meanwhile the source reports
+//! the migration's progress in `status`. Each VM stays in exactly one
 //! schedule (I1) and never runs on two hosts at once (I2).
 
 mod agent_util;
@@ -41,13 +42,32 @@ fn a_move_longer_than_an_rpc_is_followed_to_its_end() {
     });
 
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
+    let cli = Command::new(env!("CARGO_BIN_EXE_ballast"))
         .args([
             "vm", "move", "big-1", "--to", "n2", "--pin", "--json", "--admin",
         ])
         .arg(&bundle)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run ballast vm move");
+    // While it migrates, the source reports the bytes sent in `status` (what `vm move`
+    // and `drain` show).
+    run_bounded(Duration::from_secs(30), async {
+        wait_until(
+            Duration::from_secs(10),
+            "migration progress in status",
+            || async {
+                c.admin(0).status().await.is_ok_and(|s| {
+                    s.handoffs
+                        .iter()
+                        .any(|h| h.vm == vm && h.progress.is_some_and(|p| p.transferred_bytes > 0))
+                })
+            },
+        )
+        .await;
+    });
+    let out = cli.wait_with_output().expect("ballast vm move");
     let took = started.elapsed();
     assert!(out.status.success(), "{out:?}");
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");

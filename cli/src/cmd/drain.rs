@@ -95,7 +95,19 @@ pub fn run_drain(a: DrainArgs) -> anyhow::Result<()> {
                         bar.set_length(left);
                     }
                     bar.set_position(bar.length().unwrap_or(0).saturating_sub(left));
-                    bar.set_message(format!("{} in flight", s.handoffs.len()));
+                    let sent: Vec<String> = s
+                        .handoffs
+                        .iter()
+                        .filter_map(|h| {
+                            let p = h.progress.as_ref()?;
+                            Some(format!("{}: {}", h.vm, crate::size::format_progress(p)))
+                        })
+                        .collect();
+                    bar.set_message(if sent.is_empty() {
+                        format!("{} in flight", s.handoffs.len())
+                    } else {
+                        format!("{} in flight; {}", s.handoffs.len(), sent.join(", "))
+                    });
                     if left == 0 && s.handoffs.is_empty() {
                         break;
                     }

@@ -134,12 +134,28 @@ async fn request(
     }
 }
 
-/// Follows the VM's entry until it is `Running` on one node; returns that node.
+/// The source's last report of `vm`'s migration, if `holder` answers and has one.
+async fn migration_progress(cluster: &Cluster, holder: &Member, vm: &VmId) -> Option<String> {
+    let status = cluster
+        .client(holder.addr, MOVE_CALL_TIMEOUT)
+        .ok()?
+        .status()
+        .await
+        .ok()?;
+    let h = status.handoffs.iter().find(|h| &h.vm == vm)?;
+    h.progress.as_ref().map(crate::size::format_progress)
+}
+
+/// Follows the VM's entry until it is `Running` on one node; returns that node. The
+/// spinner shows the migration's progress as the source (`holder`) reports it.
 async fn follow(
     cluster: &Cluster,
+    holder: &Member,
     vm: &VmId,
     deadline: Instant,
     timeout_s: u64,
+    spinner: &ProgressBar,
+    moving: &str,
 ) -> anyhow::Result<NodeId> {
     let mut failures = 0;
     loop {
@@ -147,6 +163,10 @@ async fn follow(
             bail!("gave up waiting after {timeout_s} s; the handoff of {vm} goes on (see `ballast vm show {vm}`)");
         }
         tokio::time::sleep(POLL_INTERVAL).await;
+        match migration_progress(cluster, holder, vm).await {
+            Some(p) => spinner.set_message(format!("{moving}: {p}")),
+            None => spinner.set_message(moving.to_owned()),
+        }
         match settled_on(cluster, vm).await {
             Ok(Some(node)) => return Ok(node),
             Ok(None) => failures = 0,
@@ -180,8 +200,11 @@ pub async fn run_move(cluster: &Cluster, a: MoveArgs) -> anyhow::Result<()> {
         Ok(Some((true, _))) => Ok(to.clone()),
         Ok(Some((false, _))) => Ok(holder.node.clone()),
         Ok(None) => {
-            spinner.set_message(moving);
-            follow(cluster, &vm, deadline, a.timeout).await
+            spinner.set_message(moving.clone());
+            follow(
+                cluster, &holder, &vm, deadline, a.timeout, &spinner, &moving,
+            )
+            .await
         }
         Err(e) => Err(e),
     };

@@ -58,7 +58,7 @@ pub enum MigrationStatus {
 }
 
 /// Progress of an outgoing migration, reported while it runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationProgress {
     /// Bytes transferred so far.
     pub transferred_bytes: u64,

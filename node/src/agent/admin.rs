@@ -347,17 +347,21 @@ async fn release(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminRes
 
 async fn status(ctx: &AgentContext) -> Result<NodeStatus, AdminError> {
     let summary = summary(ctx).await.map_err(store_err)?;
-    let handoffs = handoffs_in_flight(ctx)
-        .await
-        .into_iter()
-        .map(|h| HandoffInfo {
-            vm: h.vm,
-            peer: h.peer,
-            epoch: h.epoch,
-            role: h.role,
-            step: h.step,
-        })
-        .collect();
+    let handoffs = handoffs_in_flight(ctx).await;
+    let handoffs = {
+        let progress = lock(&ctx.migration_progress);
+        handoffs
+            .into_iter()
+            .map(|h| HandoffInfo {
+                progress: progress.get(&h.vm).copied(),
+                vm: h.vm,
+                peer: h.peer,
+                epoch: h.epoch,
+                role: h.role,
+                step: h.step,
+            })
+            .collect()
+    };
     let peers = ctx
         .net
         .peers()

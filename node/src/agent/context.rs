@@ -11,10 +11,11 @@ use super::mover::MoveQueue;
 use super::network::Network;
 use super::session_book::SessionBook;
 use crate::config::AgentConfig;
-use crate::driver::Driver;
+use crate::driver::{Driver, MigrationProgress};
 use crate::failpoints::TestHooks;
 use crate::load::LoadModel;
 use ballast_store::{LoadFactors, NodeId, Store, VmId};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,6 +51,9 @@ pub(crate) struct AgentContext {
     /// (measured load only): they weigh on this host but are never moved. A std mutex,
     /// never held across `.await`.
     pub(crate) unmanaged: Mutex<LoadFactors>,
+    /// The last progress of each outgoing migration under way (shown in `status` and by
+    /// `vm move` and `drain`); a std mutex, never held across `.await`.
+    pub(crate) migration_progress: Mutex<HashMap<VmId, MigrationProgress>>,
     /// Held by a reconciliation pass, and by the admin steps that change a VM in the
     /// hypervisor and in the schedule together (create, delete, adopt, release), so that
     /// a pass never acts between their two steps (a VM stopped by a delete whose entry

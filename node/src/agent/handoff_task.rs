@@ -5,11 +5,11 @@
 //! tasks and come back as inputs; timers are tokio sleeps that come back as inputs.
 //! Failpoints fire around every store transition and message.
 
-use super::context::AgentContext;
+use super::context::{lock, AgentContext};
 use super::handoff_handle::InFlight;
 use super::outcome::MoveRefused;
 use super::wire::{AgentRequest, AgentResponse, Request};
-use crate::driver::{Driver, DriverError};
+use crate::driver::{Driver, DriverError, MigrationProgress};
 use crate::failpoints::Failpoint;
 use crate::handoff::{
     CallKind, DriverAction, DriverCall, DriverOutcome, DriverReply, Effect, HandoffConfig,
@@ -323,12 +323,18 @@ impl Owner {
     }
 
     fn spawn_driver(&self, call: DriverCall) {
-        let driver = self.ctx.driver.clone();
+        let ctx = self.ctx.clone();
         let inputs = self.ctx.handoffs.inputs().clone();
         let span = tracing::debug_span!("handoff", vm = %call.vm, epoch = call.epoch);
         self.ctx.spawn(
             async move {
-                let outcome = run_driver(&*driver, &call.vm, &call.action).await;
+                let report = |p: MigrationProgress| {
+                    lock(&ctx.migration_progress).insert(call.vm.clone(), p);
+                };
+                let outcome = run_driver(&*ctx.driver, &call.vm, &call.action, &report).await;
+                if matches!(call.action, DriverAction::MigrateOut { .. }) {
+                    lock(&ctx.migration_progress).remove(&call.vm);
+                }
                 let reply = DriverReply {
                     vm: call.vm,
                     epoch: call.epoch,
@@ -419,8 +425,14 @@ impl Owner {
     }
 }
 
-/// Runs one driver call and maps its result for the machine.
-async fn run_driver(driver: &dyn Driver, vm: &VmId, action: &DriverAction) -> DriverOutcome {
+/// Runs one driver call and maps its result for the machine; a migration's progress
+/// goes to `progress`.
+async fn run_driver(
+    driver: &dyn Driver,
+    vm: &VmId,
+    action: &DriverAction,
+    progress: &(dyn Fn(MigrationProgress) + Send + Sync),
+) -> DriverOutcome {
     let finished = |call: CallKind, r: Result<(), DriverError>| {
         if let Err(e) = &r {
             debug!(vm = %vm, call = ?call, reason = %e, "driver call failed");
@@ -443,7 +455,7 @@ async fn run_driver(driver: &dyn Driver, vm: &VmId, action: &DriverAction) -> Dr
             }
         }
         DriverAction::MigrateOut { target } => {
-            match driver.migrate_out(vm, target, &|_| {}).await {
+            match driver.migrate_out(vm, target, progress).await {
                 Ok(()) => DriverOutcome::Migrated,
                 Err(e) => {
                     info!(vm = %vm, reason = %e, "migration failed");

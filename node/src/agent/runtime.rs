@@ -93,6 +93,7 @@ impl Agent {
             summary_dirty: Notify::new(),
             unclaimed: Mutex::new(Vec::new()),
             unmanaged: Mutex::new(Default::default()),
+            migration_progress: Mutex::new(Default::default()),
             vm_changes: tokio::sync::Mutex::new(()),
             shutdown,
             tasks: TaskTracker::new(),

@@ -8,6 +8,7 @@
 //! Everything decoded is validated ([`Request::validate`]) before the agent acts on it.
 
 pub use super::outcome::{BusyDetail, PlanKind, SessionOutcome};
+use crate::driver::MigrationProgress;
 use crate::handoff::HandoffMsg;
 use ballast_core::handoff::{HandoffStep, Role};
 use ballast_gossip::LoadSummary;
@@ -364,6 +365,9 @@ pub struct HandoffInfo {
     pub role: Role,
     /// The step (`preparing`, `migrating`, `waiting`, `settling` … in JSON).
     pub step: HandoffStep,
+    /// The source's last report of the migration's bytes, while it migrates.
+    #[serde(default)]
+    pub progress: Option<MigrationProgress>,
 }
 
 /// Counters since the agent started.
