@@ -20,7 +20,9 @@
 //! the VM stays on a. And
 //! an adopted domain that the operator undefines behind ballast's back is reported by
 //! the agent and never recreated; its schedule entry stays until the operator deletes it.
-//! A VM made with `ballast vm create` on a local disk moves with its disk copied.
+//! A VM made with `ballast vm create` on a local disk moves with its disk copied. An
+//! agent started while its libvirtd is down runs, gossips and answers, and its driver
+//! works once libvirtd is back.
 //!
 //! One libvirt host pair serves the scenarios of a test (starting one takes seconds);
 //! the agents are restarted with the next failpoint armed, and each scenario's VM is
@@ -257,6 +259,53 @@ fn a_libvirtd_restarted_during_a_migration_leaves_the_vm_on_its_source() {
     scenario(&hosts, &mut c, 1, Fault::LibvirtdRestart(1));
     undefined_behind_ballasts_back(&hosts, &mut c);
     created_vm_moves_with_its_local_disk(&hosts, &mut c);
+    libvirtd_down_when_the_agent_starts(&hosts, &mut c);
+}
+
+/// Host a's libvirtd is down when its agent starts: the agent starts anyway, gossips and
+/// answers `status`, and reports the driver's errors; once libvirtd is back, the same
+/// agent process adopts a domain (every call reconnects).
+fn libvirtd_down_when_the_agent_starts(hosts: &LibvirtHosts, c: &mut Cluster) {
+    c.kill(0);
+    hosts.kill_daemon("a");
+    // No daemon's namespace to enter: this agent runs in the machine's (no disk is
+    // touched here) and reaches its libvirtd by the socket's path outside it.
+    c.set_launcher(0, Vec::new());
+    let config = c.nodes[0].config.clone();
+    set_libvirt_option(&config, "uri", &format!("\"{}\"", hosts.uri("a")));
+    c.start(0, "");
+    let name = "late";
+    let vm = VmId::from(name);
+    run_bounded(Duration::from_secs(120), async {
+        c.wait_membership(Duration::from_secs(30)).await;
+        wait_until(
+            Duration::from_secs(30),
+            "the agent reports that libvirt is unreachable",
+            || async {
+                let logs = c.logs(0);
+                logs.contains("hypervisor unavailable at start")
+                    && logs.contains("reconcile: the hypervisor is unavailable")
+            },
+        )
+        .await;
+        assert!(!c.exited(0), "the agent exited without its libvirtd");
+        hosts.start_missing();
+        set_launchers(c, hosts);
+        define_guest(hosts, "a", name, 8, MEMORY_MIB);
+        wait_until(
+            Duration::from_secs(30),
+            "an adopt once libvirtd is back",
+            || async {
+                c.admin(0)
+                    .adopt_vms(&[name.to_owned()])
+                    .await
+                    .is_ok_and(|v| v == [vm.clone()])
+            },
+        )
+        .await;
+        c.admin(0).delete_vm(&vm).await.expect("delete");
+    });
+    set_libvirt_option(&config, "uri", "\"qemu:///system\"");
 }
 
 /// A VM made with `ballast vm create` (defined by ballast from its spec, not adopted) on

@@ -42,6 +42,9 @@ pub(crate) struct AgentContext {
     pub(crate) moves: MoveQueue,
     /// Whether this node drains.
     pub(crate) draining: AtomicBool,
+    /// Whether the driver's `adopt` has worked since the agent started (false while the
+    /// hypervisor was unavailable: reconciliation retries it and acts only after).
+    pub(crate) adopted: AtomicBool,
     /// Wakes the summary publisher (the schedule or the state changed).
     pub(crate) summary_dirty: Notify,
     /// VMs the hypervisor runs that no entry claims (last reconciliation); a std mutex,

@@ -9,12 +9,27 @@ use super::handoff_task::handoffs_in_flight;
 use crate::driver::VmRunState;
 use ballast_store::{VmId, VmState};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tracing::{info, warn};
 
 /// One reconciliation pass.
 pub(crate) async fn reconcile_once(ctx: &AgentContext) {
     let _changes = ctx.vm_changes.lock().await;
+    if !ctx.adopted.load(Ordering::Acquire) {
+        // Never act on a hypervisor whose surviving VMs were not taken over yet: a VM
+        // that only looks absent would be started twice.
+        match ctx.driver.adopt().await {
+            Ok(vms) => {
+                info!(adopted = vms.len(), "driver ready: the hypervisor answers");
+                ctx.adopted.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                warn!(reason = %e, "reconcile: the hypervisor is unavailable; VMs are reconciled once it answers");
+                return;
+            }
+        }
+    }
     let listed = match ctx.driver.list().await {
         Ok(l) => l,
         Err(e) => {

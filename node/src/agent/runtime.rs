@@ -14,7 +14,7 @@ use crate::config::{AgentConfig, DriverKind};
 use crate::driver::exec::ExecDriver;
 use crate::driver::qemu::QemuDriver;
 use crate::driver::sim::SimDriver;
-use crate::driver::Driver;
+use crate::driver::{Driver, DriverError};
 use crate::failpoints::TestHooks;
 use crate::load::LoadModel;
 use ballast_gossip::{Endpoint, EndpointConfig, RpcClientConfig, TlsBundle};
@@ -67,8 +67,19 @@ impl Agent {
         })?;
         let store = open_store(&cfg, &me).await?;
         let driver = make_driver(&cfg, &me)?;
-        let adopted = driver.adopt().await?;
-        info!(node = %me, driver = driver.name(), adopted = adopted.len(), "driver ready");
+        // A hypervisor that does not answer yet (libvirtd down) does not keep the agent
+        // from starting: reconciliation retries the adoption and acts only once it worked.
+        let adopted = match driver.adopt().await {
+            Ok(vms) => {
+                info!(node = %me, driver = driver.name(), adopted = vms.len(), "driver ready");
+                true
+            }
+            Err(DriverError::Unavailable(why)) => {
+                warn!(node = %me, driver = driver.name(), reason = %why, "hypervisor unavailable at start; the agent runs and retries (its VMs are reconciled once it answers)");
+                false
+            }
+            Err(e) => return Err(e.into()),
+        };
         let draining = cfg.node.data_dir.join(super::admin::DRAINING_FILE).exists();
 
         let (stop, shutdown) = watch::channel(false);
@@ -90,6 +101,7 @@ impl Agent {
             sessions: SessionBook::default(),
             moves,
             draining: AtomicBool::new(draining),
+            adopted: AtomicBool::new(adopted),
             summary_dirty: Notify::new(),
             unclaimed: Mutex::new(Vec::new()),
             unmanaged: Mutex::new(Default::default()),

@@ -67,9 +67,9 @@ impl LibvirtHosts {
     }
 
     /// Kills host `h`'s libvirtd (SIGKILL: a crash, or systemd's stop timeout when a
-    /// migration job keeps it from exiting on SIGTERM) and starts it again: it finds its
-    /// guests' status in the host's run directory and reconnects to them. Its pid changes.
-    pub fn crash_and_restart_daemon(&self, h: &str) {
+    /// migration job keeps it from exiting on SIGTERM) and waits until it is gone. Its
+    /// guests run on.
+    pub fn kill_daemon(&self, h: &str) {
         let pid = self.daemon_pid(h);
         let stat = format!("/proc/{pid}/stat");
         // Gone, or a zombie not yet reaped by pid 1.
@@ -82,6 +82,12 @@ impl LibvirtHosts {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         assert!(exited(), "libvirtd {pid} did not exit");
+    }
+
+    /// Starts the hosts' daemons that are not running (after [`Self::kill_daemon`]): each
+    /// finds its guests' status in the host's run directory and reconnects to them. A
+    /// restarted daemon has a new pid.
+    pub fn start_missing(&self) {
         let out = Command::new(&self.script)
             .arg("start")
             .arg(self.dir.path())
@@ -89,9 +95,15 @@ impl LibvirtHosts {
             .expect("run scripts/libvirt-hosts");
         assert!(
             out.status.success(),
-            "libvirtd of host {h} did not start again: {}",
+            "libvirtd did not start again: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// [`Self::kill_daemon`] then [`Self::start_missing`].
+    pub fn crash_and_restart_daemon(&self, h: &str) {
+        self.kill_daemon(h);
+        self.start_missing();
     }
 
     /// `virsh -c <host h> ARGS...`; panics unless it succeeds; returns its stdout.
