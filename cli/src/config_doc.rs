@@ -133,7 +133,7 @@ const DOCS: &[KeyDoc] = &[
     optional("driver.libvirt.listen_address", "Address this host's QEMU listens on for incoming migrations and disk copies.", "\"10.0.0.2\""),
     doc("driver.libvirt.shared_paths", "Path prefixes on storage every host shares: disks under them are not copied; every other writable disk is."),
     doc("driver.libvirt.allow_unsafe", "Migrate disks under shared_paths even where libvirt does not recognise the storage as shared (VIR_MIGRATE_UNSAFE)."),
-    optional("driver.libvirt.port_range", "Ports [first, last] for incoming migrations, two picked per incoming VM (memory stream, disk copy); needs migrate_uri; default: libvirt's qemu.conf migration_port_min/max.", "[49152, 49215]"),
+    optional("driver.libvirt.port_range", "Ports [first, last] for incoming migrations' memory streams, one picked per incoming VM; needs migrate_uri; the disk copy's port stays libvirt's; default: libvirt's qemu.conf migration_port_min/max.", "[49152, 49215]"),
     doc("driver.libvirt.remove_source_disks", "After a committed move, delete the source host's files of the disks the migration copied (default false: they stay, as after virsh migrate --copy-storage-all)."),
     doc("driver.libvirt.bandwidth_mibps", "Bandwidth cap of a migration in MiB/s; 0 is unlimited."),
     doc("driver.libvirt.tls", "Encrypt migration streams with libvirt's TLS (VIR_MIGRATE_TLS; needs migrate_tls in qemu.conf)."),

@@ -9,9 +9,8 @@
 //! booted, and the guest's own clock, the BIOS tick counter in guest memory, continued
 //! from where it was on a and keeps advancing); every moved disk has the same contents
 //! on b, and gone from a (`remove_source_disks`). Domains that ballast does not manage
-//! are never moved. The ports libvirt would
-//! pick for the migrations are held by the test: they go through the ports that ballast
-//! picks from `port_range`.
+//! are never moved. The memory streams went to ports that b picked from its
+//! `port_range` (outside the hosts' qemu.conf ranges).
 #![cfg(feature = "libvirt")]
 
 mod agent_libvirt_util;
@@ -69,14 +68,6 @@ fn adopted_libvirt_domains_balance_live_with_their_local_disks() {
     for n in &c.nodes {
         set_libvirt_option(&n.config, "remove_source_disks", "true");
     }
-    // The ports libvirt would pick itself (both hosts' qemu.conf ranges) are taken: a
-    // migration can only go through the ports ballast picks (`port_range`).
-    let qemu_conf_ports = 49152..=49189u16;
-    let taken: Vec<std::net::TcpListener> = qemu_conf_ports
-        .clone()
-        .filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
-        .collect();
-    assert_eq!(taken.len(), qemu_conf_ports.len(), "ports in use already");
     c.start_all();
     let bundle = c.write_admin_bundle();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -190,6 +181,26 @@ fn adopted_libvirt_domains_balance_live_with_their_local_disks() {
                 }
             }
             assert!(!moved.is_empty() && moved.len() < VMS, "moved {moved:?}");
+            // b answered every reservation with a port of its `port_range`.
+            let [first, last] = agent_libvirt_util::port_range("b");
+            let answers: Vec<String> = c
+                .logs(1)
+                .lines()
+                .filter(|l| l.contains("reserved as migration destination"))
+                .map(str::to_owned)
+                .collect();
+            assert!(!answers.is_empty());
+            for l in &answers {
+                let port = l
+                    .split("tcp://127.0.0.1:")
+                    .nth(1)
+                    .and_then(|r| r.get(..5))
+                    .and_then(|p| p.parse::<u16>().ok());
+                assert!(
+                    port.is_some_and(|p| (first..=last).contains(&p)),
+                    "not a port of b's port_range: {l}"
+                );
+            }
             assert_eq!(on_a.get("own").map(String::as_str), Some("running"));
             assert!(!on_b.contains_key("own"), "an unmanaged domain was moved");
             for name in &moved {

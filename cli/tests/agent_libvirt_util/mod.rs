@@ -87,9 +87,9 @@ pub fn define_guest(
     disk
 }
 
-/// Ports ballast picks incoming migrations' from on host `h` (`port_range`): outside the
-/// ranges in the hosts' qemu.conf (scripts/libvirt-hosts), so a migration that works
-/// used them.
+/// The ports host `h` picks incoming memory streams' from (`port_range`): outside the
+/// ranges in the hosts' qemu.conf (scripts/libvirt-hosts), so a port of this range in a
+/// migration was ballast's choice.
 pub fn port_range(h: &str) -> [u16; 2] {
     if h == "a" {
         [49210, 49219]

@@ -33,10 +33,11 @@ pub struct LibvirtConfig {
     /// Ceph FS, GFS2, OCFS2...). Turns libvirt's own safety check off: only for storage
     /// that really is shared.
     pub allow_unsafe: bool,
-    /// Ports `[first, last]` this host's QEMU listens on for an incoming migration:
-    /// ballast picks two free ones per incoming VM (the memory stream and the disk copy)
-    /// and hands them to the source. Needs `migrate_uri` (without a port). Default:
-    /// libvirt picks them from qemu.conf's `migration_port_min`/`migration_port_max`.
+    /// Ports `[first, last]` this host's QEMU listens on for an incoming migration's
+    /// memory stream: ballast picks a free one per incoming VM and hands it to the source
+    /// in `migrate_uri`. Needs `migrate_uri` (without a port). The disk copy's port stays
+    /// libvirt's choice. Default: libvirt picks from qemu.conf's
+    /// `migration_port_min`/`migration_port_max`.
     pub port_range: Option<[u16; 2]>,
     /// After a move has committed, delete this host's files of the disks that the
     /// migration copied (the destination has its own copies now). Default `false`: they
@@ -94,10 +95,10 @@ impl LibvirtConfig {
             })?;
         }
         if let Some([first, last]) = self.port_range {
-            if first == 0 || last <= first {
+            if first == 0 || last < first {
                 return Err(format!(
-                    "driver.libvirt.port_range: [{first}, {last}] must hold at least two \
-                     ports, the first above 0"
+                    "driver.libvirt.port_range: [{first}, {last}] must hold at least one \
+                     port, the first above 0"
                 ));
             }
             match &self.migrate_uri {
@@ -206,7 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn port_range_needs_two_ports_and_a_migrate_uri_without_one() {
+    fn port_range_needs_a_port_and_a_migrate_uri_without_one() {
         let check = |toml_text: &str| {
             toml::from_str::<LibvirtConfig>(toml_text)
                 .unwrap()
@@ -215,7 +216,8 @@ mod tests {
         let uri = "migrate_uri = \"tcp://10.0.0.2\"\n";
         assert!(check(&format!("{uri}port_range = [49152, 49215]")).is_ok());
         assert!(check("port_range = [49152, 49215]").is_err());
-        assert!(check(&format!("{uri}port_range = [49152, 49152]")).is_err());
+        assert!(check(&format!("{uri}port_range = [49152, 49152]")).is_ok());
+        assert!(check(&format!("{uri}port_range = [49153, 49152]")).is_err());
         assert!(check(&format!("{uri}port_range = [0, 10]")).is_err());
         assert!(
             check("migrate_uri = \"tcp://10.0.0.2:4444\"\nport_range = [49152, 49215]").is_err()

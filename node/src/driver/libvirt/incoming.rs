@@ -40,12 +40,11 @@ impl LibvirtDriver {
             .collect();
         let disks = disks_of(spec)?;
         let to_create = check_destination(vm, &self.cfg, &disks, &in_use)?;
-        let (migrate_uri, disks_port) = self.ports_for(vm)?;
+        let migrate_uri = self.migrate_uri_for(vm)?;
         let target = LibvirtTarget {
             peer_uri,
             migrate_uri,
             listen_address: self.cfg.listen_address.clone(),
-            disks_port,
         }
         .encode();
         // The record first: if the agent dies during the creation, a cancel still knows
@@ -70,18 +69,20 @@ impl LibvirtDriver {
         Ok(target)
     }
 
-    /// The migrate URI and disk copy port of a new incoming VM: from `port_range`, two
-    /// ports that no other reservation of this host holds and that are free now; else
-    /// the configured URI and libvirt's choice.
-    fn ports_for(&self, vm: &VmId) -> Result<(Option<String>, Option<u16>), DriverError> {
+    /// The migrate URI of a new incoming VM: with `port_range`, on a port that no other
+    /// reservation of this host holds and that is free now; else the configured URI
+    /// (libvirt's port). The disk copy's port is libvirt's (qemu.conf's range): libvirt
+    /// 9 kept a `disks_port` it was given reserved after the migration, and refused it
+    /// for the next one ("Failed to reserve port").
+    fn migrate_uri_for(&self, vm: &VmId) -> Result<Option<String>, DriverError> {
         let (Some([first, last]), Some(uri)) = (self.cfg.port_range, &self.cfg.migrate_uri) else {
-            return Ok((self.cfg.migrate_uri.clone(), None));
+            return Ok(self.cfg.migrate_uri.clone());
         };
         let mut held = Vec::new();
         for other in self.incoming.vms().into_iter().filter(|v| v != vm) {
             if let Some(r) = self.incoming.get::<IncomingRecord>(&other)? {
                 if let Ok(t) = LibvirtTarget::decode(&MigrationTarget(r.target)) {
-                    held.extend(t.ports());
+                    held.extend(t.port());
                 }
             }
         }
@@ -91,17 +92,17 @@ impl LibvirtDriver {
             .as_deref()
             .and_then(|a| a.parse().ok())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let mut free = (first..=last)
+        (first..=last)
             .filter(|p| !held.contains(p))
-            .filter(|p| TcpListener::bind((ip, *p)).is_ok());
-        match (free.next(), free.next()) {
-            (Some(stream), Some(disks)) => Ok((Some(format!("{uri}:{stream}")), Some(disks))),
-            _ => Err(DriverError::NoRoom(format!(
-                "no two free ports in driver.libvirt.port_range [{first}, {last}] for {vm} \
-                 ({} held by other incoming VMs)",
-                held.len()
-            ))),
-        }
+            .find(|p| TcpListener::bind((ip, *p)).is_ok())
+            .map(|p| Some(format!("{uri}:{p}")))
+            .ok_or_else(|| {
+                DriverError::NoRoom(format!(
+                    "no free port in driver.libvirt.port_range [{first}, {last}] for {vm} \
+                     ({} held by other incoming VMs)",
+                    held.len()
+                ))
+            })
     }
 
     pub(super) async fn resume_in(&self, vm: &VmId) -> Result<(), DriverError> {

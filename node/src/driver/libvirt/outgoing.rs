@@ -92,7 +92,6 @@ impl LibvirtDriver {
             listen_address: t.listen_address.clone(),
             migrate_disks: copied,
             bandwidth: (self.cfg.bandwidth_mibps > 0).then_some(self.cfg.bandwidth_mibps),
-            disks_port: t.disks_port.map(i32::from),
             ..MigrateParameters::default()
         };
         // Durable before the call: after the call libvirt may have ended the source, and

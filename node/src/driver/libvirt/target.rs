@@ -20,22 +20,15 @@ pub(crate) struct LibvirtTarget {
     pub migrate_uri: Option<String>,
     /// The address the destination's QEMU listens on, when set.
     pub listen_address: Option<String>,
-    /// The port of the disk copy (libvirt's `disks_port`), when the destination picks
-    /// its ports (`port_range`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disks_port: Option<u16>,
 }
 
 impl LibvirtTarget {
-    /// The ports this target holds on its host: the memory stream's (in `migrate_uri`)
-    /// and the disk copy's.
-    pub(crate) fn ports(&self) -> Vec<u16> {
-        let stream = self
-            .migrate_uri
+    /// The port of the memory stream this target holds on its host (in `migrate_uri`).
+    pub(crate) fn port(&self) -> Option<u16> {
+        self.migrate_uri
             .as_deref()
             .and_then(|u| u.rsplit_once(':'))
-            .and_then(|(_, p)| p.parse().ok());
-        stream.into_iter().chain(self.disks_port).collect()
+            .and_then(|(_, p)| p.parse().ok())
     }
 }
 
@@ -79,21 +72,15 @@ mod tests {
             peer_uri: "qemu+unix:///system?socket=/tmp/lv/b/run/libvirt/libvirt-sock".into(),
             migrate_uri: Some("tcp://127.0.0.1".into()),
             listen_address: Some("127.0.0.1".into()),
-            disks_port: None,
         };
         assert_eq!(LibvirtTarget::decode(&t.encode()).unwrap(), t);
-        assert!(
-            !t.encode().0.contains("disks_port"),
-            "optional field left out"
-        );
         let ported = LibvirtTarget {
             migrate_uri: Some("tcp://127.0.0.1:49200".into()),
-            disks_port: Some(49201),
             ..t.clone()
         };
         assert_eq!(LibvirtTarget::decode(&ported.encode()).unwrap(), ported);
-        assert_eq!(ported.ports(), vec![49200, 49201]);
-        assert_eq!(t.ports(), Vec::<u16>::new());
+        assert_eq!(ported.port(), Some(49200));
+        assert_eq!(t.port(), None);
         let bad = |s: &str| LibvirtTarget::decode(&MigrationTarget(s.into())).is_err();
         assert!(bad("tcp:127.0.0.1:4444"));
         assert!(bad("libvirt:{"));
