@@ -73,6 +73,16 @@ fn adopted_libvirt_domains_balance_live_with_their_local_disks() {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run_bounded(Duration::from_secs(420), async {
             c.wait_membership(Duration::from_secs(30)).await;
+            // Watch the guests' clocks while balancing runs: the last tick count seen on
+            // a and the first seen on b. The first readings on a are taken before the
+            // adoption, since a guest may move before the loop below sees it on a.
+            let mut last_on_a: BTreeMap<String, u64> = BTreeMap::new();
+            let mut first_on_b: BTreeMap<String, u64> = BTreeMap::new();
+            for i in 0..VMS {
+                let name = format!("guest-{i}");
+                let t = guest_ticks(&hosts, "a", &name).expect("ticks before adoption");
+                last_on_a.insert(name, t);
+            }
             let out = Command::new(env!("CARGO_BIN_EXE_ballast"))
                 .args(["vm", "adopt", "--all", "--node", "n1", "--json", "--admin"])
                 .arg(&bundle)
@@ -97,10 +107,6 @@ fn adopted_libvirt_domains_balance_live_with_their_local_disks() {
             hosts.virsh("a", &["define", &xml.display().to_string()]);
             hosts.virsh("a", &["start", "own"]);
 
-            // Watch the guests' clocks while balancing runs: the last tick count seen on
-            // a and the first seen on b.
-            let mut last_on_a: BTreeMap<String, u64> = BTreeMap::new();
-            let mut first_on_b: BTreeMap<String, u64> = BTreeMap::new();
             let deadline = Instant::now() + Duration::from_secs(240);
             let mut quiet_since: Option<Instant> = None;
             loop {
