@@ -11,6 +11,7 @@
 //! `cancel_incoming` (its copy is dropped). After the commit point the source calls
 //! `finish_outgoing` (quits its paused copy). Every call is idempotent where the doc says so.
 
+mod disk_image;
 mod error;
 pub mod exec;
 pub mod libvirt;

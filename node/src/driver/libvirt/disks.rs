@@ -5,18 +5,13 @@
 //! since libvirt does not create plain files for an incoming disk copy.
 
 use super::config::LibvirtConfig;
-use crate::driver::DriverError;
+use crate::driver::{disk_image, DriverError};
 use ballast_store::{VmId, VmSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// The `driver_opts` key prefix of a disk's record: `libvirt.disk.<target>`.
 const DISK_KEY: &str = "libvirt.disk.";
-/// Bound on one `qemu-img create`.
-const QEMU_IMG_TIMEOUT: Duration = Duration::from_secs(60);
-/// Free space kept beyond what the copies need.
-const SPACE_MARGIN: u64 = 64 * 1024 * 1024;
 
 /// One disk of a VM as recorded in its spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,23 +102,6 @@ pub(crate) fn disks_of(spec: &VmSpec) -> Result<Vec<DiskRecord>, DriverError> {
         .collect()
 }
 
-/// Free bytes (for unprivileged users) on the filesystem holding `dir`.
-fn free_bytes(dir: &Path) -> Result<u64, DriverError> {
-    let st = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
-/// The bytes a copy of `d` may need on the destination: a raw image its virtual size, a
-/// sparse format what it occupied on the source (it grows as blocks arrive).
-fn need_of(d: &DiskRecord) -> u64 {
-    if d.format == "raw" {
-        d.capacity.max(d.allocation)
-    } else {
-        d.allocation
-            .max(d.capacity.min(d.allocation.saturating_mul(2)))
-    }
-}
-
 /// Checks that this host can receive `vm`'s disks; `in_use` are the files the domains of
 /// this host use. Returns the copied disks whose files must be created (absent now or a
 /// stale copy no domain uses). Refusals say which disk and why; `NoRoom` for space.
@@ -178,18 +156,11 @@ pub(crate) fn check_destination(
                 d.target
             )));
         }
-        *need.entry(parent.to_owned()).or_default() += need_of(d);
+        *need.entry(parent.to_owned()).or_default() +=
+            disk_image::space_needed(&d.format, d.capacity, d.allocation);
         create.push(d.clone());
     }
-    for (dir, bytes) in need {
-        let free = free_bytes(&dir)?;
-        if free < bytes.saturating_add(SPACE_MARGIN) {
-            return Err(DriverError::NoRoom(format!(
-                "VM {vm}: its disks need {bytes} bytes in {} but {free} are free",
-                dir.display()
-            )));
-        }
-    }
+    disk_image::check_space(vm, &need)?;
     Ok(create)
 }
 
@@ -212,27 +183,7 @@ pub(crate) async fn precreate(
         if path.exists() {
             tracing::warn!(path = %path.display(), "replacing a disk file no domain of this host uses (a stale copy)");
         }
-        let mut cmd = tokio::process::Command::new(&cfg.qemu_img);
-        cmd.arg("create")
-            .arg("-q")
-            .args(["-f", &d.format])
-            .arg(path)
-            .arg(d.capacity.to_string())
-            .kill_on_drop(true)
-            .stdin(std::process::Stdio::null());
-        let out = tokio::time::timeout(QEMU_IMG_TIMEOUT, cmd.output())
-            .await
-            .map_err(|_| DriverError::Timeout(format!("qemu-img create {}", path.display())))??;
-        if !out.status.success() {
-            return Err(DriverError::Hypervisor {
-                op: "qemu-img create",
-                reason: format!(
-                    "{}: {}",
-                    path.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            });
-        }
+        disk_image::create(&cfg.qemu_img, path, &d.format, d.capacity).await?;
         created.push(path.to_owned());
     }
     Ok(created)

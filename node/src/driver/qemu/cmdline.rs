@@ -4,15 +4,17 @@
 //!
 //! Spec mapping:
 //! - `vcpus` → `-smp N`, `memory_mib` → `-m N`.
-//! - each `disks` entry: a bare path → `-drive file=PATH,format=raw|qcow2,if=<disk_interface>`
-//!   (format from the extension: `.qcow2` → qcow2, else raw); an entry holding `=` is a
-//!   complete `-drive` option string, passed as is.
+//! - each `disks` entry: a path → `-drive file=PATH,format=raw|qcow2,if=<disk_interface>`
+//!   (format from the extension: `.qcow2` → qcow2, else raw; a relative path lies under
+//!   `image_dir`, see `disks`); an entry holding `=` is a complete `-drive` option
+//!   string, passed as is.
 //! - `driver_opts["net"]`: `none` (default), `user`, `tap:IFNAME` or `bridge:BRIDGE`,
 //!   giving one `virtio-net-pci` NIC whose MAC is `driver_opts["mac"]` or derived from
 //!   the VM id (stable, so it survives migration).
 //! - config `extra_args`, then the spec's `extra_args`, are appended verbatim.
 
 use super::config::{Accel, QemuConfig};
+use super::disks::{self, Disk};
 use super::vm_dir::VmDir;
 use crate::driver::DriverError;
 use ballast_store::{VmId, VmSpec};
@@ -61,7 +63,7 @@ fn esc(s: &str) -> String {
 }
 
 /// Checks what QEMU would refuse or what makes no sense.
-pub(crate) fn validate(spec: &VmSpec) -> Result<(), DriverError> {
+pub(crate) fn validate(cfg: &QemuConfig, spec: &VmSpec) -> Result<(), DriverError> {
     if spec.vcpus == 0 || spec.vcpus > VCPUS_MAX {
         return Err(DriverError::InvalidSpec(format!(
             "vcpus must be 1..={VCPUS_MAX}, got {}",
@@ -78,19 +80,17 @@ pub(crate) fn validate(spec: &VmSpec) -> Result<(), DriverError> {
         return Err(DriverError::InvalidSpec("empty disk entry".into()));
     }
     net_args(spec, &VmId::from("check"))?;
+    disks::plan(cfg, spec)?;
     Ok(())
 }
 
-fn disk_args(disk: &str, disk_interface: &str) -> [String; 2] {
-    let opts = if disk.contains('=') {
-        disk.to_owned()
-    } else {
-        let format = if disk.ends_with(".qcow2") {
-            "qcow2"
-        } else {
-            "raw"
-        };
-        format!("file={},format={format},if={disk_interface}", esc(disk))
+fn disk_args(disk: &Disk, disk_interface: &str) -> [String; 2] {
+    let opts = match disk {
+        Disk::Drive(opts) => opts.clone(),
+        Disk::Image { path, format, .. } => format!(
+            "file={},format={format},if={disk_interface}",
+            esc(&path.to_string_lossy())
+        ),
     };
     ["-drive".to_owned(), opts]
 }
@@ -151,7 +151,7 @@ pub(crate) fn build(
     spec: &VmSpec,
     launch: Launch,
 ) -> Result<Vec<String>, DriverError> {
-    validate(spec)?;
+    validate(cfg, spec)?;
     let mut a: Vec<String> = vec![
         "-name".into(),
         format!("guest={},debug-threads=on", esc(vm.as_str())),
@@ -180,8 +180,8 @@ pub(crate) fn build(
     if launch == Launch::Incoming {
         a.extend(["-S".into(), "-incoming".into(), "defer".into()]);
     }
-    for d in &spec.disks {
-        a.extend(disk_args(d, &cfg.disk_interface));
+    for d in disks::plan(cfg, spec)? {
+        a.extend(disk_args(&d, &cfg.disk_interface));
     }
     a.extend(net_args(spec, vm)?);
     a.extend(cfg.extra_args.iter().cloned());

@@ -102,13 +102,29 @@ pub struct QemuConfig {
     /// Maximum downtime of a live migration (QMP `downtime-limit`), in milliseconds.
     #[serde(alias = "downtime_limit_ms")]
     pub downtime_limit: Millis,
-    /// Bandwidth cap of a live migration (QMP `max-bandwidth`) in megabits per second;
-    /// 0 keeps QEMU's default.
+    /// Bandwidth cap of a live migration in megabits per second, for the memory stream
+    /// (QMP `max-bandwidth`) and for each local disk's copy (the mirror's `speed`); 0 keeps
+    /// QEMU's default (no cap on disks).
     pub bandwidth_mbps: u64,
     /// Arguments appended to every VM's command line (before the spec's own).
     pub extra_args: Vec<String>,
     /// Bus of disks given as a bare path (`-drive if=...`): `virtio`, `ide`, `scsi`.
     pub disk_interface: String,
+    /// Where this host keeps local disk images: a relative disk path in a spec names a
+    /// file here (so one spec names the VM's disk on every host), and the destination of
+    /// a move creates the copies of local disks here.
+    pub image_dir: PathBuf,
+    /// Path prefixes on storage every host shares. A VM's disk under one of them is opened
+    /// in place by the destination; any other disk (and every relative path) is local
+    /// and copied during a live migration. The default `["/"]` treats every absolute path
+    /// as shared, as 0.1 did. A spec's `driver_opts.storage = "shared" | "local"` decides
+    /// for all of that VM's disks.
+    pub shared_paths: Vec<PathBuf>,
+    /// Keep the source's copy of a moved local disk (renamed `<file>.moved-<unix ms>`)
+    /// instead of deleting it once the destination holds the VM.
+    pub keep_source_disks: bool,
+    /// The `qemu-img` program, to create the destination's copy of a local disk.
+    pub qemu_img: PathBuf,
     /// Timeouts.
     pub timeouts: QemuTimeouts,
 }
@@ -126,6 +142,10 @@ impl Default for QemuConfig {
             bandwidth_mbps: 1_000,
             extra_args: Vec::new(),
             disk_interface: "virtio".to_owned(),
+            image_dir: PathBuf::from("/var/lib/ballast/images"),
+            shared_paths: vec![PathBuf::from("/")],
+            keep_source_disks: false,
+            qemu_img: PathBuf::from("qemu-img"),
             timeouts: QemuTimeouts::default(),
         }
     }

@@ -3,8 +3,9 @@
 
 use super::cmdline::{self, Launch};
 use super::qmp;
+use super::target::Target;
 use super::vm_dir::{self, Role, VmDir, VmMeta};
-use super::{ports, QemuDriver};
+use super::{export, ports, QemuDriver};
 use crate::driver::{DriverError, MigrationTarget};
 use ballast_store::{VmId, VmSpec};
 use std::collections::BTreeSet;
@@ -17,7 +18,7 @@ const INCOMING_POLL: Duration = Duration::from_millis(5);
 
 impl QemuDriver {
     /// Ports held or about to be held by incoming VMs of this state directory.
-    fn ports_taken(&self) -> BTreeSet<u16> {
+    pub(super) fn ports_taken(&self) -> BTreeSet<u16> {
         let mut taken = self
             .reserved_ports
             .lock()
@@ -29,7 +30,11 @@ impl QemuDriver {
                 ..
             })) = dir.read_meta()
             {
-                taken.extend(ports::port_of(&target));
+                taken.extend(
+                    Target::parse(&target)
+                        .map(|t| t.ports())
+                        .unwrap_or_default(),
+                );
             }
         }
         taken
@@ -67,7 +72,8 @@ impl QemuDriver {
             }
             self.terminate(vm, &dir, false).await?;
         }
-        cmdline::validate(spec)?;
+        cmdline::validate(&self.cfg, spec)?;
+        let copies = self.create_copies(vm, spec).await?;
         let offset: u32 = rand::random();
         let mut launched = false;
         for port in ports::candidates(self.cfg.port_range, &self.ports_taken(), offset) {
@@ -76,17 +82,25 @@ impl QemuDriver {
             }
             self.reserve(port, true);
             let target = ports::uri(&self.cfg.migration_host, port);
-            let meta = VmMeta::new(
+            let mut meta = VmMeta::new(
                 vm.clone(),
                 spec.clone(),
                 Role::Incoming {
                     target: target.clone(),
                 },
             );
+            meta.created_images = copies.iter().map(|(_, p)| p.clone()).collect();
             let r = self.listen(vm, &dir, &meta, &mut launched).await;
+            let r = match r {
+                Ok(()) if !copies.is_empty() => {
+                    self.export_and_record(vm, &dir, meta, &copies, port).await
+                }
+                Ok(()) => Ok(target),
+                Err(e) => Err(e),
+            };
             self.reserve(port, false);
             match r {
-                Ok(()) => {
+                Ok(target) => {
                     tracing::info!(vm = %vm, target = %target, "incoming copy waits");
                     return Ok(MigrationTarget(target));
                 }
@@ -94,12 +108,16 @@ impl QemuDriver {
                     tracing::debug!(vm = %vm, port, reason = %reason, "port refused; trying another");
                 }
                 Err(e) => {
-                    let _ = self.terminate(vm, &dir, false).await;
+                    if self.terminate(vm, &dir, false).await.is_err() || !launched {
+                        export::remove_images(copies.iter().map(|(_, p)| p));
+                    }
                     return Err(e);
                 }
             }
         }
-        let _ = self.terminate(vm, &dir, false).await;
+        if self.terminate(vm, &dir, false).await.is_err() || !launched {
+            export::remove_images(copies.iter().map(|(_, p)| p));
+        }
         Err(DriverError::Io(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
             format!(
@@ -107,6 +125,37 @@ impl QemuDriver {
                 self.cfg.port_range, self.cfg.migration_host
             ),
         )))
+    }
+
+    /// Exports `copies` of the paused copy listening on `port` and records the whole
+    /// target in `vm.json`; returns it.
+    async fn export_and_record(
+        &self,
+        vm: &VmId,
+        dir: &VmDir,
+        mut meta: VmMeta,
+        copies: &[(usize, std::path::PathBuf)],
+        port: u16,
+    ) -> Result<String, DriverError> {
+        let export = match self.export_copies(vm, dir, copies, port).await {
+            Ok(e) => e,
+            // Not a reason to try another memory port.
+            Err(DriverError::BadState { reason, .. }) => return Err(DriverError::Protocol(reason)),
+            Err(e) => return Err(e),
+        };
+        let Role::Incoming { target } = &meta.role else {
+            return Err(DriverError::Protocol("export on a running VM".into()));
+        };
+        let full = Target {
+            migration: target.clone(),
+            disks: Some(export),
+        }
+        .render();
+        meta.role = Role::Incoming {
+            target: full.clone(),
+        };
+        dir.write_meta(&meta)?;
+        Ok(full)
     }
 
     /// Launches the paused copy (first time) and makes it listen as `meta` says. A
@@ -184,6 +233,10 @@ impl QemuDriver {
         match status.as_deref() {
             // On a copy that already runs (resumed before a crash) `cont` does nothing.
             Some("completed") => {
+                // Nothing may write into the disks once the VM runs.
+                if !meta.created_images.is_empty() {
+                    self.unexport(vm, &dir).await?;
+                }
                 self.qmp(vm, &dir, qmp::Cont {}).await?;
             }
             Some("failed" | "cancelled") => {

@@ -58,7 +58,7 @@ impl QemuDriver {
             }
             self.clean_dead(vm, &dir).await?;
         }
-        cmdline::validate(spec)?;
+        cmdline::validate(&self.cfg, spec)?;
         let meta = VmMeta::new(vm.clone(), spec.clone(), Role::Running);
         self.launch(vm, &dir, &meta, Launch::Run).await?;
         if let Err(e) = self.tune_migration(vm, &dir).await {

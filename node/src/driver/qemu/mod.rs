@@ -16,14 +16,19 @@
 pub mod bench;
 mod cmdline;
 pub mod config;
+mod disks;
+mod export;
 pub mod guest;
 mod incoming;
 mod lifecycle;
+mod mirror;
 mod outgoing;
 mod ports;
 mod process;
 mod procfs;
 mod qmp;
+mod qmp_block;
+mod target;
 mod vm_dir;
 
 pub use cmdline::kvm_usable;
@@ -40,7 +45,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
-use vm_dir::VmDir;
+use vm_dir::{Role, VmDir, VmMeta};
 
 /// Per-VM in-memory state of the driver.
 #[derive(Default)]
@@ -221,6 +226,7 @@ impl QemuDriver {
     /// Ends `vm`'s process (QMP `quit` when `graceful`, SIGKILL after the stop timeout or
     /// at once), then removes its directory and in-memory state.
     async fn terminate(&self, vm: &VmId, dir: &VmDir, graceful: bool) -> Result<(), DriverError> {
+        let meta = dir.read_meta().ok().flatten();
         if let Some(pid) = Self::live_pid(dir) {
             if graceful {
                 if let Err(e) = self.qmp(vm, dir, qmp::Quit {}).await {
@@ -233,6 +239,15 @@ impl QemuDriver {
             process::kill(pid, &dir.qmp).await;
         }
         self.drop_connection(vm).await;
+        // An incoming copy's disk images go with it (a resumed copy's role is `Running`).
+        if let Some(VmMeta {
+            role: Role::Incoming { .. },
+            created_images,
+            ..
+        }) = meta
+        {
+            export::remove_images(&created_images);
+        }
         dir.remove()?;
         self.forget_slot(vm);
         Ok(())
@@ -346,6 +361,10 @@ impl Driver for QemuDriver {
 
     async fn adopt(&self) -> Result<Vec<VmInfo>, DriverError> {
         self.adopt_all().await
+    }
+
+    async fn current_spec(&self, vm: &VmId, spec: &VmSpec) -> Result<Option<VmSpec>, DriverError> {
+        self.spec_with_copies(vm, spec).await
     }
 }
 

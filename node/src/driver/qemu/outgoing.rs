@@ -2,8 +2,11 @@
 //! early by QEMU's `MIGRATION` events), status on recovery, `migrate_cancel`/`cont` on
 //! abort, `quit` after the commit point.
 
+use super::disks;
+use super::mirror::DiskBytes;
 use super::qmp::{self, MigrationInfo};
-use super::vm_dir::Role;
+use super::target::Target;
+use super::vm_dir::{MirrorMark, Role, VmMeta};
 use super::QemuDriver;
 use crate::driver::{DriverError, MigrationProgress, MigrationStatus, MigrationTarget};
 use ballast_store::VmId;
@@ -36,23 +39,6 @@ fn status_of(info: &MigrationInfo) -> MigrationStatus {
         "failed" => MigrationStatus::Failed,
         _ => MigrationStatus::Active,
     }
-}
-
-/// Whether `t` is a `tcp:HOST:PORT` URI. Targets come from the peer, and QEMU would
-/// also accept `exec:` (a shell command), so nothing else is let through.
-pub(crate) fn valid_target(t: &str) -> bool {
-    let Some(rest) = t.strip_prefix("tcp:") else {
-        return false;
-    };
-    let Some((host, port)) = rest.rsplit_once(':') else {
-        return false;
-    };
-    let host_ok = !host.is_empty()
-        && host.len() <= 255
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
-    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 fn progress_of(info: &MigrationInfo) -> MigrationProgress {
@@ -99,24 +85,69 @@ impl QemuDriver {
         target: &MigrationTarget,
         progress: &(dyn Fn(MigrationProgress) + Send + Sync),
     ) -> Result<(), DriverError> {
+        let started = Instant::now();
         let dir = self.check_migratable(vm).await?;
         let failed = |reason: String| DriverError::MigrationFailed {
             vm: vm.clone(),
             reason,
         };
-        if !valid_target(&target.0) {
+        let Some(parsed) = Target::parse(&target.0) else {
             return Err(failed(format!(
-                "refused target {:?}: not tcp:HOST:PORT",
+                "refused target {:?}: not tcp:HOST:PORT[;nbd:HOST:PORT;export:TOKEN;disks:I,...]",
                 target.0
             )));
-        }
+        };
+        let spec = dir
+            .read_meta()?
+            .ok_or_else(|| DriverError::NotFound(vm.clone()))?
+            .spec;
+        let plan = disks::plan(&self.cfg, &spec)?;
+        let local = disks::local_disks(&plan);
+        let local_paths: Vec<(usize, &std::path::Path)> =
+            local.iter().map(|(i, p, _)| (*i, *p)).collect();
+        let ours: Vec<usize> = local.iter().map(|(i, _, _)| *i).collect();
+        let export = match (&parsed.disks, ours.is_empty()) {
+            (None, true) => None,
+            (Some(e), false) if e.indexes == ours => Some(e),
+            (None, false) => {
+                return Err(failed(format!(
+                    "the destination offers no copy of the local disks {ours:?} \
+                     (an agent without local-disk support, or the spec lacks their records)"
+                )))
+            }
+            (Some(e), _) => {
+                return Err(failed(format!(
+                    "the destination exported disks {:?} but the local disks here are {ours:?}",
+                    e.indexes
+                )))
+            }
+        };
         self.tune_migration(vm, &dir).await?;
+        let mut disk = DiskBytes::default();
+        if let Some(export) = export {
+            let deadline = started + self.cfg.timeouts.migration();
+            let copied = async {
+                self.start_mirrors(vm, &dir, &local_paths, export).await?;
+                self.wait_mirrors_ready(vm, &dir, local_paths.len(), deadline, progress)
+                    .await
+            }
+            .await;
+            match copied {
+                Ok(bytes) => disk = bytes,
+                Err(e) => {
+                    if let Err(e2) = self.abort_mirrors(vm, &dir).await {
+                        tracing::warn!(vm = %vm, error = %e2, "disk mirrors not cleaned up after a failure");
+                    }
+                    return Err(e);
+                }
+            }
+        }
         match self
             .qmp(
                 vm,
                 &dir,
                 qmp::Migrate {
-                    uri: target.0.clone(),
+                    uri: parsed.migration.clone(),
                 },
             )
             .await
@@ -124,8 +155,18 @@ impl QemuDriver {
             Err(DriverError::BadState { reason, .. }) => return Err(failed(reason)),
             other => drop(other?),
         }
-        tracing::info!(vm = %vm, target = %target.0, "migration started");
-        self.poll_migration(vm, &dir, progress).await
+        tracing::info!(vm = %vm, target = %parsed.migration, "migration started");
+        let with_disk = |p: MigrationProgress| {
+            progress(MigrationProgress {
+                transferred_bytes: p.transferred_bytes.saturating_add(disk.done),
+                remaining_bytes: p.remaining_bytes,
+            })
+        };
+        self.poll_migration(vm, &dir, started, &with_disk).await?;
+        if export.is_some() {
+            self.complete_mirrors(vm, &dir).await?;
+        }
+        Ok(())
     }
 
     /// Polls `query-migrate` until the migration ends or the migration timeout passes
@@ -134,13 +175,13 @@ impl QemuDriver {
         &self,
         vm: &VmId,
         dir: &super::VmDir,
+        started: Instant,
         progress: &(dyn Fn(MigrationProgress) + Send + Sync),
     ) -> Result<(), DriverError> {
-        let started = Instant::now();
         let deadline = started + self.cfg.timeouts.migration();
         // Right after `migrate` QEMU may still say `none` while it connects; a `none`
         // that lasts this long means the migration never started.
-        let none_deadline = started + self.cfg.timeouts.qmp();
+        let none_deadline = Instant::now() + self.cfg.timeouts.qmp();
         loop {
             let mut events = self.events(vm, dir).await?;
             let info = self.qmp(vm, dir, qmp::QueryMigrate {}).await?;
@@ -188,7 +229,30 @@ impl QemuDriver {
         if Self::live_pid(&dir).is_none() {
             return Err(DriverError::NotFound(vm.clone()));
         }
-        Ok(status_of(&self.qmp(vm, &dir, qmp::QueryMigrate {}).await?))
+        let status = status_of(&self.qmp(vm, &dir, qmp::QueryMigrate {}).await?);
+        if status != MigrationStatus::Completed {
+            return Ok(status);
+        }
+        // Resumed after the switchover: an abort ran; the destination's copy is stale.
+        if self.runstate(vm, &dir).await? == "running" {
+            return Ok(MigrationStatus::Failed);
+        }
+        let spec = dir
+            .read_meta()?
+            .ok_or_else(|| DriverError::NotFound(vm.clone()))?
+            .spec;
+        if disks::local_disks(&disks::plan(&self.cfg, &spec)?).is_empty() {
+            return Ok(status);
+        }
+        // Local disks: complete only once the destination holds them too.
+        match self.complete_mirrors(vm, &dir).await {
+            Ok(()) => Ok(MigrationStatus::Completed),
+            Err(DriverError::MigrationFailed { reason, .. }) => {
+                tracing::warn!(vm = %vm, reason = %reason, "memory moved but the disk copy did not complete");
+                Ok(MigrationStatus::Failed)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Waits (bounded by the QMP timeout) while `check` says the VM is in transition.
@@ -242,6 +306,7 @@ impl QemuDriver {
         let state = self
             .wait_while(vm, &dir, "switching over", |s| s == "finish-migrate", false)
             .await?;
+        self.abort_mirrors(vm, &dir).await?;
         if matches!(state.as_str(), "postmigrate" | "paused") {
             self.qmp(vm, &dir, qmp::Cont {}).await?;
             tracing::info!(vm = %vm, "source resumed after an aborted migration");
@@ -249,13 +314,53 @@ impl QemuDriver {
         Ok(())
     }
 
+    /// After the commit point: deletes the source's files of the moved VM's local disks
+    /// (renames them `<file>.moved-<unix ms>` with `keep_source_disks`). A disk whose copy
+    /// is not recorded as completed is never deleted: it is kept, renamed, with a warning.
+    fn retire_source_disks(&self, vm: &VmId, meta: &VmMeta) {
+        let Ok(plan) = disks::plan(&self.cfg, &meta.spec) else {
+            return;
+        };
+        let local = disks::local_disks(&plan);
+        if local.is_empty() {
+            return;
+        }
+        let complete = meta.mirror == MirrorMark::Completed;
+        if !complete {
+            tracing::warn!(vm = %vm, "the disk copy is not recorded as complete; keeping the source's disks");
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        for (_, path, _) in local {
+            let result = if self.cfg.keep_source_disks || !complete {
+                let mut kept = path.as_os_str().to_owned();
+                kept.push(format!(".moved-{stamp}"));
+                std::fs::rename(path, &kept).map(|()| {
+                    tracing::info!(vm = %vm, path = %path.display(), kept = %std::path::Path::new(&kept).display(), "source disk kept, renamed");
+                })
+            } else {
+                std::fs::remove_file(path).map(|()| {
+                    tracing::info!(vm = %vm, path = %path.display(), "source disk deleted: the destination holds the VM");
+                })
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(vm = %vm, path = %path.display(), error = %e, "source disk not retired")
+                }
+            }
+        }
+    }
+
     pub(super) async fn finish_out(&self, vm: &VmId) -> Result<(), DriverError> {
         let dir = self.dir(vm)?;
         let slot = self.slot(vm);
         let _op = slot.op.lock().await;
-        if dir.read_meta()?.is_none() {
+        let Some(meta) = dir.read_meta()? else {
             return Ok(());
-        }
+        };
         if Self::live_pid(&dir).is_some() {
             let info = self.qmp(vm, &dir, qmp::QueryMigrate {}).await?;
             let state = self.runstate(vm, &dir).await?;
@@ -268,6 +373,7 @@ impl QemuDriver {
                 });
             }
         }
+        self.retire_source_disks(vm, &meta);
         self.terminate(vm, &dir, true).await?;
         tracing::info!(vm = %vm, "source copy quit after the commit point");
         Ok(())
@@ -277,19 +383,6 @@ impl QemuDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets() {
-        assert!(valid_target("tcp:127.0.0.1:4444"));
-        assert!(valid_target("tcp:[::1]:4444"));
-        assert!(valid_target("tcp:host-a.example:1"));
-        assert!(!valid_target("exec:rm -rf /"));
-        assert!(!valid_target("tcp:127.0.0.1:0"));
-        assert!(!valid_target("tcp:127.0.0.1:99999"));
-        assert!(!valid_target("tcp::4444"));
-        assert!(!valid_target("tcp:a b:1"));
-        assert!(!valid_target("unix:/x"));
-    }
 
     #[test]
     fn statuses() {

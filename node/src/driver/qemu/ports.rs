@@ -51,11 +51,6 @@ pub(crate) fn uri(host: &str, port: u16) -> String {
     }
 }
 
-/// The port of a `tcp:HOST:PORT` URI.
-pub(crate) fn port_of(uri: &str) -> Option<u16> {
-    uri.rsplit_once(':')?.1.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,7 +72,5 @@ mod tests {
     fn uris() {
         assert_eq!(uri("127.0.0.1", 5), "tcp:127.0.0.1:5");
         assert_eq!(uri("::1", 5), "tcp:[::1]:5");
-        assert_eq!(port_of("tcp:[::1]:5"), Some(5));
-        assert_eq!(port_of("tcp:host"), None);
     }
 }

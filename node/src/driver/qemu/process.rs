@@ -114,14 +114,22 @@ pub(crate) async fn kill(pid: u32, qmp: &Path) {
     signal(pid, Signal::KILL);
     if !wait_gone(pid, qmp, KILL_WAIT).await {
         tracing::warn!(pid, "QEMU process survived SIGKILL");
+        return;
+    }
+    let deadline = Instant::now() + KILL_WAIT;
+    while !procfs::exited(pid) && Instant::now() < deadline {
+        sleep(GONE_POLL).await;
     }
 }
 
 /// Blocking variant of [`kill`] for `Drop` guards and teardown outside a runtime.
 pub(crate) fn kill_blocking(pid: u32, qmp: &Path) {
+    let ours = alive(pid, qmp);
     signal(pid, Signal::KILL);
     let deadline = std::time::Instant::now() + KILL_WAIT;
-    while alive(pid, qmp) && std::time::Instant::now() < deadline {
+    while (alive(pid, qmp) || (ours && !procfs::exited(pid)))
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(GONE_POLL);
     }
 }

@@ -101,6 +101,13 @@ pub(crate) fn is_our_process(pid: u32, needle: &[u8]) -> bool {
     alive.unwrap_or(false) && cmdline.windows(needle.len().max(1)).any(|w| w == needle)
 }
 
+/// Whether `pid` has finished exiting (gone, or a zombie waiting to be reaped). A killed
+/// process loses its command line before it has released everything it held (ports,
+/// file locks), so [`is_our_process`] turns false a moment before this turns true.
+pub(crate) fn exited(pid: u32) -> bool {
+    stat(pid).map_or(true, |s| s.state == 'Z' || s.state == 'X')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

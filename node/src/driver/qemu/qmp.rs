@@ -160,6 +160,7 @@ macro_rules! qmp_command {
         impl qapi::qmp::QmpCommand for $ty {}
     };
 }
+pub(crate) use qmp_command;
 
 /// `query-status`.
 #[derive(Debug, Serialize)]

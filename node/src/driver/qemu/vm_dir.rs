@@ -47,6 +47,27 @@ pub(crate) struct VmMeta {
     pub(crate) spec: VmSpec,
     /// Why it is here.
     pub(crate) role: Role,
+    /// Destination: the image files made for this incoming copy's local disks, deleted
+    /// when the copy is dropped (never once it runs).
+    #[serde(default)]
+    pub(crate) created_images: Vec<PathBuf>,
+    /// Source: how far the copy of the local disks got in the current migration.
+    #[serde(default)]
+    pub(crate) mirror: MirrorMark,
+}
+
+/// How far the source's copy of a VM's local disks got (`vm.json`), read with QEMU's own
+/// state when the agent recovers a migration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum MirrorMark {
+    /// No copy under way (never started, or cancelled).
+    #[default]
+    Idle,
+    /// Mirror jobs were started to the destination's exports.
+    Started,
+    /// Every mirror completed after the switchover: the destination's disks equal the
+    /// source's at the moment the source stopped.
+    Completed,
 }
 
 impl VmMeta {
@@ -57,6 +78,8 @@ impl VmMeta {
             vm,
             spec,
             role,
+            created_images: Vec::new(),
+            mirror: MirrorMark::Idle,
         }
     }
 }
