@@ -391,7 +391,12 @@ class Plugin:
     def hello(self, params):
         if params.get("protocol") != PROTOCOL:
             raise PluginError("protocol", "this plugin speaks protocol %d" % PROTOCOL)
-        return {"protocol": PROTOCOL, "name": NAME}
+        # `storage`: the disk placements this plugin's migrations handle. It opens the
+        # same image on both hosts (shared storage) and copies no disk, so it does not
+        # list "local"; the agent then refuses to move a VM whose spec says
+        # driver_opts.storage = "local" to this host, with a clear error, instead of
+        # starting it on an empty disk. A plugin that copies disks lists "local" too.
+        return {"protocol": PROTOCOL, "name": NAME, "storage": ["shared"]}
 
     def list(self, params):
         return [self.info(v, meta) for v, meta in self.all_vms()]

@@ -190,6 +190,33 @@ async fn conformance_suite_on_example_plugin() {
     .await;
 }
 
+/// The example plugin's `hello` lists only shared storage: a VM on local disks is
+/// refused before its paused copy would start on an empty disk; a shared one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_without_local_storage_refuses_a_local_disk_vm() {
+    let s = Scratch::new();
+    limited(async {
+        let b = s.qemu_plugin("b", "21750-21759");
+        let vm = VmId::from("loc1");
+        let mut spec = s.spec();
+        spec.driver_opts.insert("storage".into(), "local".into());
+        match b.prepare_incoming(&vm, &spec).await {
+            Err(DriverError::InvalidSpec(why)) => assert!(why.contains("local"), "{why}"),
+            other => panic!("expected invalid_spec, got {other:?}"),
+        }
+        assert!(
+            b.list().await.expect("list").is_empty(),
+            "a copy was started"
+        );
+        spec.driver_opts.insert("storage".into(), "shared".into());
+        b.prepare_incoming(&vm, &spec)
+            .await
+            .expect("shared storage is fine");
+        b.cancel_incoming(&vm).await.expect("cancel");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_adopt_on_example_plugin() {
     let s = Scratch::new();

@@ -48,6 +48,9 @@ pub struct ExecDriver {
     /// A tokio mutex: it is held while a plugin is (re)started and handshaken, so that
     /// concurrent callers wait for that one plugin instead of starting several.
     sup: tokio::sync::Mutex<Supervisor>,
+    /// Whether the plugin's `hello` listed `"local"` in `storage`: it moves VMs whose
+    /// disks are local (`driver_opts.storage = "local"`).
+    local_storage: std::sync::atomic::AtomicBool,
 }
 
 impl ExecDriver {
@@ -61,6 +64,7 @@ impl ExecDriver {
         Ok(Self {
             cfg,
             sup: tokio::sync::Mutex::new(Supervisor::default()),
+            local_storage: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -130,7 +134,17 @@ impl ExecDriver {
                         )));
                     }
                 }
-                tracing::info!(plugin = name, "exec plugin handshake done");
+                let local = v
+                    .get("storage")
+                    .and_then(Value::as_array)
+                    .is_some_and(|kinds| kinds.iter().any(|k| k.as_str() == Some("local")));
+                self.local_storage
+                    .store(local, std::sync::atomic::Ordering::Release);
+                tracing::info!(
+                    plugin = name,
+                    local_storage = local,
+                    "exec plugin handshake done"
+                );
                 Ok(())
             }
             other => Err(DriverError::Protocol(format!(
@@ -183,6 +197,25 @@ impl ExecDriver {
         r.map_err(|e| self.call_error(vm, method, e))
     }
 
+    /// Refuses to move a VM on local disks (`driver_opts.storage = "local"`) when the
+    /// plugin's `hello` did not list `"local"` in `storage`.
+    async fn check_storage(&self, spec: &VmSpec) -> Result<(), DriverError> {
+        if spec.driver_opts.get("storage").map(String::as_str) != Some("local") {
+            return Ok(());
+        }
+        self.plugin().await?;
+        if self
+            .local_storage
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        Err(DriverError::InvalidSpec(format!(
+            "exec plugin {:?} does not move VMs on local disks (its hello lists no \"local\" storage)",
+            self.cfg.command[0]
+        )))
+    }
+
     async fn vm_call(&self, method: &str, vm: &VmId, extra: Value) -> Result<Value, DriverError> {
         let mut params = json!({ "vm": vm });
         if let (Some(obj), Value::Object(more)) = (params.as_object_mut(), extra) {
@@ -229,6 +262,7 @@ impl Driver for ExecDriver {
         vm: &VmId,
         spec: &VmSpec,
     ) -> Result<MigrationTarget, DriverError> {
+        self.check_storage(spec).await?;
         let v = self
             .vm_call("prepare_incoming", vm, json!({ "spec": spec }))
             .await?;
