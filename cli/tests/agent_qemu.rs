@@ -194,8 +194,10 @@ fn move_and_outlive(kind: &str, section: impl Fn(&Path, [u16; 2]) -> String) {
     });
 }
 
-#[test]
-fn the_qemu_handoff_bench_reports_both_figures() {
+/// Runs `ballast bench handoff --driver qemu --count 2 --memory-mib 64 --json` with
+/// `extra` arguments (bounded: the bench kills its QEMU processes itself; it is killed if
+/// it hangs) and returns its JSON.
+fn run_qemu_bench(extra: &[&str]) -> serde_json::Value {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
         .args([
             "bench",
@@ -208,18 +210,18 @@ fn the_qemu_handoff_bench_reports_both_figures() {
             "64",
             "--json",
         ])
+        .args(extra)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn bench");
-    // Bounded: the bench kills its QEMU processes itself; kill it if it hangs.
     let start = std::time::Instant::now();
     while child.try_wait().expect("try_wait").is_none() {
-        if start.elapsed() > Duration::from_secs(120) {
+        if start.elapsed() > Duration::from_secs(180) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the bench did not finish in 120 s");
+            panic!("the bench did not finish in 180 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -229,7 +231,37 @@ fn the_qemu_handoff_bench_reports_both_figures() {
         "bench failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+/// The local-disk variant: the same figures, and the disks compared after every move.
+#[test]
+fn the_qemu_local_disk_bench_copies_the_disk_whole() {
+    let v = run_qemu_bench(&[
+        "--storage",
+        "local",
+        "--disk-mib",
+        "64",
+        "--disk-data-mib",
+        "8",
+    ]);
+    let num = |k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {v}"))
+    };
+    assert_eq!(v["storage"], "local", "{v}");
+    assert_eq!(v["disk_mib"], 64, "{v}");
+    assert_eq!(v["moves"], 2, "{v}");
+    assert_eq!(v["aborted"], 0, "{v}");
+    assert_eq!(v["disk_identical"], true, "{v}");
+    let (bare, p50) = (num("bare_p50_ms"), num("p50_ms"));
+    assert!(bare > 0.0 && p50 > 0.0, "{v}");
+    assert!((num("ratio") - p50 / bare).abs() < 1e-6, "{v}");
+}
+
+#[test]
+fn the_qemu_handoff_bench_reports_both_figures() {
+    let v = run_qemu_bench(&[]);
     let num = |k: &str| {
         v[k].as_f64()
             .unwrap_or_else(|| panic!("{k} missing in {v}"))
@@ -238,7 +270,7 @@ fn the_qemu_handoff_bench_reports_both_figures() {
     assert_eq!(v["memory_mib"], 64);
     assert_eq!(v["moves"], 2, "{v}");
     assert_eq!(v["aborted"], 0, "{v}");
-    let (qmp, handoff) = (num("qmp_migrate_ms"), num("handoff_ms"));
+    let (qmp, handoff) = (num("bare_p50_ms"), num("p50_ms"));
     assert!(qmp > 0.0 && handoff > 0.0, "{v}");
     // A handoff contains a migration of the same VM, so it cannot be faster than the
     // migration alone (the full bare sequence, launch included, is within noise of it).

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use ballast_gossip::{bench_gossip, GossipBenchOptions};
-use ballast_node::agent::bench::qemu::{bench_handoff_qemu, QemuHandoffBenchOptions};
+use ballast_node::agent::bench::qemu::{bench_handoff_qemu, LocalDisk, QemuHandoffBenchOptions};
 use ballast_node::agent::bench::{bench_handoff, HandoffBenchOptions};
 
 /// Arguments of `ballast bench`.
@@ -32,7 +32,9 @@ enum What {
     /// Two in-process agents hand VMs back and forth. `--driver sim`: handoff latency
     /// and rate next to the bare durable work (3 flushed sled transactions + 2 loopback
     /// RPC round trips). `--driver qemu`: one demo VM (a boot sector, no OS image) moved
-    /// back and forth, next to bare QMP migrations of the same VM in the same run.
+    /// back and forth, next to bare QMP migrations of the same VM in the same run;
+    /// `--storage local`: a VM writing its local disk, copied by every move, next to the
+    /// same copy and migration done by hand over QMP.
     /// `--driver libvirt`: the same between two libvirt hosts (`--libvirt-config` twice),
     /// next to `virsh migrate` with the same flags in the same run.
     Handoff {
@@ -54,6 +56,18 @@ enum What {
         /// (default: a new temporary directory, shared when both hosts run here).
         #[arg(long, value_name = "DIR")]
         image_dir: Option<std::path::PathBuf>,
+        /// qemu: where the VM's disk lives: `shared` (one image both sides open) or
+        /// `local` (a disk of `--disk-mib` copied by every move, next to the same copy
+        /// done by hand over QMP).
+        #[arg(long, default_value = "shared", value_parser = ["shared", "local"])]
+        storage: String,
+        /// qemu with `--storage local`: the disk's virtual size, MiB.
+        #[arg(long, default_value_t = 256)]
+        disk_mib: u64,
+        /// qemu with `--storage local`: MiB of data written into the disk (the rest is
+        /// unallocated).
+        #[arg(long, default_value_t = 64)]
+        disk_data_mib: u64,
         /// Handoffs in flight in the throughput phase.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
@@ -87,11 +101,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             print(&report, json)
         }
         What::Handoff {
+            driver, storage, ..
+        } if storage == "local" && driver != "qemu" => {
+            anyhow::bail!("bench handoff: --storage local is for --driver qemu (got {driver:?})")
+        }
+        What::Handoff {
             driver,
             count,
             memory_mib,
             libvirt_config,
             image_dir,
+            storage,
+            disk_mib,
+            disk_data_mib,
             concurrency,
             json,
         } => match driver.as_str() {
@@ -112,6 +134,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let opts = QemuHandoffBenchOptions {
                     moves: count.unwrap_or(d.moves),
                     memory_mib,
+                    local_disk: (storage == "local").then_some(LocalDisk {
+                        size_mib: disk_mib,
+                        data_mib: disk_data_mib.min(disk_mib),
+                    }),
                     ..d
                 };
                 let report = rt

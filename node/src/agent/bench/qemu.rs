@@ -17,7 +17,9 @@ use crate::config::{AgentConfig, DriverKind};
 use crate::driver::qemu::bench::{
     incoming_resumed_at, ms_between, tap_args, BareMigrations, EventTap, QmpMigrateTiming,
 };
-use crate::driver::qemu::guest::{demo_spec, write_boot_image};
+use crate::driver::qemu::guest::{
+    demo_spec, write_boot_image, write_disk_writer_image, COUNTER_BYTES,
+};
 use crate::driver::qemu::{QemuConfig, QemuDriver};
 use crate::units::Millis;
 use ballast_gossip::{create_ca, issue_admin_cert, issue_node_cert, save_cert_bundle};
@@ -26,6 +28,8 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
+
+const MIB: u64 = 1024 * 1024;
 
 /// How long a VM runs before it is migrated (bare and handoff alike).
 const WARMUP: Duration = Duration::from_millis(300);
@@ -48,9 +52,12 @@ pub struct QemuHandoffBenchOptions {
     pub moves: usize,
     /// Memory of the VM, in MiB.
     pub memory_mib: u64,
-    /// The QEMU settings (binary, accel, downtime, bandwidth...); `state_dir` and
-    /// `port_range` are replaced by the bench's own.
+    /// The QEMU settings (binary, accel, downtime, bandwidth...); `state_dir`,
+    /// `image_dir` and `port_range` are replaced by the bench's own.
     pub qemu: QemuConfig,
+    /// `None`: the demo VM's disk is on storage both sides share; `Some`: the VM (the
+    /// disk-writer guest) has a local disk of this size, copied by every move.
+    pub local_disk: Option<LocalDisk>,
 }
 
 impl Default for QemuHandoffBenchOptions {
@@ -61,6 +68,7 @@ impl Default for QemuHandoffBenchOptions {
             moves: 5,
             memory_mib: 128,
             qemu,
+            local_disk: None,
         }
     }
 }
@@ -78,10 +86,12 @@ pub struct QemuHandoffBenchReport {
     pub memory_mib: u64,
     /// Moves timed (all committed unless `aborted` says otherwise).
     pub moves: usize,
-    /// The baseline: a bare QMP migration as an operator does it by hand, from launching
-    /// the destination QEMU (`-incoming defer`) to the destination's `RESUME` after
-    /// `migrate-incoming`, `migrate`, `completed` and `cont`.
-    pub qmp_migrate_ms: f64,
+    /// The baseline (median): a bare QMP migration as an operator does it by hand, from
+    /// launching the destination QEMU (`-incoming defer`) to the destination's `RESUME`
+    /// after `migrate-incoming`, `migrate`, `completed` and `cont` (with local disks:
+    /// the destination's NBD exports, the mirrors until ready, then the memory, then
+    /// the mirrors completed and the exports removed).
+    pub bare_p50_ms: f64,
     /// Part of the baseline: launching the paused destination until it listens.
     pub qemu_launch_ms: f64,
     /// Part of the baseline: `migrate` on the source until it reports `completed`.
@@ -92,25 +102,46 @@ pub struct QemuHandoffBenchReport {
     pub qmp_guest_paused_ms: f64,
     /// Bare: QEMU's own downtime figure (switchover until the last state is sent).
     pub qmp_downtime_ms: f64,
-    /// The handoff: admin `MoveVm` call to the destination's `RESUME`.
-    pub handoff_ms: f64,
+    /// The handoff (median): admin `MoveVm` call to the destination's `RESUME`.
+    pub p50_ms: f64,
     /// Slowest handoff, ms.
-    pub handoff_max_ms: f64,
+    pub max_ms: f64,
     /// The handoff: admin `MoveVm` call to the source's commit point (`MoveVm` returns).
     pub handoff_commit_ms: f64,
     /// Handoff: how long the guest did not run (source `STOP` to destination `RESUME`).
     pub handoff_guest_paused_ms: f64,
-    /// `handoff_ms / qmp_migrate_ms` (goal: at most 1.2).
+    /// `p50_ms / bare_p50_ms` (goal: at most 1.2).
     pub ratio: f64,
-    /// `handoff_ms - qmp_migrate_ms` (goal: at most 50).
+    /// `p50_ms - bare_p50_ms` (goal: at most 50; 100 with local disks).
     pub added_ms: f64,
-    /// `handoff_ms / qmp_migrate_only_ms`: against the migration alone, as if the
+    /// `p50_ms / qmp_migrate_only_ms`: against the migration alone, as if the
     /// destination QEMU cost nothing to start.
     pub ratio_migrate_only: f64,
     /// The driver's migration poll interval used, ms (QMP events end the waits earlier).
     pub poll_ms: u64,
     /// Moves that aborted (should be 0).
     pub aborted: usize,
+    /// `shared` (both sides open one image) or `local` (the disk is copied).
+    pub storage: &'static str,
+    /// Local disks: the disk's virtual size, MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
+    /// Local disks: MiB of data in it (the rest reads as zeros).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_data_mib: Option<u64>,
+    /// Local disks: whether after every move the destination's disk equalled the
+    /// source's at the switchover (all but the guest's counter sector, which it writes on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_identical: Option<bool>,
+}
+
+/// A disk of the VM on local storage, copied by every move.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalDisk {
+    /// Virtual size, MiB.
+    pub size_mib: u64,
+    /// MiB of pseudo-random data written at its start.
+    pub data_mib: u64,
 }
 
 /// Kills every QEMU process under the given state directories when dropped.
@@ -155,29 +186,26 @@ pub async fn bench_handoff_qemu(
     let dir = tmp.path().to_path_buf();
     let states = [dir.join("a/q"), dir.join("b/q"), dir.join("bare")];
     let _kill = KillQemu(states.to_vec());
-    let image = dir.join("boot.img");
-    write_boot_image(&image).map_err(setup)?;
-    let mut spec = demo_spec(&image, opts.memory_mib);
-    spec.target = Some(LoadFactors {
-        cpu: 0.5,
-        io: 0.0,
-        mem: 0.0,
-    });
     let n = opts.moves.max(1);
+    let bare_cfg = qemu_side(&opts, states[2].clone(), 2);
+    let (spec, bare_spec) = match opts.local_disk {
+        None => shared_specs(&dir, opts.memory_mib)?,
+        Some(disk) => {
+            let local =
+                |image_dir: &Path, name: &str| local_spec(image_dir, name, disk, opts.memory_mib);
+            let bare_dir = BareMigrations::image_dir(&bare_cfg, 0);
+            (
+                local(&image_dir_of(&states[0]), "bench")?,
+                local(&bare_dir, "bench-bare")?,
+            )
+        }
+    };
 
     // Bare sequences and handoffs alternate, one each per round, so a change in the
     // machine's load touches both figures alike; both VMs (the bare one and the
     // agents') run throughout, so each kind of sample shares the machine with the same
     // load. The bare VM moves back and forth like the agents' VM, after one untimed
     // migration (warm caches, a booted VM).
-    let bare_cfg = qemu_side(&opts, states[2].clone(), 2);
-    // Its own image: QEMU locks a writable image against a second VM.
-    let bare_image = dir.join("boot-bare.img");
-    write_boot_image(&bare_image).map_err(setup)?;
-    let bare_spec = VmSpec {
-        target: spec.target,
-        ..demo_spec(&bare_image, opts.memory_mib)
-    };
     let mut bare_vm = BareMigrations::start(&bare_cfg, &bare_spec)
         .await
         .map_err(run_err)?;
@@ -212,14 +240,14 @@ pub async fn bench_handoff_qemu(
             .is_ok(),
         memory_mib: opts.memory_mib,
         moves: moves.to_resume.len(),
-        qmp_migrate_ms: qmp,
+        bare_p50_ms: qmp,
         qemu_launch_ms: col(|t| t.launch_ms),
         qmp_migrate_only_ms: migrate_only,
         qmp_cont_ms: col(|t| t.cont_ms),
         qmp_guest_paused_ms: col(|t| t.guest_paused_ms),
         qmp_downtime_ms: col(|t| t.downtime_ms.map_or(0.0, |d| d as f64)),
-        handoff_ms: handoff,
-        handoff_max_ms: moves.to_resume.iter().copied().fold(0.0, f64::max),
+        p50_ms: handoff,
+        max_ms: moves.to_resume.iter().copied().fold(0.0, f64::max),
         handoff_commit_ms: median(moves.to_commit),
         handoff_guest_paused_ms: median(moves.paused),
         ratio: ratio(qmp),
@@ -227,7 +255,119 @@ pub async fn bench_handoff_qemu(
         ratio_migrate_only: ratio(migrate_only),
         poll_ms: opts.qemu.timeouts.poll.get(),
         aborted: moves.aborted,
+        storage: if opts.local_disk.is_some() {
+            "local"
+        } else {
+            "shared"
+        },
+        disk_mib: opts.local_disk.map(|d| d.size_mib),
+        disk_data_mib: opts.local_disk.map(|d| d.data_mib),
+        disk_identical: opts.local_disk.map(|_| moves.disks_identical),
     })
+}
+
+/// The target load of the bench VMs.
+fn bench_target() -> Option<LoadFactors> {
+    Some(LoadFactors {
+        cpu: 0.5,
+        io: 0.0,
+        mem: 0.0,
+    })
+}
+
+/// The demo VM on an image both sides open, and the bare VM's (its own image: QEMU
+/// locks a writable image against a second VM).
+fn shared_specs(dir: &Path, memory_mib: u64) -> Result<(VmSpec, VmSpec), BenchError> {
+    let spec = |name: &str| -> Result<VmSpec, BenchError> {
+        let image = dir.join(name);
+        write_boot_image(&image).map_err(setup)?;
+        Ok(VmSpec {
+            target: bench_target(),
+            ..demo_spec(&image, memory_mib)
+        })
+    };
+    Ok((spec("boot.img")?, spec("boot-bare.img")?))
+}
+
+/// The disk-writer VM on the local qcow2 disk `NAME.qcow2` made in `image_dir`.
+fn local_spec(
+    image_dir: &Path,
+    name: &str,
+    disk: LocalDisk,
+    memory_mib: u64,
+) -> Result<VmSpec, BenchError> {
+    std::fs::create_dir_all(image_dir).map_err(setup)?;
+    let raw = image_dir.join(format!("{name}.raw"));
+    let file = format!("{name}.qcow2");
+    write_disk_writer_image(&raw, disk.size_mib * MIB, disk.data_mib, 0xbe4c).map_err(setup)?;
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(image_dir.join(&file))
+        .output()
+        .map_err(setup)?;
+    let _ = std::fs::remove_file(&raw);
+    if !out.status.success() {
+        return Err(setup(std::io::Error::other(format!(
+            "qemu-img convert: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))));
+    }
+    let mut spec = VmSpec {
+        vcpus: 1,
+        memory_mib,
+        disks: vec![file],
+        target: bench_target(),
+        ..VmSpec::default()
+    };
+    spec.driver_opts.insert("storage".into(), "local".into());
+    Ok(spec)
+}
+
+/// The image directory of the agent whose driver state is `state_dir`.
+fn image_dir_of(state_dir: &Path) -> PathBuf {
+    state_dir.with_file_name("img")
+}
+
+/// The guest-visible bytes of `path` but the disk writer's counter.
+fn disk_bytes(path: &Path) -> Result<Vec<u8>, BenchError> {
+    let raw = path.with_extension("cmp.raw");
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-U", "-q", "-O", "raw"])
+        .arg(path)
+        .arg(&raw)
+        .output()
+        .map_err(run_err)?;
+    if !out.status.success() {
+        return Err(run_err(std::io::Error::other(format!(
+            "qemu-img convert {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))));
+    }
+    let mut bytes = std::fs::read(&raw).map_err(run_err)?;
+    let _ = std::fs::remove_file(&raw);
+    if let Some(c) = bytes.get_mut(COUNTER_BYTES) {
+        c.fill(0);
+    }
+    Ok(bytes)
+}
+
+/// After a committed move of the local-disk VM from `from` to `to`: whether the disk
+/// on `to` equals the source's copy kept at the switchover (which is then deleted).
+fn same_disk(from: &Path, to: &Path) -> Result<bool, BenchError> {
+    let kept: Vec<PathBuf> = std::fs::read_dir(from)
+        .map_err(run_err)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(".qcow2.moved-"))
+        .collect();
+    let [kept] = kept.as_slice() else {
+        return Ok(false);
+    };
+    let same = disk_bytes(kept)? == disk_bytes(&to.join("bench.qcow2"))?;
+    std::fs::remove_file(kept).map_err(run_err)?;
+    Ok(same)
 }
 
 fn qemu_agent_config(
@@ -242,6 +382,9 @@ fn qemu_agent_config(
     let mut c = agent_config(dir, id, listen, seed, 1);
     c.driver.kind = DriverKind::Qemu;
     c.driver.qemu = qemu_side(opts, state_dir.to_path_buf(), side);
+    c.driver.qemu.image_dir = image_dir_of(state_dir);
+    // The source's disk is kept (renamed) so that the bench can compare it.
+    c.driver.qemu.keep_source_disks = true;
     c.driver
         .qemu
         .extra_args
@@ -266,6 +409,9 @@ struct Moves {
     paused: Vec<f64>,
     /// Moves that aborted.
     aborted: usize,
+    /// Local disks: every committed move left the destination's disk equal to the
+    /// source's at the switchover.
+    disks_identical: bool,
 }
 
 /// Starts two agents on the qemu driver, creates the VM on `a` and moves it back and
@@ -298,7 +444,8 @@ async fn agent_moves(
         }
     }
     let taps = [tap_of(&states[0]), tap_of(&states[1])];
-    let result = moves(&admin, [pa, pb], &taps, spec, n, bare).await;
+    let images = [image_dir_of(&states[0]), image_dir_of(&states[1])];
+    let result = moves(&admin, [pa, pb], [&taps, &images], spec, n, bare).await;
     for a in agents {
         a.shutdown().await;
     }
@@ -308,7 +455,7 @@ async fn agent_moves(
 async fn moves(
     admin: &ballast_gossip::CertBundle,
     [pa, pb]: [SocketAddr; 2],
-    taps: &[PathBuf; 2],
+    [taps, images]: [&[PathBuf; 2]; 2],
     spec: &VmSpec,
     n: usize,
     bare: &mut BareMigrations,
@@ -327,7 +474,9 @@ async fn moves(
         to_commit: Vec::with_capacity(n),
         paused: Vec::with_capacity(n),
         aborted: 0,
+        disks_identical: true,
     };
+    let local = spec.driver_opts.get("storage").map(String::as_str) == Some("local");
     let mut bare_samples = Vec::with_capacity(n);
     for _ in 0..n {
         bare_samples.push(bare.migrate(WARMUP).await.map_err(run_err)?);
@@ -363,6 +512,11 @@ async fn moves(
             out.to_resume.push(ms_between(w0, resume_at));
             out.to_commit.push(commit_ms);
             out.paused.push(ms_between(stop_at, resume_at));
+            if local {
+                let (from, to) = if on_a { (0, 1) } else { (1, 0) };
+                let same = same_disk(&images[from], &images[to])?;
+                out.disks_identical &= same;
+            }
             on_a = !on_a;
         } else {
             resumed.abort();

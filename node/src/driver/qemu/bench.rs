@@ -11,8 +11,9 @@
 //! timestamp from a second QMP monitor ([`EventTap`], added with [`tap_args`]), so the
 //! figure does not depend on who is watching or how often.
 
-use super::vm_dir::VmDir;
-use super::{qmp, QemuConfig, QemuDriver};
+use super::target::Target;
+use super::vm_dir::{MirrorMark, VmDir};
+use super::{bench_local, disks, qmp, QemuConfig, QemuDriver};
 use crate::driver::{Driver, DriverError};
 use ballast_store::{VmId, VmSpec};
 use std::io;
@@ -44,7 +45,8 @@ pub struct QmpMigrateTiming {
     /// with `-incoming defer`, capabilities, `migrate-incoming`).
     pub launch_ms: f64,
     /// `migrate-set-parameters` and `migrate` on the source until it reports
-    /// `completed` (polled every 1 ms).
+    /// `completed` (polled every 1 ms); with local disks from the first mirror command
+    /// (ready, then the memory) until the mirrors completed and the exports are gone.
     pub migrate_ms: f64,
     /// From `completed` at the source to the destination's `RESUME` (`cont` sent).
     pub cont_ms: f64,
@@ -262,13 +264,18 @@ impl BareMigrations {
     /// Starts the VM of `spec` on the first side (with its event monitor).
     pub async fn start(cfg: &QemuConfig, spec: &VmSpec) -> Result<Self, DriverError> {
         let dirs = [cfg.state_dir.join("bench-0"), cfg.state_dir.join("bench-1")];
-        let cleanup = Cleanup(dirs.to_vec());
+        let images = [Self::image_dir(cfg, 0), Self::image_dir(cfg, 1)];
+        let cleanup = Cleanup(dirs.iter().chain(&images).cloned().collect());
+        for d in &images {
+            std::fs::create_dir_all(d)?;
+        }
         let taps = [dirs[0].join("ev.sock"), dirs[1].join("ev.sock")];
         let side = |i: usize| {
             let mut extra_args = cfg.extra_args.clone();
             extra_args.extend(tap_args(&taps[i]));
             QemuDriver::new(QemuConfig {
                 state_dir: dirs[i].clone(),
+                image_dir: images[i].clone(),
                 extra_args,
                 ..cfg.clone()
             })
@@ -288,6 +295,12 @@ impl BareMigrations {
         })
     }
 
+    /// Side `side`'s image directory (for a VM on local disks, whose relative disk paths
+    /// name files there; the first side's must hold them before [`Self::start`]).
+    pub fn image_dir(cfg: &QemuConfig, side: usize) -> PathBuf {
+        cfg.state_dir.join(format!("img-{side}"))
+    }
+
     /// Lets the VM run for `warmup`, then times the bare sequence to the other side:
     /// launch an incoming copy there, migrate (on `cfg.migration_host`, with `cfg`'s
     /// downtime limit and bandwidth), `cont` it. Afterwards (untimed) the copy is
@@ -305,27 +318,45 @@ impl BareMigrations {
         let (w0, t0) = (SystemTime::now(), Instant::now());
         let resumed = tokio::spawn(incoming_resumed_at(self.taps[to].clone(), EVENT_WAIT));
         let result = async {
+            // Local disks: what `qemu-img info` would tell (format, size) goes in the spec.
+            let spec = src
+                .current_spec(vm, &self.spec)
+                .await?
+                .unwrap_or_else(|| self.spec.clone());
+            let local: Vec<(usize, PathBuf)> = disks::local_disks(&disks::plan(&src.cfg, &spec)?)
+                .into_iter()
+                .map(|(i, p, _)| (i, p.to_path_buf()))
+                .collect();
             // In a task of its own, as the agents run their driver calls.
-            let (d, v, sp) = (dst.clone(), vm.clone(), self.spec.clone());
+            let (d, v, sp) = (dst.clone(), vm.clone(), spec.clone());
             let target = tokio::spawn(async move { d.prepare_incoming(&v, &sp).await })
                 .await
                 .map_err(|e| DriverError::Protocol(format!("bench task: {e}")))??;
             let t1 = Instant::now();
+            let target = Target::parse(&target.0)
+                .ok_or_else(|| DriverError::Protocol(format!("bad target {}", target.0)))?;
+            if let Some(export) = &target.disks {
+                bench_local::mirror_until_ready(src, vm, &src_dir, &local, export).await?;
+            }
             let params = qmp::MigrateSetParameters {
                 downtime_limit: Some(cfg.downtime_limit.get()),
                 max_bandwidth: (cfg.bandwidth_mbps > 0)
                     .then(|| cfg.bandwidth_mbps.saturating_mul(125_000)),
             };
             src.qmp(vm, &src_dir, params).await?;
-            src.qmp(vm, &src_dir, qmp::Migrate { uri: target.0 })
-                .await?;
+            let uri = target.migration.clone();
+            src.qmp(vm, &src_dir, qmp::Migrate { uri }).await?;
             let info = wait_completed(src, vm, &src_dir, cfg).await?;
+            if target.disks.is_some() {
+                bench_local::complete_and_unexport((src, &src_dir), (dst, &dst_dir), vm, &local)
+                    .await?;
+            }
             let (t2, w2) = (Instant::now(), SystemTime::now());
             dst.qmp(vm, &dst_dir, qmp::Cont {}).await?;
-            Ok::<_, DriverError>((t1, t2, w2, info))
+            Ok::<_, DriverError>((t1, t2, w2, info, spec, target.disks.is_some()))
         }
         .await;
-        let (t1, t2, w2, info) = match result {
+        let (t1, t2, w2, info, spec, copied) = match result {
             Ok(r) => r,
             Err(e) => {
                 resumed.abort();
@@ -352,7 +383,13 @@ impl BareMigrations {
             downtime_ms: info.downtime,
             transferred_bytes: info.ram.map_or(0, |r| r.transferred),
         };
-        // The copy runs already; this records it (and its migration settings).
+        // The copy runs already; this records it (and its migration settings), and the
+        // source's disks go as after a handoff.
+        if copied {
+            src.set_mirror_mark(vm, &src_dir, MirrorMark::Completed)
+                .await?;
+        }
+        self.spec = spec;
         dst.resume_incoming(vm).await?;
         src.finish_outgoing(vm).await?;
         self.on = to;

@@ -40,7 +40,7 @@ pub(super) struct DiskBytes {
 }
 
 impl QemuDriver {
-    async fn set_mirror_mark(
+    pub(super) async fn set_mirror_mark(
         &self,
         vm: &VmId,
         dir: &VmDir,

@@ -14,6 +14,7 @@
 //! side), `outgoing` (source side), [`bench`] (bare QMP migration timing).
 
 pub mod bench;
+mod bench_local;
 mod cmdline;
 pub mod config;
 mod disks;
