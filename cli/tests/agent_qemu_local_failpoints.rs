@@ -14,6 +14,9 @@
 //! restarted nor given an older disk); the other host keeps no copy of the disk (the
 //! destination's is deleted on abort, the source's after the commit).
 //!
+//! The source side also dies at four steps inside its driver's migration (see
+//! [`DRIVER_STEPS`]).
+//!
 //! One agent pair serves the scenarios of a test; the agents are restarted with the next
 //! failpoint armed, and each scenario's VM is deleted at its end.
 
@@ -304,6 +307,37 @@ fn scenario(hosts: &Hosts, c: &mut Cluster, k: usize, fp: FailpointCase) {
     }
 }
 
+/// The steps inside the source driver's migration (mirrors copying, ready, memory
+/// migrating, switched over with the mirrors not yet completed), where the restarted
+/// agent decides from QEMU's state and the driver's mark: before the switchover the move
+/// aborts (the mirrors are abandoned), after it the mirrors are completed and it commits.
+const DRIVER_STEPS: [FailpointCase; 4] = [
+    FailpointCase {
+        name: "driver:mirror-running",
+        side: Side::Source,
+        fail_migration: false,
+        must_fire: true,
+    },
+    FailpointCase {
+        name: "driver:mirror-ready",
+        side: Side::Source,
+        fail_migration: false,
+        must_fire: true,
+    },
+    FailpointCase {
+        name: "driver:memory-migrating",
+        side: Side::Source,
+        fail_migration: false,
+        must_fire: true,
+    },
+    FailpointCase {
+        name: "driver:switched-over",
+        side: Side::Source,
+        fail_migration: false,
+        must_fire: true,
+    },
+];
+
 fn failpoints_of(side: Side) {
     let hosts = Hosts(
         tempfile::Builder::new()
@@ -312,11 +346,14 @@ fn failpoints_of(side: Side) {
             .expect("tempdir"),
     );
     let mut c = cluster(&hosts);
-    let cases: Vec<FailpointCase> = FAILPOINT_CASES
+    let mut cases: Vec<FailpointCase> = FAILPOINT_CASES
         .iter()
         .copied()
         .filter(|f| f.side == side)
         .collect();
+    if side == Side::Source {
+        cases.extend(DRIVER_STEPS);
+    }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for (k, fp) in cases.into_iter().enumerate() {
             scenario(&hosts, &mut c, k, fp);

@@ -3,8 +3,9 @@
 //!
 //! Names ([`Failpoint`]): `before:OP` / `after:OP` around a store transition (`OP` a
 //! [`StoreOpKind`] name) and `before-send:MSG` / `after-send:MSG` around a handoff message
-//! (`MSG` a [`MsgKind`] name). The names are those of the handoff machine's own kinds, so
-//! no list is kept here. Armed only in builds with the cargo feature `failpoints`, from
+//! (`MSG` a [`MsgKind`] name), and `driver:STEP` inside a driver's migration
+//! ([`DriverStep`]). The names are those of the handoff machine's own kinds, so no list
+//! is kept here. Armed only in builds with the cargo feature `failpoints`, from
 //! `[failpoints] exit_at` or the environment variable `FAILPOINTS_ENV` (comma separated).
 
 use crate::handoff::{MsgKind, StoreOpKind};
@@ -24,6 +25,54 @@ pub enum Failpoint {
     BeforeSend(MsgKind),
     /// After the peer acknowledged delivery of a handoff message.
     AfterSend(MsgKind),
+    /// At a step inside a driver's migration, which the handoff does not see.
+    Driver(DriverStep),
+}
+
+/// Steps inside the `qemu` driver's migration of a VM with local disks, where the source
+/// agent can be made to die (`driver:STEP`), to test recovery in each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DriverStep {
+    /// The disk mirrors were started and copy.
+    MirrorRunning,
+    /// Every mirror is ready; the memory migration is not started.
+    MirrorReady,
+    /// The memory migration was started.
+    MemoryMigrating,
+    /// The memory migration completed (the source stopped); the mirrors are not
+    /// completed yet.
+    SwitchedOver,
+}
+
+impl DriverStep {
+    /// Every step.
+    pub const ALL: [DriverStep; 4] = [
+        Self::MirrorRunning,
+        Self::MirrorReady,
+        Self::MemoryMigrating,
+        Self::SwitchedOver,
+    ];
+
+    /// The step's name (`mirror-running`...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MirrorRunning => "mirror-running",
+            Self::MirrorReady => "mirror-ready",
+            Self::MemoryMigrating => "memory-migrating",
+            Self::SwitchedOver => "switched-over",
+        }
+    }
+}
+
+/// Kills the process at driver step `step` when this process's agent armed
+/// `driver:STEP`; nothing in a build without the cargo feature `failpoints`.
+pub fn driver_step(step: DriverStep) {
+    #[cfg(feature = "failpoints")]
+    if let Some(f) = armed::PROCESS.get() {
+        f.hit(Failpoint::Driver(step));
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = step;
 }
 
 impl Failpoint {
@@ -34,6 +83,7 @@ impl Failpoint {
         ops.clone()
             .flat_map(|&k| [Self::Before(k), Self::After(k)])
             .chain(msgs.flat_map(|&m| [Self::BeforeSend(m), Self::AfterSend(m)]))
+            .chain(DriverStep::ALL.map(Self::Driver))
             .collect()
     }
 }
@@ -45,13 +95,16 @@ impl fmt::Display for Failpoint {
             Self::After(k) => write!(f, "after:{k}"),
             Self::BeforeSend(m) => write!(f, "before-send:{m}"),
             Self::AfterSend(m) => write!(f, "after-send:{m}"),
+            Self::Driver(s) => write!(f, "driver:{}", s.name()),
         }
     }
 }
 
 /// A name that is no failpoint.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown failpoint {0:?} (before:OP, after:OP, before-send:MSG, after-send:MSG)")]
+#[error(
+    "unknown failpoint {0:?} (before:OP, after:OP, before-send:MSG, after-send:MSG, driver:STEP)"
+)]
 pub struct UnknownFailpoint(String);
 
 impl FromStr for Failpoint {
@@ -64,6 +117,11 @@ impl FromStr for Failpoint {
             Some(("after", op)) => op.parse().map(Self::After).map_err(|_| unknown()),
             Some(("before-send", m)) => m.parse().map(Self::BeforeSend).map_err(|_| unknown()),
             Some(("after-send", m)) => m.parse().map(Self::AfterSend).map_err(|_| unknown()),
+            Some(("driver", step)) => DriverStep::ALL
+                .into_iter()
+                .find(|s| s.name() == step)
+                .map(Self::Driver)
+                .ok_or_else(unknown),
             _ => Err(unknown()),
         }
     }
@@ -103,9 +161,12 @@ impl TestHooks {
     pub fn new(
         config: &crate::config::AgentConfig,
     ) -> Result<Self, (&'static str, UnknownFailpoint)> {
+        let failpoints =
+            Failpoints::new(&config.failpoints.exit_at).map_err(|e| (FAILPOINTS_ENV, e))?;
+        // The driver's steps are armed for the process (the first agent of it).
+        let _ = armed::PROCESS.set(failpoints.clone());
         Ok(Self {
-            failpoints: Failpoints::new(&config.failpoints.exit_at)
-                .map_err(|e| (FAILPOINTS_ENV, e))?,
+            failpoints,
             duplicate_sends: config.failpoints.duplicate_sends,
         })
     }
@@ -136,6 +197,9 @@ mod armed {
 
     /// The environment variable that adds failpoints (comma separated).
     pub const FAILPOINTS_ENV: &str = "BALLAST_FAILPOINTS";
+
+    /// The failpoints of this process's (first) agent, for [`super::driver_step`].
+    pub(super) static PROCESS: std::sync::OnceLock<Failpoints> = std::sync::OnceLock::new();
 
     /// The armed failpoints of one agent.
     #[derive(Clone, Debug, Default)]
@@ -189,7 +253,10 @@ mod tests {
     #[test]
     fn every_name_parses_back_and_unknown_names_are_refused() {
         let all = Failpoint::all();
-        assert_eq!(all.len(), 2 * (StoreOpKind::ALL.len() + MsgKind::ALL.len()));
+        assert_eq!(
+            all.len(),
+            2 * (StoreOpKind::ALL.len() + MsgKind::ALL.len()) + DriverStep::ALL.len()
+        );
         for f in all {
             assert_eq!(f.to_string().parse::<Failpoint>(), Ok(f));
         }

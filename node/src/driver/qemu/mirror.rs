@@ -148,6 +148,7 @@ impl QemuDriver {
             self.qmp(vm, dir, mirror).await?;
         }
         tracing::info!(vm = %vm, disks = local.len(), "disk mirrors started");
+        crate::failpoints::driver_step(crate::failpoints::DriverStep::MirrorRunning);
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use super::target::Target;
 use super::vm_dir::{MirrorMark, Role, VmMeta};
 use super::QemuDriver;
 use crate::driver::{DriverError, MigrationProgress, MigrationStatus, MigrationTarget};
+use crate::failpoints::{self, DriverStep};
 use ballast_store::VmId;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -133,7 +134,10 @@ impl QemuDriver {
             }
             .await;
             match copied {
-                Ok(bytes) => disk = bytes,
+                Ok(bytes) => {
+                    disk = bytes;
+                    failpoints::driver_step(DriverStep::MirrorReady);
+                }
                 Err(e) => {
                     if let Err(e2) = self.abort_mirrors(vm, &dir).await {
                         tracing::warn!(vm = %vm, error = %e2, "disk mirrors not cleaned up after a failure");
@@ -156,6 +160,9 @@ impl QemuDriver {
             other => drop(other?),
         }
         tracing::info!(vm = %vm, target = %parsed.migration, "migration started");
+        if export.is_some() {
+            failpoints::driver_step(DriverStep::MemoryMigrating);
+        }
         let with_disk = |p: MigrationProgress| {
             progress(MigrationProgress {
                 transferred_bytes: p.transferred_bytes.saturating_add(disk.done),
@@ -164,6 +171,7 @@ impl QemuDriver {
         };
         self.poll_migration(vm, &dir, started, &with_disk).await?;
         if export.is_some() {
+            failpoints::driver_step(DriverStep::SwitchedOver);
             self.complete_mirrors(vm, &dir).await?;
         }
         Ok(())
