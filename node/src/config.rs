@@ -399,6 +399,7 @@ impl AgentConfig {
         for p in [
             &mut self.driver.sim.state_dir,
             &mut self.driver.qemu.state_dir,
+            &mut self.driver.qemu.image_dir,
             &mut self.driver.libvirt.state_dir,
         ] {
             if p.is_relative() {
