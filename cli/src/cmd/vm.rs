@@ -99,6 +99,11 @@ struct CreateArgs {
     /// A driver option KEY=VALUE (repeatable; e.g. the sim driver's usage profile).
     #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = parse_opt)]
     opts: Vec<(String, String)>,
+    /// Where its disks live (qemu driver): `local` (each host's own; a move copies them)
+    /// or `shared` (every host opens the same files). Default: from each disk's path and
+    /// the host's `shared_paths`. Same as `--opt storage=...`.
+    #[arg(long, value_parser = ["shared", "local"])]
+    storage: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -178,7 +183,11 @@ async fn create(cluster: &Cluster, a: CreateArgs) -> anyhow::Result<()> {
         target: a.target,
         disks: a.disks,
         extra_args: Vec::new(),
-        driver_opts: a.opts.into_iter().collect::<BTreeMap<_, _>>(),
+        driver_opts: a
+            .opts
+            .into_iter()
+            .chain(a.storage.map(|s| ("storage".to_owned(), s)))
+            .collect::<BTreeMap<_, _>>(),
     };
     let via = match &a.node {
         Some(n) => cluster.member(n)?,

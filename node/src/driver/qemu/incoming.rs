@@ -246,6 +246,8 @@ impl QemuDriver {
         }
         dir.write_meta(&VmMeta {
             role: Role::Running,
+            // The images are the running VM's disks now, no longer a copy's.
+            created_images: Vec::new(),
             ..meta
         })?;
         tracing::info!(vm = %vm, "incoming copy resumed");
