@@ -107,6 +107,19 @@ async fn conformance_source_copy_ended() {
     );
     b.resume_incoming(&vm).await.unwrap();
     b.stop(&vm).await.unwrap();
+
+    // A source copy lost with its host before any switchover: cancel finds nothing to
+    // cancel and says so, rather than failing for ever (the source would never abort).
+    let lost = VmId::from("ended-lost");
+    a.start(&lost, &spec()).await.unwrap();
+    b.prepare_incoming(&lost, &spec()).await.unwrap();
+    a.stop(&lost).await.unwrap();
+    assert_eq!(
+        a.migration_status(&lost).await.unwrap(),
+        MigrationStatus::None
+    );
+    a.cancel_outgoing(&lost).await.unwrap();
+    b.cancel_incoming(&lost).await.unwrap();
 }
 
 #[tokio::test]

@@ -443,11 +443,18 @@ impl Driver for SimDriver {
     }
 
     async fn cancel_outgoing(&self, vm: &VmId) -> Result<(), DriverError> {
-        if self.switched.is_some() && self.migration_status(vm).await? == MigrationStatus::Completed
-        {
+        if self.switched.is_none() {
+            return self.call_unit(vm, VmRequest::CancelOutgoing).await;
+        }
+        if self.migration_status(vm).await? == MigrationStatus::Completed {
             return Err(DriverError::SwitchedOver(vm.clone()));
         }
-        self.call_unit(vm, VmRequest::CancelOutgoing).await
+        // Ended mode, no switchover recorded: a source copy that is gone was lost with
+        // its host (a crash), not ended by a switchover. There is nothing left to
+        // cancel; the abort gives the VM back to this node's schedule, which starts it
+        // again, as with a kept source. (Failing here made the source retry forever.)
+        self.call_unit_absent_ok(vm, VmRequest::CancelOutgoing)
+            .await
     }
 
     async fn finish_outgoing(&self, vm: &VmId) -> Result<(), DriverError> {
