@@ -94,6 +94,10 @@ const DOCS: &[KeyDoc] = &[
     doc("driver.sim.migration", "How long a migration's transfer phase lasts."),
     doc("driver.sim.fail_prob", "Probability in [0, 1] that a migration fails before its switchover."),
     doc("driver.sim.fail_next", "The next this many migrations fail before their switchover."),
+    doc(
+        "driver.sim.fail_next_starts",
+        "The next this many starts of a new VM answer with an error although the VM started.",
+    ),
     doc("driver.sim.mode", "\"in_process\" or \"process\" (each VM a detached `ballast sim-vm` process)."),
     doc("driver.sim.source_copy", "What a completed migration leaves of the source copy: \"kept\" (paused until the handoff finishes it, as QEMU) or \"ended\" (gone at once, as libvirt)."),
     doc("driver.sim.vm_command", "Process mode: the command that runs one VM; empty means this binary's `sim-vm`."),

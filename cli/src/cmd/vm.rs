@@ -200,19 +200,25 @@ async fn create(cluster: &Cluster, a: CreateArgs) -> anyhow::Result<()> {
     let client = cluster.client(via.addr, CHANGE_CALL_TIMEOUT)?;
     let vm = VmId::from(a.name.as_str());
     let node = a.node.as_deref().map(NodeId::from);
-    let placed = client
-        .create_vm(&vm, &spec, node.as_ref(), a.pin)
+    let (placed, warning) = client
+        .create_vm_reporting(&vm, &spec, node.as_ref(), a.pin)
         .await
         .map_err(|e| explain(e, via.addr, &cluster.bundle_path))
         .with_context(|| format!("creating VM {vm}"))?;
     if a.json {
-        println!("{}", serde_json::json!({ "vm": vm.0, "node": placed.0 }));
+        println!(
+            "{}",
+            serde_json::json!({ "vm": vm.0, "node": placed.0, "warning": warning })
+        );
     } else {
         println!(
             "VM {vm} created on {placed} ({} vCPU, {})",
             spec.vcpus,
             format_mib(spec.memory_mib)
         );
+        if let Some(w) = &warning {
+            eprintln!("warning: {w}");
+        }
     }
     Ok(())
 }

@@ -4,12 +4,12 @@
 use super::context::{lock, AgentContext};
 use super::figures::summary;
 use super::handoff_task::{handoffs_in_flight, move_vm, Input};
+use super::placement::{create, Placed};
 use super::wire::{
-    AdminError, AdminRequest, AdminResponse, AgentRequest, AgentResponse, BusyDetail, HandoffInfo,
-    NodeStatus, PeerStatus, Placement, Request, Response, SessionRecord, StoreView,
+    AdminError, AdminRequest, AdminResponse, BusyDetail, HandoffInfo, NodeStatus, PeerStatus,
+    Placement, SessionRecord, StoreView,
 };
 use ballast_store::{NodeId, ScheduleEntry, StoreError, VmState};
-use rand::Rng;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::info;
@@ -17,7 +17,7 @@ use tracing::info;
 /// Name of the marker file that keeps a node draining across restarts.
 pub(crate) const DRAINING_FILE: &str = "draining";
 
-fn store_err(e: StoreError) -> AdminError {
+pub(crate) fn store_err(e: StoreError) -> AdminError {
     match e {
         StoreError::NotFound { vm } => AdminError::NotFound(vm),
         StoreError::AlreadyExists { vm, detail } => AdminError::AlreadyExists { vm, detail },
@@ -43,8 +43,16 @@ pub(crate) async fn handle_admin(
             pinned,
         } => {
             let p = Placement { vm, spec, pinned };
-            let node = create(ctx, p, node).await?;
-            Ok(AdminResponse::Created { node })
+            Ok(match create(ctx, p, node).await? {
+                Placed {
+                    node,
+                    warning: None,
+                } => AdminResponse::Created { node },
+                Placed {
+                    node,
+                    warning: Some(warning),
+                } => AdminResponse::CreatedWithWarning { node, warning },
+            })
         }
         AdminRequest::ListVms => ctx
             .with_store(|s| s.list())
@@ -157,94 +165,6 @@ fn set_draining(ctx: &AgentContext, on: bool) -> Result<AdminResponse, AdminErro
     ctx.summary_dirty.notify_one();
     info!(draining = on, "operator: drain state changed");
     Ok(AdminResponse::Done)
-}
-
-/// Picks where a new VM goes: the named node, or the less loaded of two random live,
-/// active nodes (this one included).
-async fn create(
-    ctx: &AgentContext,
-    p: Placement,
-    node: Option<NodeId>,
-) -> Result<NodeId, AdminError> {
-    let target = match node {
-        Some(n) => n,
-        None => {
-            let mut nodes: Vec<(NodeId, f64)> = ctx
-                .net
-                .active_peers()
-                .iter()
-                .map(|v| (NodeId::from(v.node_id.as_str()), v.summary.load))
-                .collect();
-            if !ctx.is_draining() {
-                let own = summary(ctx).await.map_err(store_err)?;
-                nodes.push((ctx.me.clone(), own.load));
-            }
-            if nodes.is_empty() {
-                return Err(AdminError::NoNode);
-            }
-            let mut rng = rand::rng();
-            let a = &nodes[rng.random_range(0..nodes.len())];
-            let b = &nodes[rng.random_range(0..nodes.len())];
-            if b.1 < a.1 {
-                b.0.clone()
-            } else {
-                a.0.clone()
-            }
-        }
-    };
-    if target == ctx.me {
-        place_here(ctx, p).await?;
-        return Ok(target);
-    }
-    forward(ctx, p, target).await
-}
-
-async fn forward(ctx: &AgentContext, p: Placement, node: NodeId) -> Result<NodeId, AdminError> {
-    let addr = ctx
-        .net
-        .addr_of(&node)
-        .ok_or_else(|| AdminError::UnknownNode(node.clone()))?;
-    let rpc = ctx
-        .net
-        .rpc()
-        .ok_or_else(|| AdminError::Timeout("no endpoint".into()))?;
-    let req = AgentRequest::V1(Request::Place(p));
-    let fail = |reason: String| AdminError::Forward {
-        node: node.clone(),
-        reason,
-    };
-    match rpc
-        .call::<_, AgentResponse>(addr, Some(node.as_str()), &req)
-        .await
-    {
-        Ok(AgentResponse::V1(Response::Placed(r))) => r,
-        Ok(other) => Err(fail(format!("unexpected answer {other:?}"))),
-        Err(e) => Err(fail(e.to_string())),
-    }
-}
-
-/// Creates a VM on this node: durable entry first, then the hypervisor.
-pub(crate) async fn place_here(ctx: &AgentContext, p: Placement) -> Result<(), AdminError> {
-    let _changes = ctx.vm_changes.lock().await;
-    let entry = ScheduleEntry {
-        vm: p.vm.clone(),
-        factors: p.spec.target.unwrap_or_default(),
-        spec: p.spec,
-        state: VmState::Running,
-        epoch: 0,
-        pinned: p.pinned,
-        last_moved_unix_ms: None,
-    };
-    let e2 = entry.clone();
-    ctx.with_store(move |s| s.create(&e2))
-        .await
-        .map_err(store_err)?;
-    info!(vm = %entry.vm, "VM created");
-    ctx.summary_dirty.notify_one();
-    ctx.driver
-        .start(&entry.vm, &entry.spec)
-        .await
-        .map_err(|e| AdminError::Driver(e.to_string()))
 }
 
 /// Ok when `vm` is this node's, `Running` and in no handoff; else `NotFound` or `Busy`.

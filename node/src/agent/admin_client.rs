@@ -133,6 +133,20 @@ impl AdminClient {
         node: Option<&NodeId>,
         pinned: bool,
     ) -> Result<NodeId, AdminClientError> {
+        self.create_vm_reporting(vm, spec, node, pinned)
+            .await
+            .map(|(node, _warning)| node)
+    }
+
+    /// [`create_vm`](Self::create_vm), also returning the warning of a VM created
+    /// although a hypervisor call on the way failed.
+    pub async fn create_vm_reporting(
+        &self,
+        vm: &VmId,
+        spec: &VmSpec,
+        node: Option<&NodeId>,
+        pinned: bool,
+    ) -> Result<(NodeId, Option<String>), AdminClientError> {
         let req = AdminRequest::CreateVm {
             vm: vm.clone(),
             spec: spec.clone(),
@@ -140,7 +154,8 @@ impl AdminClient {
             pinned,
         };
         match self.call(req).await? {
-            AdminResponse::Created { node } => Ok(node),
+            AdminResponse::Created { node } => Ok((node, None)),
+            AdminResponse::CreatedWithWarning { node, warning } => Ok((node, Some(warning))),
             other => Err(Self::unexpected(other)),
         }
     }

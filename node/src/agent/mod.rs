@@ -34,6 +34,7 @@ mod metrics;
 mod mover;
 mod network;
 pub mod outcome;
+mod placement;
 mod reconcile;
 mod rounds;
 mod rpc;

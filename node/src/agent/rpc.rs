@@ -2,9 +2,10 @@
 //! dispatches sessions and placements (nodes only), handoff messages (nodes only, queued
 //! to the machine's bounded channel) and the admin API (admin certificates only).
 
-use super::admin::{handle_admin, place_here};
+use super::admin::handle_admin;
 use super::context::AgentContext;
 use super::handoff_task::Input;
+use super::placement::place_here;
 use super::session::serve_session;
 use super::wire::{AgentRequest, AgentResponse, Refusal, Request, Response};
 use async_trait::async_trait;
@@ -58,7 +59,14 @@ impl AgentRpc {
                 if ctx.is_draining() {
                     return Response::Placed(Err(super::wire::AdminError::NoNode));
                 }
-                Response::Placed(place_here(ctx, p).await.map(|()| ctx.me.clone()))
+                match place_here(ctx, p).await {
+                    Ok(None) => Response::Placed(Ok(ctx.me.clone())),
+                    Ok(Some(warning)) => Response::PlacedWithWarning {
+                        node: ctx.me.clone(),
+                        warning,
+                    },
+                    Err(e) => Response::Placed(Err(e)),
+                }
             }
             (_, role) => {
                 warn!(peer = %peer.name, ?role, "request refused: wrong certificate role");

@@ -62,6 +62,14 @@ pub enum Response {
     Admin(Result<AdminResponse, AdminError>),
     /// The request was not handled; nothing changed.
     Refused(Refusal),
+    /// Answer to a `Place`: the VM exists on `node`, but a hypervisor call on the way
+    /// failed (it runs after all, or the agent starts it); `warning` says what.
+    PlacedWithWarning {
+        /// The node that holds the VM.
+        node: NodeId,
+        /// What did not go as asked.
+        warning: String,
+    },
 }
 
 /// Why a request was not handled at all. Nothing changed.
@@ -266,6 +274,14 @@ pub enum AdminResponse {
     /// A `MoveVm` that had not resolved when the answer was due (a large VM's live
     /// migration outlasts an RPC): the handoff goes on; the VM's entry says how it ends.
     MoveUnderway,
+    /// The VM was created, but a hypervisor call on the way failed: it runs after all,
+    /// or its entry stays and the agent starts it; `warning` says which.
+    CreatedWithWarning {
+        /// Where it is.
+        node: NodeId,
+        /// What did not go as asked.
+        warning: String,
+    },
 }
 
 /// Why an admin request failed. Each variant says whether anything changed.
@@ -300,9 +316,8 @@ pub enum AdminError {
     /// The input is not acceptable (bad id, bad spec). Nothing changed.
     #[error("invalid: {0}")]
     Invalid(String),
-    /// The hypervisor failed. For `CreateVm` the entry is stored and the VM will be
-    /// started by reconciliation; for `DeleteVm` nothing changed.
-    #[error("hypervisor: {0}")]
+    /// The hypervisor failed (the text names it). For `DeleteVm` nothing changed.
+    #[error("{0}")]
     Driver(String),
     /// The store failed; the request may not have taken effect.
     #[error("store: {0}")]
@@ -318,6 +333,17 @@ pub enum AdminError {
     /// The request timed out inside the agent; it may still take effect.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// `CreateVm`: the hypervisor refused or failed the start, and nothing of the VM is
+    /// left (its entry was removed, the hypervisor holds no copy).
+    #[error("VM {vm} was not created on {node} (nothing of it is left): {reason}")]
+    NotCreated {
+        /// The VM.
+        vm: VmId,
+        /// The node that tried.
+        node: NodeId,
+        /// What the hypervisor said.
+        reason: String,
+    },
 }
 
 /// A node's status for `ballast status`, the chaos harness and tests.

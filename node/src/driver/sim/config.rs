@@ -39,6 +39,9 @@ pub struct SimConfig {
     pub fail_prob: Probability,
     /// The next this many migrations fail (before their switchover). Default 0.
     pub fail_next: u32,
+    /// The next this many starts of a new VM answer with an error although the VM was
+    /// started (a hypervisor whose answer is lost). Default 0.
+    pub fail_next_starts: u32,
     /// In-process VMs (default) or one detached process per VM.
     pub mode: SimMode,
     /// What a completed migration leaves of the source copy: `"kept"` (default: paused
@@ -59,6 +62,7 @@ impl Default for SimConfig {
             migration: Millis::new(200),
             fail_prob: Probability::NEVER,
             fail_next: 0,
+            fail_next_starts: 0,
             mode: SimMode::InProcess,
             source_copy: SourceCopy::Kept,
             vm_command: Vec::new(),

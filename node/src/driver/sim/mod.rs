@@ -62,6 +62,7 @@ struct Faults {
     rng: SplitMix64,
     fail_prob: f64,
     fail_next: u32,
+    fail_next_starts: u32,
 }
 
 #[derive(Debug)]
@@ -104,6 +105,7 @@ impl SimDriver {
             rng: SplitMix64(config.seed ^ 0x5157_u64),
             fail_prob: config.fail_prob.get(),
             fail_next: config.fail_next,
+            fail_next_starts: config.fail_next_starts,
         };
         let switched = (config.source_copy == SourceCopy::Ended)
             .then(|| SwitchedMarkers::new(&config.state_dir));
@@ -135,6 +137,18 @@ impl SimDriver {
         markers.record(vm)?;
         self.call_unit_absent_ok(vm, VmRequest::FinishOutgoing)
             .await
+    }
+
+    /// Counts down `fail_next_starts`: an error for a VM that did start.
+    fn injected_start_error(&self, vm: &VmId) -> Result<(), DriverError> {
+        let mut f = self.faults();
+        if f.fail_next_starts == 0 {
+            return Ok(());
+        }
+        f.fail_next_starts -= 1;
+        Err(DriverError::Protocol(format!(
+            "injected: the answer to the start of {vm} was lost (it started)"
+        )))
     }
 
     /// Makes the next `n` migrations out of this host fail before their switchover.
@@ -373,7 +387,10 @@ impl Driver for SimDriver {
                 vm: vm.clone(),
                 reason: format!("this host holds a {:?} copy", s.state),
             }),
-            None => self.create(vm, spec, false).await.map(|_| ()),
+            None => {
+                self.create(vm, spec, false).await?;
+                self.injected_start_error(vm)
+            }
         }
     }
 

@@ -1,0 +1,135 @@
+//! What `ballast` tells the operator is what the schedule and the hypervisor hold, also
+//! when the hypervisor fails on the way (real agents, sim driver fault injection, the
+//! CLI as a user runs it): a create whose start answer is lost but whose VM runs is a
+//! success with a warning; a spec the driver refuses leaves nothing behind.
+
+mod agent_util;
+mod cli_util;
+
+use agent_util::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// `ballast ARGS --admin BUNDLE`.
+fn cli(bundle: &Path, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<&str> = args.to_vec();
+    let b = bundle.to_str().expect("utf-8 path");
+    all.extend(["--admin", b]);
+    cli_util::ballast(&all, bundle.parent().expect("bundle parent"))
+}
+
+/// Two agents without balancing, started, with an admin bundle; `extra` goes into
+/// n1's `[driver.sim]`.
+fn two_nodes(extra: &str) -> (Cluster, std::path::PathBuf) {
+    let quiet = NodeOpts {
+        balancing: false,
+        ..NodeOpts::default()
+    };
+    let first = NodeOpts {
+        extra: extra.to_owned(),
+        ..quiet.clone()
+    };
+    let mut c = Cluster::new(&[first, quiet]);
+    c.start_all();
+    let bundle = c.write_admin_bundle();
+    run_bounded(
+        Duration::from_secs(40),
+        c.wait_membership(Duration::from_secs(20)),
+    );
+    (c, bundle)
+}
+
+/// The VMs in node `i`'s schedule.
+fn entries_on(c: &Cluster, i: usize) -> Vec<String> {
+    let mut snaps = Vec::new();
+    run_bounded(Duration::from_secs(20), async {
+        snaps = c.snapshots().await;
+    });
+    snaps[i]
+        .as_ref()
+        .map(|s| s.entries.iter().map(|e| e.vm.to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_create_whose_start_answer_is_lost_but_runs_is_reported_created() {
+    let (c, bundle) = two_nodes("fail_next_starts = 1");
+    let o = cli(
+        &bundle,
+        &[
+            "vm", "create", "g1", "--vcpus", "1", "--memory", "256M", "--node", "n1",
+        ],
+    );
+    let (out, err) = (cli_util::stdout(&o), cli_util::stderr(&o));
+    if cli_util::code(&o) != 0 {
+        c.print_log_tails(40);
+    }
+    assert_eq!(cli_util::code(&o), 0, "create failed: {out}{err}");
+    assert!(out.contains("VM g1 created on n1"), "{out}");
+    assert!(
+        err.contains("warning:") && err.contains("but it runs"),
+        "no warning about the failed start: {err}"
+    );
+    // What was said is what holds: g1 is in n1's schedule and its VM runs there.
+    assert_eq!(entries_on(&c, 0), ["g1"]);
+    let show = cli_util::stdout(&cli(&bundle, &["vm", "show", "g1"]));
+    assert!(show.contains("state:    running"), "{show}");
+    let runs = c.run_records();
+    assert!(
+        runs.iter()
+            .any(|r| r.vm.as_ref().is_some_and(|v| v.as_str() == "g1")),
+        "g1 never ran: {runs:?}"
+    );
+    c.assert_no_double_run();
+}
+
+#[test]
+fn a_spec_the_driver_refuses_leaves_nothing_behind() {
+    let (c, bundle) = two_nodes("");
+    let o = cli(
+        &bundle,
+        &[
+            "vm",
+            "create",
+            "g2",
+            "--vcpus",
+            "1",
+            "--memory",
+            "256M",
+            "--node",
+            "n1",
+            "--opt",
+            "profile=bogus",
+        ],
+    );
+    let err = cli_util::stderr(&o);
+    assert_eq!(cli_util::code(&o), 1, "{err}");
+    assert!(
+        err.contains("VM g2 was not created on n1 (nothing of it is left)")
+            && err.contains("invalid VM spec"),
+        "{err}"
+    );
+    assert!(!err.contains("hypervisor: "), "repeated prefix: {err}");
+    // No entry anywhere, no VM process, and reconciliation never tries it.
+    assert!(entries_on(&c, 0).is_empty(), "an entry was kept");
+    let show = cli(&bundle, &["vm", "show", "g2"]);
+    assert_eq!(cli_util::code(&show), 1);
+    assert!(cli_util::stderr(&show).contains("not found"));
+    std::thread::sleep(Duration::from_millis(2_500)); // two reconcile passes
+    assert!(
+        !c.logs(0).contains("reconcile: start failed"),
+        "reconciliation kept starting the refused VM"
+    );
+    assert!(c
+        .run_records()
+        .iter()
+        .all(|r| r.vm.as_ref().is_none_or(|v| v.as_str() != "g2")));
+    // The name is free again: a valid create of g2 works.
+    let o = cli(
+        &bundle,
+        &[
+            "vm", "create", "g2", "--vcpus", "1", "--memory", "256M", "--node", "n1",
+        ],
+    );
+    assert_eq!(cli_util::code(&o), 0, "{}", cli_util::stderr(&o));
+}
