@@ -80,6 +80,9 @@ pub struct AdminBundle {
     pub file_path: PathBuf,
     /// Its contents, paths resolved against its directory.
     pub file: AdminFile,
+    /// The nodes admin.toml names when `--node-addr` replaced them as entry points:
+    /// still asked by answers about the whole cluster.
+    pub other_nodes: Vec<KnownNode>,
 }
 
 /// Where the admin commands look for the bundle (the shared flags of every admin command).
@@ -110,10 +113,13 @@ impl AdminArgs {
     pub fn load(&self) -> anyhow::Result<AdminBundle> {
         let mut bundle = AdminBundle::load(&self.file_path())?;
         if let Some(addr) = self.node_addr {
-            bundle.file.nodes = vec![KnownNode {
-                name: addr.to_string(),
-                addr,
-            }];
+            bundle.other_nodes = std::mem::replace(
+                &mut bundle.file.nodes,
+                vec![KnownNode {
+                    name: addr.to_string(),
+                    addr,
+                }],
+            );
         }
         Ok(bundle)
     }
@@ -159,6 +165,7 @@ impl AdminBundle {
         Ok(Self {
             file_path: path.to_owned(),
             file,
+            other_nodes: Vec::new(),
         })
     }
 

@@ -8,6 +8,7 @@ mod cluster_dir;
 mod cmd;
 mod config_doc;
 mod error_text;
+mod exit_status;
 mod local_cluster;
 mod logging;
 mod plot;
@@ -104,8 +105,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_text::chain(&e));
-            ExitCode::from(1)
+            let status = exit_status::of(&e);
+            let label = if status == 1 { "error" } else { "warning" };
+            eprintln!("{label}: {}", error_text::chain(&e));
+            ExitCode::from(status)
         }
     }
 }

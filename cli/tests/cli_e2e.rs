@@ -74,7 +74,8 @@ fn node_vms(status: &Value, node: &str) -> u64 {
 /// Distinct VMs in the schedules (`vm list --json`).
 fn distinct_vms(dir: &Path) -> Vec<String> {
     let list = json(&["vm", "list", "--json", "--admin", "c/ballast-admin"], dir);
-    let mut names: Vec<String> = list
+    assert_eq!(list["partial"], false, "{list}");
+    let mut names: Vec<String> = list["vms"]
         .as_array()
         .expect("array")
         .iter()
@@ -310,17 +311,66 @@ fn a_user_bootstraps_balances_drains_and_deletes() {
 
     refusals(d);
 
-    // A node that stops shows as unreachable; status still answers.
+    // A node that stops shows as unreachable; status still answers, says that its
+    // answer is partial and exits 3.
+    let all_vms = distinct_vms(d);
     agents[2].kill();
     wait_for("node-3 unreachable", || {
-        let s = json(&with_admin(&["status", "--json"]), d);
+        let o = ballast(&with_admin(&["status", "--json"]), d);
+        let s: Value = serde_json::from_slice(&o.stdout).ok()?;
         let n3 = s["nodes"]
             .as_array()?
             .iter()
             .find(|n| n["node"] == "node-3")?
             .clone();
-        (n3["state"] == "unreachable" && s["active_nodes"] == 2).then_some(())
+        (n3["state"] == "unreachable" && s["active_nodes"] == 2).then_some(())?;
+        assert_eq!(code(&o), 3, "{}", stderr(&o));
+        assert_eq!(s["partial"], true, "{s}");
+        assert_eq!(s["missing"][0]["node"], "node-3", "{s}");
+        Some(())
     });
+    // So does vm list: what it prints lacks node-3's VMs, and it says so.
+    let o = ballast(&with_admin(&["vm", "list", "--json"]), d);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let l: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(l["partial"], true, "{l}");
+    assert_eq!(l["missing"][0]["node"], "node-3", "{l}");
+    assert!(
+        stderr(&o).contains("partial answer: node-3 (") && stderr(&o).contains("may be missing"),
+        "{}",
+        stderr(&o)
+    );
+    // node-3 back: a list entered through it alone, before its gossip knows anyone,
+    // still covers every node (the bundle's nodes are asked too).
+    let log = configs[2].with_file_name("agent.log");
+    agents[2] = AgentProcess::start(&[], bin, &configs[2], &ports[2], &log, &[]).expect("restart");
+    let a2 = addr(2);
+    let via_n3 = [
+        "vm",
+        "list",
+        "--json",
+        "--admin",
+        "c/ballast-admin",
+        "--node-addr",
+        &a2,
+    ];
+    wait_for("node-3 answers", || {
+        let o = ballast(&via_n3, d);
+        (code(&o) == 0).then_some(())
+    });
+    let l = json(&via_n3, d);
+    let mut names: Vec<String> = l["vms"]
+        .as_array()
+        .expect("vms")
+        .iter()
+        .map(|r| r["vm"].as_str().expect("vm").to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(
+        names, all_vms,
+        "a list through the restarted node left VMs out"
+    );
     drop(agents);
 }
 

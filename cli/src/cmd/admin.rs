@@ -3,11 +3,13 @@
 //! out to all of them. Errors are turned into messages that say what to do.
 
 use crate::admin_bundle::{AdminArgs, AdminBundle, KnownNode};
+use crate::exit_status::Unfinished;
 use anyhow::{anyhow, bail};
 use ballast_gossip::{CertBundle, RpcError};
 use ballast_node::agent::admin_client::{AdminClient, AdminClientError};
 use ballast_node::agent::wire::{AdminError, NodeStatus, Refusal};
 use ballast_store::{NodeId, ScheduleEntry, VmId};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,7 +61,13 @@ impl Cluster {
             cert,
             members: BTreeMap::new(),
             bundle_path: bundle.file_path.clone(),
-            known: bundle.file.nodes.clone(),
+            known: bundle
+                .file
+                .nodes
+                .iter()
+                .chain(&bundle.other_nodes)
+                .cloned()
+                .collect(),
         };
         cluster.discover(&bundle).await?;
         Ok(cluster)
@@ -105,30 +113,12 @@ impl Cluster {
 
     /// Records the entry node and asks every peer it sees for its own status.
     async fn learn(&mut self, entry: NodeStatus, entry_addr: SocketAddr) {
-        let mut set = JoinSet::new();
-        for peer in &entry.peers {
-            if peer.node == entry.node {
-                continue;
-            }
-            let addr = peer.summary.rpc_addr;
-            let node = peer.node.clone();
-            match self.client(addr, QUICK_CALL_TIMEOUT) {
-                Ok(c) => {
-                    set.spawn(async move { (node, addr, c.status().await) });
-                }
-                Err(e) => {
-                    self.members.insert(
-                        node.clone(),
-                        Member {
-                            node,
-                            addr,
-                            status: None,
-                            error: Some(format!("{e:#}")),
-                        },
-                    );
-                }
-            }
-        }
+        let peers: Vec<(NodeId, SocketAddr)> = entry
+            .peers
+            .iter()
+            .filter(|p| p.node != entry.node)
+            .map(|p| (p.node.clone(), p.summary.rpc_addr))
+            .collect();
         self.members.insert(
             entry.node.clone(),
             Member {
@@ -138,64 +128,94 @@ impl Cluster {
                 error: None,
             },
         );
+        self.probe(peers).await;
+    }
+
+    /// Asks each of `targets` for its status, at once; records who answered and why
+    /// the others did not (a member already known to answer is kept).
+    async fn probe(&mut self, targets: Vec<(NodeId, SocketAddr)>) {
+        let mut set = JoinSet::new();
+        for (node, addr) in targets {
+            match self.client(addr, QUICK_CALL_TIMEOUT) {
+                Ok(c) => {
+                    set.spawn(async move { (node, addr, c.status().await) });
+                }
+                Err(e) => self.record(Member {
+                    node,
+                    addr,
+                    status: None,
+                    error: Some(format!("{e:#}")),
+                }),
+            }
+        }
         while let Some(joined) = set.join_next().await {
             let Ok((node, addr, result)) = joined else {
                 continue;
             };
-            let (status, error) = match result {
-                Ok(s) => (Some(s), None),
-                Err(e) => (
-                    None,
-                    Some(format!("{:#}", explain(e, addr, &self.bundle_path))),
-                ),
-            };
-            self.members.insert(
-                node.clone(),
-                Member {
+            let member = match result {
+                Ok(s) => Member {
+                    node: s.node.clone(),
+                    addr,
+                    status: Some(s),
+                    error: None,
+                },
+                Err(e) => Member {
                     node,
                     addr,
-                    status,
-                    error,
+                    status: None,
+                    error: Some(format!("{:#}", explain(e, addr, &self.bundle_path))),
                 },
-            );
+            };
+            self.record(member);
+        }
+    }
+
+    fn record(&mut self, m: Member) {
+        let answered = m.status.is_some();
+        match self.members.get_mut(&m.node) {
+            Some(known) if known.status.is_some() || !answered => {}
+            Some(known) => *known = m,
+            None => {
+                self.members.insert(m.node.clone(), m);
+            }
         }
     }
 
     /// Adds the nodes the bundle names that the membership view does not show (down,
     /// partitioned, or not joined yet): asked directly, listed unreachable if silent.
     pub async fn probe_known(&mut self) {
-        let mut set = JoinSet::new();
-        for k in &self.known {
-            let seen = self.members.values().any(|m| m.addr == k.addr)
-                || self.members.contains_key(&NodeId::from(k.name.as_str()));
-            if seen {
-                continue;
-            }
-            if let Ok(c) = self.client(k.addr, QUICK_CALL_TIMEOUT) {
-                let k = k.clone();
-                set.spawn(async move {
-                    let r = c.status().await;
-                    (k, r)
-                });
+        let targets: Vec<(NodeId, SocketAddr)> = self
+            .known
+            .iter()
+            .filter(|k| {
+                !(self.members.values().any(|m| m.addr == k.addr)
+                    || self.members.contains_key(&NodeId::from(k.name.as_str())))
+            })
+            .map(|k| (NodeId::from(k.name.as_str()), k.addr))
+            .collect();
+        self.probe(targets).await;
+    }
+
+    /// Reaches every node anyone knows of: the peers that any answering member sees
+    /// (not only the entry node, whose view may be young after a restart) and the
+    /// bundle's nodes. Needed before an answer about the whole cluster.
+    pub async fn reach_all(&mut self) {
+        let mut targets: Vec<(NodeId, SocketAddr)> = Vec::new();
+        for s in self.members.values().filter_map(|m| m.status.as_ref()) {
+            for p in &s.peers {
+                if !self.members.contains_key(&p.node) && !targets.iter().any(|t| t.0 == p.node) {
+                    targets.push((p.node.clone(), p.summary.rpc_addr));
+                }
             }
         }
-        while let Some(joined) = set.join_next().await {
-            let Ok((k, result)) = joined else { continue };
-            let (node, status, error) = match result {
-                Ok(s) => (s.node.clone(), Some(s), None),
-                Err(e) => (
-                    NodeId::from(k.name.as_str()),
-                    None,
-                    Some(format!("{:#}", explain(e, k.addr, &self.bundle_path))),
-                ),
-            };
-            self.members.entry(node.clone()).or_insert(Member {
-                node,
-                addr: k.addr,
-                status,
-                error,
-            });
-        }
+        self.probe(targets).await;
+        self.probe_known().await;
+    }
+
+    /// The members that did not answer, with the VM count a member that answered last
+    /// heard from each.
+    pub fn missing(&self) -> Vec<MissingNode> {
+        missing_of(&self.members)
     }
 
     /// The member named `node`, or an error listing the known ones.
@@ -209,8 +229,8 @@ impl Cluster {
         })
     }
 
-    /// Every reachable member's schedule.
-    pub async fn schedules(&self) -> anyhow::Result<Vec<(NodeId, Vec<ScheduleEntry>)>> {
+    /// Every reachable member's schedule, and the members whose part is missing.
+    pub async fn schedules(&self) -> anyhow::Result<Schedules> {
         let mut set = JoinSet::new();
         for m in self.members.values().filter(|m| m.status.is_some()) {
             let c = self.client(m.addr, QUICK_CALL_TIMEOUT)?;
@@ -218,19 +238,33 @@ impl Cluster {
             let addr = m.addr;
             set.spawn(async move { (node, addr, c.list_vms().await) });
         }
-        let mut out = Vec::new();
+        let mut out = Schedules {
+            answered: Vec::new(),
+            missing: self.missing(),
+        };
         while let Some(joined) = set.join_next().await {
             let (node, addr, result) = joined?;
-            let entries = result.map_err(|e| explain(e, addr, &self.bundle_path))?;
-            out.push((node, entries));
+            match result {
+                Ok(entries) => out.answered.push((node, entries)),
+                Err(e) => out.missing.push(MissingNode {
+                    vms: self
+                        .members
+                        .get(&node)
+                        .and_then(|m| m.status.as_ref().map(|s| s.summary.vm_count)),
+                    node: node.to_string(),
+                    reason: format!("{:#}", explain(e, addr, &self.bundle_path)),
+                }),
+            }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.answered.sort_by(|a, b| a.0.cmp(&b.0));
+        out.missing.sort_by(|a, b| a.node.cmp(&b.node));
         Ok(out)
     }
 
     /// The node that holds `vm` (as `Running` or in a handoff) and its entry.
     pub async fn find_vm(&self, vm: &VmId) -> anyhow::Result<(Member, ScheduleEntry)> {
-        for (node, entries) in self.schedules().await? {
+        let schedules = self.schedules().await?;
+        for (node, entries) in schedules.answered {
             if let Some(e) = entries.into_iter().find(|e| &e.vm == vm) {
                 let m = self
                     .members
@@ -240,7 +274,13 @@ impl Cluster {
                 return Ok((m, e));
             }
         }
-        bail!("VM {vm} was not found on any reachable node")
+        if schedules.missing.is_empty() {
+            bail!("VM {vm} was not found on any node")
+        }
+        bail!(
+            "VM {vm} was not found on the nodes that answered; {}",
+            missing_text(&schedules.missing)
+        )
     }
 
     /// Calls `forget` on every reachable member except `node`; returns who was told.
@@ -261,6 +301,86 @@ impl Cluster {
         }
         Ok(told)
     }
+}
+
+/// A node whose part of an answer is missing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MissingNode {
+    /// The node.
+    pub node: String,
+    /// Why it did not answer.
+    pub reason: String,
+    /// The VMs it held when a node that answered last heard from it; `None` when no
+    /// answering node reports it.
+    pub vms: Option<u32>,
+}
+
+/// Every reachable member's schedule, and the members whose part is missing.
+pub struct Schedules {
+    /// The schedules of the members that answered, by node.
+    pub answered: Vec<(NodeId, Vec<ScheduleEntry>)>,
+    /// The members that did not answer.
+    pub missing: Vec<MissingNode>,
+}
+
+/// The `members` that did not answer, with the VM count a member that answered last
+/// heard from each (the largest among their peer views).
+pub fn missing_of(members: &BTreeMap<NodeId, Member>) -> Vec<MissingNode> {
+    let heard = |node: &NodeId| {
+        members
+            .values()
+            .filter_map(|m| m.status.as_ref())
+            .flat_map(|s| s.peers.iter())
+            .filter(|p| &p.node == node)
+            .map(|p| p.summary.vm_count)
+            .max()
+    };
+    members
+        .values()
+        .filter(|m| m.status.is_none())
+        .map(|m| MissingNode {
+            node: m.node.to_string(),
+            reason: m.error.clone().unwrap_or_else(|| "no answer".into()),
+            vms: heard(&m.node),
+        })
+        .collect()
+}
+
+/// `Err(Partial)` naming the `missing` nodes, when any.
+pub fn whole(missing: &[MissingNode]) -> Result<(), Unfinished> {
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Unfinished::Partial(missing_text(missing)))
+    }
+}
+
+/// "n3 did not answer (why); up to 14 VMs may be missing".
+pub fn missing_text(missing: &[MissingNode]) -> String {
+    let who: Vec<String> = missing
+        .iter()
+        .map(|m| format!("{} ({})", m.node, m.reason))
+        .collect();
+    let counted: u32 = missing.iter().filter_map(|m| m.vms).sum();
+    let uncounted: Vec<&str> = missing
+        .iter()
+        .filter(|m| m.vms.is_none())
+        .map(|m| m.node.as_str())
+        .collect();
+    let head = if missing.len() == 1 {
+        format!("{} did not answer", who[0])
+    } else {
+        format!("{} nodes did not answer: {}", missing.len(), who.join(", "))
+    };
+    let vms = match (counted, uncounted.is_empty()) {
+        (n, true) => format!("up to {n} VMs may be missing"),
+        (0, false) => "an unknown number of VMs may be missing (no node that answered has heard from it lately)".to_owned(),
+        (n, false) => format!(
+            "up to {n} VMs may be missing, and those of {} (no node that answered has heard from it lately)",
+            uncounted.join(", ")
+        ),
+    };
+    format!("{head}; {vms}")
 }
 
 fn is_auth_problem(e: &anyhow::Error) -> bool {

@@ -7,7 +7,7 @@
 //! any peer's view is `unreachable`.
 
 use crate::admin_bundle::AdminArgs;
-use crate::cmd::admin::{block_on, Cluster, Member};
+use crate::cmd::admin::{block_on, missing_of, whole, Cluster, Member, MissingNode};
 use crate::table::{age, bar, bytes, new_table};
 use ballast_gossip::NodeRunState;
 use ballast_store::NodeId;
@@ -79,6 +79,11 @@ pub struct StatusReport {
     pub max_over_mean: f64,
     /// Handoffs in flight in the cluster.
     pub migrations_in_flight: usize,
+    /// True when some nodes did not answer (their rows are `unreachable`, and their
+    /// VMs are not in `total_vms`).
+    pub partial: bool,
+    /// The nodes that did not answer, and how many VMs each held when last heard of.
+    pub missing: Vec<MissingNode>,
 }
 
 /// The freshest age of the last gossip heard from each node, over the peer views of
@@ -152,6 +157,7 @@ pub fn report(cluster: &Cluster) -> StatusReport {
 
 /// The report of these members.
 fn report_of(members: &BTreeMap<NodeId, Member>) -> StatusReport {
+    let missing = missing_of(members);
     let ages = heard_ages(members.values());
     let nodes: Vec<NodeRow> = members
         .values()
@@ -176,6 +182,8 @@ fn report_of(members: &BTreeMap<NodeId, Member>) -> StatusReport {
         },
         migrations_in_flight: nodes.iter().map(|n| n.migrations_in_flight).sum(),
         nodes,
+        partial: !missing.is_empty(),
+        missing,
     }
 }
 
@@ -233,15 +241,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     block_on(async move {
         loop {
             let mut cluster = Cluster::connect(&args.admin).await?;
-            cluster.probe_known().await;
+            cluster.reach_all().await;
             let r = report(&cluster);
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
-                return Ok(());
+                return Ok(whole(&r.missing)?);
             }
             if !args.watch {
                 print!("{}", render(&r));
-                return Ok(());
+                return Ok(whole(&r.missing)?);
             }
             // Clear the screen and redraw from the top.
             print!("\x1b[2J\x1b[H{}", render(&r));

@@ -2,7 +2,7 @@
 //! Commands on one VM find the node that holds it first.
 
 use crate::admin_bundle::AdminArgs;
-use crate::cmd::admin::{block_on, explain, Cluster};
+use crate::cmd::admin::{block_on, explain, whole, Cluster, MissingNode};
 use crate::size::{format_mib, parse_memory_mib, parse_target};
 use crate::table::{bytes, new_table};
 use anyhow::{anyhow, Context};
@@ -161,7 +161,10 @@ impl VmRow {
 /// Runs `ballast vm ...`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     block_on(async move {
-        let cluster = Cluster::connect(&args.admin).await?;
+        let mut cluster = Cluster::connect(&args.admin).await?;
+        if matches!(args.cmd, Cmd::List { .. } | Cmd::Show { .. }) {
+            cluster.reach_all().await;
+        }
         match args.cmd {
             Cmd::Create(a) => create(&cluster, a).await,
             Cmd::List { node, json } => list(&cluster, node.as_deref(), json).await,
@@ -227,17 +230,28 @@ async fn list(cluster: &Cluster, node: Option<&str>, json: bool) -> anyhow::Resu
     if let Some(n) = node {
         cluster.member(n)?;
     }
+    let schedules = cluster.schedules().await?;
     let mut rows = Vec::new();
-    for (n, entries) in cluster.schedules().await? {
+    for (n, entries) in &schedules.answered {
         if node.is_some_and(|want| want != n.as_str()) {
             continue;
         }
-        rows.extend(entries.iter().map(|e| VmRow::new(&n, e)));
+        rows.extend(entries.iter().map(|e| VmRow::new(n, e)));
     }
     rows.sort_by(|a, b| a.vm.cmp(&b.vm).then(a.node.cmp(&b.node)));
+    let missing: Vec<MissingNode> = schedules
+        .missing
+        .into_iter()
+        .filter(|m| node.is_none_or(|want| want == m.node))
+        .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        let list = VmList {
+            partial: !missing.is_empty(),
+            missing: missing.clone(),
+            vms: rows,
+        };
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(whole(&missing)?);
     }
     let mut t = new_table(
         &["VM", "NODE", "STATE", "VCPUS", "MEMORY", "PINNED", "EPOCH"],
@@ -260,7 +274,18 @@ async fn list(cluster: &Cluster, node: Option<&str>, json: bool) -> anyhow::Resu
     }
     println!("{t}");
     println!("{} VM entries", rows.len());
-    Ok(())
+    Ok(whole(&missing)?)
+}
+
+/// What `vm list --json` prints.
+#[derive(Serialize)]
+pub struct VmList {
+    /// True when some nodes did not answer: `vms` lacks their entries.
+    pub partial: bool,
+    /// The nodes that did not answer.
+    pub missing: Vec<MissingNode>,
+    /// One row per schedule entry, by VM.
+    pub vms: Vec<VmRow>,
 }
 
 async fn show(cluster: &Cluster, name: &str, json: bool) -> anyhow::Result<()> {

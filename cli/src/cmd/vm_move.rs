@@ -63,7 +63,7 @@ pub struct MoveReport {
 /// handoff is under way.
 async fn settled_on(cluster: &Cluster, vm: &VmId) -> anyhow::Result<Option<NodeId>> {
     let mut running = None;
-    for (node, entries) in cluster.schedules().await? {
+    for (node, entries) in cluster.schedules().await?.answered {
         for e in entries.iter().filter(|e| &e.vm == vm) {
             if e.state != VmState::Running {
                 return Ok(None);
