@@ -133,3 +133,58 @@ fn a_spec_the_driver_refuses_leaves_nothing_behind() {
     );
     assert_eq!(cli_util::code(&o), 0, "{}", cli_util::stderr(&o));
 }
+
+/// The destination dies right after it took the VM over (its entry says `Running`)
+/// and before it resumed the paused copy: `vm move` must not say "moved".
+#[test]
+fn a_move_whose_destination_dies_before_resuming_is_not_reported_moved() {
+    let quiet = NodeOpts {
+        balancing: false,
+        ..NodeOpts::default()
+    };
+    let mut c = Cluster::new(&[quiet.clone(), quiet]);
+    c.start(0, "");
+    c.start(1, "after:promote_incoming");
+    let bundle = c.write_admin_bundle();
+    let vm = ballast_store::VmId::from("g3");
+    run_bounded(Duration::from_secs(40), async {
+        c.wait_membership(Duration::from_secs(20)).await;
+        c.admin(0)
+            .create_vm(&vm, &spec(1.0), Some(&nid(&c, 0)), false)
+            .await
+            .expect("create");
+    });
+    let o = cli(
+        &bundle,
+        &["vm", "move", "g3", "--to", "n2", "--timeout", "8", "--json"],
+    );
+    let (out, err) = (cli_util::stdout(&o), cli_util::stderr(&o));
+    assert!(c.exited(1), "the failpoint did not fire: {out}{err}");
+    assert_eq!(cli_util::code(&o), 4, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["moved"], true, "{report}");
+    assert_eq!(report["running"], false, "{report}");
+    assert!(
+        err.contains("committed, but g3 does not run yet: n2 does not answer"),
+        "{err}"
+    );
+    // vm show says where it is and why it does not run, instead of "not found".
+    let o = cli(&bundle, &["vm", "show", "g3"]);
+    let err = cli_util::stderr(&o);
+    assert_eq!(cli_util::code(&o), 4, "{err}");
+    assert!(
+        err.contains("VM g3 was handed over by n1 to n2") && err.contains("n2 does not answer"),
+        "{err}"
+    );
+    // n2 back: it resumes g3, which then runs there (and only there).
+    c.start(1, "");
+    run_bounded(Duration::from_secs(60), async {
+        wait_until(Duration::from_secs(40), "g3 running on n2", || async {
+            let o = cli(&bundle, &["vm", "show", "g3"]);
+            let out = cli_util::stdout(&o);
+            cli_util::code(&o) == 0 && out.contains("node:     n2") && out.contains("running")
+        })
+        .await;
+    });
+    c.assert_no_double_run();
+}

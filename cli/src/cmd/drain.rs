@@ -1,9 +1,14 @@
 //! `ballast drain NODE` (hand every VM off, with a progress bar, waiting unless
-//! `--no-wait`) and `ballast undrain NODE`.
+//! `--no-wait`) and `ballast undrain NODE`. A drain whose last moves committed to nodes
+//! that died before resuming them says which and exits 4.
 
 use crate::admin_bundle::AdminArgs;
 use crate::cmd::admin::{block_on, explain, Cluster};
+use crate::cmd::landing::{self, Landing};
+use crate::exit_status::Unfinished;
 use anyhow::bail;
+use ballast_node::agent::wire::HandoffInfo;
+use ballast_node::handoff::HandoffStep;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::{Duration, Instant};
 
@@ -111,6 +116,21 @@ pub fn run_drain(a: DrainArgs) -> anyhow::Result<()> {
                     if left == 0 && s.handoffs.is_empty() {
                         break;
                     }
+                    if left == 0 {
+                        let waiting = unresumed(&cluster, &s.handoffs).await;
+                        if !waiting.is_empty() {
+                            bar.abandon();
+                            return Err(Unfinished::NotResumed(format!(
+                                "node {} holds no VM now, but {} of its moves committed to \
+                                 nodes that do not run them yet: {}; each runs once its \
+                                 node is back",
+                                a.node,
+                                waiting.len(),
+                                waiting.join("; ")
+                            ))
+                            .into());
+                        }
+                    }
                 }
                 Err(e) => {
                     failures += 1;
@@ -147,6 +167,30 @@ pub fn run_drain(a: DrainArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The committed handoffs among `handoffs` (the source waits for the destination's
+/// ack) whose destination does not answer, as "vm-3 to n3 (n3 does not answer (why))";
+/// empty as long as any handoff is still deciding or its destination answers.
+async fn unresumed(cluster: &Cluster, handoffs: &[HandoffInfo]) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in handoffs {
+        if h.step != HandoffStep::Settling {
+            return Vec::new();
+        }
+        match landing::look(cluster, &h.vm, &h.peer).await {
+            l @ Landing::Unreachable(_) => {
+                out.push(format!(
+                    "{} to {} ({})",
+                    h.vm,
+                    h.peer,
+                    l.why_not_running(&h.peer)
+                ));
+            }
+            _ => return Vec::new(),
+        }
+    }
+    out
 }
 
 /// Runs `ballast undrain`.

@@ -8,6 +8,7 @@ pub mod completions;
 pub mod config;
 pub mod demo;
 pub mod drain;
+pub mod landing;
 pub mod node;
 pub mod sessions;
 pub mod simulate;

@@ -3,6 +3,8 @@
 
 use crate::admin_bundle::AdminArgs;
 use crate::cmd::admin::{block_on, explain, whole, Cluster, MissingNode};
+use crate::cmd::landing;
+use crate::exit_status::Unfinished;
 use crate::size::{format_mib, parse_memory_mib, parse_target};
 use crate::table::{bytes, new_table};
 use anyhow::{anyhow, Context};
@@ -289,7 +291,23 @@ pub struct VmList {
 }
 
 async fn show(cluster: &Cluster, name: &str, json: bool) -> anyhow::Result<()> {
-    let (member, entry) = cluster.find_vm(&VmId::from(name)).await?;
+    let vm = VmId::from(name);
+    let (member, entry) = match cluster.find_vm(&vm).await {
+        Ok(found) => found,
+        Err(e) => {
+            // Not in any answering schedule: maybe handed over to a node that is down.
+            let Some((from, to, epoch)) = landing::handed_over(cluster, &vm).await else {
+                return Err(e);
+            };
+            let now = landing::look(cluster, &vm, &to).await;
+            return Err(Unfinished::NotResumed(format!(
+                "VM {vm} was handed over by {from} to {to} (epoch {epoch}) and does not run \
+                 yet: {}; {to} holds it paused and runs it once {to} is up",
+                now.why_not_running(&to)
+            ))
+            .into());
+        }
+    };
     let row = VmRow::new(&member.node, &entry);
     if json {
         println!("{}", serde_json::to_string_pretty(&row)?);

@@ -1,9 +1,13 @@
 //! `ballast vm move VM --to NODE`: an operator's manual migration, through the same
 //! crash-safe handoff as balancing. It ignores threshold, gain, pinning and cooldown,
 //! and waits (with a spinner) until the handoff resolved: the VM runs on NODE, or the
-//! move aborted and it still runs where it was. `--pin` then keeps it there.
+//! move aborted and it still runs where it was. `--pin` then keeps it there. A move that
+//! committed but whose destination has not resumed the VM (it died in between) is not
+//! "moved": the command says which node must come back and exits 4 (`--no-wait`: it
+//! says so and exits 0 once the move committed).
 
 use crate::cmd::admin::{explain, Cluster, Member};
+use crate::cmd::landing::{self, Landing};
 use anyhow::{anyhow, bail};
 use ballast_node::agent::wire::{AdminError, BusyDetail};
 use ballast_node::agent::AdminClientError;
@@ -38,6 +42,10 @@ pub struct MoveArgs {
     /// Print a JSON object at the end instead of progress.
     #[arg(long)]
     json: bool,
+    /// Return once the move committed (or aborted), without waiting until NODE runs
+    /// the VM.
+    #[arg(long)]
+    no_wait: bool,
 }
 
 /// What `vm move --json` prints.
@@ -51,16 +59,21 @@ pub struct MoveReport {
     pub to: String,
     /// True when it now runs on `to`.
     pub moved: bool,
-    /// Where it runs now.
+    /// Where it is now (its schedule entry).
     pub node: String,
+    /// True when it runs there; false after a committed move whose destination has
+    /// not resumed it yet.
+    pub running: bool,
+    /// Why it does not run yet (`running` false).
+    pub waiting_for: Option<String>,
     /// Whether it is pinned there now.
     pub pinned: bool,
     /// Seconds from the request to the resolution.
     pub seconds: f64,
 }
 
-/// Where `vm` stands: `Some(node)` once it is `Running` on one node, `None` while a
-/// handoff is under way.
+/// Where `vm` stands: `Some(node)` once it is `Running` on one node or handed over to
+/// a node that does not answer, `None` while a handoff is under way.
 async fn settled_on(cluster: &Cluster, vm: &VmId) -> anyhow::Result<Option<NodeId>> {
     let mut running = None;
     for (node, entries) in cluster.schedules().await?.answered {
@@ -71,9 +84,38 @@ async fn settled_on(cluster: &Cluster, vm: &VmId) -> anyhow::Result<Option<NodeI
             running = Some(node.clone());
         }
     }
-    running
-        .map(Some)
-        .ok_or_else(|| anyhow!("VM {vm} is no longer in any reachable node's schedule"))
+    if let Some(node) = running {
+        return Ok(Some(node));
+    }
+    match landing::handed_over(cluster, vm).await {
+        Some((_, to, _)) => Ok(Some(to)),
+        None => Err(anyhow!(
+            "VM {vm} is no longer in any reachable node's schedule"
+        )),
+    }
+}
+
+/// After a committed move: looks at the VM on `to` until it runs there (once with
+/// `--no-wait`), or the deadline.
+async fn wait_running(
+    cluster: &Cluster,
+    vm: &VmId,
+    to: &NodeId,
+    deadline: Instant,
+    no_wait: bool,
+    spinner: &ProgressBar,
+) -> Landing {
+    loop {
+        let now = landing::look(cluster, vm, to).await;
+        if now == Landing::Running || no_wait || Instant::now() >= deadline {
+            return now;
+        }
+        spinner.set_message(format!(
+            "committed: {vm} is {to}'s now; waiting until it runs: {}",
+            now.why_not_running(to)
+        ));
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
 }
 
 /// The VM's holder and entry, once the move makes sense: `to` is a reachable active
@@ -208,11 +250,17 @@ pub async fn run_move(cluster: &Cluster, a: MoveArgs) -> anyhow::Result<()> {
         }
         Err(e) => Err(e),
     };
-    spinner.finish_and_clear();
     let node = outcome?;
     let moved = node == to;
+    let landed = if moved {
+        wait_running(cluster, &vm, &to, deadline, a.no_wait, &spinner).await
+    } else {
+        Landing::Running
+    };
+    spinner.finish_and_clear();
+    let running = landed == Landing::Running;
     let mut pinned = entry.pinned;
-    if moved && a.pin && !pinned {
+    if moved && running && a.pin && !pinned {
         let on = cluster.member(node.as_str())?;
         cluster
             .client(on.addr, MOVE_CALL_TIMEOUT)?
@@ -227,12 +275,28 @@ pub async fn run_move(cluster: &Cluster, a: MoveArgs) -> anyhow::Result<()> {
         to: to.to_string(),
         moved,
         node: node.to_string(),
+        running,
+        waiting_for: (!running).then(|| landed.why_not_running(&to)),
         pinned,
         seconds: started.elapsed().as_secs_f64(),
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if moved {
+    }
+    if moved && !running {
+        if a.no_wait {
+            if !a.json {
+                println!(
+                    "Committed: {vm} is {to}'s now, but it does not run yet: {}; it runs \
+                     once {to} resumes it.",
+                    landed.why_not_running(&to)
+                );
+            }
+            return Ok(());
+        }
+        return Err(landing::not_resumed(&vm, &holder.node, &to, &landed).into());
+    }
+    if !a.json && moved {
         println!(
             "Moved {vm} from {} to {to} in {:.1} s{}.",
             report.from,
