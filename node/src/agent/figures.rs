@@ -24,7 +24,8 @@ pub(crate) fn mem_bytes_of(e: &ScheduleEntry) -> u64 {
 }
 
 /// This node's figures computed from `entries`: every entry counts in the load (a VM
-/// leaving still runs here; an incoming one is about to), only `Running` ones are
+/// leaving still runs here; an incoming one is about to), and so does every VM a session
+/// decided to bring here that is not in the schedule yet; only `Running` entries are
 /// candidates.
 pub(crate) fn figures_from(ctx: &AgentContext, entries: &[ScheduleEntry]) -> SideFigures {
     let mut load = 0.0;
@@ -45,6 +46,15 @@ pub(crate) fn figures_from(ctx: &AgentContext, entries: &[ScheduleEntry]) -> Sid
                 last_moved_unix_ms: e.last_moved_unix_ms,
             });
         }
+    }
+    // VMs that sessions decided to bring here weigh here from the decision on (the next
+    // session must see them), until they are in the schedule.
+    for a in ctx
+        .sessions
+        .still_awaited(|vm| entries.iter().any(|e| &e.vm == vm))
+    {
+        load += a.load;
+        mem_used += a.mem_bytes as f64;
     }
     // VMs the driver does not manage weigh here but are no candidates.
     let unmanaged = *super::context::lock(&ctx.unmanaged);

@@ -406,6 +406,10 @@ impl Owner {
     }
 
     fn resolve(&mut self, vm: &VmId, epoch: u64, role: Role, committed: bool) {
+        if role == Role::Destination {
+            // Arrived, or will not: no longer awaited by this node's sessions.
+            self.ctx.sessions.arrived(vm);
+        }
         if role != Role::Source {
             return;
         }

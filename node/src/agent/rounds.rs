@@ -32,8 +32,13 @@ pub(crate) async fn run_rounds(ctx: Arc<AgentContext>) {
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => return,
         }
-        let busy =
-            ctx.moves.pending() > 0 || ctx.handoffs.in_flight().outgoing >= b.max_outgoing.get();
+        // Moves decided earlier, either way, not done yet: a session now would plan on
+        // figures they are about to change (docs/design.md §Balancing).
+        let in_flight = ctx.handoffs.in_flight();
+        let busy = ctx.moves.pending() > 0
+            || in_flight.outgoing >= b.max_outgoing.get()
+            || in_flight.incoming >= b.max_incoming.get()
+            || ctx.sessions.awaiting();
         if busy {
             continue;
         }

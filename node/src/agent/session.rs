@@ -6,12 +6,19 @@
 //! (with raw factors, for the case where B is the busier side). A weighs B's VMs on
 //! itself and calls the pure policy (`policy::decide`) with both sides' figures: A sends,
 //! pulls (`Pull`), or swaps — hands one VM over and pulls one back, two independent
-//! handoffs. A node takes part in one session at a time (its slot); a busy peer answers
-//! `Busy`. The slot frees itself after `balancing.session_timeout`.
+//! handoffs. A node takes part in one session at a time (its slot), so two sessions of
+//! one pair never overlap; a busy peer answers `Busy`. A served session's slot frees
+//! itself after `balancing.session_timeout`; an own session's slot is held until the
+//! session ends. The VMs a session decides to bring to a node count in its figures from
+//! the decision on (queued on the sender first, then announced with `Sent`, or pulled),
+//! until they arrive or stop being awaited, so that the pair's next session sees them;
+//! meanwhile the node, like a node whose planned moves out are not done, opens no
+//! session and answers `Busy`.
 
 use super::context::AgentContext;
 use super::figures::local_figures;
 use super::mover::MoveJob;
+use super::session_book::Arriving;
 use super::wire::{
     AgentRequest, AgentResponse, CandidateView, PlanKind, PlannedVm, Request, Response,
     SessionOutcome, SessionRecord, SessionRequest, SessionResponse, SideFigures,
@@ -19,12 +26,13 @@ use super::wire::{
 use crate::policy::{self, decide, Candidate, Decision, PlannedMove, View};
 use ballast_gossip::PeerView;
 use ballast_store::NodeId;
+use std::time::Duration;
 use tracing::{debug, info, Instrument};
 
-/// Takes the slot for `peer` unless another live session holds it.
-fn take_slot(ctx: &AgentContext, peer: &NodeId, session: u64) -> bool {
-    let timeout = ctx.cfg.balancing.session_timeout.duration();
-    ctx.sessions.take_slot(peer, session, timeout)
+/// How long VMs a session decided to bring here are awaited without any arriving: the
+/// sender starts each queued move within a session timeout and a prepare.
+fn await_window(ctx: &AgentContext) -> Duration {
+    ctx.cfg.balancing.session_timeout.duration() * 2 + ctx.cfg.handoff.prepare_timeout.duration()
 }
 
 fn candidates_of(figures: &SideFigures, loads_there: impl Fn(usize) -> f64) -> Vec<Candidate> {
@@ -80,7 +88,14 @@ pub(crate) async fn serve_session(
             {
                 return SessionResponse::Busy;
             }
-            if !take_slot(ctx, &from, session) {
+            // Likewise for VMs decided to come here that have not arrived: this node's
+            // figures hold them, but a move planned on top would wait for the incoming
+            // limit, be refused and be planned again and again.
+            if ctx.sessions.awaiting() {
+                return SessionResponse::Busy;
+            }
+            let timeout = ctx.cfg.balancing.session_timeout.duration();
+            if !ctx.sessions.take_slot(&from, session, Some(timeout)) {
                 return SessionResponse::Busy;
             }
             let mine = match local_figures(ctx).await {
@@ -91,11 +106,22 @@ pub(crate) async fn serve_session(
                     return SessionResponse::Busy;
                 }
             };
-            let loads_there = figures
+            let loads_there: Vec<f64> = figures
                 .candidates
                 .iter()
                 .map(|c| ctx.model.load_of(&c.factors))
                 .collect();
+            let offered = figures
+                .candidates
+                .iter()
+                .zip(&loads_there)
+                .map(|(c, &load)| Arriving {
+                    vm: c.vm.clone(),
+                    load,
+                    mem_bytes: c.mem_bytes,
+                })
+                .collect();
+            ctx.sessions.offered(&from, session, offered);
             debug!(session, peer = %from, load_peer = figures.load, load_here = mine.load, "session offer");
             SessionResponse::Offer {
                 session,
@@ -130,6 +156,19 @@ pub(crate) async fn serve_session(
             } else {
                 SessionResponse::NoSession
             }
+        }
+        SessionRequest::Sent { session, vms } => {
+            let Some(offered) = ctx.sessions.take_back(&from, session) else {
+                return SessionResponse::NoSession;
+            };
+            let arriving: Vec<Arriving> = offered
+                .into_iter()
+                .filter(|o| vms.contains(&o.vm))
+                .collect();
+            info!(session, peer = %from, vms = arriving.len(), "session: peer sends VMs");
+            ctx.sessions.await_vms(&from, arriving, await_window(ctx));
+            ctx.summary_dirty.notify_one();
+            SessionResponse::Done
         }
     }
 }
@@ -169,7 +208,7 @@ async fn session_inner(
         free_mem_bytes: (0, 0),
         now_unix_ms: super::unix_ms(),
     };
-    if !take_slot(ctx, peer_id, session) {
+    if !ctx.sessions.take_slot(peer_id, session, None) {
         record.outcome = SessionOutcome::SelfBusy;
         return record;
     }
@@ -292,14 +331,19 @@ async fn negotiate(
     }
     match decision {
         Decision::Send(_) => {
-            let _ = call(ctx, peer, SessionRequest::Close { session }).await;
+            // Queued first: from now on this node is busy for other sessions.
             queue_sends(ctx, &record.moves, peer_id);
+            let vms = record.moves.iter().map(|m| m.vm.clone()).collect();
+            let _ = call(ctx, peer, SessionRequest::Sent { session, vms }).await;
             SessionOutcome::Moved(PlanKind::Send)
         }
         Decision::Receive(_) => {
             let vms = record.moves.iter().map(|m| m.vm.clone()).collect();
             match call(ctx, peer, SessionRequest::Pull { session, vms }).await {
-                Ok(SessionResponse::Done) => SessionOutcome::Moved(PlanKind::Receive),
+                Ok(SessionResponse::Done) => {
+                    await_pulled(ctx, peer_id, &record.moves, &theirs);
+                    SessionOutcome::Moved(PlanKind::Receive)
+                }
                 Ok(other) => SessionOutcome::Failed(format!("pull answered {other:?}")),
                 Err(e) => SessionOutcome::Failed(e),
             }
@@ -311,7 +355,10 @@ async fn negotiate(
             queue_sends(ctx, &record.moves[..1], peer_id);
             let vms = vec![record.moves[1].vm.clone()];
             match call(ctx, peer, SessionRequest::Pull { session, vms }).await {
-                Ok(SessionResponse::Done) => SessionOutcome::Moved(PlanKind::Swap),
+                Ok(SessionResponse::Done) => {
+                    await_pulled(ctx, peer_id, &record.moves[1..], &theirs);
+                    SessionOutcome::Moved(PlanKind::Swap)
+                }
                 Ok(other) => SessionOutcome::Failed(format!("swap pull answered {other:?}")),
                 Err(e) => SessionOutcome::Failed(e),
             }
@@ -321,6 +368,24 @@ async fn negotiate(
             SessionOutcome::Stay(why)
         }
     }
+}
+
+/// Awaits the VMs of `moves` pulled from `from` (whose figures were `theirs`).
+fn await_pulled(ctx: &AgentContext, from: &NodeId, moves: &[PlannedVm], theirs: &SideFigures) {
+    let arriving = moves
+        .iter()
+        .map(|m| Arriving {
+            vm: m.vm.clone(),
+            load: m.load_to,
+            mem_bytes: theirs
+                .candidates
+                .iter()
+                .find(|c| c.vm == m.vm)
+                .map_or(0, |c| c.mem_bytes),
+        })
+        .collect();
+    ctx.sessions.await_vms(from, arriving, await_window(ctx));
+    ctx.summary_dirty.notify_one();
 }
 
 /// Queues a handoff of each of `moves` (VMs of this node) to `to`.

@@ -136,10 +136,18 @@ pub enum SessionRequest {
         /// The VMs, in order.
         vms: Vec<VmId>,
     },
-    /// A is done with the session (decided to send, or to stay).
+    /// A is done with the session (decided to stay).
     Close {
         /// The session.
         session: u64,
+    },
+    /// A decided to send B these VMs (already queued on A); closes the session. B
+    /// counts them as its own until they arrive, so its next session sees them.
+    Sent {
+        /// The session.
+        session: u64,
+        /// The VMs, in order.
+        vms: Vec<VmId>,
     },
 }
 
@@ -519,9 +527,11 @@ impl Request {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             Request::Session(SessionRequest::Open { figures, .. }) => check_figures(figures),
-            Request::Session(SessionRequest::Pull { vms, .. }) => {
+            Request::Session(
+                SessionRequest::Pull { vms, .. } | SessionRequest::Sent { vms, .. },
+            ) => {
                 if vms.len() > PULL_VMS_MAX {
-                    return Err("too many VMs in a pull".into());
+                    return Err("too many VMs in a session's moves".into());
                 }
                 vms.iter().try_for_each(|v| check_id("vm id", v.as_str()))
             }
