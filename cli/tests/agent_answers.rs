@@ -1,7 +1,9 @@
 //! What `ballast` tells the operator is what the schedule and the hypervisor hold, also
-//! when the hypervisor fails on the way (real agents, sim driver fault injection, the
-//! CLI as a user runs it): a create whose start answer is lost but whose VM runs is a
-//! success with a warning; a spec the driver refuses leaves nothing behind.
+//! when the hypervisor fails on the way (real agents, sim driver fault injection and a
+//! misbehaving exec plugin, the CLI as a user runs it): a create whose start answer is
+//! lost but whose VM runs is a success with a warning; a failed start or a spec the
+//! driver refuses leaves nothing behind; a delete whose stop fails changes nothing; a
+//! move whose destination dies before resuming the VM is not reported "moved".
 
 mod agent_util;
 mod cli_util;
@@ -187,4 +189,127 @@ fn a_move_whose_destination_dies_before_resuming_is_not_reported_moved() {
         .await;
     });
     c.assert_no_double_run();
+}
+
+/// A plugin written from docs/driver-protocol.md that misbehaves on purpose, by VM
+/// name: `lost-*` starts and then answers garbage (the agent kills and restarts it),
+/// `fail-*` fails its start with `io` before starting anything, `stuck-*` cannot be
+/// stopped. VMs are kept in a file, so a restarted plugin finds them.
+const ANSWERS_PLUGIN: &str = r#"
+import json, os, sys
+path = os.path.join(sys.argv[1], "vms.json")
+def load():
+    try:
+        with open(path) as f: return json.load(f)
+    except FileNotFoundError: return {}
+def save(vms):
+    with open(path + ".tmp", "w") as f: json.dump(vms, f)
+    os.replace(path + ".tmp", path)
+def send(o):
+    sys.stdout.write(json.dumps(o) + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    req = json.loads(line); rid = req["id"]; m = req["method"]
+    vm = req.get("params", {}).get("vm"); vms = load()
+    if m == "hello": send({"id": rid, "result": {"protocol": 1, "name": "answers"}})
+    elif m in ("list", "adopt"): send({"id": rid, "result": [{"vm": k, "state": "running"} for k in vms]})
+    elif m == "start" and vm.startswith("lost-"):
+        vms[vm] = True; save(vms); sys.stdout.write("garbage\n"); sys.stdout.flush()
+    elif m == "start" and vm.startswith("fail-"):
+        send({"id": rid, "error": {"kind": "io", "message": "cannot start " + vm}})
+    elif m == "start":
+        vms[vm] = True; save(vms); send({"id": rid, "result": None})
+    elif m == "stop" and vm.startswith("stuck-"):
+        send({"id": rid, "error": {"kind": "io", "message": "cannot stop " + vm}})
+    elif m == "stop":
+        vms.pop(vm, None); save(vms); send({"id": rid, "result": None})
+    elif m == "usage" and vm in vms:
+        send({"id": rid, "result": {"cpu_time_s": 0.0, "io_bytes": 0, "mem_bytes": 0}})
+    elif m == "usage":
+        send({"id": rid, "error": {"kind": "not_found", "message": vm}})
+    else:
+        send({"id": rid, "error": {"kind": "unsupported", "message": m}})
+"#;
+
+/// The exec plugin's VMs (its state file).
+fn plugin_vms(state: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(state.join("vms.json")).unwrap_or_else(|_| "{}".into());
+    let vms: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).expect("plugin state");
+    vms.keys().cloned().collect()
+}
+
+#[test]
+fn creates_and_deletes_on_a_misbehaving_plugin_say_what_holds() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let plugin = scratch.path().join("answers_plugin.py");
+    std::fs::write(&plugin, ANSWERS_PLUGIN).expect("write plugin");
+    let state = scratch.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    let exec = NodeOpts {
+        balancing: false,
+        driver: Some(format!(
+            "[driver]\nkind = \"exec\"\n\n[driver.exec]\ncommand = [\"python3\", {:?}, {:?}]\nrestart_backoff = \"100ms\"",
+            plugin.display().to_string(),
+            state.display().to_string()
+        )),
+        ..NodeOpts::default()
+    };
+    let quiet = NodeOpts {
+        balancing: false,
+        ..NodeOpts::default()
+    };
+    let mut c = Cluster::new(&[exec, quiet]);
+    c.start_all();
+    let bundle = c.write_admin_bundle();
+    run_bounded(
+        Duration::from_secs(40),
+        c.wait_membership(Duration::from_secs(20)),
+    );
+    let create = |name: &str| {
+        cli(
+            &bundle,
+            &[
+                "vm", "create", name, "--vcpus", "1", "--memory", "256M", "--node", "n1",
+            ],
+        )
+    };
+
+    // Garbage after starting: the VM runs, so the create succeeded (with a warning).
+    let o = create("lost-1");
+    let err = cli_util::stderr(&o);
+    assert_eq!(cli_util::code(&o), 0, "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("but it runs"),
+        "{err}"
+    );
+    assert_eq!(entries_on(&c, 0), ["lost-1"]);
+    assert_eq!(plugin_vms(&state), ["lost-1"]);
+    let o = create("lost-1");
+    assert_eq!(cli_util::code(&o), 1);
+    assert!(cli_util::stderr(&o).contains("already exists"));
+
+    // A start that fails: no entry, no VM.
+    let o = create("fail-1");
+    let err = cli_util::stderr(&o);
+    assert_eq!(cli_util::code(&o), 1, "{err}");
+    assert!(
+        err.contains("VM fail-1 was not created on n1 (nothing of it is left)")
+            && err.contains("cannot start fail-1"),
+        "{err}"
+    );
+    assert_eq!(entries_on(&c, 0), ["lost-1"]);
+    assert_eq!(plugin_vms(&state), ["lost-1"]);
+
+    // A delete whose stop fails changes nothing, and says so.
+    assert_eq!(cli_util::code(&create("stuck-1")), 0);
+    let o = cli(&bundle, &["vm", "delete", "stuck-1"]);
+    let err = cli_util::stderr(&o);
+    assert_eq!(cli_util::code(&o), 1, "{err}");
+    assert!(err.contains("cannot stop stuck-1"), "{err}");
+    assert_eq!(entries_on(&c, 0), ["lost-1", "stuck-1"]);
+    assert_eq!(plugin_vms(&state), ["lost-1", "stuck-1"]);
+    let o = cli(&bundle, &["vm", "delete", "lost-1"]);
+    assert_eq!(cli_util::code(&o), 0, "{}", cli_util::stderr(&o));
+    assert_eq!(entries_on(&c, 0), ["stuck-1"]);
+    assert_eq!(plugin_vms(&state), ["stuck-1"]);
 }

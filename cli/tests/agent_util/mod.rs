@@ -29,6 +29,9 @@ pub struct NodeOpts {
     pub sim_mode: &'static str,
     /// Extra TOML appended to the config.
     pub extra: String,
+    /// The whole driver part of the config (`[driver]` and its tables) instead of the
+    /// sim driver's; `extra` then follows it.
+    pub driver: Option<String>,
 }
 
 impl Default for NodeOpts {
@@ -38,6 +41,7 @@ impl Default for NodeOpts {
             balancing: true,
             sim_mode: "process",
             extra: String::new(),
+            driver: None,
         }
     }
 }
@@ -118,19 +122,17 @@ migrate_timeout = "20s"
 [reconcile]
 interval = "1s"
 
-[driver]
-kind = "sim"
-
-[driver.sim]
-migration = "30ms"
-mode = "{mode}"
+{driver}
 {extra}
 "#,
                 addr = f.addr,
                 seeds = seeds.join(", "),
                 cores = o.cpu_cores,
                 balancing = o.balancing,
-                mode = o.sim_mode,
+                driver = o.driver.clone().unwrap_or_else(|| format!(
+                    "[driver]\nkind = \"sim\"\n\n[driver.sim]\nmigration = \"30ms\"\nmode = \"{}\"",
+                    o.sim_mode
+                )),
                 extra = o.extra,
             );
             let config = f.dir.join("agent.toml");
