@@ -75,9 +75,14 @@ fn node_vms(status: &Value, node: &str) -> u64 {
 fn distinct_vms(dir: &Path) -> Vec<String> {
     let list = json(&["vm", "list", "--json", "--admin", "c/ballast-admin"], dir);
     assert_eq!(list["partial"], false, "{list}");
+    names_in(&list)
+}
+
+/// The distinct VM names of a `vm list --json` answer, sorted.
+fn names_in(list: &Value) -> Vec<String> {
     let mut names: Vec<String> = list["vms"]
         .as_array()
-        .expect("array")
+        .expect("vms")
         .iter()
         .map(|r| r["vm"].as_str().expect("vm").to_owned())
         .collect();
