@@ -313,3 +313,45 @@ fn creates_and_deletes_on_a_misbehaving_plugin_say_what_holds() {
     assert_eq!(entries_on(&c, 0), ["stuck-1"]);
     assert_eq!(plugin_vms(&state), ["stuck-1"]);
 }
+
+/// A drain whose move committed to a node that died before resuming the VM ends with
+/// exit 4 naming the VM and that node, instead of "drained".
+#[test]
+fn a_drain_whose_destination_dies_before_resuming_says_so() {
+    let quiet = NodeOpts {
+        balancing: false,
+        ..NodeOpts::default()
+    };
+    let mut c = Cluster::new(&[quiet.clone(), quiet]);
+    c.start(0, "");
+    c.start(1, "after:promote_incoming");
+    let bundle = c.write_admin_bundle();
+    run_bounded(Duration::from_secs(40), async {
+        c.wait_membership(Duration::from_secs(20)).await;
+        let vm = ballast_store::VmId::from("g4");
+        c.admin(0)
+            .create_vm(&vm, &spec(1.0), Some(&nid(&c, 0)), false)
+            .await
+            .expect("create");
+    });
+    let o = cli(&bundle, &["drain", "n1", "--timeout", "30"]);
+    let (out, err) = (cli_util::stdout(&o), cli_util::stderr(&o));
+    assert!(c.exited(1), "the failpoint did not fire: {out}{err}");
+    assert_eq!(cli_util::code(&o), 4, "{out}{err}");
+    assert!(
+        err.contains("g4 to n2 (n2 does not answer") && !out.contains("drained"),
+        "{out}{err}"
+    );
+    // n2 back: g4 runs there, and a drain of the empty n1 now ends cleanly.
+    c.start(1, "");
+    run_bounded(Duration::from_secs(60), async {
+        wait_until(Duration::from_secs(40), "g4 running on n2", || async {
+            let o = cli(&bundle, &["vm", "show", "g4"]);
+            cli_util::code(&o) == 0 && cli_util::stdout(&o).contains("node:     n2")
+        })
+        .await;
+    });
+    let o = cli(&bundle, &["drain", "n1", "--timeout", "30"]);
+    assert_eq!(cli_util::code(&o), 0, "{}", cli_util::stderr(&o));
+    c.assert_no_double_run();
+}
