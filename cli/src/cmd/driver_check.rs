@@ -234,23 +234,26 @@ async fn check(args: &Args, tmp: &Path) -> anyhow::Result<Vec<Outcome>> {
         made: AtomicUsize::new(0),
     };
     let spec = || specs.make();
-    let mut outcomes = Vec::new();
     let run = async {
+        let mut outcomes = Vec::new();
         for case in args.selected() {
             let o = run_case(case, &a, &b, args, tmp, &spec).await;
             print_outcome(&o);
             outcomes.push(o);
         }
+        outcomes
     };
-    let interrupted = tokio::select! {
-        () = run => false,
-        r = tokio::signal::ctrl_c() => r.is_ok(),
+    tokio::pin!(run);
+    let outcomes = tokio::select! {
+        all = &mut run => Some(all),
+        r = tokio::signal::ctrl_c() => match r {
+            Ok(()) => None,
+            // No signal handler: run to the end without one.
+            Err(_) => Some(run.await),
+        },
     };
     conformance::clean_up(&[&a, &b]).await;
-    if interrupted {
-        anyhow::bail!("interrupted; the test VMs were stopped");
-    }
-    Ok(outcomes)
+    outcomes.ok_or_else(|| anyhow::anyhow!("interrupted; the test VMs were stopped"))
 }
 
 /// One case on `a` (source) and `b` (destination).
