@@ -15,6 +15,10 @@ own directory under --state-dir:
 The plugin keeps no state of its own besides that directory, so a restarted plugin
 (or agent) finds its VMs again. Standard library only; Python >= 3.8.
 
+Check it (or a plugin derived from it) against the driver contract with:
+    ballast driver check --exec-command python3 --exec-arg examples/qemu_plugin.py \\
+        --exec-arg=--state-dir --exec-arg '{tmp}/{host}'
+
 Usage:
     qemu_plugin.py --state-dir DIR [--qemu BIN] [--machine pc] [--accel auto|kvm|tcg]
                    [--migration-host 127.0.0.1] [--port-range 30100-30199]

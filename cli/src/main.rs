@@ -56,6 +56,8 @@ enum Command {
     Drain(cmd::drain::DrainArgs),
     /// Let a drained node take VMs again.
     Undrain(cmd::drain::UndrainArgs),
+    /// Check a hypervisor driver: the conformance suite on an exec plugin.
+    Driver(cmd::driver::Args),
     /// Run a local cluster of agents on the sim driver and watch it balance.
     Demo(cmd::demo::Args),
     /// Run a benchmark and print its figures.
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
         Command::Sessions(args) => cmd::sessions::run(args),
         Command::Drain(args) => cmd::drain::run_drain(args),
         Command::Undrain(args) => cmd::drain::run_undrain(args),
+        Command::Driver(args) => cmd::driver::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),

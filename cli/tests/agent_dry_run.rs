@@ -1,6 +1,7 @@
 //! `balancing.dry_run`: two real agents whose sessions decide as usual and record the
 //! moves they would make (outcome `dry-run:<decision>`), while nothing moves; an
-//! operator's move still works (advise, then act by hand).
+//! operator's move still works (advise, then act by hand). Each agent, configured with
+//! metrics port 0, logs the port it bound.
 
 mod agent_util;
 
@@ -79,4 +80,11 @@ fn a_dry_run_plans_moves_and_makes_none() {
         .await;
     });
     c.assert_no_double_run();
+    for i in 0..2 {
+        let port = c.logged_metrics_port(i);
+        assert!(
+            port.is_some_and(|p| p != 0),
+            "node {i} logged metrics port {port:?}"
+        );
+    }
 }

@@ -148,7 +148,7 @@ def send(o):
 for line in sys.stdin:
     req = json.loads(line); rid, m, p = req["id"], req["method"], req.get("params", {})
     if m == "hello":
-        hello = {"protocol": 1, "name": "flaky"}
+        hello = {"protocol": 2 if mode == "protocol_2" else 1, "name": "flaky"}
         if mode.startswith("source_copy_"):
             hello["source_copy"] = mode[len("source_copy_"):]
         send({"id": rid, "result": hello}); continue
@@ -237,12 +237,19 @@ async fn garbage_is_a_protocol_error_and_the_plugin_restarts() {
             5_000,
         );
         let r = d.list().await;
-        let Err(DriverError::Protocol(msg)) = r else {
+        let Err(e @ DriverError::PluginDied { .. }) = &r else {
             panic!("garbage: {r:?}");
         };
-        assert!(
-            msg.contains("not a JSON object"),
-            "message says what went wrong: {msg}"
+        let msg = e.to_string();
+        let script = s.path("junk").display().to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "during hello, exec plugin {script} printed a line that is not a JSON object \
+                 (expected ident at line 1 column 2): \"this is not JSON\"; \
+                 it is restarted on the next call"
+            ),
+            "message says what went wrong"
         );
         assert!(d.list().await.is_err());
         assert_eq!(s.starts("junk"), 2, "restarted on the next call");
@@ -274,12 +281,12 @@ async fn an_exiting_plugin_is_reported_and_restarted() {
     limited(async {
         let d = s.bad_plugin("exit", "echo start >> \"$1\"\nexit 3\n", 5_000);
         let r = d.list().await;
-        let Err(DriverError::Protocol(msg)) = r else {
+        let Err(DriverError::PluginDied { reason, .. }) = &r else {
             panic!("exit: {r:?}");
         };
         assert!(
-            msg.contains("exit status: 3") || msg.contains("cannot write"),
-            "{msg}"
+            reason == "exited (exit status: 3)" || reason.starts_with("could not be written to"),
+            "{reason}"
         );
         assert!(d.list().await.is_err());
         assert_eq!(s.starts("exit"), 2);
@@ -296,29 +303,44 @@ async fn misbehaviour_after_the_handshake() {
         let d = s.flaky_plugin("exit_on_usage", 5_000);
         assert_eq!(d.list().await.expect("list"), vec![]);
         let r = d.usage(&vm).await;
-        assert!(
-            matches!(&r, Err(DriverError::Protocol(m)) if m.contains("exit status: 4")),
-            "{r:?}"
+        let flaky = s.path("flaky.py").display().to_string();
+        assert_eq!(
+            r.expect_err("the plugin exited").to_string(),
+            format!(
+                "during usage, exec plugin {flaky} exited (exit status: 4); \
+                 it is restarted on the next call"
+            )
         );
         assert_eq!(d.list().await.expect("list after restart"), vec![]);
         assert_eq!(s.starts("exit_on_usage"), 2);
 
         for (mode, what) in [
-            ("garbage_on_list", "not a JSON object"),
-            ("huge_on_list", "longer than"),
-            ("unknown_id_on_list", "never sent"),
-            ("bad_result_on_list", "bad result"),
+            ("garbage_on_list", "printed a line that is not a JSON object"),
+            ("huge_on_list", "printed a line longer than 65536 bytes"),
+            ("unknown_id_on_list", "replied to request 1002, which was never sent"),
         ] {
             let d = s.flaky_plugin(mode, 5_000);
             let r = d.list().await;
             assert!(
-                matches!(&r, Err(DriverError::Protocol(m)) if m.contains(what)),
+                matches!(&r, Err(DriverError::PluginDied { op: "list", reason, .. }) if reason.starts_with(what)),
                 "{mode}: {r:?}"
             );
         }
+        let d = s.flaky_plugin("bad_result_on_list", 5_000);
+        let r = d.list().await;
+        assert_eq!(
+            r.expect_err("bad result").to_string(),
+            "hypervisor protocol error: plugin returned a bad result for list: {\"not\":\"a list\"}"
+        );
 
         let d = s.flaky_plugin("hang_on_list", 2_000);
-        assert!(matches!(d.list().await, Err(DriverError::Timeout(_))));
+        assert_eq!(
+            d.list().await.expect_err("hung").to_string(),
+            format!(
+                "hypervisor timed out: exec plugin {flaky} did not answer list within 2000 ms; \
+                 it was killed and is restarted on the next call"
+            )
+        );
         // The hung plugin was killed; a new one answers other calls.
         let r = d.usage(&VmId::from("not_found")).await;
         assert!(matches!(r, Err(DriverError::NotFound(_))), "{r:?}");
@@ -358,9 +380,18 @@ async fn error_objects_and_progress_reach_the_caller() {
             Err(DriverError::InvalidSpec(_))
         ));
         assert!(matches!(d.stop(&e("io")).await, Err(DriverError::Io(_))));
+        let r = d.stop(&e("internal")).await;
+        assert!(
+            matches!(&r, Err(DriverError::Hypervisor { op: "stop", reason }) if reason == "as asked"),
+            "an error reply is no protocol error: {r:?}"
+        );
+        assert_eq!(
+            d.stop(&e("unsupported")).await.expect_err("refused").to_string(),
+            "hypervisor stop failed: unsupported: as asked"
+        );
         assert!(matches!(
-            d.stop(&e("internal")).await,
-            Err(DriverError::Protocol(_))
+            d.stop(&e("no_room")).await,
+            Err(DriverError::NoRoom(_))
         ));
         // Error replies are normal: the plugin was not restarted.
         assert_eq!(s.starts("errors"), 1);
@@ -390,6 +421,14 @@ async fn a_plugin_that_ends_the_source_must_be_configured_so() {
             Err(DriverError::Protocol(m)) => assert!(m.contains("driver.exec.source_copy"), "{m}"),
             other => panic!("a mismatch must refuse the plugin: {other:?}"),
         }
+        let d = s.flaky_plugin("protocol_2", 5_000);
+        let flaky = s.path("flaky.py").display().to_string();
+        assert_eq!(
+            d.list().await.expect_err("refused").to_string(),
+            format!(
+                "hypervisor protocol error: exec plugin {flaky} speaks protocol 2, this agent 1"
+            )
+        );
         let d = s.flaky_plugin_leaving("source_copy_ended", 5_000, SourceCopy::Ended);
         assert_eq!(d.source_copy(), SourceCopy::Ended);
         assert!(d.list().await.expect("list").is_empty());

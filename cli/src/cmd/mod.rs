@@ -8,6 +8,8 @@ pub mod completions;
 pub mod config;
 pub mod demo;
 pub mod drain;
+pub mod driver;
+pub mod driver_check;
 pub mod landing;
 pub mod node;
 pub mod sessions;

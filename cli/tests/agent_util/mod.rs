@@ -206,6 +206,19 @@ interval = "1s"
         self.kit.logs(i)
     }
 
+    /// The port of the metrics endpoint node `i`'s agent logged as listening on (its
+    /// config says port 0: the log must give the port the OS chose).
+    pub fn logged_metrics_port(&self, i: usize) -> Option<u16> {
+        let logs = self.logs(i);
+        let line = logs
+            .lines()
+            .find(|l| l.contains("metrics endpoint listening"))?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))?;
+        addr.rsplit(':').next()?.parse().ok()
+    }
+
     /// Prints the last `lines` lines of every node's agent logs to stderr: what a failed
     /// test leaves behind to explain itself (the temporary directory is removed).
     pub fn print_log_tails(&self, lines: usize) {

@@ -33,6 +33,18 @@ pub enum DriverError {
     /// violation). The VM's state is unknown.
     #[error("hypervisor protocol error: {0}")]
     Protocol(String),
+    /// The exec plugin `plugin` died during the call `op`: it exited, closed its output,
+    /// or broke the protocol (`reason` says which). It was killed; the next call starts a
+    /// new one. The VM's state is unknown.
+    #[error("during {op}, exec plugin {plugin} {reason}; it is restarted on the next call")]
+    PluginDied {
+        /// The plugin, named by its script or program.
+        plugin: String,
+        /// The call.
+        op: &'static str,
+        /// What the plugin did, e.g. `exited (exit status: 3)`.
+        reason: String,
+    },
     /// Starting or talking to the hypervisor failed at the OS level.
     #[error("hypervisor I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -3,14 +3,17 @@
 //! Submodules hold the drivers: `sim` (synthetic, for demo, simulation and tests), `qemu`
 //! (one `qemu-system` process per VM, QMP, live migration over TCP) and `exec` (any
 //! executable speaking the line-delimited JSON protocol of `docs/driver-protocol.md`).
+//! [`conformance`] is the suite of contract checks every driver must pass.
 //!
-//! Handoff contract (docs/design.md §Handoff): `prepare_incoming` leaves the new copy **paused**;
+//! Handoff contract (docs/design.md §Handoff): `prepare_incoming` leaves a new copy that does
+//! not run (listed `Incoming` until it holds the whole VM, then `Paused`);
 //! `migrate_out` returns once the hypervisor's switchover is complete, leaving the source
 //! copy paused; the destination copy runs only after `resume_incoming`. Before the commit
 //! point the source may `cancel_outgoing` (the source runs again) and the destination
 //! `cancel_incoming` (its copy is dropped). After the commit point the source calls
 //! `finish_outgoing` (quits its paused copy). Every call is idempotent where the doc says so.
 
+pub mod conformance;
 mod disk_image;
 mod error;
 pub mod exec;
@@ -56,7 +59,8 @@ pub trait Driver: Send + Sync + 'static {
     /// Cumulative usage counters of `vm` now.
     async fn usage(&self, vm: &VmId) -> Result<UsageSample, DriverError>;
 
-    /// Readies a **paused** copy of `vm` to receive its state; returns where to send it.
+    /// Readies a copy of `vm` that does not run to receive its state (listed `Incoming`,
+    /// or `Paused` once it holds the whole VM); returns where to send it.
     /// Idempotent: a second call for the same VM returns the same target.
     async fn prepare_incoming(
         &self,

@@ -9,9 +9,11 @@
 //! gets a [`DriverError`] saying why.
 //!
 //! Files: [`config`] (the TOML section), `wire` (the protocol's encoding, pure),
-//! `plugin` (one plugin process and its request routing).
+//! `plugin` (one plugin process and its request routing), `name` (how messages name
+//! the plugin).
 
 pub mod config;
+mod name;
 mod plugin;
 mod wire;
 
@@ -45,6 +47,8 @@ struct Supervisor {
 /// The exec driver.
 pub struct ExecDriver {
     cfg: ExecConfig,
+    /// The plugin as messages name it: its script, or its program.
+    plugin: String,
     /// A tokio mutex: it is held while a plugin is (re)started and handshaken, so that
     /// concurrent callers wait for that one plugin instead of starting several.
     sup: tokio::sync::Mutex<Supervisor>,
@@ -62,10 +66,17 @@ impl ExecDriver {
             ));
         }
         Ok(Self {
+            plugin: name::plugin_name(&cfg.command),
             cfg,
             sup: tokio::sync::Mutex::new(Supervisor::default()),
             local_storage: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The plugin as messages name it: its script when the command runs an interpreter
+    /// (`python3 examples/qemu_plugin.py` is `examples/qemu_plugin.py`), else its program.
+    pub fn plugin_name(&self) -> &str {
+        &self.plugin
     }
 
     /// How many plugin processes this driver has started (1 + restarts).
@@ -106,7 +117,7 @@ impl ExecDriver {
             }
         };
         if let Err(e) = self.hello(&started).await {
-            started.kill(format!("handshake failed: {e}"));
+            started.kill(format!("was refused at the handshake: {e}"));
             sup.failures = sup.failures.saturating_add(1);
             sup.last_failure = Some(Instant::now());
             return Err(e);
@@ -128,9 +139,10 @@ impl ExecDriver {
                     let ours = self.cfg.source_copy.as_str();
                     if said.as_str() != Some(ours) {
                         return Err(DriverError::Protocol(format!(
-                            "plugin {name} says its migrations leave the source copy {said}, \
+                            "exec plugin {} says its migrations leave the source copy {said}, \
                              but driver.exec.source_copy is \"{ours}\": set it to what the \
-                             plugin does"
+                             plugin does",
+                            self.plugin
                         )));
                     }
                 }
@@ -147,22 +159,29 @@ impl ExecDriver {
                 );
                 Ok(())
             }
-            other => Err(DriverError::Protocol(format!(
-                "plugin speaks protocol {other:?}, this agent {PROTOCOL_VERSION}"
+            Some(other) => Err(DriverError::Protocol(format!(
+                "exec plugin {} speaks protocol {other}, this agent {PROTOCOL_VERSION}",
+                self.plugin
+            ))),
+            None => Err(DriverError::Protocol(format!(
+                "exec plugin {} names no protocol version in its hello, this agent speaks {PROTOCOL_VERSION}",
+                self.plugin
             ))),
         }
     }
 
-    fn call_error(&self, vm: Option<&VmId>, method: &str, e: CallError) -> DriverError {
+    fn call_error(&self, vm: Option<&VmId>, method: &'static str, e: CallError) -> DriverError {
         match e {
-            CallError::Remote(r) => wire::driver_error(vm, r),
-            CallError::Dead(why) => DriverError::Protocol(format!(
-                "exec plugin {:?} failed during {method}: {why}; it is restarted on the next call",
-                self.cfg.command[0]
-            )),
-            CallError::Timeout => DriverError::Timeout(format!(
-                "exec plugin {:?} did not answer {method} in time; it was killed and is restarted on the next call",
-                self.cfg.command[0]
+            CallError::Remote(r) => wire::driver_error(method, vm, r),
+            CallError::Dead(reason) => DriverError::PluginDied {
+                plugin: self.plugin.clone(),
+                op: method,
+                reason,
+            },
+            CallError::Timeout(limit) => DriverError::Timeout(format!(
+                "exec plugin {} did not answer {method} within {} ms; it was killed and is restarted on the next call",
+                self.plugin,
+                limit.as_millis()
             )),
             CallError::Request(why) => DriverError::Protocol(format!("{method}: {why}")),
         }
@@ -172,7 +191,7 @@ impl ExecDriver {
     async fn request(
         &self,
         vm: Option<&VmId>,
-        method: &str,
+        method: &'static str,
         params: Value,
         limit: Duration,
         progress: Option<mpsc::Sender<MigrationProgress>>,
@@ -185,7 +204,7 @@ impl ExecDriver {
                 Ok(_) | Err(CallError::Remote(_)) | Err(CallError::Request(_)) => {
                     sup.failures = 0;
                 }
-                Err(CallError::Dead(_)) | Err(CallError::Timeout) => {
+                Err(CallError::Dead(_)) | Err(CallError::Timeout(_)) => {
                     if sup.plugin.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &p)) {
                         sup.plugin = None;
                         sup.failures = sup.failures.saturating_add(1);
@@ -211,12 +230,17 @@ impl ExecDriver {
             return Ok(());
         }
         Err(DriverError::InvalidSpec(format!(
-            "exec plugin {:?} does not move VMs on local disks (its hello lists no \"local\" storage)",
-            self.cfg.command[0]
+            "exec plugin {} does not move VMs on local disks (its hello lists no \"local\" storage)",
+            self.plugin
         )))
     }
 
-    async fn vm_call(&self, method: &str, vm: &VmId, extra: Value) -> Result<Value, DriverError> {
+    async fn vm_call(
+        &self,
+        method: &'static str,
+        vm: &VmId,
+        extra: Value,
+    ) -> Result<Value, DriverError> {
         let mut params = json!({ "vm": vm });
         if let (Some(obj), Value::Object(more)) = (params.as_object_mut(), extra) {
             obj.extend(more);

@@ -34,10 +34,11 @@ pub(crate) const PROGRESS_QUEUE: usize = 16;
 pub(crate) enum CallError {
     /// The plugin answered with an error object.
     Remote(RemoteError),
-    /// The plugin is dead (exited, printed garbage, was killed); the reason.
+    /// The plugin is dead (exited, printed garbage, was killed); what it did, said of it
+    /// (`exited (exit status: 3)`).
     Dead(String),
-    /// No reply within the limit; the plugin was killed.
-    Timeout,
+    /// No reply within the limit (given); the plugin was killed.
+    Timeout(Duration),
     /// The request could not be encoded or is too long.
     Request(String),
 }
@@ -73,10 +74,20 @@ impl Shared {
 
     /// Marks the plugin dead (first reason wins), fails every waiting call, kills it.
     fn kill(&self, reason: String) {
+        self.end(reason, true);
+    }
+
+    /// [`Self::kill`]; `failed` says whether the plugin failed (logged as a warning) or
+    /// the driver shut it down (logged at debug level).
+    fn end(&self, reason: String, failed: bool) {
         let waiters: Vec<Waiter> = {
             let mut t = self.table();
             if t.dead.is_none() {
-                tracing::warn!(reason = %reason, "exec plugin is dead");
+                if failed {
+                    tracing::warn!(reason = %reason, "exec plugin is dead");
+                } else {
+                    tracing::debug!(reason = %reason, "exec plugin shut down");
+                }
                 t.dead = Some(reason.clone());
             }
             t.pending.drain().map(|(_, w)| w).collect()
@@ -111,7 +122,7 @@ impl Drop for Plugin {
         for t in &self.tasks {
             t.abort();
         }
-        self.shared.kill("the driver shut the plugin down".into());
+        self.shared.end("was shut down by the driver".into(), false);
     }
 }
 
@@ -209,7 +220,7 @@ impl Plugin {
                 .in_flight
                 .acquire()
                 .await
-                .map_err(|_| CallError::Dead("plugin closed".into()))?;
+                .map_err(|_| CallError::Dead("was shut down by the driver".into()))?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let mut line = serde_json::to_vec(&Request { id, method, params })
                 .map_err(|e| CallError::Request(e.to_string()))?;
@@ -240,10 +251,10 @@ impl Plugin {
             Ok(r) => r,
             Err(_) => {
                 self.kill(format!(
-                    "plugin did not answer {method} within {} ms",
+                    "did not answer {method} within {} ms",
                     limit.as_millis()
                 ));
-                Err(CallError::Timeout)
+                Err(CallError::Timeout(limit))
             }
         }
     }
@@ -256,7 +267,7 @@ impl Plugin {
         }
         .await;
         r.map_err(|e| {
-            let why = format!("cannot write to the plugin: {e}");
+            let why = format!("could not be written to: {e}");
             self.kill(why.clone());
             CallError::Dead(self.dead().unwrap_or(why))
         })
@@ -290,7 +301,7 @@ async fn read_line<R: AsyncRead + Unpin>(
         .take(limit)
         .read_until(b'\n', &mut buf)
         .await
-        .map_err(|e| LineError::Io(format!("reading from the plugin failed: {e}")))?;
+        .map_err(|e| LineError::Io(format!("could not be read from: {e}")))?;
     if n == 0 {
         return Ok(None);
     }
@@ -298,7 +309,7 @@ async fn read_line<R: AsyncRead + Unpin>(
         buf.pop();
     } else if buf.len() > max {
         return Err(LineError::TooLong(format!(
-            "plugin printed a line longer than {max} bytes"
+            "printed a line longer than {max} bytes"
         )));
     }
     Ok(Some(buf))
@@ -340,9 +351,7 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), String> {
             }
             Ok(())
         } else {
-            Err(format!(
-                "plugin replied to request {id}, which was never sent"
-            ))
+            Err(format!("replied to request {id}, which was never sent"))
         };
     }
     match frame {
@@ -369,11 +378,11 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), String> {
 async fn exit_reason(shared: &Shared) -> String {
     for _ in 0..50 {
         if let Some(status) = shared.exit_status() {
-            return format!("plugin exited ({status})");
+            return format!("exited ({status})");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    "plugin closed its stdout".into()
+    "closed its stdout".into()
 }
 
 /// Logs the plugin's stderr, line by line.

@@ -52,57 +52,62 @@ pub(crate) fn decode(line: &[u8]) -> Result<Frame, String> {
     };
     let obj: Map<String, Value> = serde_json::from_slice(line).map_err(|e| {
         format!(
-            "plugin printed a line that is not a JSON object ({e}): {}",
+            "printed a line that is not a JSON object ({e}): {}",
             excerpt()
         )
     })?;
     let id = obj
         .get("id")
         .and_then(Value::as_u64)
-        .ok_or_else(|| format!("plugin reply without a numeric id: {}", excerpt()))?;
+        .ok_or_else(|| format!("printed a reply without a numeric id: {}", excerpt()))?;
     let keys = ["result", "error", "progress"];
     let present: Vec<&str> = keys.into_iter().filter(|k| obj.contains_key(*k)).collect();
     match present.as_slice() {
         ["result"] => Ok(Frame::Result(id, obj["result"].clone())),
         ["error"] => serde_json::from_value(obj["error"].clone())
             .map(|e| Frame::Error(id, e))
-            .map_err(|e| format!("bad error object ({e}): {}", excerpt())),
+            .map_err(|e| format!("printed a bad error object ({e}): {}", excerpt())),
         ["progress"] => serde_json::from_value(obj["progress"].clone())
             .map(|p| Frame::Progress(id, p))
-            .map_err(|e| format!("bad progress object ({e}): {}", excerpt())),
+            .map_err(|e| format!("printed a bad progress object ({e}): {}", excerpt())),
         _ => Err(format!(
-            "plugin reply must hold exactly one of result, error, progress: {}",
+            "printed a reply without exactly one of result, error, progress: {}",
             excerpt()
         )),
     }
 }
 
-/// Maps a plugin's error object to the driver's error; `vm` is the request's VM.
-pub(crate) fn driver_error(vm: Option<&VmId>, e: RemoteError) -> DriverError {
-    let vm_or = |reason: String| match vm {
-        Some(v) => Ok(v.clone()),
-        None => Err(DriverError::Protocol(reason)),
-    };
+/// Maps a plugin's error reply to the driver's error; `op` is the request's method and
+/// `vm` its VM. A reply is a normal answer, never a protocol error: kinds that need a VM
+/// (`not_found`, `bad_state`, `migration_failed`, `switched_over`) on a request without
+/// one, `internal` and kinds this agent does not know become
+/// [`DriverError::Hypervisor`], which keeps the plugin's message.
+pub(crate) fn driver_error(op: &'static str, vm: Option<&VmId>, e: RemoteError) -> DriverError {
     let RemoteError { kind, message } = e;
-    let r = match kind.as_str() {
-        "not_found" => vm_or(message).map(DriverError::NotFound),
-        "bad_state" => vm_or(message.clone()).map(|vm| DriverError::BadState {
+    match (kind.as_str(), vm.cloned()) {
+        ("not_found", Some(vm)) => DriverError::NotFound(vm),
+        ("bad_state", Some(vm)) => DriverError::BadState {
             vm,
             reason: message,
-        }),
-        "migration_failed" => vm_or(message.clone()).map(|vm| DriverError::MigrationFailed {
+        },
+        ("migration_failed", Some(vm)) => DriverError::MigrationFailed {
             vm,
             reason: message,
-        }),
-        "switched_over" => vm_or(message).map(DriverError::SwitchedOver),
-        "timeout" => Ok(DriverError::Timeout(message)),
-        "invalid_spec" => Ok(DriverError::InvalidSpec(message)),
-        "io" => Ok(DriverError::Io(std::io::Error::other(message))),
-        _ => Ok(DriverError::Protocol(format!(
-            "plugin error {kind}: {message}"
-        ))),
-    };
-    r.unwrap_or_else(|e| e)
+        },
+        ("switched_over", Some(vm)) => DriverError::SwitchedOver(vm),
+        ("timeout", _) => DriverError::Timeout(message),
+        ("invalid_spec", _) => DriverError::InvalidSpec(message),
+        ("io", _) => DriverError::Io(std::io::Error::other(message)),
+        ("no_room", _) => DriverError::NoRoom(message),
+        ("internal", _) => DriverError::Hypervisor {
+            op,
+            reason: message,
+        },
+        _ => DriverError::Hypervisor {
+            op,
+            reason: format!("{kind}: {message}"),
+        },
+    }
 }
 
 /// One VM as the protocol lists it.
@@ -220,34 +225,43 @@ mod tests {
             kind: k.into(),
             message: "m".into(),
         };
-        assert!(
-            matches!(driver_error(Some(&vm), e("not_found")), DriverError::NotFound(v) if v == vm)
+        let text = |vm: Option<&VmId>, k: &str| driver_error("stop", vm, e(k)).to_string();
+        let on_vm = Some(&vm);
+        assert_eq!(
+            text(on_vm, "not_found"),
+            "VM v is not known to this hypervisor"
+        );
+        assert_eq!(text(on_vm, "bad_state"), "VM v: m");
+        assert_eq!(text(on_vm, "migration_failed"), "migration of v failed: m");
+        assert_eq!(
+            text(on_vm, "switched_over"),
+            "VM v: the migration completed and the source copy is gone; nothing to cancel"
+        );
+        assert_eq!(text(on_vm, "timeout"), "hypervisor timed out: m");
+        assert_eq!(text(on_vm, "invalid_spec"), "invalid VM spec: m");
+        assert_eq!(text(on_vm, "io"), "hypervisor I/O error: m");
+        assert_eq!(text(on_vm, "no_room"), "no room: m");
+        assert_eq!(text(on_vm, "internal"), "hypervisor stop failed: m");
+        assert_eq!(
+            text(on_vm, "unsupported"),
+            "hypervisor stop failed: unsupported: m"
+        );
+        assert_eq!(
+            text(None, "not_found"),
+            "hypervisor stop failed: not_found: m"
         );
         assert!(matches!(
-            driver_error(Some(&vm), e("bad_state")),
-            DriverError::BadState { .. }
+            driver_error("stop", on_vm, e("not_found")),
+            DriverError::NotFound(v) if v == vm
         ));
         assert!(matches!(
-            driver_error(Some(&vm), e("migration_failed")),
-            DriverError::MigrationFailed { .. }
+            driver_error("list", None, e("internal")),
+            DriverError::Hypervisor { op: "list", .. }
         ));
-        assert!(matches!(
-            driver_error(None, e("timeout")),
-            DriverError::Timeout(_)
-        ));
-        assert!(matches!(
-            driver_error(None, e("invalid_spec")),
-            DriverError::InvalidSpec(_)
-        ));
-        assert!(matches!(driver_error(None, e("io")), DriverError::Io(_)));
-        assert!(matches!(
-            driver_error(None, e("not_found")),
-            DriverError::Protocol(_)
-        ));
-        assert!(matches!(
-            driver_error(None, e("weird")),
-            DriverError::Protocol(_)
-        ));
+        for kind in ["protocol", "weird", "internal", "bad_state"] {
+            let err = driver_error("list", None, e(kind));
+            assert!(!matches!(err, DriverError::Protocol(_)), "{kind}: {err}");
+        }
     }
 
     #[test]

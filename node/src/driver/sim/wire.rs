@@ -103,7 +103,7 @@ impl VmReply {
             DriverError::Hypervisor { .. }
             | DriverError::NoRoom(_)
             | DriverError::Unsupported { .. } => ErrKind::BadState,
-            DriverError::Protocol(_) => ErrKind::Protocol,
+            DriverError::Protocol(_) | DriverError::PluginDied { .. } => ErrKind::Protocol,
             DriverError::Io(_) => ErrKind::Io,
             DriverError::InvalidSpec(_) => ErrKind::InvalidSpec,
         };
