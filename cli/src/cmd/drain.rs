@@ -49,7 +49,10 @@ pub struct UndrainArgs {
 /// Runs `ballast drain`.
 pub fn run_drain(a: DrainArgs) -> anyhow::Result<()> {
     block_on(async move {
-        let cluster = Cluster::connect(&a.admin).await?;
+        let mut cluster = Cluster::connect(&a.admin).await?;
+        // Every node, also those the drained node's view lacks: the drain ends by
+        // asking the destinations whether they run what it sent.
+        cluster.reach_all().await;
         let member = cluster.member(&a.node)?.clone();
         let Some(status) = &member.status else {
             bail!(
