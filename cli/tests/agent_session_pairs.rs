@@ -3,9 +3,10 @@
 //! migrations keep the moves of one session in flight over several rounds. A node
 //! takes part in one session at a time (crossed opens are refused, never served
 //! beside the node's own session), and a pair's next session sees the moves the
-//! previous one decided: 12 equal VMs on n1 end 6 and 6, every VM moved at most once
-//! (the 60 s cooldown would keep any overshoot), no VM in a session's candidates
-//! after an earlier session decided to move it, and no VM ran on two hosts.
+//! previous one decided: 12 equal VMs on n1 end 6 and 6 (one move per session), every
+//! VM planned and moved once (the 60 s cooldown would keep any overshoot), no VM in a
+//! session's candidates after an earlier session decided to move it off that node, and
+//! no VM ran on two hosts.
 
 mod agent_util;
 
@@ -29,7 +30,12 @@ fn crossed_sessions_of_a_pair_never_overlap_and_see_each_others_moves() {
             "round_jitter = \"150ms\"",
             "round_jitter = \"0ms\"",
         );
-        set_in_config(&n.config, "cooldown = \"0s\"", "cooldown = \"60s\"");
+        // One move per session: many sessions, crossing again and again.
+        set_in_config(
+            &n.config,
+            "cooldown = \"0s\"",
+            "cooldown = \"60s\"\nmax_moves_per_session = 1",
+        );
         set_in_config(&n.config, "migration = \"30ms\"", "migration = \"400ms\"");
     }
     c.start_all();
@@ -84,9 +90,39 @@ fn crossed_sessions_of_a_pair_never_overlap_and_see_each_others_moves() {
             })
             .count();
         println!("{} sessions, {crossed} refused as busy", records.len());
+        for r in &records {
+            println!(
+                "{} {} -> {} {} moves {}",
+                r.now_unix_ms,
+                r.initiator,
+                r.peer,
+                r.outcome,
+                r.moves.len()
+            );
+        }
         check_sessions_see_earlier_moves(&records);
+        check_planned_once(&records);
     });
     c.assert_no_double_run();
+}
+
+/// Each VM is planned once: nothing is planned on top of moves on their way (which the
+/// receiver would take twice, or refuse at its incoming limit to be planned again and
+/// again).
+fn check_planned_once(records: &[SessionRecord]) {
+    let mut planned: BTreeMap<&VmId, usize> = BTreeMap::new();
+    for r in records
+        .iter()
+        .filter(|r| matches!(r.outcome, SessionOutcome::Moved(_)))
+    {
+        for m in &r.moves {
+            *planned.entry(&m.vm).or_default() += 1;
+        }
+    }
+    assert!(
+        planned.values().all(|&n| n == 1),
+        "VMs planned more than once: {planned:?}"
+    );
 }
 
 /// No session offers, on a node's side, a VM that an earlier session already decided
