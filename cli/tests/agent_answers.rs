@@ -239,7 +239,7 @@ fn plugin_vms(state: &Path) -> Vec<String> {
 }
 
 #[test]
-fn creates_and_deletes_on_a_misbehaving_plugin_say_what_holds() {
+fn changes_on_a_misbehaving_plugin_say_what_holds() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let plugin = scratch.path().join("answers_plugin.py");
     std::fs::write(&plugin, ANSWERS_PLUGIN).expect("write plugin");
@@ -312,6 +312,20 @@ fn creates_and_deletes_on_a_misbehaving_plugin_say_what_holds() {
     assert_eq!(cli_util::code(&o), 0, "{}", cli_util::stderr(&o));
     assert_eq!(entries_on(&c, 0), ["stuck-1"]);
     assert_eq!(plugin_vms(&state), ["stuck-1"]);
+
+    // Adopt and release need a driver that can; the exec driver cannot: refused, and
+    // nothing changed (the released VM would otherwise run on, claimed by nobody).
+    for args in [
+        &["vm", "adopt", "--all", "--node", "n1"][..],
+        &["vm", "release", "stuck-1"][..],
+    ] {
+        let o = cli(&bundle, args);
+        let err = cli_util::stderr(&o);
+        assert_eq!(cli_util::code(&o), 1, "{args:?}: {err}");
+        assert!(err.contains("the exec driver cannot"), "{args:?}: {err}");
+        assert_eq!(entries_on(&c, 0), ["stuck-1"], "{args:?}");
+        assert_eq!(plugin_vms(&state), ["stuck-1"], "{args:?}");
+    }
 }
 
 /// A drain whose move committed to a node that died before resuming the VM ends with

@@ -201,6 +201,20 @@ async fn delete(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminResp
     Ok(AdminResponse::Done)
 }
 
+/// `Err` naming the driver when it cannot adopt and release VMs; nothing changed.
+fn refuse_unless_adopting(ctx: &AgentContext, what: &'static str) -> Result<(), AdminError> {
+    if ctx.driver.adopts() {
+        return Ok(());
+    }
+    Err(AdminError::Driver(
+        crate::driver::DriverError::Unsupported {
+            driver: ctx.driver.name(),
+            what,
+        }
+        .to_string(),
+    ))
+}
+
 /// Most names one `AdoptVms` may carry.
 const ADOPT_NAMES_MAX: usize = 4096;
 
@@ -217,6 +231,7 @@ async fn adopt(ctx: &AgentContext, names: Vec<String>) -> Result<AdminResponse, 
     if let Some(bad) = names.iter().find(|n| n.is_empty() || n.len() > 255) {
         return Err(AdminError::Invalid(format!("bad VM name {bad:?}")));
     }
+    refuse_unless_adopting(ctx, "adopt VMs it did not start")?;
     let _changes = ctx.vm_changes.lock().await;
     let found = ctx
         .driver
@@ -249,6 +264,9 @@ async fn adopt(ctx: &AgentContext, names: Vec<String>) -> Result<AdminResponse, 
 /// Gives a VM back: its entry leaves the schedule first (durably), then the driver
 /// unmarks it. Should the second step fail, the VM is reported as unclaimed, never moved.
 async fn release(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminResponse, AdminError> {
+    // Refused before the entry goes: on a driver that cannot release, the VM would run
+    // on with nothing claiming it.
+    refuse_unless_adopting(ctx, "release VMs")?;
     let _changes = ctx.vm_changes.lock().await;
     ensure_settled(ctx, &vm).await?;
     let vm2 = vm.clone();

@@ -113,6 +113,12 @@ pub trait Driver: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Whether it can take over VMs it did not start and give them back (`vm adopt`,
+    /// `vm release`); asked before either changes anything.
+    fn adopts(&self) -> bool {
+        false
+    }
+
     /// `ballast vm adopt`: takes the hypervisor's existing VMs named in `names` (all that
     /// run or are defined when empty) under management and returns each with the spec its
     /// schedule entry records. Idempotent: an already managed VM is returned again.

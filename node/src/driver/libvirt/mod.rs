@@ -116,6 +116,10 @@ mod driver {
             "libvirt"
         }
 
+        fn adopts(&self) -> bool {
+            true
+        }
+
         fn source_copy(&self) -> SourceCopy {
             SourceCopy::Ended
         }
