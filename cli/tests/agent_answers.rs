@@ -136,10 +136,9 @@ fn a_spec_the_driver_refuses_leaves_nothing_behind() {
     assert_eq!(cli_util::code(&o), 0, "{}", cli_util::stderr(&o));
 }
 
-/// The destination dies right after it took the VM over (its entry says `Running`)
-/// and before it resumed the paused copy: `vm move` must not say "moved".
-#[test]
-fn a_move_whose_destination_dies_before_resuming_is_not_reported_moved() {
+/// Two agents without balancing, n2 armed to die right after it takes a VM over (its
+/// entry says `Running`) and before it resumes it; `vm` created on n1.
+fn dying_destination(vm: &str) -> (Cluster, std::path::PathBuf) {
     let quiet = NodeOpts {
         balancing: false,
         ..NodeOpts::default()
@@ -148,14 +147,21 @@ fn a_move_whose_destination_dies_before_resuming_is_not_reported_moved() {
     c.start(0, "");
     c.start(1, "after:promote_incoming");
     let bundle = c.write_admin_bundle();
-    let vm = ballast_store::VmId::from("g3");
     run_bounded(Duration::from_secs(40), async {
         c.wait_membership(Duration::from_secs(20)).await;
         c.admin(0)
-            .create_vm(&vm, &spec(1.0), Some(&nid(&c, 0)), false)
+            .create_vm(&vm.into(), &spec(1.0), Some(&nid(&c, 0)), false)
             .await
             .expect("create");
     });
+    (c, bundle)
+}
+
+/// The destination dies right after it took the VM over (its entry says `Running`)
+/// and before it resumed the paused copy: `vm move` must not say "moved".
+#[test]
+fn a_move_whose_destination_dies_before_resuming_is_not_reported_moved() {
+    let (mut c, bundle) = dying_destination("g3");
     let o = cli(
         &bundle,
         &["vm", "move", "g3", "--to", "n2", "--timeout", "8", "--json"],
@@ -332,22 +338,7 @@ fn changes_on_a_misbehaving_plugin_say_what_holds() {
 /// exit 4 naming the VM and that node, instead of "drained".
 #[test]
 fn a_drain_whose_destination_dies_before_resuming_says_so() {
-    let quiet = NodeOpts {
-        balancing: false,
-        ..NodeOpts::default()
-    };
-    let mut c = Cluster::new(&[quiet.clone(), quiet]);
-    c.start(0, "");
-    c.start(1, "after:promote_incoming");
-    let bundle = c.write_admin_bundle();
-    run_bounded(Duration::from_secs(40), async {
-        c.wait_membership(Duration::from_secs(20)).await;
-        let vm = ballast_store::VmId::from("g4");
-        c.admin(0)
-            .create_vm(&vm, &spec(1.0), Some(&nid(&c, 0)), false)
-            .await
-            .expect("create");
-    });
+    let (mut c, bundle) = dying_destination("g4");
     let o = cli(&bundle, &["drain", "n1", "--timeout", "30"]);
     let (out, err) = (cli_util::stdout(&o), cli_util::stderr(&o));
     assert!(c.exited(1), "the failpoint did not fire: {out}{err}");

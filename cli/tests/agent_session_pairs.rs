@@ -75,11 +75,7 @@ fn crossed_sessions_of_a_pair_never_overlap_and_see_each_others_moves() {
                 );
             }
         }
-        let mut records: Vec<SessionRecord> = Vec::new();
-        for i in 0..2 {
-            records.extend(c.admin(i).recent_sessions().await.expect("sessions"));
-        }
-        records.sort_by_key(|r| r.now_unix_ms);
+        let records = sessions_of(&c, 2).await;
         let crossed = records
             .iter()
             .filter(|r| {
@@ -90,20 +86,32 @@ fn crossed_sessions_of_a_pair_never_overlap_and_see_each_others_moves() {
             })
             .count();
         println!("{} sessions, {crossed} refused as busy", records.len());
-        for r in &records {
-            println!(
-                "{} {} -> {} {} moves {}",
-                r.now_unix_ms,
-                r.initiator,
-                r.peer,
-                r.outcome,
-                r.moves.len()
-            );
-        }
         check_sessions_see_earlier_moves(&records);
         check_planned_once(&records);
     });
     c.assert_no_double_run();
+}
+
+/// The session records of the first `nodes` agents, oldest first, each printed (what a
+/// failure leaves to explain itself).
+async fn sessions_of(c: &Cluster, nodes: usize) -> Vec<SessionRecord> {
+    let mut records = Vec::new();
+    for i in 0..nodes {
+        records.extend(c.admin(i).recent_sessions().await.expect("sessions"));
+    }
+    records.sort_by_key(|r| r.now_unix_ms);
+    for r in &records {
+        let moves: Vec<String> = r
+            .moves
+            .iter()
+            .map(|m| format!("{} {}>{}", m.vm, m.from, m.to))
+            .collect();
+        println!(
+            "{} {} -> {} {} loads {:.3}/{:.3} moves {moves:?}",
+            r.now_unix_ms, r.initiator, r.peer, r.outcome, r.load_initiator, r.load_peer
+        );
+    }
+    records
 }
 
 /// Each VM is planned once: nothing is planned on top of moves on their way (which the
@@ -221,41 +229,7 @@ fn vms_on_their_way_count_in_the_receivers_next_sessions() {
             .map(|s| s.as_ref().map_or(0, |s| s.entries.len()))
             .collect();
         println!("VMs per node: {counts:?}");
-        let mut records = Vec::new();
-        for i in 0..3 {
-            records.extend(c.admin(i).recent_sessions().await.expect("sessions"));
-        }
-        records.sort_by_key(|r| r.now_unix_ms);
-        for r in records.iter().filter(|r| !r.moves.is_empty()) {
-            println!(
-                "{} {} -> {} {} loads {:.3}/{:.3} moves {:?}",
-                r.now_unix_ms,
-                r.initiator,
-                r.peer,
-                r.outcome,
-                r.load_initiator,
-                r.load_peer,
-                r.moves
-                    .iter()
-                    .map(|m| format!("{} {}>{}", m.vm, m.from, m.to))
-                    .collect::<Vec<_>>()
-            );
-        }
-        // Each VM is planned once: a receiver plans nothing on top of moves on their way
-        // (which its incoming limit would refuse, to be planned again and again).
-        let mut planned: BTreeMap<&VmId, usize> = BTreeMap::new();
-        for r in records
-            .iter()
-            .filter(|r| matches!(r.outcome, SessionOutcome::Moved(_)))
-        {
-            for m in &r.moves {
-                *planned.entry(&m.vm).or_default() += 1;
-            }
-        }
-        assert!(
-            planned.values().all(|&n| n == 1),
-            "VMs planned more than once: {planned:?}"
-        );
+        check_planned_once(&sessions_of(&c, 3).await);
         assert_eq!(counts.iter().sum::<usize>(), 12, "{counts:?}");
         assert!(
             counts.iter().all(|&n| n <= 5),

@@ -53,6 +53,20 @@ struct Awaited {
     window: Duration,
 }
 
+/// Drops the `arrived` VMs from `awaited`; the others from the same peers are waited
+/// for a new window from `now` (their sender is making progress).
+fn forget_arrived(awaited: &mut Vec<Awaited>, arrived: impl Fn(&VmId) -> bool, now: Instant) {
+    let senders: Vec<NodeId> = awaited
+        .iter()
+        .filter(|a| arrived(&a.vm.vm))
+        .map(|a| a.from.clone())
+        .collect();
+    awaited.retain(|a| !arrived(&a.vm.vm));
+    for a in awaited.iter_mut().filter(|a| senders.contains(&a.from)) {
+        a.until = now + a.window;
+    }
+}
+
 /// The slot, the awaited VMs and the records. Its std mutexes are never held across
 /// `.await`.
 #[derive(Default)]
@@ -126,15 +140,7 @@ impl SessionBook {
     /// `vm`'s handoff here resolved (committed or aborted): it is no longer awaited,
     /// and the others from the same peer are waited for a new window.
     pub(crate) fn arrived(&self, vm: &VmId) {
-        let now = Instant::now();
-        let mut awaited = lock(&self.awaited);
-        let Some(i) = awaited.iter().position(|a| &a.vm.vm == vm) else {
-            return;
-        };
-        let from = awaited.remove(i).from;
-        for a in awaited.iter_mut().filter(|a| a.from == from) {
-            a.until = now + a.window;
-        }
+        forget_arrived(&mut lock(&self.awaited), |v| v == vm, Instant::now());
     }
 
     /// Whether any VM is still awaited (decided to come here, not yet arrived, not
@@ -150,18 +156,7 @@ impl SessionBook {
     pub(crate) fn still_awaited(&self, present: impl Fn(&VmId) -> bool) -> Vec<Arriving> {
         let now = Instant::now();
         let mut awaited = lock(&self.awaited);
-        let arrived_from: Vec<NodeId> = awaited
-            .iter()
-            .filter(|a| present(&a.vm.vm))
-            .map(|a| a.from.clone())
-            .collect();
-        awaited.retain(|a| !present(&a.vm.vm));
-        for a in awaited
-            .iter_mut()
-            .filter(|a| arrived_from.contains(&a.from))
-        {
-            a.until = now + a.window;
-        }
+        forget_arrived(&mut awaited, present, now);
         awaited.retain(|a| a.until > now);
         awaited.iter().map(|a| a.vm.clone()).collect()
     }
