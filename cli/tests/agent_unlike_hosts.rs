@@ -97,6 +97,7 @@ fn both_sides_weigh_vms_by_their_own_capacity() {
                     };
                     let ctx = Context {
                         now_ms: r.now_unix_ms,
+                        rules: None,
                     };
                     let chosen: Vec<&VmId> = r.moves.iter().map(|m| &m.vm).collect();
                     let expected: Vec<&VmId> = match decide(&local, &peer, &ctx, &cfg) {

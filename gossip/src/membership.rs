@@ -284,6 +284,7 @@ mod tests {
                 state: crate::summary::NodeRunState::Active,
                 rpc_addr: "127.0.0.1:1".parse().expect("addr"),
                 protocol_version: 1,
+                tags: Vec::new(),
             },
             last_heard: at,
         }

@@ -35,6 +35,7 @@ fn cfg(id: &str, seeds: &[std::net::SocketAddr], load: f64) -> EndpointConfig {
             state: NodeRunState::Active,
             rpc_addr: ([127, 0, 0, 1], 0).into(),
             protocol_version: 1,
+            tags: Vec::new(),
         }),
         ..EndpointConfig::default()
     }

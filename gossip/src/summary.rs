@@ -42,6 +42,9 @@ pub struct LoadSummary {
     pub rpc_addr: SocketAddr,
     /// The ballast protocol version the node speaks.
     pub protocol_version: u32,
+    /// The host's tags (placement rules' `requires` name them). Optional on the wire: a
+    /// node that publishes none (ballast 0.1) has no tags.
+    pub tags: Vec<String>,
 }
 
 const K_LOAD: &str = "ballast.load";
@@ -53,6 +56,9 @@ const K_VMS: &str = "ballast.vm_count";
 const K_STATE: &str = "ballast.state";
 const K_RPC: &str = "ballast.rpc_addr";
 const K_PROTO: &str = "ballast.protocol_version";
+const K_TAGS: &str = "ballast.tags";
+/// Longest tags value accepted from a peer, in bytes.
+const TAGS_BYTES_MAX: usize = 4096;
 
 impl LoadSummary {
     /// The chitchat key/values of this summary.
@@ -71,6 +77,7 @@ impl LoadSummary {
             (K_STATE, state.to_owned()),
             (K_RPC, self.rpc_addr.to_string()),
             (K_PROTO, self.protocol_version.to_string()),
+            (K_TAGS, self.tags.join(",")),
         ]
     }
 
@@ -108,6 +115,13 @@ impl LoadSummary {
             state,
             rpc_addr: field(&get, K_RPC)?,
             protocol_version: field(&get, K_PROTO)?,
+            tags: match get(K_TAGS) {
+                None | Some("") => Vec::new(),
+                Some(raw) if raw.len() > TAGS_BYTES_MAX => {
+                    return Err(format!("{K_TAGS} longer than {TAGS_BYTES_MAX} bytes"))
+                }
+                Some(raw) => raw.split(',').map(str::to_owned).collect(),
+            },
         })
     }
 }
@@ -128,6 +142,7 @@ mod tests {
             state: NodeRunState::Draining,
             rpc_addr: "127.0.0.1:7000".parse().expect("addr"),
             protocol_version: PROTOCOL_VERSION,
+            tags: vec!["gpu".into(), "zone=a".into()],
         }
     }
 

@@ -37,6 +37,8 @@ pub struct NodeSection {
     /// TCP address of the Prometheus metrics endpoint; `"off"` disables it.
     #[serde(with = "addr_or_off")]
     pub metrics_listen: Option<SocketAddr>,
+    /// This host's tags (`gpu`, `zone=a`), which VMs' `requires` rules name; gossiped.
+    pub tags: Vec<String>,
 }
 
 impl Default for NodeSection {
@@ -49,6 +51,7 @@ impl Default for NodeSection {
             advertise: None,
             seeds: Vec::new(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9420))),
+            tags: Vec::new(),
         }
     }
 }
@@ -470,6 +473,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// `Ok` when `ok`, else the error for `field` with `reason`.
+/// Most tags one host may carry (they are gossiped).
+pub const TAGS_MAX: usize = 32;
+
 fn ensure(ok: bool, field: &str, reason: impl Into<String>) -> Result<(), ConfigError> {
     if ok {
         Ok(())
@@ -510,7 +516,19 @@ impl NodeSection {
             !self.cluster.is_empty(),
             "node.cluster",
             "must not be empty",
-        )
+        )?;
+        ensure(
+            self.tags.len() <= TAGS_MAX,
+            "node.tags",
+            format!("at most {TAGS_MAX} tags"),
+        )?;
+        for tag in &self.tags {
+            ballast_core::rules::check_tag(tag).map_err(|e| ConfigError::Invalid {
+                field: "node.tags".into(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -16,4 +16,4 @@ pub mod driver;
 pub mod failpoints;
 pub mod simulate;
 
-pub use ballast_core::{handoff, load, policy, units};
+pub use ballast_core::{handoff, load, policy, rules, units};

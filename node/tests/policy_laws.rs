@@ -8,7 +8,10 @@ use ballast_node::units::Millis;
 use proptest::prelude::*;
 
 const NOW: u64 = 1_000_000;
-const CTX: Context = Context { now_ms: NOW };
+const CTX: Context<'static> = Context {
+    now_ms: NOW,
+    rules: None,
+};
 
 fn cfg(threshold: f64, min_gain: f64, max_moves: usize) -> PolicyConfig {
     PolicyConfig {
@@ -263,7 +266,8 @@ fn pinned_cooling_and_too_big_vms_stay() {
         0.0,
         50,
         &Context {
-            now_ms: NOW + 2_000
+            now_ms: NOW + 2_000,
+            rules: None,
         },
         &c,
         &mut out

@@ -6,6 +6,7 @@
 //! the file system failed; each variant says whether the change may have happened).
 
 use crate::types::{NodeId, VmId, VmState};
+use ballast_core::rules::BrokenRule;
 use std::path::PathBuf;
 
 /// The underlying error of a storage failure, kept as the error's source (sled's own
@@ -142,6 +143,15 @@ pub enum StoreError {
         /// The epoch of the stored state.
         found: u64,
     },
+    /// The VM would break a hard placement rule on this host (docs/design.md §Placement
+    /// rules). Nothing was changed.
+    #[error("VM {vm} may not be on this node: {rule}")]
+    BreaksRule {
+        /// The VM.
+        vm: VmId,
+        /// The rule it would break.
+        rule: BrokenRule,
+    },
     /// sled failed while running the transaction. The transaction did not commit:
     /// nothing was changed.
     #[error("store operation {op} failed, nothing changed: {source}")]
@@ -177,6 +187,7 @@ impl StoreError {
                 | Self::WrongState { .. }
                 | Self::StaleEpoch { .. }
                 | Self::EpochMismatch { .. }
+                | Self::BreaksRule { .. }
         )
     }
 }

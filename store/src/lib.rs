@@ -8,6 +8,7 @@
 //! - `transitions`: the schedule's state transitions (create, begin/abort/commit a move,
 //!   accept/promote/drop an incoming VM, pin, load factors).
 //! - `open`: opening a directory, first-time creation, metadata and record checks.
+//! - `migrate`: reading a store of an older format (0.1's) and rewriting it.
 //! - `generation`: the write generation and its witness file (detects lost writes).
 //! - `codec`: bincode 2 encoding with a size limit, and the key layout.
 //! - `validate`: checks on caller input.
@@ -20,6 +21,7 @@
 mod codec;
 mod error;
 mod generation;
+mod migrate;
 mod open;
 mod store;
 mod transitions;

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 /// sled's log file inside its directory.
 const SLED_LOG_FILE: &str = "db";
 /// The on-disk format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format 1: ballast 0.1. Format 2: a VM spec carries placement rules (`migrate`).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The sled database inside the store directory.
 const SLED_DIR: &str = "sled";
@@ -86,7 +87,7 @@ pub(crate) fn open_dir(
         path: log_path,
         source: e.into(),
     })?;
-    let opened = Opened {
+    let mut opened = Opened {
         log_file,
         schedule: tree(TREE_SCHEDULE)?,
         transfers: tree(TREE_TRANSFERS)?,
@@ -97,6 +98,7 @@ pub(crate) fn open_dir(
     };
     check_owner(dir, &opened.meta, cluster_id, node_id)?;
     check_generation(dir, &opened.meta_tree)?;
+    crate::migrate::upgrade(dir, &mut opened)?;
     check_records(dir, &opened)?;
     Ok(opened)
 }
@@ -174,7 +176,7 @@ fn map_open_error(dir: &Path, error: sled::Error) -> StoreError {
     }
 }
 
-fn corrupt(dir: &Path, reason: String) -> StoreError {
+pub(crate) fn corrupt(dir: &Path, reason: String) -> StoreError {
     StoreError::Corrupt {
         path: dir.to_path_buf(),
         reason,

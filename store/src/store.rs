@@ -7,6 +7,7 @@ use crate::generation::{decode_generation, write_witness, META_GENERATION_KEY};
 use crate::open::{open_dir, FORMAT_VERSION};
 use crate::types::{NodeId, NodeMeta, ScheduleEntry, Transferred, VmId};
 use crate::validate;
+use ballast_core::rules::{admit, Holdings};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
@@ -43,6 +44,9 @@ pub struct Store {
     /// consistent. Guards no data; a std `Mutex` because the store is never used across
     /// an `.await`.
     gate: Mutex<()>,
+    /// This host's tags, for the placement rules checked by `create` and
+    /// `accept_incoming` (docs/design.md §Placement rules).
+    tags: Mutex<Vec<String>>,
 }
 
 /// Everything a store holds, read at one instant (for the chaos harness and `status`).
@@ -235,6 +239,7 @@ impl Store {
             meta_tree: opened.meta_tree,
             log_file: opened.log_file,
             gate: Mutex::new(()),
+            tags: Mutex::new(Vec::new()),
         })
     }
 
@@ -246,6 +251,40 @@ impl Store {
     /// The store directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Sets this host's tags, which the placement rules of new and incoming VMs are
+    /// checked against.
+    pub fn set_host_tags(&self, tags: Vec<String>) {
+        *self.tags.lock().unwrap_or_else(|p| p.into_inner()) = tags;
+    }
+
+    /// What this host holds for the placement rules: its tags and its VMs with groups.
+    pub fn holdings(&self) -> Result<Holdings, StoreError> {
+        let _gate = self.gate();
+        self.holdings_ungated()
+    }
+
+    fn holdings_ungated(&self) -> Result<Holdings, StoreError> {
+        let entries = self.list_ungated()?;
+        let tags = self.tags.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(Holdings::of(
+            &tags,
+            entries.iter().map(|e| (&e.vm, &e.spec.rules)),
+        ))
+    }
+
+    /// Refuses `entry` here if it would break a hard placement rule, unless an operator
+    /// forced it onto this node. Called under the gate, before the write that adds it.
+    pub(crate) fn check_rules_ungated(&self, entry: &ScheduleEntry) -> Result<(), StoreError> {
+        let rules = &entry.spec.rules;
+        if rules.is_empty() || rules.forced_on.as_ref() == Some(&self.meta.node_id) {
+            return Ok(());
+        }
+        admit(&entry.vm, rules, &self.holdings_ungated()?).map_err(|rule| StoreError::BreaksRule {
+            vm: entry.vm.clone(),
+            rule,
+        })
     }
 
     fn gate(&self) -> MutexGuard<'_, ()> {

@@ -86,7 +86,10 @@ impl Store {
                 reason: format!("a new VM must be Running, not {:?}", entry.state),
             });
         }
-        let pre = |store: &Store| store.transfers_of_ungated(&entry.vm);
+        let pre = |store: &Store| {
+            store.check_rules_ungated(entry)?;
+            store.transfers_of_ungated(&entry.vm)
+        };
         self.write("create", Durability::Flush, pre, |tx, transfers| {
             if let Some(existing) = tx.entry(&entry.vm)? {
                 let detail = format!("{:?} at epoch {}", existing.state, existing.epoch);
@@ -282,7 +285,7 @@ impl Store {
         let outcome = self.write(
             "accept_incoming",
             Durability::Flush,
-            |_| Ok(()),
+            |store| store.check_rules_ungated(entry),
             |tx, ()| {
                 let existing = tx.entry(vm)?;
                 if existing.as_ref().is_some_and(|e| e.state == entry.state) {

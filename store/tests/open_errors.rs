@@ -245,3 +245,76 @@ fn a_database_rolled_back_to_an_older_copy_is_corrupt() {
     let message = expect_corrupt(dir.path());
     assert!(message.contains("lost flushed writes"), "{message}");
 }
+
+/// A schedule entry as format 1 (ballast 0.1) wrote it: a spec without placement rules.
+#[derive(serde::Serialize)]
+struct EntryV1 {
+    vm: ballast_store::VmId,
+    spec: (
+        u32,
+        u64,
+        Option<ballast_store::LoadFactors>,
+        Vec<String>,
+        Vec<String>,
+        std::collections::BTreeMap<String, String>,
+    ),
+    factors: ballast_store::LoadFactors,
+    state: ballast_store::VmState,
+    epoch: u64,
+    pinned: bool,
+    last_moved_unix_ms: Option<u64>,
+}
+
+#[test]
+fn a_format_1_store_is_upgraded_keeping_every_entry() {
+    let dir = healthy_store();
+    let want = running("vm-1", 1);
+    {
+        // Turn the store into what 0.1 wrote: version 1, its node record, a 0.1 entry.
+        let db = sled::open(dir.path().join("sled")).unwrap();
+        let cfg = bincode::config::standard();
+        let meta = db.open_tree("meta").unwrap();
+        let node = ballast_store::NodeMeta {
+            cluster_id: CLUSTER.into(),
+            node_id: me(),
+            format_version: 1,
+        };
+        meta.insert("format_version", &1u32.to_be_bytes()[..])
+            .unwrap();
+        meta.insert("node", bincode::serde::encode_to_vec(&node, cfg).unwrap())
+            .unwrap();
+        let s = &want.spec;
+        let old = EntryV1 {
+            vm: want.vm.clone(),
+            spec: (
+                s.vcpus,
+                s.memory_mib,
+                s.target,
+                s.disks.clone(),
+                s.extra_args.clone(),
+                s.driver_opts.clone(),
+            ),
+            factors: want.factors,
+            state: want.state.clone(),
+            epoch: want.epoch,
+            pinned: want.pinned,
+            last_moved_unix_ms: want.last_moved_unix_ms,
+        };
+        let schedule = db.open_tree("schedule").unwrap();
+        schedule
+            .insert("vm-1", bincode::serde::encode_to_vec(&old, cfg).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), CLUSTER, &me()).expect("a format 1 store opens");
+    assert_eq!(store.meta().format_version, FORMAT_VERSION);
+    assert_eq!(
+        store.list().unwrap(),
+        vec![want.clone()],
+        "entry kept, no rules"
+    );
+    drop(store);
+    // Upgraded on disk: the next open reads format 2 directly.
+    let store = Store::open(dir.path(), CLUSTER, &me()).unwrap();
+    assert_eq!(store.list().unwrap(), vec![want]);
+}

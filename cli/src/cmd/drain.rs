@@ -119,6 +119,22 @@ pub fn run_drain(a: DrainArgs) -> anyhow::Result<()> {
                     if left == 0 && s.handoffs.is_empty() {
                         break;
                     }
+                    let blocked = &s.rules.drain_blocked;
+                    if left > 0 && left == blocked.len() as u64 && s.handoffs.is_empty() {
+                        bar.abandon();
+                        let kept: Vec<String> = blocked
+                            .iter()
+                            .map(|b| format!("{} ({})", b.vm, b.rule))
+                            .collect();
+                        bail!(
+                            "node {} keeps {left} VM(s) that no other node may take under \
+                             their placement rules: {}; it stays draining: change their \
+                             rules (`ballast vm set`), add a node that may take them, or \
+                             move them with `ballast vm move --force`",
+                            a.node,
+                            kept.join("; ")
+                        );
+                    }
                     if left == 0 {
                         let waiting = unresumed(&cluster, &s.handoffs).await;
                         if !waiting.is_empty() {

@@ -12,6 +12,7 @@ pub mod driver;
 pub mod driver_check;
 pub mod landing;
 pub mod node;
+pub mod rules;
 pub mod sessions;
 pub mod simulate;
 pub mod status;

@@ -11,7 +11,7 @@
 use crate::admin_bundle::AdminArgs;
 use crate::cmd::admin::{block_on, Cluster};
 use crate::table::{age, new_table};
-use ballast_node::agent::wire::{SessionOutcome, SessionRecord};
+use ballast_node::agent::wire::{RuleSkip, SessionOutcome, SessionRecord};
 use serde::Serialize;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -51,6 +51,8 @@ pub struct MoveRow {
     pub load_from: f64,
     /// Its load on the receiver.
     pub load_to: f64,
+    /// The hard placement rule the move repairs (the VM broke it on the sender).
+    pub repairs: Option<String>,
 }
 
 /// One session in `sessions --json`.
@@ -73,6 +75,8 @@ pub struct SessionRow {
     pub outcome: SessionOutcome,
     /// The moves it planned.
     pub moves: Vec<MoveRow>,
+    /// Candidates of the busier side that a placement rule kept from moving.
+    pub skipped_by_rule: Vec<RuleSkip>,
 }
 
 /// The whole `sessions --json` object.
@@ -102,8 +106,10 @@ fn row(r: SessionRecord) -> SessionRow {
                 to: m.to.to_string(),
                 load_from: m.load_from,
                 load_to: m.load_to,
+                repairs: m.repairs,
             })
             .collect(),
+        skipped_by_rule: r.skipped_by_rule,
     }
 }
 
@@ -134,16 +140,26 @@ pub fn select(
 pub fn render(r: &SessionsReport, now_unix_ms: u64) -> String {
     let mut t = new_table(&["WHEN", "NODES", "LOADS", "OUTCOME", "PLANNED MOVES"], &[]);
     for s in &r.sessions {
-        let moves: Vec<String> = s
+        let mut moves: Vec<String> = s
             .moves
             .iter()
             .map(|m| {
+                let repair = m
+                    .repairs
+                    .as_ref()
+                    .map(|r| format!(" repairs {r}"))
+                    .unwrap_or_default();
                 format!(
-                    "{} {}→{} ({:.3}→{:.3})",
+                    "{} {}→{} ({:.3}→{:.3}){repair}",
                     m.vm, m.from, m.to, m.load_from, m.load_to
                 )
             })
             .collect();
+        moves.extend(
+            s.skipped_by_rule
+                .iter()
+                .map(|k| format!("{} kept by rule: {}", k.vm, k.rule)),
+        );
         t.add_row(vec![
             age(now_unix_ms.saturating_sub(s.at_unix_ms)),
             format!("{} → {}", s.initiator, s.peer),
@@ -233,12 +249,14 @@ mod tests {
                     load_to: 0.15,
                     from: NodeId::from(a),
                     to: NodeId::from(b),
+                    repairs: None,
                 })
                 .collect(),
             initiator_candidates: Vec::new(),
             peer_candidates: Vec::new(),
             free_mem_bytes: (0, 0),
             now_unix_ms: at,
+            skipped_by_rule: Vec::new(),
         }
     }
 

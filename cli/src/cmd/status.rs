@@ -8,6 +8,7 @@
 
 use crate::admin_bundle::AdminArgs;
 use crate::cmd::admin::{block_on, missing_of, whole, Cluster, Member, MissingNode};
+use crate::cmd::rules;
 use crate::table::{age, bar, bytes, new_table};
 use ballast_gossip::NodeRunState;
 use ballast_store::NodeId;
@@ -84,6 +85,8 @@ pub struct StatusReport {
     pub partial: bool,
     /// The nodes that did not answer, and how many VMs each held when last heard of.
     pub missing: Vec<MissingNode>,
+    /// Placement rules: node tags, VMs that break a rule and why, drain blocks.
+    pub rules: rules::RulesReport,
 }
 
 /// The freshest age of the last gossip heard from each node, over the peer views of
@@ -184,6 +187,7 @@ fn report_of(members: &BTreeMap<NodeId, Member>) -> StatusReport {
         nodes,
         partial: !missing.is_empty(),
         missing,
+        rules: rules::report(members.values()),
     }
 }
 
@@ -226,6 +230,7 @@ pub fn render(r: &StatusReport) -> String {
         "\n{} active node(s), {} VM(s), load max {:.3} / mean {:.3} = {:.3}, {} migration(s) in flight\n",
         r.active_nodes, r.total_vms, r.max_load, r.mean_load, r.max_over_mean, r.migrations_in_flight
     ));
+    out.push_str(&rules::render(&r.rules));
     for n in r.nodes.iter().filter(|n| n.error.is_some()) {
         out.push_str(&format!(
             "{}: {}\n",
@@ -279,6 +284,7 @@ mod tests {
             state: NodeRunState::Active,
             rpc_addr: "127.0.0.1:7000".parse().expect("addr"),
             protocol_version: PROTOCOL_VERSION,
+            tags: Vec::new(),
         }
     }
 
@@ -302,6 +308,7 @@ mod tests {
                 handoffs: Vec::new(),
                 counters: Counters::default(),
                 unclaimed_vms: Vec::new(),
+                rules: Default::default(),
             }),
             error: None,
         }

@@ -4,6 +4,7 @@
 use crate::admin_bundle::AdminArgs;
 use crate::cmd::admin::{block_on, explain, whole, Cluster, MissingNode};
 use crate::cmd::landing;
+use crate::cmd::rules::{self, RuleArgs};
 use crate::exit_status::Unfinished;
 use crate::size::{format_mib, parse_memory_mib, parse_target};
 use crate::table::{bytes, new_table};
@@ -72,6 +73,21 @@ enum Cmd {
         /// The VM.
         name: String,
     },
+    /// Replace a VM's placement rules (the flags given are its new rules; `--clear`
+    /// removes them all).
+    Set(SetArgs),
+}
+
+/// Arguments of `ballast vm set`.
+#[derive(clap::Args, Debug)]
+struct SetArgs {
+    /// The VM.
+    name: String,
+    #[command(flatten)]
+    rules: RuleArgs,
+    /// Remove every rule.
+    #[arg(long, conflicts_with_all = ["anti_affinity", "affinity", "requires"])]
+    clear: bool,
 }
 
 /// Arguments of `ballast vm create`.
@@ -92,6 +108,12 @@ struct CreateArgs {
     /// Put it on this node.
     #[arg(long)]
     node: Option<String>,
+    #[command(flatten)]
+    rules: RuleArgs,
+    /// With --node: create it there even if it breaks a hard placement rule (recorded
+    /// and shown by `status`; balancing then moves it to a legal node when it can).
+    #[arg(long, requires = "node")]
+    force: bool,
     /// Pin it there (balancing never moves it).
     #[arg(long)]
     pin: bool,
@@ -168,7 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cluster.reach_all().await;
         }
         match args.cmd {
-            Cmd::Create(a) => create(&cluster, a).await,
+            Cmd::Create(a) => create(&mut cluster, a).await,
             Cmd::List { node, json } => list(&cluster, node.as_deref(), json).await,
             Cmd::Show { name, json } => show(&cluster, &name, json).await,
             Cmd::Delete { name } => change(&cluster, &name, Change::Delete).await,
@@ -177,11 +199,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Cmd::Move(a) => crate::cmd::vm_move::run_move(&cluster, a).await,
             Cmd::Adopt(a) => crate::cmd::vm_adopt::run_adopt(&cluster, a).await,
             Cmd::Release { name } => change(&cluster, &name, Change::Release).await,
+            Cmd::Set(a) => set(&mut cluster, a).await,
         }
     })
 }
 
-async fn create(cluster: &Cluster, a: CreateArgs) -> anyhow::Result<()> {
+async fn create(cluster: &mut Cluster, a: CreateArgs) -> anyhow::Result<()> {
+    let vm = VmId::from(a.name.as_str());
+    let mut rules = a.rules.rules()?;
+    if !rules.is_empty() {
+        cluster.reach_all().await;
+        let schedules = cluster.schedules().await?;
+        rules::groups_are_not_vms(&vm, &rules, schedules.answered.iter().flat_map(|(_, e)| e))?;
+    }
+    if a.force {
+        rules.forced_on = a.node.as_deref().map(NodeId::from);
+    }
     let spec = VmSpec {
         vcpus: a.vcpus,
         memory_mib: a.memory,
@@ -193,6 +226,7 @@ async fn create(cluster: &Cluster, a: CreateArgs) -> anyhow::Result<()> {
             .into_iter()
             .chain(a.storage.map(|s| ("storage".to_owned(), s)))
             .collect::<BTreeMap<_, _>>(),
+        rules,
     };
     let via = match &a.node {
         Some(n) => cluster.member(n)?,
@@ -203,7 +237,6 @@ async fn create(cluster: &Cluster, a: CreateArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow!("no node answered"))?,
     };
     let client = cluster.client(via.addr, CHANGE_CALL_TIMEOUT)?;
-    let vm = VmId::from(a.name.as_str());
     let node = a.node.as_deref().map(NodeId::from);
     let (placed, warning) = client
         .create_vm_reporting(&vm, &spec, node.as_ref(), a.pin)
@@ -342,6 +375,50 @@ async fn show(cluster: &Cluster, name: &str, json: bool) -> anyhow::Result<()> {
     }
     for (k, v) in &row.spec.driver_opts {
         println!("opt:      {k}={v}");
+    }
+    println!("rules:    {}", rules::describe(&row.spec.rules));
+    if let Some(b) = member
+        .status
+        .as_ref()
+        .and_then(|s| s.rules.breaks.iter().find(|b| b.vm == vm))
+    {
+        let why = if b.forced {
+            "forced there by an operator"
+        } else {
+            "balancing moves it to a node where it breaks none when one has room"
+        };
+        println!("broken:   {} ({why})", b.rule);
+    }
+    Ok(())
+}
+
+async fn set(cluster: &mut Cluster, a: SetArgs) -> anyhow::Result<()> {
+    let vm = VmId::from(a.name.as_str());
+    let rules = a.rules.rules()?;
+    anyhow::ensure!(
+        a.clear || !rules.is_empty(),
+        "give the VM's new rules (--anti-affinity, --affinity, --requires) or --clear"
+    );
+    cluster.reach_all().await;
+    let schedules = cluster.schedules().await?;
+    rules::groups_are_not_vms(&vm, &rules, schedules.answered.iter().flat_map(|(_, e)| e))?;
+    let (member, _) = cluster.find_vm(&vm).await?;
+    let client = cluster.client(member.addr, CHANGE_CALL_TIMEOUT)?;
+    let breaks = client
+        .set_rules(&vm, &rules)
+        .await
+        .map_err(|e| explain(e, member.addr, &cluster.bundle_path))?;
+    println!(
+        "VM {vm} rules set (on {}): {}",
+        member.node,
+        rules::describe(&rules)
+    );
+    if let Some(rule) = breaks {
+        eprintln!(
+            "warning: VM {vm} breaks {rule} on {}; balancing moves it to a node where it \
+             breaks none when one has room",
+            member.node
+        );
     }
     Ok(())
 }

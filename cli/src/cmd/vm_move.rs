@@ -8,6 +8,7 @@
 
 use crate::cmd::admin::{explain, Cluster, Member};
 use crate::cmd::landing::{self, Landing};
+use crate::cmd::rules;
 use anyhow::{anyhow, bail};
 use ballast_node::agent::wire::{AdminError, BusyDetail};
 use ballast_node::agent::AdminClientError;
@@ -46,6 +47,10 @@ pub struct MoveArgs {
     /// the VM.
     #[arg(long)]
     no_wait: bool,
+    /// Move it even if it breaks a hard placement rule on NODE (recorded, and shown by
+    /// `status` and `vm show`).
+    #[arg(long)]
+    force: bool,
 }
 
 /// What `vm move --json` prints.
@@ -124,6 +129,7 @@ async fn check_move(
     cluster: &Cluster,
     vm: &VmId,
     to: &NodeId,
+    force: bool,
 ) -> anyhow::Result<(Member, ScheduleEntry)> {
     let dest = cluster.member(to.as_str())?;
     match &dest.status {
@@ -137,6 +143,15 @@ async fn check_move(
     let (holder, entry) = cluster.find_vm(vm).await?;
     if &holder.node == to {
         bail!("VM {vm} is already on {to}");
+    }
+    if let Some(rule) = rules::refusal_at(vm, &entry.spec.rules, dest) {
+        if !force {
+            bail!(
+                "VM {vm} may not move to {to}: {rule} (`--force` moves it anyway and records \
+                 the break)"
+            );
+        }
+        eprintln!("warning: VM {vm} breaks {rule} on {to}; moving it anyway (--force)");
     }
     let busy = match &entry.state {
         VmState::Running => return Ok((holder, entry)),
@@ -153,12 +168,13 @@ async fn request(
     holder: &Member,
     vm: &VmId,
     to: &NodeId,
+    force: bool,
     deadline: Instant,
     spinner: &ProgressBar,
 ) -> anyhow::Result<Option<(bool, u64)>> {
     let client = cluster.client(holder.addr, MOVE_CALL_TIMEOUT)?;
     loop {
-        match client.start_move(vm, to).await {
+        match client.start_move(vm, to, force).await {
             Err(AdminClientError::Admin(AdminError::Busy {
                 detail: BusyDetail::OutgoingLimit,
                 ..
@@ -226,7 +242,7 @@ async fn follow(
 pub async fn run_move(cluster: &Cluster, a: MoveArgs) -> anyhow::Result<()> {
     let vm = VmId::from(a.name.as_str());
     let to = NodeId::from(a.to.as_str());
-    let (holder, entry) = check_move(cluster, &vm, &to).await?;
+    let (holder, entry) = check_move(cluster, &vm, &to, a.force).await?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(a.timeout);
     let spinner = if a.json {
@@ -238,7 +254,7 @@ pub async fn run_move(cluster: &Cluster, a: MoveArgs) -> anyhow::Result<()> {
     spinner.enable_steady_tick(Duration::from_millis(120));
     let moving = format!("moving {vm} from {} to {to}", holder.node);
     spinner.set_message(moving.clone());
-    let outcome = match request(cluster, &holder, &vm, &to, deadline, &spinner).await {
+    let outcome = match request(cluster, &holder, &vm, &to, a.force, deadline, &spinner).await {
         Ok(Some((true, _))) => Ok(to.clone()),
         Ok(Some((false, _))) => Ok(holder.node.clone()),
         Ok(None) => {

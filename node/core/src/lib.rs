@@ -9,6 +9,7 @@
 //! - [`hypervisor`]: what a hypervisor driver reports (run states, usage, migrations).
 //! - [`load`]: the load model (docs/design.md §Load): weights, capacities, smoothing.
 //! - [`policy`]: the balancing policy (docs/design.md §Balancing).
+//! - [`rules`]: placement rules (docs/design.md §Placement rules).
 //! - [`names`]: one definition of each enum's names, printed, parsed and serialized alike.
 //! - [`handoff`]: the handoff state machine (docs/design.md §Handoff), events in,
 //!   effects out, and its deterministic world.
@@ -19,5 +20,6 @@ pub mod hypervisor;
 pub mod load;
 pub mod names;
 pub mod policy;
+pub mod rules;
 pub mod types;
 pub mod units;

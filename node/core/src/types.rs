@@ -3,6 +3,7 @@
 //! These are plain data, shared by the agent, the handoff state machine and the chaos
 //! harness. They are encoded with bincode 2 (serde) inside sled.
 
+use crate::rules::PlacementRules;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -73,6 +74,8 @@ pub struct VmSpec {
     pub extra_args: Vec<String>,
     /// Driver-specific options (for the sim driver: its usage profile).
     pub driver_opts: BTreeMap<String, String>,
+    /// Placement rules (docs/design.md §Placement rules); they move with the VM.
+    pub rules: PlacementRules,
 }
 
 /// Where a schedule entry stands in the handoff protocol (docs/design.md §Handoff).

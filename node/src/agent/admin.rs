@@ -5,11 +5,13 @@ use super::context::{lock, AgentContext};
 use super::figures::summary;
 use super::handoff_task::{handoffs_in_flight, move_vm, Input};
 use super::placement::{create, Placed};
+use super::rule_book::rule_breaks;
 use super::wire::{
-    AdminError, AdminRequest, AdminResponse, BusyDetail, HandoffInfo, NodeStatus, PeerStatus,
-    Placement, SessionRecord, StoreView,
+    AdminError, AdminRequest, AdminResponse, BusyDetail, HandoffInfo, NodeRules, NodeStatus,
+    PeerStatus, Placement, SessionRecord, StoreView,
 };
-use ballast_store::{NodeId, ScheduleEntry, StoreError, VmState};
+use ballast_core::rules::{broken_here, Holdings, PlacementRules};
+use ballast_store::{NodeId, ScheduleEntry, StoreError, VmId, VmState};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::info;
@@ -90,18 +92,26 @@ pub(crate) async fn handle_admin(
                 .map_err(|_| AdminError::Timeout("agent shutting down".into()))?;
             Ok(AdminResponse::Done)
         }
-        AdminRequest::MoveVm { vm, to } => {
+        AdminRequest::MoveVm { vm, to, force } => {
             if to == ctx.me {
                 return Err(AdminError::Invalid(format!("{vm} is already on {to}")));
             }
             if ctx.net.addr_of(&to).is_none() {
                 return Err(AdminError::UnknownNode(to));
             }
+            set_forced_on(ctx, &vm, force.then(|| to.clone())).await?;
             // Answer before the RPC layer's own deadline drops the call; the handoff
             // does not depend on this call and goes on.
             let answer_by = Duration::from_millis(ctx.cfg.gossip.rpc_timeout.get() * 4 / 5);
             info!(vm = %vm, peer = %to, "operator: move VM");
             match tokio::time::timeout(answer_by, move_vm(ctx, vm.clone(), to.clone())).await {
+                Ok(Ok(r)) if !r.committed && ctx.rule_book.recently_refused(&vm, &to) => {
+                    Err(AdminError::BreaksRule {
+                        vm,
+                        node: to,
+                        rule: "a hard placement rule (refused by that node)".into(),
+                    })
+                }
                 Ok(Ok(r)) => Ok(AdminResponse::Moved {
                     committed: r.committed,
                     epoch: r.epoch,
@@ -118,6 +128,7 @@ pub(crate) async fn handle_admin(
         }
         AdminRequest::AdoptVms { names } => adopt(ctx, names).await,
         AdminRequest::ReleaseVm { vm } => release(ctx, vm).await,
+        AdminRequest::SetRules { vm, rules } => set_rules(ctx, vm, rules).await,
         AdminRequest::RecentSessions => {
             // Half of what any client accepts by default, whatever this node's own limit.
             let budget = ctx
@@ -150,6 +161,70 @@ fn newest_within(mut records: Vec<SessionRecord>, budget: usize) -> Vec<SessionR
     records.split_off(records.len() - keep)
 }
 
+/// Sets the node an operator forces `vm` onto (its rules' `forced_on`: that node admits
+/// it whatever its hard rules say), or clears it for a move that is not forced. Writes
+/// only when it changes.
+pub(crate) async fn set_forced_on(
+    ctx: &AgentContext,
+    vm: &VmId,
+    forced_on: Option<NodeId>,
+) -> Result<(), AdminError> {
+    let vm2 = vm.clone();
+    let Some(entry) = ctx
+        .with_store(move |s| s.get(&vm2))
+        .await
+        .map_err(store_err)?
+    else {
+        return Ok(()); // the move itself answers for a VM that is not here
+    };
+    if entry.spec.rules.is_empty() || entry.spec.rules.forced_on == forced_on {
+        return Ok(());
+    }
+    let mut spec = entry.spec;
+    spec.rules.forced_on = forced_on.clone();
+    let vm2 = vm.clone();
+    let _outcome = ctx
+        .with_store(move |s| s.update_spec(&vm2, &spec))
+        .await
+        .map_err(store_err)?;
+    if let Some(to) = forced_on {
+        info!(vm = %vm, peer = %to, "operator: move forced past the placement rules");
+    }
+    Ok(())
+}
+
+/// `vm set`: new rules for a settled VM of this node; says which hard rule it now breaks
+/// here (balancing repairs that when a legal node has room).
+async fn set_rules(
+    ctx: &AgentContext,
+    vm: VmId,
+    mut rules: PlacementRules,
+) -> Result<AdminResponse, AdminError> {
+    rules
+        .validate()
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    rules.forced_on = None;
+    ensure_settled(ctx, &vm).await?;
+    let vm2 = vm.clone();
+    let broken = ctx
+        .with_store(move |s| {
+            let mut spec = s
+                .get(&vm2)?
+                .ok_or_else(|| StoreError::NotFound { vm: vm2.clone() })?
+                .spec;
+            spec.rules = rules.clone();
+            let _outcome = s.update_spec(&vm2, &spec)?;
+            Ok(broken_here(&vm2, &rules, &s.holdings()?, &[]))
+        })
+        .await
+        .map_err(store_err)?;
+    ctx.summary_dirty.notify_one();
+    info!(vm = %vm, breaks = ?broken, "operator: placement rules set");
+    Ok(AdminResponse::RulesSet {
+        breaks: broken.map(|r| r.to_string()),
+    })
+}
+
 fn set_draining(ctx: &AgentContext, on: bool) -> Result<AdminResponse, AdminError> {
     let marker = ctx.cfg.node.data_dir.join(DRAINING_FILE);
     let r = if on {
@@ -162,6 +237,7 @@ fn set_draining(ctx: &AgentContext, on: bool) -> Result<AdminResponse, AdminErro
     };
     r.map_err(|e| AdminError::Store(format!("{}: {e}", marker.display())))?;
     ctx.draining.store(on, Ordering::Relaxed);
+    ctx.rule_book.clear_drain_blocks();
     ctx.summary_dirty.notify_one();
     info!(draining = on, "operator: drain state changed");
     Ok(AdminResponse::Done)
@@ -285,6 +361,16 @@ async fn release(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminRes
 
 async fn status(ctx: &AgentContext) -> Result<NodeStatus, AdminError> {
     let summary = summary(ctx).await.map_err(store_err)?;
+    let entries = ctx.with_store(|s| s.list()).await.map_err(store_err)?;
+    let holdings = Holdings::of(
+        &ctx.cfg.node.tags,
+        entries.iter().map(|e| (&e.vm, &e.spec.rules)),
+    );
+    let rules = NodeRules {
+        breaks: rule_breaks(&ctx.me, &entries, &holdings),
+        holdings,
+        drain_blocked: ctx.rule_book.drain_blocked(),
+    };
     let handoffs = handoffs_in_flight(ctx).await;
     let handoffs = {
         let progress = lock(&ctx.migration_progress);
@@ -318,6 +404,7 @@ async fn status(ctx: &AgentContext) -> Result<NodeStatus, AdminError> {
         handoffs,
         counters: ctx.metrics.counters(),
         unclaimed_vms: lock(&ctx.unclaimed).clone(),
+        rules,
     })
 }
 
@@ -349,6 +436,7 @@ mod tests {
             peer_candidates: Vec::new(),
             free_mem_bytes: (0, 0),
             now_unix_ms: 0,
+            skipped_by_rule: Vec::new(),
         }
     }
 

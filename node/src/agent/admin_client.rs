@@ -7,6 +7,7 @@ use super::wire::{
     AdminError, AdminRequest, AdminResponse, AgentRequest, AgentResponse, NodeStatus, Refusal,
     Request, Response, SessionRecord, StoreView,
 };
+use ballast_core::rules::PlacementRules;
 use ballast_gossip::{CertBundle, RpcClient, RpcClientConfig, RpcError, TlsBundle};
 use ballast_store::{NodeId, ScheduleEntry, VmId, VmSpec};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -246,6 +247,7 @@ impl AdminClient {
         let req = AdminRequest::MoveVm {
             vm: vm.clone(),
             to: to.clone(),
+            force: false,
         };
         match self.call(req).await? {
             AdminResponse::Moved { committed, epoch } => Ok((committed, epoch)),
@@ -255,18 +257,38 @@ impl AdminClient {
 
     /// Moves `vm` (of this node) to `to`, like [`Self::move_vm`], but a move still under
     /// way when the answer is due is not an error: `None` (follow the VM's entry).
+    /// `force` moves it even where it breaks a hard placement rule (recorded).
     pub async fn start_move(
         &self,
         vm: &VmId,
         to: &NodeId,
+        force: bool,
     ) -> Result<Option<(bool, u64)>, AdminClientError> {
         let req = AdminRequest::MoveVm {
             vm: vm.clone(),
             to: to.clone(),
+            force,
         };
         match self.call(req).await? {
             AdminResponse::Moved { committed, epoch } => Ok(Some((committed, epoch))),
             AdminResponse::MoveUnderway => Ok(None),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Replaces the placement rules of a VM of this node; returns the hard rule it now
+    /// breaks where it is, if any.
+    pub async fn set_rules(
+        &self,
+        vm: &VmId,
+        rules: &PlacementRules,
+    ) -> Result<Option<String>, AdminClientError> {
+        let req = AdminRequest::SetRules {
+            vm: vm.clone(),
+            rules: rules.clone(),
+        };
+        match self.call(req).await? {
+            AdminResponse::RulesSet { breaks } => Ok(breaks),
             other => Err(Self::unexpected(other)),
         }
     }

@@ -62,6 +62,8 @@ pub(crate) struct AgentContext {
     /// a pass never acts between their two steps (a VM stopped by a delete whose entry
     /// is not yet gone would be started again).
     pub(crate) vm_changes: tokio::sync::Mutex<()>,
+    /// Refusals for placement rules and drain blocks.
+    pub(crate) rule_book: super::rule_book::RuleBook,
     /// Set when shutting down.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Every task the agent spawns; closed and waited for at shutdown.

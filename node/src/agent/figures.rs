@@ -3,8 +3,10 @@
 //! task that gossips the summary after each change, and what peers' VMs weigh here.
 
 use super::context::AgentContext;
+use super::rule_book::rule_breaks;
 use super::wire::{CandidateFactors, SideFigures};
 use crate::load::effective_factors;
+use ballast_core::rules::Holdings;
 use ballast_gossip::{LoadSummary, NodeRunState, PROTOCOL_VERSION};
 use ballast_store::{LoadFactors, ScheduleEntry, StoreError, VmState};
 use std::sync::Arc;
@@ -44,6 +46,7 @@ pub(crate) fn figures_from(ctx: &AgentContext, entries: &[ScheduleEntry]) -> Sid
                 mem_bytes: mem_bytes_of(e),
                 pinned: e.pinned,
                 last_moved_unix_ms: e.last_moved_unix_ms,
+                rules: e.spec.rules.clone(),
             });
         }
     }
@@ -67,6 +70,10 @@ pub(crate) fn figures_from(ctx: &AgentContext, entries: &[ScheduleEntry]) -> Sid
         load,
         free_mem_bytes: free as u64,
         candidates,
+        holdings: Holdings::of(
+            &ctx.cfg.node.tags,
+            entries.iter().map(|e| (&e.vm, &e.spec.rules)),
+        ),
     }
 }
 
@@ -98,6 +105,7 @@ pub(crate) async fn summary(ctx: &AgentContext) -> Result<LoadSummary, StoreErro
             .endpoint()
             .map_or(ctx.cfg.node.listen, |e| e.local_addr()),
         protocol_version: PROTOCOL_VERSION,
+        tags: ctx.cfg.node.tags.clone(),
     })
 }
 
@@ -112,6 +120,16 @@ pub(crate) async fn publish_summaries(ctx: Arc<AgentContext>) {
             Ok(s) => {
                 ctx.metrics.load.set(s.load);
                 ctx.metrics.vms.set(i64::from(s.vm_count));
+                if let Ok(entries) = ctx.with_store(|s| s.list()).await {
+                    let holdings = Holdings::of(
+                        &ctx.cfg.node.tags,
+                        entries.iter().map(|e| (&e.vm, &e.spec.rules)),
+                    );
+                    let broken = rule_breaks(&ctx.me, &entries, &holdings).len();
+                    ctx.metrics
+                        .rules_broken
+                        .set(i64::try_from(broken).unwrap_or(i64::MAX));
+                }
                 ctx.metrics
                     .peers
                     .set(i64::try_from(ctx.net.peers().len()).unwrap_or(0));

@@ -12,8 +12,9 @@ use super::wire::{AgentRequest, AgentResponse, Request};
 use crate::driver::{Driver, DriverError, MigrationProgress};
 use crate::failpoints::Failpoint;
 use crate::handoff::{
-    CallKind, DriverAction, DriverCall, DriverOutcome, DriverReply, Effect, HandoffConfig,
-    HandoffMsg, HandoffStatus, Handoffs, Notice, Role, StoreOp, StoreOutcome, StoreRefusal, Timer,
+    AbortReason, CallKind, DriverAction, DriverCall, DriverOutcome, DriverReply, Effect,
+    HandoffConfig, HandoffMsg, HandoffStatus, Handoffs, Notice, RefuseReason, Role, StoreOp,
+    StoreOutcome, StoreRefusal, Timer,
 };
 use ballast_store::{NodeId, StoreError, VmId, VmState};
 use std::collections::HashMap;
@@ -271,6 +272,10 @@ impl Owner {
             Ok(Err(StoreError::StaleEpoch { .. })) => {
                 StoreOutcome::Refused(StoreRefusal::StaleEpoch)
             }
+            Ok(Err(e @ StoreError::BreaksRule { .. })) => {
+                info!(op = op.name(), vm = %op.vm(), reason = %e, "handoff refused by a placement rule");
+                StoreOutcome::Refused(StoreRefusal::BreaksRule)
+            }
             Ok(Err(e)) if e.is_refusal() => {
                 debug!(op = op.name(), vm = %op.vm(), reason = %e, "store refused handoff step");
                 StoreOutcome::Refused(StoreRefusal::WrongState)
@@ -381,6 +386,9 @@ impl Owner {
                 reason,
             } => {
                 info!(vm = %vm, epoch, peer = %peer, role = ?role, reason = ?reason, "handoff aborted");
+                if *reason == AbortReason::Refused(RefuseReason::BreaksRule) {
+                    self.ctx.rule_book.refused(vm, peer);
+                }
                 m.handoff(role.as_str(), "aborted");
                 self.resolve(vm, *epoch, *role, false);
             }

@@ -22,6 +22,7 @@ pub(crate) struct Metrics {
     pub(crate) vms: Gauge,
     pub(crate) peers: Gauge,
     pub(crate) unclaimed_vms: Gauge,
+    pub(crate) rules_broken: Gauge,
     pub(crate) handoffs_in_flight: Gauge,
     pub(crate) sessions_opened: Counter,
 }
@@ -38,11 +39,17 @@ impl Metrics {
             vms: Gauge::default(),
             peers: Gauge::default(),
             unclaimed_vms: Gauge::default(),
+            rules_broken: Gauge::default(),
             handoffs_in_flight: Gauge::default(),
             sessions_opened: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("rounds", "Balancing rounds run", m.rounds.clone());
+        registry.register(
+            "placement_rules_broken",
+            "VMs of this node that break a hard placement rule here (forced, or waiting for a legal host)",
+            m.rules_broken.clone(),
+        );
         registry.register(
             "sessions",
             "Balancing sessions by outcome (initiator side)",

@@ -38,6 +38,7 @@ mod placement;
 mod reconcile;
 mod rounds;
 mod rpc;
+mod rule_book;
 mod runtime;
 mod sampler;
 mod session;

@@ -97,6 +97,12 @@ async fn run_one(ctx: &AgentContext, job: MoveJob) {
         debug!(vm = %job.vm, peer = %job.to, "planned move dropped: destination not active");
         return;
     }
+    // A move the mover makes is never forced past the rules: an earlier operator's
+    // `--force` must not let this one through.
+    if let Err(e) = super::admin::set_forced_on(ctx, &job.vm, None).await {
+        debug!(vm = %job.vm, reason = %e, "planned move dropped: cannot clear its forced mark");
+        return;
+    }
     match move_vm(ctx, job.vm.clone(), job.to.clone()).await {
         Ok(r) => {
             info!(vm = %job.vm, peer = %job.to, epoch = r.epoch, committed = r.committed, "move finished")

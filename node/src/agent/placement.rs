@@ -9,7 +9,7 @@ use super::context::AgentContext;
 use super::figures::summary;
 use super::wire::{AdminError, AgentRequest, AgentResponse, Placement, Request, Response};
 use crate::driver::{DriverError, VmRunState};
-use ballast_store::{NodeId, ScheduleEntry, VmId, VmState};
+use ballast_store::{NodeId, ScheduleEntry, StoreError, VmId, VmState};
 use rand::Rng;
 use tracing::{info, warn};
 
@@ -23,39 +23,83 @@ pub(crate) struct Placed {
     pub warning: Option<String>,
 }
 
+/// Most nodes a create tries when hard placement rules make nodes refuse the VM.
+const PLACEMENT_TRIES_MAX: usize = 16;
+
 /// Picks where a new VM goes: the named node, or the less loaded of two random live,
-/// active nodes (this one included).
+/// active nodes (this one included) among those whose tags the VM's `requires` names.
+/// A node that refuses it for a hard rule (anti-affinity, checked against what it holds)
+/// is skipped for the next less loaded one; when none may take it, the error names the
+/// rule.
 pub(crate) async fn create(
     ctx: &AgentContext,
     p: Placement,
     node: Option<NodeId>,
 ) -> Result<Placed, AdminError> {
-    let target = match node {
-        Some(n) => n,
-        None => {
-            let mut nodes: Vec<(NodeId, f64)> = ctx
-                .net
-                .active_peers()
-                .iter()
-                .map(|v| (NodeId::from(v.node_id.as_str()), v.summary.load))
-                .collect();
-            if !ctx.is_draining() {
-                let own = summary(ctx).await.map_err(store_err)?;
-                nodes.push((ctx.me.clone(), own.load));
-            }
-            if nodes.is_empty() {
-                return Err(AdminError::NoNode);
-            }
-            let mut rng = rand::rng();
-            let a = &nodes[rng.random_range(0..nodes.len())];
-            let b = &nodes[rng.random_range(0..nodes.len())];
-            if b.1 < a.1 {
-                b.0.clone()
-            } else {
-                a.0.clone()
-            }
-        }
+    if let Some(n) = node {
+        return place_on(ctx, p, n).await;
+    }
+    let mut nodes: Vec<(NodeId, f64, Vec<String>)> = ctx
+        .net
+        .active_peers()
+        .iter()
+        .map(|v| {
+            let id = NodeId::from(v.node_id.as_str());
+            (id, v.summary.load, v.summary.tags.clone())
+        })
+        .collect();
+    if !ctx.is_draining() {
+        let own = summary(ctx).await.map_err(store_err)?;
+        nodes.push((ctx.me.clone(), own.load, own.tags));
+    }
+    if nodes.is_empty() {
+        return Err(AdminError::NoNode);
+    }
+    let requires = &p.spec.rules.requires;
+    if let Some(tag) = requires
+        .iter()
+        .find(|t| !nodes.iter().any(|(_, _, tags)| tags.contains(t)))
+    {
+        return Err(AdminError::NoLegalNode {
+            vm: p.vm.clone(),
+            reason: format!("requires tag {tag}, and no active node has it"),
+        });
+    }
+    nodes.retain(|(_, _, tags)| requires.iter().all(|t| tags.contains(t)));
+    // The less loaded of two random nodes first, then the others from the least loaded.
+    let (a, b) = {
+        let mut rng = rand::rng();
+        (
+            rng.random_range(0..nodes.len()),
+            rng.random_range(0..nodes.len()),
+        )
     };
+    let first = nodes.swap_remove(if nodes[b].1 < nodes[a].1 { b } else { a });
+    nodes.sort_by(|x, y| x.1.total_cmp(&y.1));
+    let mut last_refusal = None;
+    for (target, _, _) in std::iter::once(first)
+        .chain(nodes)
+        .take(PLACEMENT_TRIES_MAX)
+    {
+        match place_on(ctx, p.clone(), target).await {
+            Err(AdminError::BreaksRule { node, rule, .. }) => {
+                info!(vm = %p.vm, node = %node, rule = %rule, "placement: node refused the VM for a rule");
+                last_refusal = Some(rule);
+            }
+            other => return other,
+        }
+    }
+    Err(AdminError::NoLegalNode {
+        vm: p.vm,
+        reason: last_refusal.map_or_else(
+            || "every node that has its tags refused it".to_owned(),
+            |rule| format!("every node that has its tags refused it ({rule} on the last one)"),
+        ),
+    })
+}
+
+/// Creates the VM on `target` (this node, or forwarded).
+async fn place_on(ctx: &AgentContext, p: Placement, target: NodeId) -> Result<Placed, AdminError> {
     if target == ctx.me {
         let warning = place_here(ctx, p).await?;
         return Ok(Placed {
@@ -118,7 +162,14 @@ pub(crate) async fn place_here(
     let e2 = entry.clone();
     ctx.with_store(move |s| s.create(&e2))
         .await
-        .map_err(store_err)?;
+        .map_err(|e| match e {
+            StoreError::BreaksRule { vm, rule } => AdminError::BreaksRule {
+                vm,
+                node: ctx.me.clone(),
+                rule: rule.to_string(),
+            },
+            other => store_err(other),
+        })?;
     ctx.summary_dirty.notify_one();
     let warning = match ctx.driver.start(&entry.vm, &entry.spec).await {
         Ok(()) => None,

@@ -10,6 +10,8 @@ use super::context::AgentContext;
 use super::mover::MoveJob;
 use super::session::run_session;
 use crate::policy::{choose_peer, Sender};
+use ballast_core::rules::PlacementRules;
+use ballast_gossip::PeerView;
 use ballast_store::{NodeId, VmState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -80,11 +82,12 @@ async fn round(ctx: &AgentContext, rng: &mut impl Rng) {
     run_session(ctx, peer, session).await;
 }
 
+/// Hands one VM off: the first running VM that some active peer may take (its tags
+/// match the VM's `requires`, and it has not refused the VM for a rule lately), to the
+/// less loaded of two random such peers. A VM no peer may take is recorded as blocked,
+/// with its rule, and the drain goes on with the others.
 async fn drain_step(ctx: &AgentContext, rng: &mut impl Rng) {
     let Ok(entries) = ctx.with_store(|s| s.list()).await else {
-        return;
-    };
-    let Some(entry) = entries.iter().find(|e| e.state == VmState::Running) else {
         return;
     };
     let peers = ctx.net.active_peers();
@@ -92,20 +95,58 @@ async fn drain_step(ctx: &AgentContext, rng: &mut impl Rng) {
         tracing::warn!("draining, but no active peer can take VMs");
         return;
     }
-    let a = &peers[rng.random_range(0..peers.len())];
-    let b = &peers[rng.random_range(0..peers.len())];
-    let to = if b.summary.load < a.summary.load {
-        b
+    for entry in entries.iter().filter(|e| e.state == VmState::Running) {
+        let rules = &entry.spec.rules;
+        let legal: Vec<&PeerView> = peers
+            .iter()
+            .filter(|p| rules.requires.iter().all(|t| p.summary.tags.contains(t)))
+            .filter(|p| {
+                let peer = NodeId::from(p.node_id.as_str());
+                !ctx.rule_book.recently_refused(&entry.vm, &peer)
+            })
+            .collect();
+        if legal.is_empty() {
+            let why = no_legal_peer(rules, &peers);
+            tracing::warn!(vm = %entry.vm, rule = %why, "draining: no node may take this VM");
+            ctx.rule_book.block(&entry.vm, why);
+            continue;
+        }
+        let a = legal[rng.random_range(0..legal.len())];
+        let b = legal[rng.random_range(0..legal.len())];
+        let to = if b.summary.load < a.summary.load {
+            b
+        } else {
+            a
+        };
+        let job = MoveJob {
+            vm: entry.vm.clone(),
+            to: NodeId::from(to.node_id.as_str()),
+            forced: true,
+        };
+        ctx.rule_book.unblock(&job.vm);
+        tracing::info!(vm = %job.vm, peer = %job.to, "draining: handing VM off");
+        if !ctx.moves.push(job) {
+            tracing::debug!("mover queue full; the next drain step tries again");
+        }
+        return;
+    }
+}
+
+/// Why no peer may take a VM with `rules` (all of `peers` lack a tag or refused it).
+fn no_legal_peer(rules: &PlacementRules, peers: &[PeerView]) -> String {
+    if let Some(tag) = rules
+        .requires
+        .iter()
+        .find(|t| !peers.iter().any(|p| p.summary.tags.contains(t)))
+    {
+        return format!("requires tag {tag}: no other active node has it");
+    }
+    if rules.anti_affinity.is_empty() {
+        "every other active node that has its tags refused it".to_owned()
     } else {
-        a
-    };
-    let job = MoveJob {
-        vm: entry.vm.clone(),
-        to: NodeId::from(to.node_id.as_str()),
-        forced: true,
-    };
-    tracing::info!(vm = %job.vm, peer = %job.to, "draining: handing VM off");
-    if !ctx.moves.push(job) {
-        tracing::debug!("mover queue full; the next drain step tries again");
+        format!(
+            "anti-affinity group {}: every other active node that could take it holds a member",
+            rules.anti_affinity.join(", ")
+        )
     }
 }

@@ -106,6 +106,7 @@ impl Agent {
             unclaimed: Mutex::new(Vec::new()),
             unmanaged: Mutex::new(Default::default()),
             migration_progress: Mutex::new(Default::default()),
+            rule_book: Default::default(),
             vm_changes: tokio::sync::Mutex::new(()),
             shutdown,
             tasks: TaskTracker::new(),
@@ -238,6 +239,7 @@ async fn open_store(cfg: &AgentConfig, me: &NodeId) -> Result<Arc<Store>, AgentE
             op: "open",
             source: e.into(),
         })??;
+    opened.set_host_tags(cfg.node.tags.clone());
     Ok(Arc::new(opened))
 }
 

@@ -19,13 +19,15 @@ use super::context::AgentContext;
 use super::figures::local_figures;
 use super::mover::MoveJob;
 use super::session_book::Arriving;
+use super::wire::{check_figures, RuleSkip, RULE_SKIPS_MAX};
 use super::wire::{
     AgentRequest, AgentResponse, CandidateView, PlanKind, PlannedVm, Request, Response,
     SessionOutcome, SessionRecord, SessionRequest, SessionResponse, SideFigures,
 };
-use crate::policy::{self, decide, Candidate, Decision, PlannedMove, View};
+use crate::policy::{self, decide, Candidate, Decision, PlannedMove, Side, View};
+use ballast_core::rules::{PairRules, PairSide, PlacementRules};
 use ballast_gossip::PeerView;
-use ballast_store::NodeId;
+use ballast_store::{NodeId, VmId};
 use std::time::Duration;
 use tracing::{debug, info, Instrument};
 
@@ -47,6 +49,32 @@ fn candidates_of(figures: &SideFigures, loads_there: impl Fn(usize) -> f64) -> V
             pinned: c.pinned,
             last_moved_ms: c.last_moved_unix_ms,
         })
+        .collect()
+}
+
+/// Each candidate's VM and rules, in candidate order.
+fn rules_of(figures: &SideFigures) -> Vec<(VmId, PlacementRules)> {
+    figures
+        .candidates
+        .iter()
+        .map(|c| (c.vm.clone(), c.rules.clone()))
+        .collect()
+}
+
+/// The candidates of `side` that a placement rule keeps from going to the other host.
+fn rule_skips(pair: &PairRules<'_>, side: Side) -> Vec<RuleSkip> {
+    let candidates = match side {
+        Side::Local => pair.local.candidates,
+        Side::Peer => pair.peer.candidates,
+    };
+    (0..candidates.len())
+        .filter_map(|i| {
+            pair.blocked(side, i, &[], None).map(|why| RuleSkip {
+                vm: candidates[i].0.clone(),
+                rule: why.to_string(),
+            })
+        })
+        .take(RULE_SKIPS_MAX)
         .collect()
 }
 
@@ -207,6 +235,7 @@ async fn session_inner(
         peer_candidates: Vec::new(),
         free_mem_bytes: (0, 0),
         now_unix_ms: super::unix_ms(),
+        skipped_by_rule: Vec::new(),
     };
     if !ctx.sessions.take_slot(peer_id, session, None) {
         record.outcome = SessionOutcome::SelfBusy;
@@ -271,6 +300,9 @@ async fn negotiate(
         Ok(other) => return SessionOutcome::Failed(format!("{other:?}")),
         Err(e) => return SessionOutcome::Failed(e),
     };
+    if let Err(why) = check_figures(&theirs) {
+        return SessionOutcome::Failed(format!("bad offer: {why}"));
+    }
     record.load_peer = theirs.load;
     let local_c = candidates_of(&mine, |i| loads_there[i]);
     let peer_c = candidates_of(&theirs, |i| {
@@ -286,15 +318,33 @@ async fn negotiate(
         candidates: &peer_c,
         free_mem_bytes: theirs.free_mem_bytes,
     };
+    let local_rules = rules_of(&mine);
+    let peer_rules = rules_of(&theirs);
+    let pair = PairRules {
+        local: PairSide {
+            holdings: &mine.holdings,
+            candidates: &local_rules,
+        },
+        peer: PairSide {
+            holdings: &theirs.holdings,
+            candidates: &peer_rules,
+        },
+    };
+    let any_rules = local_rules
+        .iter()
+        .chain(&peer_rules)
+        .any(|(_, r)| !r.is_empty());
     let at = policy::Context {
         now_ms: super::unix_ms(),
+        rules: any_rules.then_some(&pair as &dyn policy::MoveRules),
     };
     record.initiator_candidates = views(&mine, &local_c);
     record.peer_candidates = views(&theirs, &peer_c);
     record.free_mem_bytes = (mine.free_mem_bytes, theirs.free_mem_bytes);
     record.now_unix_ms = at.now_ms;
     let decision = decide(&local, &remote, &at, &ctx.cfg.policy);
-    let planned = |moves: &[PlannedMove], figs: &SideFigures, from: &NodeId, to: &NodeId| {
+    let planned = |moves: &[PlannedMove], side: Side, from: &NodeId, to: &NodeId| {
+        let figs = if side == Side::Local { &mine } else { &theirs };
         moves
             .iter()
             .map(|m| PlannedVm {
@@ -303,19 +353,30 @@ async fn negotiate(
                 load_to: m.load_to,
                 from: from.clone(),
                 to: to.clone(),
+                repairs: pair
+                    .broken_where_it_is(side, m.index)
+                    .map(|r| r.to_string()),
             })
             .collect::<Vec<_>>()
     };
     record.moves = match &decision {
-        Decision::Send(moves) => planned(moves, &mine, &ctx.me, peer_id),
-        Decision::Receive(moves) => planned(moves, &theirs, peer_id, &ctx.me),
+        Decision::Send(moves) => planned(moves, Side::Local, &ctx.me, peer_id),
+        Decision::Receive(moves) => planned(moves, Side::Peer, peer_id, &ctx.me),
         Decision::Swap { give, take } => {
-            let mut m = planned(&[*give], &mine, &ctx.me, peer_id);
-            m.extend(planned(&[*take], &theirs, peer_id, &ctx.me));
+            let mut m = planned(&[*give], Side::Local, &ctx.me, peer_id);
+            m.extend(planned(&[*take], Side::Peer, peer_id, &ctx.me));
             m
         }
         Decision::Stay(_) => Vec::new(),
     };
+    if any_rules {
+        let busier = if mine.load >= theirs.load {
+            Side::Local
+        } else {
+            Side::Peer
+        };
+        record.skipped_by_rule = rule_skips(&pair, busier);
+    }
     if ctx.cfg.balancing.dry_run && !record.moves.is_empty() {
         let _ = call(ctx, peer, SessionRequest::Close { session }).await;
         let what = match decision {

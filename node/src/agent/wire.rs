@@ -11,6 +11,7 @@ pub use super::outcome::{BusyDetail, PlanKind, SessionOutcome};
 use crate::driver::MigrationProgress;
 use crate::handoff::HandoffMsg;
 use ballast_core::handoff::{HandoffStep, Role};
+use ballast_core::rules::{Holdings, PlacementRules};
 use ballast_gossip::LoadSummary;
 use ballast_store::{LoadFactors, NodeId, ScheduleEntry, Transferred, VmId, VmSpec};
 use serde::{Deserialize, Serialize};
@@ -105,6 +106,8 @@ pub struct CandidateFactors {
     pub pinned: bool,
     /// Unix ms of its last move (for the cooldown).
     pub last_moved_unix_ms: Option<u64>,
+    /// Its placement rules (docs/design.md §Placement rules).
+    pub rules: PlacementRules,
 }
 
 /// One side's figures in a session.
@@ -116,6 +119,9 @@ pub struct SideFigures {
     pub free_mem_bytes: u64,
     /// Its movable VMs (Running, not in a handoff), with raw factors.
     pub candidates: Vec<CandidateFactors>,
+    /// What the side's host holds for the placement rules: its tags and every VM in its
+    /// schedule that belongs to a group (running, leaving or arriving).
+    pub holdings: Holdings,
 }
 
 /// A balancing session step from the initiator (A) to its peer (B).
@@ -235,6 +241,9 @@ pub enum AdminRequest {
         vm: VmId,
         /// The destination.
         to: NodeId,
+        /// Move even if the VM breaks a hard placement rule there; the break is recorded
+        /// (`PlacementRules::forced_on`).
+        force: bool,
     },
     /// The last balancing sessions this node took part in, newest last.
     RecentSessions,
@@ -249,6 +258,13 @@ pub enum AdminRequest {
     ReleaseVm {
         /// The VM.
         vm: VmId,
+    },
+    /// `ballast vm set`: replaces the placement rules of a VM of this node.
+    SetRules {
+        /// The VM.
+        vm: VmId,
+        /// Its new rules (`forced_on` is cleared).
+        rules: PlacementRules,
     },
 }
 
@@ -289,6 +305,12 @@ pub enum AdminResponse {
         node: NodeId,
         /// What did not go as asked.
         warning: String,
+    },
+    /// `SetRules` done; `breaks` names the hard rule the VM now breaks where it is
+    /// (balancing moves it to a legal node when one has room).
+    RulesSet {
+        /// The rule broken here, if any.
+        breaks: Option<String>,
     },
 }
 
@@ -352,6 +374,24 @@ pub enum AdminError {
         /// What the hypervisor said.
         reason: String,
     },
+    /// The VM would break a hard placement rule on that node; nothing changed.
+    #[error("VM {vm} may not be on {node}: {rule}")]
+    BreaksRule {
+        /// The VM.
+        vm: VmId,
+        /// The node.
+        node: NodeId,
+        /// The rule.
+        rule: String,
+    },
+    /// No active node may take the VM under its hard placement rules; nothing changed.
+    #[error("no node may take VM {vm}: {reason} (`--node NODE --force` places it anyway)")]
+    NoLegalNode {
+        /// The VM.
+        vm: VmId,
+        /// The rule that rules every node out.
+        reason: String,
+    },
 }
 
 /// A node's status for `ballast status`, the chaos harness and tests.
@@ -371,6 +411,31 @@ pub struct NodeStatus {
     pub counters: Counters,
     /// VMs the hypervisor runs that no entry of this node claims (reported, not killed).
     pub unclaimed_vms: Vec<VmId>,
+    /// The placement rules as they stand on this node.
+    pub rules: NodeRules,
+}
+
+/// The placement rules as they stand on one node (docs/design.md §Placement rules).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeRules {
+    /// The node's tags and its VMs that belong to a group.
+    pub holdings: Holdings,
+    /// Its VMs that break a hard rule here.
+    pub breaks: Vec<RuleBreak>,
+    /// VMs its drain found no legal destination for.
+    pub drain_blocked: Vec<RuleSkip>,
+}
+
+/// A VM that breaks a hard placement rule where it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleBreak {
+    /// The VM.
+    pub vm: VmId,
+    /// The rule, as `status` writes it.
+    pub rule: String,
+    /// An operator forced it here (`--force`); otherwise it waits for a legal host with
+    /// room (balancing repairs it), or its rules were set after it was placed.
+    pub forced: bool,
 }
 
 /// A live peer as this node sees it.
@@ -461,6 +526,21 @@ pub struct SessionRecord {
     /// When the session started (Unix ms); for a session that reached the policy, the
     /// policy's `now`.
     pub now_unix_ms: u64,
+    /// Candidates of the busier side that a placement rule kept from moving, with the
+    /// rule (at most [`RULE_SKIPS_MAX`]).
+    pub skipped_by_rule: Vec<RuleSkip>,
+}
+
+/// Most rule skips a session record keeps.
+pub const RULE_SKIPS_MAX: usize = 8;
+
+/// A candidate a placement rule kept from moving in a session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleSkip {
+    /// The VM.
+    pub vm: VmId,
+    /// The rule, as `status` writes it (`anti-affinity group db (with db-2)`).
+    pub rule: String,
 }
 
 /// One candidate VM as a session's policy call saw it.
@@ -493,6 +573,8 @@ pub struct PlannedVm {
     pub from: NodeId,
     /// The receiver.
     pub to: NodeId,
+    /// Set when the move repairs a hard placement rule the VM broke on the sender.
+    pub repairs: Option<String>,
 }
 
 fn check_id(what: &str, s: &str) -> Result<(), String> {
@@ -502,7 +584,7 @@ fn check_id(what: &str, s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_figures(f: &SideFigures) -> Result<(), String> {
+pub(crate) fn check_figures(f: &SideFigures) -> Result<(), String> {
     if !f.load.is_finite() || f.load < 0.0 {
         return Err("load must be finite and >= 0".into());
     }
@@ -517,6 +599,23 @@ fn check_figures(f: &SideFigures) -> Result<(), String> {
             .all(|v| v.is_finite() && *v >= 0.0)
         {
             return Err(format!("bad factors for {}", c.vm));
+        }
+        c.rules
+            .validate()
+            .map_err(|e| format!("rules of {}: {e}", c.vm))?;
+    }
+    let h = &f.holdings;
+    if h.tags.len() > crate::config::TAGS_MAX || h.vms.len() > SESSION_CANDIDATES_MAX {
+        return Err("too many tags or held VMs".into());
+    }
+    h.tags
+        .iter()
+        .try_for_each(|t| ballast_core::rules::check_tag(t))
+        .map_err(|e| e.to_string())?;
+    for v in &h.vms {
+        check_id("vm id", v.vm.as_str())?;
+        if v.anti_affinity.len() + v.affinity.len() > 2 * ballast_core::rules::RULES_LIST_LEN_MAX {
+            return Err(format!("too many groups for {}", v.vm));
         }
     }
     Ok(())
@@ -537,19 +636,27 @@ impl Request {
             }
             Request::Session(SessionRequest::Close { .. }) => Ok(()),
             Request::Handoff(msg) => msg.validate().map_err(|e| e.to_string()),
-            Request::Place(p) => check_id("vm id", p.vm.as_str()),
+            Request::Place(p) => {
+                check_id("vm id", p.vm.as_str())?;
+                p.spec.rules.validate().map_err(|e| e.to_string())
+            }
             Request::Admin(a) => match a {
-                AdminRequest::CreateVm { vm, node, .. } => {
+                AdminRequest::CreateVm { vm, node, spec, .. } => {
                     check_id("vm id", vm.as_str())?;
+                    spec.rules.validate().map_err(|e| e.to_string())?;
                     node.as_ref()
                         .map_or(Ok(()), |n| check_id("node id", n.as_str()))
                 }
                 AdminRequest::DeleteVm { vm } | AdminRequest::SetPinned { vm, .. } => {
                     check_id("vm id", vm.as_str())
                 }
-                AdminRequest::MoveVm { vm, to } => {
+                AdminRequest::MoveVm { vm, to, .. } => {
                     check_id("vm id", vm.as_str())?;
                     check_id("node id", to.as_str())
+                }
+                AdminRequest::SetRules { vm, rules } => {
+                    check_id("vm id", vm.as_str())?;
+                    rules.validate().map_err(|e| e.to_string())
                 }
                 AdminRequest::ForgetNode { node } => check_id("node id", node.as_str()),
                 _ => Ok(()),
@@ -586,7 +693,16 @@ mod tests {
                 mem_bytes: 5,
                 pinned: false,
                 last_moved_unix_ms: Some(9),
+                rules: PlacementRules {
+                    anti_affinity: vec!["db".into()],
+                    requires: vec!["zone=a".into()],
+                    ..Default::default()
+                },
             }],
+            holdings: Holdings {
+                tags: vec!["gpu".into()],
+                vms: Vec::new(),
+            },
         };
         let reqs = vec![
             Request::Session(SessionRequest::Open {
@@ -627,8 +743,13 @@ mod tests {
                 node: NodeId::from("n"),
             }),
             Request::Admin(AdminRequest::MoveVm {
-                vm,
+                vm: vm.clone(),
                 to: NodeId::from("n"),
+                force: true,
+            }),
+            Request::Admin(AdminRequest::SetRules {
+                vm,
+                rules: PlacementRules::default(),
             }),
             Request::Admin(AdminRequest::RecentSessions),
         ];
@@ -665,8 +786,32 @@ mod tests {
                 load: f64::NAN,
                 free_mem_bytes: 0,
                 candidates: vec![],
+                holdings: Holdings::default(),
             },
         });
         assert!(r.validate().is_err());
+        // Rules with a bad tag or group are refused, whoever sends them.
+        let bad_tag = Request::Session(SessionRequest::Open {
+            session: 1,
+            figures: SideFigures {
+                load: 0.0,
+                free_mem_bytes: 0,
+                candidates: vec![],
+                holdings: Holdings {
+                    tags: vec!["GPU!".into()],
+                    vms: Vec::new(),
+                },
+            },
+        });
+        assert!(bad_tag.validate().is_err());
+        let bad_group = Request::Admin(AdminRequest::SetRules {
+            vm: VmId::from("v"),
+            rules: PlacementRules {
+                anti_affinity: vec!["has space".into()],
+                ..Default::default()
+            },
+        });
+        let err = bad_group.validate().expect_err("bad group");
+        assert!(err.contains("bad group name"), "{err}");
     }
 }

@@ -72,7 +72,10 @@ pub fn run_round<R: Rng + ?Sized>(
     st.round += 1;
     let round = st.round;
     let mut out = RoundOutcome::default();
-    let ctx = Context { now_ms };
+    let ctx = Context {
+        now_ms,
+        rules: None,
+    };
     st.order.shuffle(rng);
     st.loads.clear();
     st.loads.extend(cluster.hosts.iter().map(|h| h.load));
@@ -127,7 +130,7 @@ fn session(
     a: usize,
     b: usize,
     cfg: &PolicyConfig,
-    ctx: &Context,
+    ctx: &Context<'_>,
     out: &mut RoundOutcome,
 ) {
     // `decide` reads the less busy side's candidates only for a swap: skip weighing them

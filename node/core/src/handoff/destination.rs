@@ -99,6 +99,7 @@ impl Handoffs {
             }
             StoreOutcome::Refused(StoreRefusal::StaleEpoch) => RefuseReason::StaleEpoch,
             StoreOutcome::Refused(StoreRefusal::WrongState) => RefuseReason::Busy,
+            StoreOutcome::Refused(StoreRefusal::BreaksRule) => RefuseReason::BreaksRule,
             StoreOutcome::Failed => RefuseReason::Failed,
         };
         self.active.remove(&vm);

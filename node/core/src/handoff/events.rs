@@ -28,6 +28,8 @@ pub enum StoreRefusal {
     StaleEpoch,
     /// The VM is absent, in another state or held under another epoch.
     WrongState,
+    /// The VM would break a hard placement rule here.
+    BreaksRule,
 }
 
 /// The result of a [`DriverCall`](super::DriverCall), handed back with its VM and epoch.

@@ -95,6 +95,9 @@ pub enum RefuseReason {
     NoRoom,
     /// The store or the hypervisor failed. If `Incoming` was stored it stays until A aborts.
     Failed,
+    /// The VM would break a hard placement rule on this node (docs/design.md §Placement
+    /// rules). Nothing stored.
+    BreaksRule,
 }
 
 /// A source's durable answer about one move.

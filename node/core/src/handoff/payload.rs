@@ -58,6 +58,9 @@ impl Payload {
         {
             return Err("string too long");
         }
+        if spec.rules.validate().is_err() {
+            return Err("malformed placement rules");
+        }
         Ok(())
     }
 }
@@ -75,6 +78,7 @@ impl Hash for Payload {
         spec.disks.hash(state);
         spec.extra_args.hash(state);
         spec.driver_opts.hash(state);
+        spec.rules.hash(state);
         factor_bits(self.factors).hash(state);
     }
 }

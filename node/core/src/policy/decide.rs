@@ -15,6 +15,12 @@
 //! if it lowers the pair's larger load by at least `min_gain` and `swap_min_gain` (and by
 //! more than 0), so
 //! every accepted change strictly lowers the pair's maximum and nothing ping-pongs.
+//!
+//! Placement rules (docs/design.md §Placement rules) come in through
+//! [`Context::rules`]: a candidate the rules do not let go to the other host is not
+//! eligible, and a VM that breaks a hard rule where it is goes first, to a host where it
+//! breaks none, whatever the loads (a repair; each one lowers the number of broken
+//! rules, so repairs end).
 
 use super::config::{PolicyConfig, Sender};
 
@@ -93,20 +99,74 @@ pub enum Decision {
     Stay(Stay),
 }
 
+/// One host of a session: the local one (that runs `decide`) or its peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Side {
+    /// The host that decides.
+    #[default]
+    Local,
+    /// The other host.
+    Peer,
+}
+
+impl Side {
+    /// The other host of the pair.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Local => Self::Peer,
+            Self::Peer => Self::Local,
+        }
+    }
+}
+
+/// The placement rules a session must respect, asked per candidate (implemented over
+/// both hosts' holdings by `rules::PairRules`).
+pub trait MoveRules: std::fmt::Debug + Sync {
+    /// Whether the candidate `index` of `from` may go to the other host, moving along
+    /// with `moving_with` (moves planned before it from the same side) and while the
+    /// other side's candidate `back` (a swap's other half) leaves that host.
+    fn allows(
+        &self,
+        from: Side,
+        index: usize,
+        moving_with: &[PlannedMove],
+        back: Option<usize>,
+    ) -> bool;
+    /// Whether the candidate `index` of `side` breaks a hard rule where it is.
+    fn breaks_here(&self, side: Side, index: usize) -> bool;
+}
+
 /// What a session knows besides the two hosts' figures.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Context {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Context<'r> {
     /// Now, in milliseconds of the clock `Candidate::last_moved_ms` uses.
     pub now_ms: u64,
+    /// The placement rules of the pair; `None` when no VM of either side has any.
+    pub rules: Option<&'r dyn MoveRules>,
+}
+
+impl Context<'_> {
+    fn allows(&self, from: Side, index: usize, with: &[PlannedMove], back: Option<usize>) -> bool {
+        self.rules.is_none_or(|r| r.allows(from, index, with, back))
+    }
 }
 
 /// Decides a session between the local host and a peer from both sides' figures.
-pub fn decide(local: &View<'_>, peer: &View<'_>, ctx: &Context, cfg: &PolicyConfig) -> Decision {
+pub fn decide(
+    local: &View<'_>,
+    peer: &View<'_>,
+    ctx: &Context<'_>,
+    cfg: &PolicyConfig,
+) -> Decision {
+    if let Some(repair) = plan_repair(local, peer, ctx, cfg) {
+        return repair;
+    }
     let mut moves = Vec::new();
     if local.load >= peer.load {
-        match plan_moves(local, peer.load, peer.free_mem_bytes, ctx, cfg, &mut moves) {
+        let (free, side) = (peer.free_mem_bytes, Side::Local);
+        match plan_moves_from(side, local, peer.load, free, ctx, cfg, &mut moves) {
             Ok(()) => Decision::Send(moves),
-            Err(why) => match swap_instead(why, local, peer, ctx, cfg) {
+            Err(why) => match swap_instead(why, side, local, peer, ctx, cfg) {
                 Some((give, take)) => Decision::Swap { give, take },
                 None => Decision::Stay(why),
             },
@@ -118,9 +178,10 @@ pub fn decide(local: &View<'_>, peer: &View<'_>, ctx: &Context, cfg: &PolicyConf
             Stay::WithinThreshold
         })
     } else {
-        match plan_moves(peer, local.load, local.free_mem_bytes, ctx, cfg, &mut moves) {
+        let (free, side) = (local.free_mem_bytes, Side::Peer);
+        match plan_moves_from(side, peer, local.load, free, ctx, cfg, &mut moves) {
             Ok(()) => Decision::Receive(moves),
-            Err(why) => match swap_instead(why, peer, local, ctx, cfg) {
+            Err(why) => match swap_instead(why, side, peer, local, ctx, cfg) {
                 Some((take, give)) => Decision::Swap { give, take },
                 None => Decision::Stay(why),
             },
@@ -128,19 +189,51 @@ pub fn decide(local: &View<'_>, peer: &View<'_>, ctx: &Context, cfg: &PolicyConf
     }
 }
 
+/// A repair, planned before anything else: the first eligible VM of either side that
+/// breaks a hard rule where it is and may go to the other host (the local side first;
+/// the peer's only when a receiver may pull, `sender = "busier"`).
+fn plan_repair(
+    local: &View<'_>,
+    peer: &View<'_>,
+    ctx: &Context<'_>,
+    cfg: &PolicyConfig,
+) -> Option<Decision> {
+    let rules = ctx.rules?;
+    let find = |side: Side, from: &View<'_>, free: u64| {
+        from.candidates.iter().enumerate().find_map(|(i, c)| {
+            let ok = rules.breaks_here(side, i)
+                && eligible(c, free, ctx.now_ms, cfg)
+                && rules.allows(side, i, &[], None);
+            ok.then_some(PlannedMove {
+                index: i,
+                load_from: c.load_here,
+                load_to: c.load_there,
+            })
+        })
+    };
+    if let Some(m) = find(Side::Local, local, peer.free_mem_bytes) {
+        return Some(Decision::Send(vec![m]));
+    }
+    if cfg.sender == Sender::Initiator {
+        return None;
+    }
+    find(Side::Peer, peer, local.free_mem_bytes).map(|m| Decision::Receive(vec![m]))
+}
+
 /// The swap to plan when no single move from `sender` was: only if swaps are on and the
 /// pair is apart by more than the threshold. Returns `(sender's VM, receiver's VM)`.
 fn swap_instead(
     why: Stay,
+    side: Side,
     sender: &View<'_>,
     receiver: &View<'_>,
-    ctx: &Context,
+    ctx: &Context<'_>,
     cfg: &PolicyConfig,
 ) -> Option<(PlannedMove, PlannedMove)> {
     if !cfg.swaps || why == Stay::WithinThreshold {
         return None;
     }
-    plan_swap(sender, receiver, ctx, cfg)
+    plan_swap_from(side, sender, receiver, ctx, cfg)
 }
 
 /// Whether a session between a sender of load `sender_load` and a receiver of load
@@ -163,7 +256,18 @@ pub fn swap_possible(sender_load: f64, receiver_load: f64, cfg: &PolicyConfig) -
 pub fn plan_swap(
     sender: &View<'_>,
     receiver: &View<'_>,
-    ctx: &Context,
+    ctx: &Context<'_>,
+    cfg: &PolicyConfig,
+) -> Option<(PlannedMove, PlannedMove)> {
+    plan_swap_from(Side::Local, sender, receiver, ctx, cfg)
+}
+
+/// [`plan_swap`] with the sender on `side` (for the rules).
+fn plan_swap_from(
+    side: Side,
+    sender: &View<'_>,
+    receiver: &View<'_>,
+    ctx: &Context<'_>,
     cfg: &PolicyConfig,
 ) -> Option<(PlannedMove, PlannedMove)> {
     if !swap_possible(sender.load, receiver.load, cfg) {
@@ -180,7 +284,10 @@ pub fn plan_swap(
         let a = v.load_here + v.load_there;
         for (j, w) in receiver.candidates.iter().enumerate() {
             let b = w.load_here + w.load_there;
-            if !eligible(w, sender.free_mem_bytes, ctx.now_ms, cfg) {
+            if !eligible(w, sender.free_mem_bytes, ctx.now_ms, cfg)
+                || !ctx.allows(side, i, &[], Some(j))
+                || !ctx.allows(side.other(), j, &[], Some(i))
+            {
                 continue;
             }
             let gap = (d - a + b).abs();
@@ -217,7 +324,21 @@ pub fn plan_moves(
     sender: &View<'_>,
     receiver_load: f64,
     receiver_free_mem_bytes: u64,
-    ctx: &Context,
+    ctx: &Context<'_>,
+    cfg: &PolicyConfig,
+    out: &mut Vec<PlannedMove>,
+) -> Result<(), Stay> {
+    let free = receiver_free_mem_bytes;
+    plan_moves_from(Side::Local, sender, receiver_load, free, ctx, cfg, out)
+}
+
+/// [`plan_moves`] with the sender on `side` (for the rules).
+fn plan_moves_from(
+    side: Side,
+    sender: &View<'_>,
+    receiver_load: f64,
+    receiver_free_mem_bytes: u64,
+    ctx: &Context<'_>,
     cfg: &PolicyConfig,
     out: &mut Vec<PlannedMove>,
 ) -> Result<(), Stay> {
@@ -227,7 +348,7 @@ pub fn plan_moves(
         if l_s <= l_r + cfg.threshold {
             return first_or(out, Stay::WithinThreshold);
         }
-        let Some((index, c)) = nearest_half(sender.candidates, l_s, l_r, free, ctx, cfg, out)
+        let Some((index, c)) = nearest_half(side, sender.candidates, l_s, l_r, free, ctx, cfg, out)
         else {
             return first_or(out, Stay::NoEligibleVm);
         };
@@ -258,18 +379,23 @@ fn first_or(out: &[PlannedMove], why: Stay) -> Result<(), Stay> {
 
 /// The eligible candidate minimizing `|(l_s - here) - (l_r + there)|`; the lowest index
 /// wins a tie.
+#[allow(clippy::too_many_arguments)]
 fn nearest_half<'c>(
+    side: Side,
     candidates: &'c [Candidate],
     l_s: f64,
     l_r: f64,
     free_mem_bytes: u64,
-    ctx: &Context,
+    ctx: &Context<'_>,
     cfg: &PolicyConfig,
     planned: &[PlannedMove],
 ) -> Option<(usize, &'c Candidate)> {
     let mut best: Option<(usize, &Candidate, f64)> = None;
     for (i, c) in candidates.iter().enumerate() {
-        if !eligible(c, free_mem_bytes, ctx.now_ms, cfg) || planned.iter().any(|m| m.index == i) {
+        if !eligible(c, free_mem_bytes, ctx.now_ms, cfg)
+            || planned.iter().any(|m| m.index == i)
+            || !ctx.allows(side, i, planned, None)
+        {
             continue;
         }
         let gap = ((l_s - c.load_here) - (l_r + c.load_there)).abs();

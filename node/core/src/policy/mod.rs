@@ -15,7 +15,7 @@ pub mod peer;
 
 pub use config::{PeerChoice, PolicyConfig, PolicyConfigError, Sender, PEER_SAMPLES_MAX};
 pub use decide::{
-    decide, plan_moves, plan_swap, swap_possible, Candidate, Context, Decision, PlannedMove, Stay,
-    View,
+    decide, plan_moves, plan_swap, swap_possible, Candidate, Context, Decision, MoveRules,
+    PlannedMove, Side, Stay, View,
 };
 pub use peer::choose_peer;
