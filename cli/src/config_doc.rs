@@ -43,6 +43,7 @@ const DOCS: &[KeyDoc] = &[
     optional("node.advertise", "Address other nodes reach this one at (defaults to `listen`).", "\"10.0.0.1:7420\""),
     doc("node.seeds", "Addresses of nodes to join through."),
     optional("node.metrics_listen", "TCP address of the Prometheus metrics endpoint (GET /metrics); \"off\" disables it.", "\"127.0.0.1:9420\""),
+    doc("node.tags", "This host's tags (`gpu`, `zone=a`; lowercase letters, digits, '-', '_', '.'): VMs' `--requires` rules name them (docs/operations.md, placement rules)."),
     doc("tls", "Certificates (PEM, relative to this file's directory), written by `ballast cluster init` / `node add`."),
     doc("tls.ca_cert", "The cluster CA certificate."),
     doc("tls.cert", "This node's certificate."),

@@ -270,7 +270,7 @@ impl Store {
         let tags = self.tags.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Ok(Holdings::of(
             &tags,
-            entries.iter().map(|e| (&e.vm, &e.spec.rules)),
+            entries.iter().map(|e| (&e.vm, &*e.spec.rules)),
         ))
     }
 

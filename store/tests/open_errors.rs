@@ -246,18 +246,22 @@ fn a_database_rolled_back_to_an_older_copy_is_corrupt() {
     assert!(message.contains("lost flushed writes"), "{message}");
 }
 
-/// A schedule entry as format 1 (ballast 0.1) wrote it: a spec without placement rules.
+/// A VM spec as format 1 (ballast 0.1) wrote it: no placement rules.
+#[derive(serde::Serialize)]
+struct SpecV1 {
+    vcpus: u32,
+    memory_mib: u64,
+    target: Option<ballast_store::LoadFactors>,
+    disks: Vec<String>,
+    extra_args: Vec<String>,
+    driver_opts: std::collections::BTreeMap<String, String>,
+}
+
+/// A schedule entry as format 1 wrote it.
 #[derive(serde::Serialize)]
 struct EntryV1 {
     vm: ballast_store::VmId,
-    spec: (
-        u32,
-        u64,
-        Option<ballast_store::LoadFactors>,
-        Vec<String>,
-        Vec<String>,
-        std::collections::BTreeMap<String, String>,
-    ),
+    spec: SpecV1,
     factors: ballast_store::LoadFactors,
     state: ballast_store::VmState,
     epoch: u64,
@@ -286,14 +290,14 @@ fn a_format_1_store_is_upgraded_keeping_every_entry() {
         let s = &want.spec;
         let old = EntryV1 {
             vm: want.vm.clone(),
-            spec: (
-                s.vcpus,
-                s.memory_mib,
-                s.target,
-                s.disks.clone(),
-                s.extra_args.clone(),
-                s.driver_opts.clone(),
-            ),
+            spec: SpecV1 {
+                vcpus: s.vcpus,
+                memory_mib: s.memory_mib,
+                target: s.target,
+                disks: s.disks.clone(),
+                extra_args: s.extra_args.clone(),
+                driver_opts: s.driver_opts.clone(),
+            },
             factors: want.factors,
             state: want.state.clone(),
             epoch: want.epoch,

@@ -226,7 +226,7 @@ async fn create(cluster: &mut Cluster, a: CreateArgs) -> anyhow::Result<()> {
             .into_iter()
             .chain(a.storage.map(|s| ("storage".to_owned(), s)))
             .collect::<BTreeMap<_, _>>(),
-        rules,
+        rules: Box::new(rules),
     };
     let via = match &a.node {
         Some(n) => cluster.member(n)?,

@@ -75,7 +75,7 @@ pub struct VmSpec {
     /// Driver-specific options (for the sim driver: its usage profile).
     pub driver_opts: BTreeMap<String, String>,
     /// Placement rules (docs/design.md §Placement rules); they move with the VM.
-    pub rules: PlacementRules,
+    pub rules: Box<PlacementRules>,
 }
 
 /// Where a schedule entry stands in the handoff protocol (docs/design.md §Handoff).

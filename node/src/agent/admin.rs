@@ -212,7 +212,7 @@ async fn set_rules(
                 .get(&vm2)?
                 .ok_or_else(|| StoreError::NotFound { vm: vm2.clone() })?
                 .spec;
-            spec.rules = rules.clone();
+            *spec.rules = rules.clone();
             let _outcome = s.update_spec(&vm2, &spec)?;
             Ok(broken_here(&vm2, &rules, &s.holdings()?, &[]))
         })
@@ -364,7 +364,7 @@ async fn status(ctx: &AgentContext) -> Result<NodeStatus, AdminError> {
     let entries = ctx.with_store(|s| s.list()).await.map_err(store_err)?;
     let holdings = Holdings::of(
         &ctx.cfg.node.tags,
-        entries.iter().map(|e| (&e.vm, &e.spec.rules)),
+        entries.iter().map(|e| (&e.vm, &*e.spec.rules)),
     );
     let rules = NodeRules {
         breaks: rule_breaks(&ctx.me, &entries, &holdings),

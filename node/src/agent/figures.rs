@@ -46,7 +46,7 @@ pub(crate) fn figures_from(ctx: &AgentContext, entries: &[ScheduleEntry]) -> Sid
                 mem_bytes: mem_bytes_of(e),
                 pinned: e.pinned,
                 last_moved_unix_ms: e.last_moved_unix_ms,
-                rules: e.spec.rules.clone(),
+                rules: (*e.spec.rules).clone(),
             });
         }
     }
@@ -72,7 +72,7 @@ pub(crate) fn figures_from(ctx: &AgentContext, entries: &[ScheduleEntry]) -> Sid
         candidates,
         holdings: Holdings::of(
             &ctx.cfg.node.tags,
-            entries.iter().map(|e| (&e.vm, &e.spec.rules)),
+            entries.iter().map(|e| (&e.vm, &*e.spec.rules)),
         ),
     }
 }
@@ -123,7 +123,7 @@ pub(crate) async fn publish_summaries(ctx: Arc<AgentContext>) {
                 if let Ok(entries) = ctx.with_store(|s| s.list()).await {
                     let holdings = Holdings::of(
                         &ctx.cfg.node.tags,
-                        entries.iter().map(|e| (&e.vm, &e.spec.rules)),
+                        entries.iter().map(|e| (&e.vm, &*e.spec.rules)),
                     );
                     let broken = rule_breaks(&ctx.me, &entries, &holdings).len();
                     ctx.metrics

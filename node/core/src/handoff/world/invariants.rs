@@ -39,6 +39,16 @@ pub enum Violation {
         /// The node indexes where it runs.
         nodes: Vec<usize>,
     },
+    /// A node's schedule holds two members of one anti-affinity group (docs/design.md
+    /// §Placement rules).
+    AntiAffinity {
+        /// The node index.
+        node: usize,
+        /// The group.
+        group: String,
+        /// Its members there.
+        vms: Vec<VmId>,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -56,6 +66,10 @@ impl fmt::Display for Violation {
             Self::DoubleRun { vm, nodes } => {
                 write!(f, "I2 violated: VM {vm} runs on nodes {nodes:?} at once")
             }
+            Self::AntiAffinity { node, group, vms } => write!(
+                f,
+                "placement rule broken: node {node} holds {vms:?} of anti-affinity group {group}"
+            ),
         }
     }
 }
@@ -72,10 +86,31 @@ impl World {
         vms
     }
 
-    /// I1 and I2.
+    /// I1, I2 and the anti-affinity rule.
     pub fn check(&self) -> Result<(), Violation> {
         self.check_i1()?;
-        self.check_i2()
+        self.check_i2()?;
+        self.check_anti_affinity()
+    }
+
+    /// No node's schedule (any state) holds two members of one anti-affinity group.
+    pub fn check_anti_affinity(&self) -> Result<(), Violation> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let mut groups: std::collections::BTreeMap<&str, Vec<VmId>> = Default::default();
+            for (vm, e) in n.store.entry_map() {
+                for g in &e.payload.spec.rules.anti_affinity {
+                    groups.entry(g).or_default().push(vm.clone());
+                }
+            }
+            if let Some((g, vms)) = groups.into_iter().find(|(_, v)| v.len() > 1) {
+                return Err(Violation::AntiAffinity {
+                    node: i,
+                    group: g.to_owned(),
+                    vms,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// I1: every VM has exactly one owner in durable state.

@@ -3,6 +3,7 @@
 //! a simulated crash keeps it whole.
 
 use crate::handoff::{ClockMs, Payload, StoreOp, StoreOutcome, StoreRefusal};
+use crate::rules::{admit, Holdings, PlacementRules};
 use crate::types::{NodeId, ScheduleEntry, Transferred, VmId, VmState};
 use std::collections::BTreeMap;
 
@@ -121,6 +122,26 @@ impl MemStore {
             .collect()
     }
 
+    /// Sets a VM's placement rules (a simulated `vm set`).
+    pub fn set_rules(&mut self, vm: &VmId, rules: PlacementRules) {
+        if let Some(e) = self.entries.get_mut(vm) {
+            *e.payload.spec.rules = rules;
+        }
+    }
+
+    /// Whether `vm` with `payload` would break a hard rule here, as `ballast-store`
+    /// checks it (simulated hosts have no tags).
+    fn breaks_rule(&self, vm: &VmId, payload: &Payload) -> bool {
+        let rules = &payload.spec.rules;
+        let held = Holdings::of(
+            &[],
+            self.entries
+                .iter()
+                .map(|(v, e)| (v, &*e.payload.spec.rules)),
+        );
+        !rules.is_empty() && admit(vm, rules, &held).is_err()
+    }
+
     fn see(&mut self, vm: &VmId, epoch: u64) {
         let h = self.highest.entry(vm.clone()).or_insert(0);
         *h = (*h).max(epoch);
@@ -195,6 +216,7 @@ impl MemStore {
                     Some(e) if e.held == incoming => Done,
                     _ if *epoch <= highest => STALE,
                     Some(_) => WRONG,
+                    None if self.breaks_rule(vm, payload) => Refused(StoreRefusal::BreaksRule),
                     None => {
                         self.entries.insert(
                             vm.clone(),
