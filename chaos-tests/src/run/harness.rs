@@ -102,6 +102,8 @@ struct Harness<'a> {
     report: Report,
     ledger: Ledger,
     confirmer: Confirmer,
+    /// Placement-rule violations already reported (by node and first member).
+    rules_reported: std::collections::BTreeSet<String>,
     book: CounterBook,
     rng: StdRng,
     next_vm: u64,
@@ -172,6 +174,7 @@ pub(super) async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         report,
         ledger: Ledger::default(),
         confirmer: Confirmer::default(),
+        rules_reported: Default::default(),
         book: CounterBook::new(cfg.agents),
         rng: StdRng::seed_from_u64(cfg.seed ^ 0x5eed_0f10),
         next_vm: 1,
@@ -250,7 +253,9 @@ fn created(r: &Result<NodeId, AdminClientError>) -> Option<bool> {
             | AdminError::NoNode
             | AdminError::UnknownNode(_)
             | AdminError::NotFound(_)
-            | AdminError::Busy { .. },
+            | AdminError::Busy { .. }
+            | AdminError::BreaksRule { .. }
+            | AdminError::NoLegalNode { .. },
         )) => Some(false),
         Err(_) => None,
     }
@@ -305,8 +310,11 @@ impl Harness<'_> {
 
     async fn create_one(&mut self, node: Option<usize>) {
         let vm = workload::vm_name(self.next_vm);
+        let group = workload::anti_affinity_group(self.next_vm, self.cfg.agents);
         self.next_vm += 1;
-        let spec = workload::vm_spec(&mut self.rng);
+        // A group member goes where its group allows: placement picks the node.
+        let node = if group.is_some() { None } else { node };
+        let spec = workload::vm_spec(&mut self.rng, group);
         let via = node.unwrap_or_else(|| self.rng.random_range(0..self.cfg.agents));
         if !self.askable()[via] {
             return;
@@ -518,6 +526,21 @@ impl Harness<'_> {
         for (i, v) in s.views.iter().enumerate() {
             if v.is_some() {
                 self.last_views[i] = v.clone();
+            }
+        }
+        // One node's view is read at one instant: a rule it breaks is real.
+        let at = self.elapsed_s();
+        for (i, v) in s.views.iter().enumerate() {
+            let Some(v) = v else { continue };
+            let node = self.cluster.nodes[i].id.clone();
+            for found in invariants::rule_problems(&node, v, at) {
+                if self.rules_reported.insert(format!("{node} {:?}", found.vm)) {
+                    self.log(&format!(
+                        "VIOLATION {} {:?}: {}",
+                        found.invariant, found.vm, found.evidence
+                    ));
+                    self.report.violations.push(found);
+                }
             }
         }
         if !s.complete(&self.present()) {

@@ -18,6 +18,8 @@
 //!   remains, and the loads reach a resting spread.
 //! - **I4**: after the final move, the source host is wiped; the VM must still run on
 //!   the destination, with the same entry.
+//! - **R1**: no host's schedule ever holds two members of one anti-affinity group
+//!   (checked on every view read, complete sweep or not: one view is one instant).
 
 use ballast_node::agent::wire::StoreView;
 use ballast_node::driver::sim::Violation as DoubleRun;
@@ -31,7 +33,7 @@ pub const CONFIRM_SWEEPS: u32 = 3;
 /// One broken invariant.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Violation {
-    /// `I1`..`I4`.
+    /// `I1`..`I4`, `R1`.
     pub invariant: &'static str,
     /// The VM, when one is concerned.
     pub vm: Option<String>,
@@ -160,6 +162,34 @@ pub fn sweep_problems(views: &[(NodeId, StoreView)], ledger: &Ledger) -> BTreeMa
         }
     }
     out
+}
+
+/// R1 (docs/design.md §Placement rules): the anti-affinity groups `node`'s schedule (any
+/// state: running, leaving, arriving) holds two members of, as violations. One node's
+/// view is one read of its store, so no sweep confirmation is needed.
+pub fn rule_problems(node: &NodeId, view: &StoreView, at_s: f64) -> Vec<Violation> {
+    let mut groups: BTreeMap<&str, Vec<&VmId>> = BTreeMap::new();
+    for e in &view.entries {
+        for g in &e.spec.rules.anti_affinity {
+            groups.entry(g).or_default().push(&e.vm);
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|(_, vms)| vms.len() > 1)
+        .map(|(g, vms)| Violation {
+            invariant: "R1",
+            vm: Some(vms[0].to_string()),
+            evidence: format!(
+                "at {at_s:.1}s node {node} holds {} members of anti-affinity group {g}: {}",
+                vms.len(),
+                vms.iter()
+                    .map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+        .collect()
 }
 
 /// Confirms bad placements over consecutive complete sweeps.
@@ -314,6 +344,41 @@ mod tests {
             expected: vms.iter().map(|v| VmId::from(*v)).collect(),
             ..Ledger::default()
         }
+    }
+
+    #[test]
+    fn two_members_of_a_group_on_one_host_break_r1_whatever_their_states() {
+        let member = |vm: &str, state: VmState| {
+            let mut e = entry(vm, state, 1);
+            e.spec.rules.anti_affinity = vec!["db".into()];
+            e
+        };
+        let (node, one) = view(
+            "a",
+            vec![
+                member("d1", VmState::Running),
+                entry("x", VmState::Running, 1),
+            ],
+        );
+        assert!(rule_problems(&node, &one, 1.0).is_empty());
+        let arriving = VmState::Incoming {
+            from: "b".into(),
+            epoch: 2,
+        };
+        let (node, two) = view(
+            "a",
+            vec![member("d1", VmState::Running), member("d2", arriving)],
+        );
+        let found = rule_problems(&node, &two, 2.5);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].invariant, "R1");
+        assert!(
+            found[0]
+                .evidence
+                .contains("node a holds 2 members of anti-affinity group db: d1, d2"),
+            "{}",
+            found[0].evidence
+        );
     }
 
     #[test]
