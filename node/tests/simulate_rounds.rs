@@ -15,6 +15,7 @@ fn opts(scenario: Scenario, policy: PolicyConfig) -> SimOptions {
         rounds: 60,
         policy,
         baseline: true,
+        rules: None,
     }
 }
 
@@ -150,6 +151,7 @@ fn swaps_finish_a_hotspot_that_single_moves_cannot() {
                 simulate::cluster::Host::new(1.0, vms)
             }))
             .collect(),
+        has_rules: false,
     };
     let run = |swaps: bool| {
         let p = PolicyConfig {
@@ -196,4 +198,47 @@ fn more_peer_samples_cut_the_migrations_new_hosts_cost() {
         two.migrations
     );
     assert!(eight.rounds_to_1_10.unwrap_or(u32::MAX) <= two.rounds_to_1_10.unwrap_or(u32::MAX));
+}
+
+#[test]
+fn rules_are_repaired_and_cost_little_balance() {
+    // 300 hosts, 100 groups of 3 and 5 % of the VMs needing one of 20 % tagged hosts,
+    // placed at random: balancing repairs every break it can and still balances.
+    let rules = simulate::rules::SimRuleOptions {
+        groups: 100,
+        group_size: 3,
+        tagged_hosts: 0.2,
+        tagged_vms: 0.05,
+    };
+    for scenario in [Scenario::Uniform, Scenario::Hotspot] {
+        let with = simulate::run(
+            &SimOptions {
+                rules: Some(rules),
+                rounds: 100,
+                ..opts(scenario, default_sim_policy())
+            },
+            &mut |_| {},
+        );
+        let outcome = with.rules.expect("a run with rules reports them");
+        println!(
+            "{scenario:?}: broken {} -> {}, final max/mean {:.3}, to 1.10 in {:?}",
+            outcome.broken_initial,
+            outcome.broken_final,
+            with.summary.final_max_over_mean,
+            with.summary.rounds_to_1_10
+        );
+        assert!(
+            outcome.broken_initial > 0,
+            "{scenario:?}: random placement breaks some"
+        );
+        assert_eq!(
+            outcome.broken_final, 0,
+            "{scenario:?}: every break repaired"
+        );
+        assert!(
+            with.summary.final_max_over_mean <= 1.10,
+            "{scenario:?}: {}",
+            with.summary.final_max_over_mean
+        );
+    }
 }

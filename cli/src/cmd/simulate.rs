@@ -4,6 +4,7 @@
 use crate::plot;
 use anyhow::Context;
 use ballast_node::policy::{PeerChoice, PolicyConfig, Sender};
+use ballast_node::simulate::rules::SimRuleOptions;
 use ballast_node::simulate::{
     self, default_sim_policy, RoundStat, Scenario, SimOptions, SimReport,
 };
@@ -68,6 +69,26 @@ pub struct Args {
     /// same seed and print one row each.
     #[arg(long, conflicts_with = "plot")]
     variants: bool,
+    /// Placement rules: this many anti-affinity groups (of --group-size VMs each, drawn at
+    /// random); the run is then made with and without the rules, to show their cost.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    anti_affinity_groups: u32,
+    /// Members of each anti-affinity group.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    group_size: u32,
+    /// Placement rules: the share of the hosts that carry a tag (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    tagged_hosts: f64,
+    /// Placement rules: the share of the VMs that require the tag (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    tagged_vms: f64,
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a share between 0 and 1, got {s:?}")),
+    }
 }
 
 fn non_negative(s: &str) -> Result<f64, String> {
@@ -122,6 +143,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         policy.swap_min_gain = g;
     }
     policy.validate().context("invalid policy flags")?;
+    anyhow::ensure!(
+        args.tagged_vms == 0.0 || args.tagged_hosts > 0.0,
+        "--tagged-vms needs --tagged-hosts above 0 (no host could take those VMs)"
+    );
+    let rules =
+        (args.anti_affinity_groups > 0 || args.tagged_vms > 0.0).then_some(SimRuleOptions {
+            groups: args.anti_affinity_groups,
+            group_size: args.group_size,
+            tagged_hosts: args.tagged_hosts,
+            tagged_vms: args.tagged_vms,
+        });
     let opts = SimOptions {
         hosts: args.hosts as usize,
         scenario: args.scenario,
@@ -129,11 +161,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rounds: args.rounds,
         policy,
         baseline: !args.no_baseline,
+        rules,
     };
     if args.variants {
         return run_variants(&opts, args.json);
     }
-    let report = run_one(&opts, !args.json)?;
+    let mut report = run_one(&opts, !args.json)?;
+    if opts.rules.is_some() {
+        let plain = SimOptions {
+            rules: None,
+            baseline: false,
+            ..opts.clone()
+        };
+        report.without_rules = Some(run_one(&plain, !args.json)?.summary);
+    }
     if let Some(path) = &args.plot {
         plot::max_over_mean(path, &report)
             .with_context(|| format!("cannot draw {}", path.display()))?;
@@ -263,6 +304,32 @@ fn print_tables(r: &SimReport) {
         "",
     ]);
     println!("{t}");
+    if let (Some(rules), Some(plain)) = (&r.rules, &r.without_rules) {
+        let mut t = Table::new();
+        t.load_style(UTF8_FULL_CONDENSED)
+            .set_header(["placement rules", "with", "without"]);
+        t.add_row([
+            "rounds to max/mean <= 1.10".into(),
+            fmt_rounds(s.rounds_to_1_10),
+            fmt_rounds(plain.rounds_to_1_10),
+        ]);
+        t.add_row([
+            "final max/mean".into(),
+            format!("{:.3}", s.final_max_over_mean),
+            format!("{:.3}", plain.final_max_over_mean),
+        ]);
+        t.add_row([
+            "migrations".into(),
+            s.migrations.to_string(),
+            plain.migrations.to_string(),
+        ]);
+        t.add_row([
+            "VMs breaking a hard rule (initial -> final)".into(),
+            format!("{} -> {}", rules.broken_initial, rules.broken_final),
+            "-".into(),
+        ]);
+        println!("{t}");
+    }
     println!("elapsed {:.2} s", r.elapsed_s);
 }
 

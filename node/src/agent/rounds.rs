@@ -10,7 +10,7 @@ use super::context::AgentContext;
 use super::mover::MoveJob;
 use super::session::run_session;
 use crate::policy::{choose_peer, Sender};
-use ballast_core::rules::PlacementRules;
+use ballast_core::rules::{Holdings, PlacementRules};
 use ballast_gossip::PeerView;
 use ballast_store::{NodeId, VmState};
 use rand::rngs::StdRng;
@@ -74,12 +74,28 @@ async fn round(ctx: &AgentContext, rng: &mut impl Rng) {
         Sender::Busier => gap.abs() > cfg.threshold,
         Sender::Initiator => gap > cfg.threshold,
     };
-    if !worth {
+    // A VM breaking a hard rule here is worth a session whatever the loads (a repair).
+    if !worth && !breaks_a_rule(ctx).await {
         ctx.metrics.session("skipped");
         return;
     }
     let session = rng.random::<u64>();
     run_session(ctx, peer, session).await;
+}
+
+/// Whether a VM of this node breaks a hard placement rule here.
+async fn breaks_a_rule(ctx: &AgentContext) -> bool {
+    let Ok(entries) = ctx.with_store(|s| s.list()).await else {
+        return false;
+    };
+    if entries.iter().all(|e| e.spec.rules.is_empty()) {
+        return false;
+    }
+    let holdings = Holdings::of(
+        &ctx.cfg.node.tags,
+        entries.iter().map(|e| (&e.vm, &*e.spec.rules)),
+    );
+    !super::rule_book::rule_breaks(&ctx.me, &entries, &holdings).is_empty()
 }
 
 /// Hands one VM off: the first running VM that some active peer may take (its tags

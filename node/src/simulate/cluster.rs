@@ -1,5 +1,14 @@
 //! The simulated cluster: host capacities and the raw loads of the VMs on each host.
 
+/// A simulated VM's placement rules (`simulate::rules`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimVmRules {
+    /// Its anti-affinity group.
+    pub group: Option<u32>,
+    /// Whether it needs a tagged host.
+    pub needs_tag: bool,
+}
+
 /// One simulated host.
 #[derive(Clone, Debug)]
 pub struct Host {
@@ -9,6 +18,10 @@ pub struct Host {
     pub vms: Vec<f64>,
     /// Its load: the sum of `vms` divided by `capacity`.
     pub load: f64,
+    /// Whether it carries the tag some VMs require.
+    pub tagged: bool,
+    /// The rules of its VMs, in the order of `vms` (empty in a run without rules).
+    pub rules: Vec<SimVmRules>,
 }
 
 impl Host {
@@ -19,6 +32,8 @@ impl Host {
             capacity,
             vms,
             load,
+            tagged: false,
+            rules: Vec::new(),
         }
     }
 }
@@ -28,6 +43,8 @@ impl Host {
 pub struct Cluster {
     /// The hosts, by index.
     pub hosts: Vec<Host>,
+    /// Whether its VMs carry placement rules (every host's `rules` is then filled).
+    pub has_rules: bool,
 }
 
 impl Cluster {
@@ -44,6 +61,10 @@ impl Cluster {
     /// Moves the VM at `index` on host `from` to host `to`; returns its raw load.
     pub fn move_vm(&mut self, from: usize, index: usize, to: usize) -> f64 {
         let raw = self.hosts[from].vms.swap_remove(index);
+        if self.has_rules {
+            let r = self.hosts[from].rules.swap_remove(index);
+            self.hosts[to].rules.push(r);
+        }
         let src = &mut self.hosts[from];
         src.load = (src.load - raw / src.capacity).max(0.0);
         if src.vms.is_empty() {

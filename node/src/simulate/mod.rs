@@ -5,13 +5,15 @@
 //! - [`scenario`]: the initial states (`uniform`, `hotspot`, `new-hosts`, `heterogeneous`).
 //! - [`cluster`]: hosts, their capacities and VMs, and the imbalance figures.
 //! - [`round`]: one round of decentralized sessions.
-//! - [`greedy`]: the central-greedy baseline.
+//! - [`greedy`]: the central-greedy baseline (it ignores placement rules).
+//! - [`rules`]: anti-affinity groups and a host tag added to a scenario.
 //! - [`report`]: what a run reports (also its JSON form).
 
 pub mod cluster;
 pub mod greedy;
 pub mod report;
 pub mod round;
+pub mod rules;
 pub mod scenario;
 
 use crate::policy::PolicyConfig;
@@ -52,12 +54,20 @@ pub struct SimOptions {
     pub policy: PolicyConfig,
     /// Whether to run the central-greedy baseline too.
     pub baseline: bool,
+    /// Placement rules to add to the scenario.
+    pub rules: Option<rules::SimRuleOptions>,
 }
 
 /// Runs the simulation; `on_round` sees each round's figures as they come (for progress).
 pub fn run(opts: &SimOptions, on_round: &mut dyn FnMut(&RoundStat)) -> SimReport {
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut cluster = scenario::build(opts.scenario, opts.hosts, &opts.policy, &mut rng);
+    // Drawn from its own stream, so a run with rules starts from the same loads.
+    if let Some(r) = &opts.rules {
+        let mut rule_rng = StdRng::seed_from_u64(opts.seed ^ 0x5eed_0f_7a95);
+        rules::assign(&mut cluster, r, &mut rule_rng);
+    }
+    let broken_initial = rules::broken(&cluster);
     // The rounds draw millions of peer samples: a fast generator, seeded from the same seed.
     let mut rng = SmallRng::seed_from_u64(rng.random());
     let baseline = opts
@@ -83,5 +93,12 @@ pub fn run(opts: &SimOptions, on_round: &mut dyn FnMut(&RoundStat)) -> SimReport
         on_round(&stat);
         rounds.push(stat);
     }
-    SimReport::new(opts, vms, rounds, load_moved, baseline)
+    let mut report = SimReport::new(opts, vms, rounds, load_moved, baseline);
+    if opts.rules.is_some() {
+        report.rules = Some(report::RulesOutcome {
+            broken_initial,
+            broken_final: rules::broken(&cluster),
+        });
+    }
+    report
 }

@@ -88,6 +88,19 @@ pub struct SimReport {
     pub baseline: Option<BaselineReport>,
     /// Wall-clock seconds, filled in by the caller (the simulation reads no clock).
     pub elapsed_s: f64,
+    /// Placement rules, when the run had some.
+    pub rules: Option<RulesOutcome>,
+    /// The same run without the rules, for their cost (filled in by the caller).
+    pub without_rules: Option<Summary>,
+}
+
+/// What became of a run's placement rules.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct RulesOutcome {
+    /// VMs that broke a hard rule in the initial state.
+    pub broken_initial: usize,
+    /// VMs that break one after the last round (an unsatisfiable group keeps some).
+    pub broken_final: usize,
 }
 
 impl SimReport {
@@ -132,6 +145,8 @@ impl SimReport {
                 load_moved: b.load_moved,
             }),
             elapsed_s: 0.0,
+            rules: None,
+            without_rules: None,
         }
     }
 }

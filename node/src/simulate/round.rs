@@ -3,6 +3,7 @@
 //! Each session calls [`crate::policy::decide`] with both hosts' fresh figures.
 
 use super::cluster::Cluster;
+use super::rules::{host_breaks_a_rule, SimPairRules};
 use crate::policy::{
     choose_peer, decide, swap_possible, Candidate, Context, Decision, PolicyConfig, Sender, View,
 };
@@ -97,7 +98,10 @@ pub fn run_round<R: Rng + ?Sized>(
             continue;
         };
         let b = other(i);
-        if gossip_shows_no_gap(l_a, st.loads[b], cfg) {
+        // A host holding a VM that breaks a rule opens a session anyway (a repair).
+        if gossip_shows_no_gap(l_a, st.loads[b], cfg)
+            && !(cluster.has_rules && host_breaks_a_rule(&cluster.hosts[a]))
+        {
             continue;
         }
         if st.busy_in_round[b] == round {
@@ -137,7 +141,8 @@ fn session(
     // when no swap is possible (the simulator's hottest loop; the decision is the same).
     let (l_a, l_b) = (cluster.hosts[a].load, cluster.hosts[b].load);
     let (busier_a, busier_b) = (l_a >= l_b, l_b > l_a);
-    let swap = swap_possible(l_a.max(l_b), l_a.min(l_b), cfg);
+    // With placement rules either side may hold a VM to repair: weigh both.
+    let swap = swap_possible(l_a.max(l_b), l_a.min(l_b), cfg) || cluster.has_rules;
     st.mine.clear();
     st.theirs.clear();
     if busier_a || swap {
@@ -156,7 +161,17 @@ fn session(
         candidates: &st.theirs,
         free_mem_bytes: u64::MAX,
     };
-    let (from, to, moves) = match decide(&local, &peer, ctx, cfg) {
+    let pair = SimPairRules {
+        local: &cluster.hosts[a],
+        peer: &cluster.hosts[b],
+    };
+    let with_rules = Context {
+        rules: Some(&pair),
+        ..*ctx
+    };
+    let ctx = if cluster.has_rules { &with_rules } else { ctx };
+    let decision = decide(&local, &peer, ctx, cfg);
+    let (from, to, moves) = match decision {
         Decision::Send(m) => (a, b, m),
         Decision::Receive(m) => (b, a, m),
         Decision::Swap { give, take } => {

@@ -70,6 +70,7 @@ pub fn build<R: Rng + ?Sized>(
     match scenario {
         Scenario::Uniform => Cluster {
             hosts: (0..hosts).map(|_| host(1.0, VMS_PER_HOST, rng)).collect(),
+            has_rules: false,
         },
         Scenario::Hotspot => {
             let hot = (hosts / 10).max(1);
@@ -79,6 +80,7 @@ pub fn build<R: Rng + ?Sized>(
                 hosts: (0..hosts)
                     .map(|h| host(1.0, if h < hot { hot_mean } else { cold_mean }, rng))
                     .collect(),
+                has_rules: false,
             };
             c.hosts.reverse();
             c
@@ -87,6 +89,7 @@ pub fn build<R: Rng + ?Sized>(
             hosts: (0..hosts)
                 .map(|_| host(2f64.powf(rng.random_range(-1.0..=1.0)), VMS_PER_HOST, rng))
                 .collect(),
+            has_rules: false,
         },
         Scenario::NewHosts => {
             let new = (hosts / 10).max(1);
@@ -94,6 +97,7 @@ pub fn build<R: Rng + ?Sized>(
             let mean = VMS_PER_HOST * hosts as f64 / old as f64;
             let mut c = Cluster {
                 hosts: (0..old).map(|_| host(1.0, mean, rng)).collect(),
+                has_rules: false,
             };
             // Balance the old hosts first, with the same rounds, so the join is what is measured.
             let mut st = round::RoundState::new(old);
