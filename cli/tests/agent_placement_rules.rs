@@ -75,6 +75,20 @@ fn placement(c: &Cluster) -> BTreeMap<VmId, usize> {
     at
 }
 
+/// The value of metric `name` on the metrics endpoint at `port` (plain HTTP/1.1).
+fn metric(port: u16, name: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(str::to_owned)
+}
+
 fn with_rules(cpu: f64, rules: PlacementRules) -> VmSpec {
     VmSpec {
         rules: Box::new(rules),
@@ -147,6 +161,21 @@ fn balancing_spreads_thirty_vms_and_keeps_every_hard_rule() {
         .await;
         println!("balanced after {:.1} s", start.elapsed().as_secs_f64());
     });
+    // The forced members were repaired by sessions, which say so.
+    let mut repairs = Vec::new();
+    run_bounded(Duration::from_secs(20), async {
+        for i in 0..6 {
+            for r in c.admin(i).recent_sessions().await.expect("sessions") {
+                repairs.extend(r.moves.into_iter().filter_map(|m| m.repairs));
+            }
+        }
+    });
+    assert!(
+        repairs
+            .iter()
+            .any(|r| r.starts_with("anti-affinity group grp-")),
+        "no session says it repaired a rule: {repairs:?}"
+    );
     let at = placement(&c);
     assert_eq!(at.len(), 30, "every VM runs on exactly one node: {at:?}");
     for (g, members) in &groups {
@@ -374,6 +403,17 @@ fn bad_rules_are_refused_and_an_unsatisfiable_group_is_never_made_worse() {
         "{}",
         text(&o)
     );
+    // n1 holds two members: both break the rule there, and its metric says so.
+    let port = c.logged_metrics_port(0).expect("n1 logs its metrics port");
+    let mut gauge = String::new();
+    for _ in 0..50 {
+        gauge = metric(port, "ballast_placement_rules_broken").unwrap_or_default();
+        if gauge == "2" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(gauge, "2", "ballast_placement_rules_broken on n1");
     let solo: Vec<VmId> = (1..=4).map(|i| VmId::from(format!("solo-{i}"))).collect();
     for _ in 0..10 {
         let at = placement(&c);
@@ -407,6 +447,46 @@ fn bad_rules_are_refused_and_an_unsatisfiable_group_is_never_made_worse() {
         text(&o).contains("anti-affinity group solo"),
         "{}",
         text(&o)
+    );
+    // Affinity: a new member goes where its group is, and balancing keeps it there.
+    let o = cli(
+        &bundle,
+        &[
+            "vm",
+            "create",
+            "app-a",
+            "--vcpus",
+            "1",
+            "--memory",
+            "64M",
+            "--affinity",
+            "app",
+            "--node",
+            "n2",
+        ],
+    );
+    assert_eq!(cli_util::code(&o), 0, "{}", text(&o));
+    let o = cli(
+        &bundle,
+        &[
+            "vm",
+            "create",
+            "app-b",
+            "--vcpus",
+            "1",
+            "--memory",
+            "64M",
+            "--affinity",
+            "app",
+        ],
+    );
+    assert!(text(&o).contains("VM app-b created on n2"), "{}", text(&o));
+    std::thread::sleep(Duration::from_secs(1));
+    let at = placement(&c);
+    assert_eq!(
+        at[&VmId::from("app-a")],
+        at[&VmId::from("app-b")],
+        "the affinity group stays together"
     );
     // vm set: new rules; the VM then breaks none where it is.
     let o = cli(

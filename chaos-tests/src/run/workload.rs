@@ -18,7 +18,8 @@ pub fn vm_name(k: u64) -> VmId {
 /// legal place for every member even with one host down.
 pub fn anti_affinity_group(k: u64, agents: usize) -> Option<String> {
     let per_group = (agents.max(2) - 1) as u64;
-    (k % 4 == 0).then(|| format!("aa-{}", (k / 4) / per_group))
+    k.is_multiple_of(4)
+        .then(|| format!("aa-{}", (k / 4) / per_group))
 }
 
 /// A VM of 1-2 vCPUs whose CPU use walks between 0.05 and its vCPU count, changing by

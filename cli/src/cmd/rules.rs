@@ -79,6 +79,32 @@ pub fn groups_are_not_vms<'a>(
     Ok(())
 }
 
+/// The node holding the most members of one of `rules`' affinity groups, if any: where a
+/// new member goes first.
+pub fn affinity_home(
+    rules: &PlacementRules,
+    schedules: &[(NodeId, Vec<ScheduleEntry>)],
+) -> Option<NodeId> {
+    schedules
+        .iter()
+        .map(|(node, entries)| {
+            let members = entries
+                .iter()
+                .filter(|e| {
+                    e.spec
+                        .rules
+                        .affinity
+                        .iter()
+                        .any(|g| rules.affinity.contains(g))
+                })
+                .count();
+            (members, node)
+        })
+        .filter(|(members, _)| *members > 0)
+        .max_by_key(|(members, _)| *members)
+        .map(|(_, node)| node.clone())
+}
+
 /// Why `vm` (with `rules`) may not move to the node `to` (whose status is known): the
 /// hard rule it would break there, `None` when it may.
 pub fn refusal_at(vm: &VmId, rules: &PlacementRules, to: &Member) -> Option<String> {

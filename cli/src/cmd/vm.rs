@@ -9,6 +9,8 @@ use crate::exit_status::Unfinished;
 use crate::size::{format_mib, parse_memory_mib, parse_target};
 use crate::table::{bytes, new_table};
 use anyhow::{anyhow, Context};
+use ballast_node::agent::wire::AdminError;
+use ballast_node::agent::AdminClientError;
 use ballast_store::{LoadFactors, NodeId, ScheduleEntry, VmId, VmSpec, VmState};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -207,10 +209,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 async fn create(cluster: &mut Cluster, a: CreateArgs) -> anyhow::Result<()> {
     let vm = VmId::from(a.name.as_str());
     let mut rules = a.rules.rules()?;
+    // Affinity is a preference: a node already holding a member of the group first.
+    let mut preferred = None;
     if !rules.is_empty() {
         cluster.reach_all().await;
         let schedules = cluster.schedules().await?;
         rules::groups_are_not_vms(&vm, &rules, schedules.answered.iter().flat_map(|(_, e)| e))?;
+        if a.node.is_none() {
+            preferred = rules::affinity_home(&rules, &schedules.answered);
+        }
     }
     if a.force {
         rules.forced_on = a.node.as_deref().map(NodeId::from);
@@ -238,9 +245,28 @@ async fn create(cluster: &mut Cluster, a: CreateArgs) -> anyhow::Result<()> {
     };
     let client = cluster.client(via.addr, CHANGE_CALL_TIMEOUT)?;
     let node = a.node.as_deref().map(NodeId::from);
-    let (placed, warning) = client
-        .create_vm_reporting(&vm, &spec, node.as_ref(), a.pin)
-        .await
+    let first = match &preferred {
+        Some(home) => {
+            client
+                .create_vm_reporting(&vm, &spec, Some(home), a.pin)
+                .await
+        }
+        None => {
+            client
+                .create_vm_reporting(&vm, &spec, node.as_ref(), a.pin)
+                .await
+        }
+    };
+    let created = match first {
+        // The group's node may not take it (a hard rule, no room): anywhere legal.
+        Err(AdminClientError::Admin(AdminError::BreaksRule { .. } | AdminError::Driver(_)))
+            if preferred.is_some() =>
+        {
+            client.create_vm_reporting(&vm, &spec, None, a.pin).await
+        }
+        other => other,
+    };
+    let (placed, warning) = created
         .map_err(|e| explain(e, via.addr, &cluster.bundle_path))
         .with_context(|| format!("creating VM {vm}"))?;
     if a.json {

@@ -64,7 +64,7 @@ pub fn run(opts: &SimOptions, on_round: &mut dyn FnMut(&RoundStat)) -> SimReport
     let mut cluster = scenario::build(opts.scenario, opts.hosts, &opts.policy, &mut rng);
     // Drawn from its own stream, so a run with rules starts from the same loads.
     if let Some(r) = &opts.rules {
-        let mut rule_rng = StdRng::seed_from_u64(opts.seed ^ 0x5eed_0f_7a95);
+        let mut rule_rng = StdRng::seed_from_u64(opts.seed ^ 0x5eed_0f7a_9500);
         rules::assign(&mut cluster, r, &mut rule_rng);
     }
     let broken_initial = rules::broken(&cluster);
