@@ -189,9 +189,10 @@ pub fn decide(
     }
 }
 
-/// A repair, planned before anything else: the first eligible VM of either side that
-/// breaks a hard rule where it is and may go to the other host (the local side first;
-/// the peer's only when a receiver may pull, `sender = "busier"`).
+/// Repairs, planned before anything else: up to `max_moves_per_session` eligible VMs of
+/// one side that break a hard rule where they are and may go to the other host, each
+/// checked against the ones before it (the local side first; the peer's only when a
+/// receiver may pull, `sender = "busier"`).
 fn plan_repair(
     local: &View<'_>,
     peer: &View<'_>,
@@ -199,25 +200,35 @@ fn plan_repair(
     cfg: &PolicyConfig,
 ) -> Option<Decision> {
     let rules = ctx.rules?;
-    let find = |side: Side, from: &View<'_>, free: u64| {
-        from.candidates.iter().enumerate().find_map(|(i, c)| {
-            let ok = rules.breaks_here(side, i)
+    let find = |side: Side, from: &View<'_>, mut free: u64| {
+        let mut out: Vec<PlannedMove> = Vec::new();
+        for (i, c) in from.candidates.iter().enumerate() {
+            if out.len() >= cfg.max_moves_per_session {
+                break;
+            }
+            if rules.breaks_here(side, i)
                 && eligible(c, free, ctx.now_ms, cfg)
-                && rules.allows(side, i, &[], None);
-            ok.then_some(PlannedMove {
-                index: i,
-                load_from: c.load_here,
-                load_to: c.load_there,
-            })
-        })
+                && rules.allows(side, i, &out, None)
+            {
+                free -= c.mem_bytes;
+                out.push(PlannedMove {
+                    index: i,
+                    load_from: c.load_here,
+                    load_to: c.load_there,
+                });
+            }
+        }
+        out
     };
-    if let Some(m) = find(Side::Local, local, peer.free_mem_bytes) {
-        return Some(Decision::Send(vec![m]));
+    let mine = find(Side::Local, local, peer.free_mem_bytes);
+    if !mine.is_empty() {
+        return Some(Decision::Send(mine));
     }
     if cfg.sender == Sender::Initiator {
         return None;
     }
-    find(Side::Peer, peer, local.free_mem_bytes).map(|m| Decision::Receive(vec![m]))
+    let theirs = find(Side::Peer, peer, local.free_mem_bytes);
+    (!theirs.is_empty()).then_some(Decision::Receive(theirs))
 }
 
 /// The swap to plan when no single move from `sender` was: only if swaps are on and the
