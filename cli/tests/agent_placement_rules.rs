@@ -9,6 +9,7 @@ mod agent_util;
 mod cli_util;
 
 use agent_util::*;
+use ballast_node::agent::wire::StoreView;
 use ballast_node::rules::PlacementRules;
 use ballast_store::{NodeId, VmId, VmSpec, VmState};
 use std::collections::BTreeMap;
@@ -66,8 +67,13 @@ fn placement(c: &Cluster) -> BTreeMap<VmId, usize> {
     run_bounded(Duration::from_secs(20), async {
         snaps = c.snapshots().await;
     });
+    placement_of(&snaps)
+}
+
+/// [`placement`] in snapshots already read.
+fn placement_of(snaps: &[Option<StoreView>]) -> BTreeMap<VmId, usize> {
     let mut at = BTreeMap::new();
-    for (vm, held) in holders(&snaps) {
+    for (vm, held) in holders(snaps) {
         if let [(i, VmState::Running, _)] = held.as_slice() {
             at.insert(vm, *i);
         }
@@ -104,6 +110,7 @@ fn balancing_spreads_thirty_vms_and_keeps_every_hard_rule() {
     let n1 = nid(&c, 0);
     let mut groups: BTreeMap<String, Vec<VmId>> = BTreeMap::new();
     let mut gpu_vms = Vec::new();
+    let mut all = Vec::new();
     run_bounded(Duration::from_secs(150), async {
         let admin = c.admin(0);
         for i in 0..30u32 {
@@ -125,6 +132,7 @@ fn balancing_spreads_thirty_vms_and_keeps_every_hard_rule() {
             } else {
                 VmId::from(format!("plain-{i}"))
             };
+            all.push(name.clone());
             let at = admin
                 .create_vm(&name, &with_rules(cpu, rules), Some(&n1), false)
                 .await
@@ -163,11 +171,17 @@ fn balancing_spreads_thirty_vms_and_keeps_every_hard_rule() {
     });
     // The forced members were repaired by sessions, which say so.
     let mut repairs = Vec::new();
-    let vms: Vec<VmId> = groups.values().flatten().chain(&gpu_vms).cloned().collect();
+    let vms = all;
+    let resolved = std::sync::Mutex::new(Vec::new());
     run_bounded(Duration::from_secs(40), async {
-        // Balancing goes on: look once no handoff is under way.
+        // Balancing goes on: look at a reading in which no handoff is under way.
         wait_until(Duration::from_secs(20), "all resolved", || async {
-            all_resolved(&c.snapshots().await, &vms)
+            let snaps = c.snapshots().await;
+            let done = all_resolved(&snaps, &vms);
+            if done {
+                *resolved.lock().expect("lock") = snaps;
+            }
+            done
         })
         .await;
         for i in 0..6 {
@@ -182,7 +196,7 @@ fn balancing_spreads_thirty_vms_and_keeps_every_hard_rule() {
             .any(|r| r.starts_with("anti-affinity group grp-")),
         "no session says it repaired a rule: {repairs:?}"
     );
-    let at = placement(&c);
+    let at = placement_of(&resolved.lock().expect("lock"));
     for vm in &vms {
         assert!(at.contains_key(vm), "{vm} runs on exactly one node: {at:?}");
     }
