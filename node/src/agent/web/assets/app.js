@@ -84,22 +84,34 @@ function drawHosts(status, vms) {
 
 function drawChart(history) {
   const w = 800, h = 170, left = 34, bottom = 18, top = 8;
-  const s = history.samples;
+  const now = Date.now();
+  // The last hour, or less while the agent has not been up that long (at least 5 min).
+  const s = history.samples.filter((p) => p.at_unix_ms > now - 3600 * 1000);
+  const oldest = s.length ? s[0].at_unix_ms : now;
+  const span = Math.min(3600 * 1000, Math.max(5 * 60 * 1000, now - oldest));
   const root = svg("svg", { viewBox: "0 0 " + w + " " + h, role: "img", "aria-label": "max and mean load" });
-  const now = Date.now(), span = 3600 * 1000;
   const ymax = Math.max(1, ...s.map((p) => p.max_load)) * 1.05;
-  const x = (t) => left + ((t - (now - span)) / span) * (w - left - 4);
+  const x = (t) => left + ((t - (now - span)) / span) * (w - left - 8);
   const y = (v) => top + (1 - v / ymax) * (h - top - bottom);
   for (const v of [0, 0.5, 1, ymax > 1.5 ? Math.floor(ymax) : null].filter((v) => v !== null)) {
     root.append(svg("line", { class: "grid", x1: left, x2: w, y1: y(v), y2: y(v) }));
     const t = svg("text", { x: 2, y: y(v) + 3 }); t.textContent = v.toFixed(1); root.append(t);
   }
-  for (const m of [60, 45, 30, 15, 0]) {
-    const t = svg("text", { x: x(now - m * 60000) - 10, y: h - 4 }); t.textContent = m ? "-" + m + "m" : "now"; root.append(t);
+  const minutes = span / 60000;
+  for (let k = 0; k <= 4; k++) {
+    const m = Math.round((minutes * (4 - k)) / 4);
+    const t = svg("text", { x: x(now - m * 60000) - 10, y: h - 4 });
+    t.textContent = m ? "-" + m + "m" : "now";
+    root.append(t);
   }
   for (const key of ["max_load", "mean_load"]) {
-    const pts = s.filter((p) => p.at_unix_ms > now - span).map((p) => x(p.at_unix_ms).toFixed(1) + "," + y(p[key]).toFixed(1));
-    root.append(svg("polyline", { class: key === "max_load" ? "max" : "mean", points: pts.join(" "), "data-points": pts.length }));
+    const cls = key === "max_load" ? "max" : "mean";
+    const pts = s.map((p) => [x(p.at_unix_ms), y(p[key])]);
+    root.append(svg("polyline", { class: cls, points: pts.map((p) => p[0].toFixed(1) + "," + p[1].toFixed(1)).join(" "), "data-points": pts.length }));
+    if (pts.length) {
+      const last = pts[pts.length - 1];
+      root.append(svg("circle", { class: cls + " dot", cx: last[0].toFixed(1), cy: last[1].toFixed(1), r: 3 }));
+    }
   }
   document.getElementById("chart").replaceChildren(root);
 }
