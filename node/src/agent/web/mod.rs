@@ -16,10 +16,12 @@
 //!   (as the CLI does), `history`: the max/mean load ring.
 //! - `assets`: the page, its script and style, embedded in the binary.
 //! - `tls`: the TLS acceptor for a non-loopback address.
+//! - `dashboard_check`: a test of `packaging/grafana-dashboard.json` against the metrics.
 
 mod api;
 mod assets;
 mod cluster;
+mod dashboard_check;
 mod history;
 mod tls;
 
