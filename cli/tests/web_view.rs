@@ -90,7 +90,11 @@ fn the_web_view_shows_every_host_the_loads_spreading_and_the_sessions() {
     let dom = dump_dom(&url, profile.path(), 3000);
     let before = hosts_shown(&dom);
     let names: Vec<&str> = before.iter().map(|h| h.node.as_str()).collect();
-    assert_eq!(names, ["n1", "n2", "n3", "n4", "n5"], "hosts shown: {before:?}");
+    assert_eq!(
+        names,
+        ["n1", "n2", "n3", "n4", "n5"],
+        "hosts shown: {before:?}"
+    );
     assert!(before.iter().all(|h| h.state == "active"), "{before:?}");
     assert_eq!(before[0].vms, 40, "{before:?}");
     assert!(before[0].load > 0.5, "n1 shown loaded: {before:?}");
@@ -127,7 +131,10 @@ fn the_web_view_shows_every_host_the_loads_spreading_and_the_sessions() {
     let sessions = sessions_shown(&dom);
     assert!(sessions > 0, "no session shown:\n{dom}");
     assert!(dom.contains("n1 → "), "a session of n1 shown:\n{dom}");
-    assert!(dom.contains("href=\"#vm-web-"), "moves linked to their VM:\n{dom}");
+    assert!(
+        dom.contains("href=\"#vm-web-"),
+        "moves linked to their VM:\n{dom}"
+    );
     assert!(chart_points(&dom) >= 1, "the chart has points:\n{dom}");
 
     let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-view.png");
@@ -235,7 +242,10 @@ fn api_vms_is_the_cli_vm_list_json() {
         || get_json(web, "/api/v1/vms?node=n1"),
     );
     let rows = n1["vms"].as_array().expect("vms");
-    assert!(!rows.is_empty() && rows.iter().all(|r| r["node"] == "n1"), "{n1:#}");
+    assert!(
+        !rows.is_empty() && rows.iter().all(|r| r["node"] == "n1"),
+        "{n1:#}"
+    );
 }
 
 #[test]
@@ -250,14 +260,24 @@ fn api_sessions_is_the_cli_sessions_json() {
         || cli_json(&bundle, &["sessions"]),
         || get_json(web, "/api/v1/sessions"),
     );
-    assert!(got["sessions"].as_array().is_some_and(|s| !s.is_empty()), "{got:#}");
+    assert!(
+        got["sessions"].as_array().is_some_and(|s| !s.is_empty()),
+        "{got:#}"
+    );
     let moved = assert_api_is_cli(
-        || cli_json(&bundle, &["sessions", "--moves", "--limit", "3", "--node", "n1"]),
+        || {
+            cli_json(
+                &bundle,
+                &["sessions", "--moves", "--limit", "3", "--node", "n1"],
+            )
+        },
         || get_json(web, "/api/v1/sessions?moves=true&limit=3&node=n1"),
     );
     let rows = moved["sessions"].as_array().expect("sessions");
     assert!(!rows.is_empty() && rows.len() <= 3, "{moved:#}");
-    assert!(rows.iter().all(|s| !s["moves"].as_array().expect("moves").is_empty()));
+    assert!(rows
+        .iter()
+        .all(|s| !s["moves"].as_array().expect("moves").is_empty()));
 }
 
 #[test]
@@ -295,22 +315,35 @@ fn bad_requests_are_refused_or_cut_off_and_the_agent_serves_on() {
     assert!(answer.starts_with("HTTP/1.1 431"), "oversized: {answer:?}");
 
     // A request head that never ends: cut after the 5 s read bound.
-    let (answer, closed) = raw(web, b"GET / HTTP/1.1\r\nHost: x\r\n", Duration::from_secs(15));
+    let (answer, closed) = raw(
+        web,
+        b"GET / HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(15),
+    );
     let after = closed.expect("a slow request left open");
     assert!(
         after >= Duration::from_secs(4) && after < Duration::from_secs(10),
         "cut after {after:?}"
     );
-    assert!(!answer.contains("200 OK"), "slow request answered: {answer:?}");
+    assert!(
+        !answer.contains("200 OK"),
+        "slow request answered: {answer:?}"
+    );
     // Not HTTP at all.
     let (answer, _) = raw(web, b"\x16\x03\x01hello\r\n\r\n", Duration::from_secs(5));
-    assert!(answer.starts_with("HTTP/1.1 400") || answer.is_empty(), "{answer:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400") || answer.is_empty(),
+        "{answer:?}"
+    );
 
     // The agent serves on and said why it cut the connections.
     assert_eq!(get("/api/v1/status", &[]).code, 200);
     assert!(!c.exited(0), "the agent exited");
     let logs = c.logs(0);
-    assert!(logs.contains("web: connection cut"), "no reason logged:\n{logs}");
+    assert!(
+        logs.contains("web: connection cut"),
+        "no reason logged:\n{logs}"
+    );
 }
 
 #[test]
@@ -333,9 +366,11 @@ fn bound_beyond_loopback_it_wants_a_client_certificate_of_the_cluster() {
 
     // With the admin certificate (what a browser imports as PKCS#12): the API answers.
     let with_cert = ["--cacert", &ca, "--cert", &cert, "--key", &key];
-    wait_for(Duration::from_secs(20), "the agent answers over TLS", || {
-        curl(&url, &with_cert).is_ok_and(|a| a.code == 200)
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "the agent answers over TLS",
+        || curl(&url, &with_cert).is_ok_and(|a| a.code == 200),
+    );
     let a = curl(&url, &with_cert).expect("answer");
     let status: Value = serde_json::from_str(&a.body).expect("JSON");
     assert_eq!(status["nodes"][0]["node"], "n1", "{status:#}");
@@ -374,5 +409,8 @@ fn bound_beyond_loopback_it_wants_a_client_certificate_of_the_cluster() {
 
     assert!(!c.exited(0), "the agent exited");
     let logs = c.logs(0);
-    assert!(logs.contains("TLS handshake refused"), "no reason logged:\n{logs}");
+    assert!(
+        logs.contains("TLS handshake refused"),
+        "no reason logged:\n{logs}"
+    );
 }

@@ -36,7 +36,10 @@ pub fn curl(url: &str, extra: &[&str]) -> Result<Answer, String> {
     }
     let (body, code) = text.rsplit_once('\n').ok_or("no status line from curl")?;
     Ok(Answer {
-        code: code.trim().parse().map_err(|_| format!("status {code:?}"))?,
+        code: code
+            .trim()
+            .parse()
+            .map_err(|_| format!("status {code:?}"))?,
         body: body.to_owned(),
     })
 }
@@ -62,14 +65,24 @@ pub fn raw(addr: SocketAddr, bytes: &[u8], bound: Duration) -> (String, Option<D
     let mut buf = [0u8; 4096];
     while start.elapsed() < bound {
         match s.read(&mut buf) {
-            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), Some(start.elapsed())),
+            Ok(0) => {
+                return (
+                    String::from_utf8_lossy(&got).into_owned(),
+                    Some(start.elapsed()),
+                )
+            }
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), Some(start.elapsed())),
+            Err(_) => {
+                return (
+                    String::from_utf8_lossy(&got).into_owned(),
+                    Some(start.elapsed()),
+                )
+            }
         }
     }
     (String::from_utf8_lossy(&got).into_owned(), None)
@@ -166,7 +179,10 @@ pub fn hosts_shown(dom: &str) -> Vec<HostShown> {
         .map(|t| HostShown {
             node: attr(t, "data-node").expect("data-node"),
             state: attr(t, "data-state").expect("data-state"),
-            load: attr(t, "data-load").expect("data-load").parse().expect("load"),
+            load: attr(t, "data-load")
+                .expect("data-load")
+                .parse()
+                .expect("load"),
             vms: attr(t, "data-vms").expect("data-vms").parse().expect("vms"),
         })
         .collect()

@@ -166,8 +166,8 @@ pub fn report_of(members: &BTreeMap<NodeId, Member>) -> StatusReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ballast_gossip::{LoadSummary, PROTOCOL_VERSION};
     use crate::agent::wire::{Counters, NodeStatus, PeerStatus};
+    use ballast_gossip::{LoadSummary, PROTOCOL_VERSION};
 
     fn summary(load: f64) -> LoadSummary {
         LoadSummary {

@@ -10,7 +10,10 @@ const STYLE_CSS: &str = include_str!("assets/style.css");
 
 /// `GET /`.
 pub(super) async fn index() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML)
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        INDEX_HTML,
+    )
 }
 
 /// `GET /app.js`.
@@ -23,5 +26,8 @@ pub(super) async fn script() -> impl IntoResponse {
 
 /// `GET /style.css`.
 pub(super) async fn style() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE_CSS)
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLE_CSS,
+    )
 }

@@ -72,7 +72,13 @@ pub(super) async fn members(ctx: &AgentContext) -> BTreeMap<NodeId, Member> {
         .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |e| e.local_addr());
     let me = probe(ctx, ctx.me.clone(), own_addr).await;
     let own_addr = me.status.as_ref().map_or(own_addr, |s| s.summary.rpc_addr);
-    let mut members = BTreeMap::from([(ctx.me.clone(), Member { addr: own_addr, ..me })]);
+    let mut members = BTreeMap::from([(
+        ctx.me.clone(),
+        Member {
+            addr: own_addr,
+            ..me
+        },
+    )]);
     for _pass in 0..2 {
         let mut targets: Vec<(NodeId, SocketAddr)> = Vec::new();
         for s in members.values().filter_map(|m| m.status.as_ref()) {

@@ -76,11 +76,7 @@ struct Web {
 
 /// Serves on `listener` until the agent shuts down (with TLS when `tls` is given); each
 /// connection, and the load-history sampler, is a tracked task of the agent.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    ctx: Arc<AgentContext>,
-    tls: Option<TlsAcceptor>,
-) {
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<AgentContext>, tls: Option<TlsAcceptor>) {
     let history = Arc::new(History::default());
     ctx.spawn(history::sample(ctx.clone(), history.clone()));
     let app = router(Web {
@@ -192,7 +188,9 @@ async fn safe_headers(mut r: Response) -> Response {
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        ),
     );
     r
 }
