@@ -414,3 +414,50 @@ fn bound_beyond_loopback_it_wants_a_client_certificate_of_the_cluster() {
         "no reason logged:\n{logs}"
     );
 }
+
+#[test]
+fn a_node_certificate_may_read_through_the_admin_api_but_not_change() {
+    // What another agent's web view does: status, schedule, recent sessions with its
+    // node certificate. Every change still wants an admin certificate.
+    let mut c = Cluster::new(&[NodeOpts {
+        balancing: false,
+        ..NodeOpts::default()
+    }]);
+    c.start_all();
+    let peer = ballast_gossip::issue_node_cert(&c.ca, "n9", &[]).expect("node cert");
+    let addr = c.nodes[0].addr;
+    run_bounded(Duration::from_secs(60), async {
+        let as_node = ballast_node::agent::AdminClient::connect_with_timeout(
+            &peer,
+            addr,
+            Duration::from_secs(10),
+        )
+        .expect("client");
+        let mut status = None;
+        for _ in 0..50 {
+            if let Ok(s) = as_node.status().await {
+                status = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(status.expect("status as a node").node.as_str(), "n1");
+        assert!(as_node.list_vms().await.expect("list as a node").is_empty());
+        as_node.recent_sessions().await.expect("sessions as a node");
+        let refused = as_node
+            .create_vm(&VmId::from("nope"), &spec(0.1), None, false)
+            .await
+            .expect_err("a node created a VM through the admin API");
+        assert!(
+            refused
+                .to_string()
+                .contains("not allowed for this certificate role"),
+            "{refused}"
+        );
+        as_node
+            .drain()
+            .await
+            .expect_err("a node drained another through the admin API");
+        assert!(c.admin(0).list_vms().await.expect("list").is_empty());
+    });
+}
