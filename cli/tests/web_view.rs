@@ -280,12 +280,24 @@ fn api_sessions_is_the_cli_sessions_json() {
         .all(|s| !s["moves"].as_array().expect("moves").is_empty()));
 }
 
-#[test]
-fn bad_requests_are_refused_or_cut_off_and_the_agent_serves_on() {
-    let mut c = Cluster::new(&[NodeOpts {
+/// One agent without balancing (not started).
+fn one_quiet_node() -> Cluster {
+    Cluster::new(&[NodeOpts {
         balancing: false,
         ..NodeOpts::default()
-    }]);
+    }])
+}
+
+/// Node `i`'s agent is still running and logged `reason`.
+fn assert_alive_and_logged(c: &mut Cluster, i: usize, reason: &str) {
+    assert!(!c.exited(i), "the agent exited");
+    let logs = c.logs(i);
+    assert!(logs.contains(reason), "{reason:?} not logged:\n{logs}");
+}
+
+#[test]
+fn bad_requests_are_refused_or_cut_off_and_the_agent_serves_on() {
+    let mut c = one_quiet_node();
     c.start_all();
     let web = web_addr(&c, 0);
     let get = |path: &str, extra: &[&str]| {
@@ -338,20 +350,12 @@ fn bad_requests_are_refused_or_cut_off_and_the_agent_serves_on() {
 
     // The agent serves on and said why it cut the connections.
     assert_eq!(get("/api/v1/status", &[]).code, 200);
-    assert!(!c.exited(0), "the agent exited");
-    let logs = c.logs(0);
-    assert!(
-        logs.contains("web: connection cut"),
-        "no reason logged:\n{logs}"
-    );
+    assert_alive_and_logged(&mut c, 0, "web: connection cut");
 }
 
 #[test]
 fn bound_beyond_loopback_it_wants_a_client_certificate_of_the_cluster() {
-    let mut c = Cluster::new(&[NodeOpts {
-        balancing: false,
-        ..NodeOpts::default()
-    }]);
+    let mut c = one_quiet_node();
     set_in_config(
         &c.nodes[0].config,
         "metrics_listen = \"127.0.0.1:0\"",
@@ -407,22 +411,14 @@ fn bound_beyond_loopback_it_wants_a_client_certificate_of_the_cluster() {
     let r = curl(&format!("http://127.0.0.1:{port}/api/v1/status"), &[]);
     assert!(r.as_ref().map_or(true, |a| a.code != 200), "{r:?}");
 
-    assert!(!c.exited(0), "the agent exited");
-    let logs = c.logs(0);
-    assert!(
-        logs.contains("TLS handshake refused"),
-        "no reason logged:\n{logs}"
-    );
+    assert_alive_and_logged(&mut c, 0, "TLS handshake refused");
 }
 
 #[test]
 fn a_node_certificate_may_read_through_the_admin_api_but_not_change() {
     // What another agent's web view does: status, schedule, recent sessions with its
     // node certificate. Every change still wants an admin certificate.
-    let mut c = Cluster::new(&[NodeOpts {
-        balancing: false,
-        ..NodeOpts::default()
-    }]);
+    let mut c = one_quiet_node();
     c.start_all();
     let peer = ballast_gossip::issue_node_cert(&c.ca, "n9", &[]).expect("node cert");
     let addr = c.nodes[0].addr;

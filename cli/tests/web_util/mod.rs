@@ -117,36 +117,38 @@ fn headless(profile: &Path) -> Command {
     c
 }
 
-/// The DOM of `url` after its scripts ran for `budget_ms` of virtual time.
-pub fn dump_dom(url: &str, profile: &Path, budget_ms: u32) -> String {
+/// Runs Chromium headless with `args` and `url`; its standard output.
+fn run_headless(profile: &Path, args: &[String], url: &str) -> String {
     let out = headless(profile)
-        .arg(format!("--virtual-time-budget={budget_ms}"))
-        .arg("--dump-dom")
+        .args(args)
         .arg(url)
         .output()
         .expect("run chromium");
     assert!(
         out.status.success(),
-        "chromium --dump-dom failed: {}",
+        "chromium {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The DOM of `url` after its scripts ran for `budget_ms` of virtual time.
+pub fn dump_dom(url: &str, profile: &Path, budget_ms: u32) -> String {
+    let args = [
+        format!("--virtual-time-budget={budget_ms}"),
+        "--dump-dom".to_owned(),
+    ];
+    run_headless(profile, &args, url)
+}
+
 /// A PNG of `url` as a 1280×`height` window shows it, written to `file`.
 pub fn screenshot(url: &str, profile: &Path, file: &Path, height: u32) {
-    let out = headless(profile)
-        .arg("--virtual-time-budget=4000")
-        .arg(format!("--window-size=1280,{height}"))
-        .arg(format!("--screenshot={}", file.display()))
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    assert!(
-        out.status.success(),
-        "chromium --screenshot failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = [
+        "--virtual-time-budget=4000".to_owned(),
+        format!("--window-size=1280,{height}"),
+        format!("--screenshot={}", file.display()),
+    ];
+    run_headless(profile, &args, url);
 }
 
 /// One host as the page draws it.

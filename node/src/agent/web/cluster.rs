@@ -99,18 +99,27 @@ pub(super) async fn members(ctx: &AgentContext) -> BTreeMap<NodeId, Member> {
     members
 }
 
+/// Asks every answering member `req`, at once; each member with its answer.
+async fn ask_answering<'a>(
+    ctx: &AgentContext,
+    members: &'a BTreeMap<NodeId, Member>,
+    req: AdminRequest,
+) -> Vec<(&'a Member, Result<AdminResponse, String>)> {
+    let answering = members.values().filter(|m| m.status.is_some());
+    join_all(answering.map(|m| {
+        let req = req.clone();
+        async move { (m, ask(ctx, &m.node, m.addr, req).await) }
+    }))
+    .await
+}
+
 /// Every answering member's schedule (by node), and the members whose part is missing
 /// (by node).
 pub(super) async fn schedules(
     ctx: &AgentContext,
     members: &BTreeMap<NodeId, Member>,
 ) -> (Vec<(NodeId, Vec<ScheduleEntry>)>, Vec<MissingNode>) {
-    let answering = members.values().filter(|m| m.status.is_some());
-    let asked = join_all(answering.map(|m| async move {
-        let r = ask(ctx, &m.node, m.addr, AdminRequest::ListVms).await;
-        (m, r)
-    }))
-    .await;
+    let asked = ask_answering(ctx, members, AdminRequest::ListVms).await;
     let mut answered = Vec::new();
     let mut missing = missing_of(members);
     for (m, r) in asked {
@@ -139,12 +148,7 @@ pub(super) async fn sessions(
         let why = m.error.clone().unwrap_or_else(|| "no answer".into());
         unreachable.push((m.node.to_string(), why));
     }
-    let answering = members.values().filter(|m| m.status.is_some());
-    let asked = join_all(answering.map(|m| async move {
-        let r = ask(ctx, &m.node, m.addr, AdminRequest::RecentSessions).await;
-        (m, r)
-    }))
-    .await;
+    let asked = ask_answering(ctx, members, AdminRequest::RecentSessions).await;
     let mut records = Vec::new();
     for (m, r) in asked {
         match r {
