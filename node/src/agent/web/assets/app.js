@@ -98,8 +98,8 @@ function drawChart(history) {
     const t = svg("text", { x: 2, y: y(v) + 3 }); t.textContent = v.toFixed(1); root.append(t);
   }
   const minutes = span / 60000;
-  for (let k = 0; k <= 4; k++) {
-    const m = Math.round((minutes * (4 - k)) / 4);
+  const step = [1, 5, 10, 15].find((st) => minutes / st <= 6) || 15;
+  for (let m = Math.floor(minutes / step) * step; m >= 0; m -= step) {
     const t = svg("text", { x: x(now - m * 60000) - 10, y: h - 4 });
     t.textContent = m ? "-" + m + "m" : "now";
     root.append(t);
