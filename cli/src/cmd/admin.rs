@@ -348,7 +348,7 @@ pub fn explain(e: AdminClientError, addr: SocketAddr, bundle: &std::path::Path) 
     match e {
         AdminClientError::Refused(Refusal::Forbidden) => anyhow!(
             "{addr} refused the call: the certificate named in {} is not an admin \
-             certificate (a node certificate cannot call the admin API); use the admin \
+             certificate (a node certificate may only read: status, VM list, sessions); use the admin \
              bundle `ballast cluster init` wrote",
             bundle.display()
         ),
