@@ -8,6 +8,7 @@ use crate::exit_status::Unfinished;
 use crate::size::{format_mib, parse_memory_mib, parse_target};
 use crate::table::{bytes, new_table};
 use anyhow::{anyhow, Context};
+use ballast_node::report::vms::{vm_list, VmRow};
 use ballast_store::{LoadFactors, NodeId, VmId, VmSpec};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -116,8 +117,6 @@ fn parse_opt(text: &str) -> Result<(String, String), String> {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("'{text}' is not KEY=VALUE"))
 }
-
-use ballast_node::report::vms::{vm_list, VmRow};
 
 /// Runs `ballast vm ...`.
 pub fn run(args: Args) -> anyhow::Result<()> {
