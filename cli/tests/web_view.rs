@@ -146,12 +146,36 @@ fn the_web_view_shows_every_host_the_loads_spreading_and_the_sessions() {
         "a PNG of {} bytes",
         bytes.len()
     );
-    eprintln!(
-        "screenshot: {} ({} bytes); test took {:?}",
-        png.display(),
-        bytes.len(),
-        started.elapsed()
+    eprintln!("screenshot: {} ({} bytes)", png.display(), bytes.len());
+
+    // A drained host and a host gone are marked, not left out.
+    run_bounded(Duration::from_secs(30), async {
+        c.admin(3).drain().await.expect("drain n4");
+    });
+    c.kill(4);
+    wait_for(
+        Duration::from_secs(60),
+        "n4 draining, n5 unreachable",
+        || {
+            let s = get_json(web, "/api/v1/status");
+            s["nodes"][3]["state"] == "draining" && s["nodes"][4]["state"] == "unreachable"
+        },
     );
+    let dom = dump_dom(&url, profile.path(), 8000);
+    let states: Vec<(String, String)> = hosts_shown(&dom)
+        .into_iter()
+        .map(|h| (h.node, h.state))
+        .collect();
+    let want = [
+        ("n1", "active"),
+        ("n2", "active"),
+        ("n3", "active"),
+        ("n4", "draining"),
+        ("n5", "unreachable"),
+    ]
+    .map(|(n, s)| (n.to_owned(), s.to_owned()));
+    assert_eq!(states, want, "states shown");
+    eprintln!("test took {:?}", started.elapsed());
     c.assert_no_double_run();
 }
 

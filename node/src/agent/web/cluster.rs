@@ -64,7 +64,9 @@ async fn probe(ctx: &AgentContext, node: NodeId, addr: SocketAddr) -> Member {
     }
 }
 
-/// Every node reached: this one, the peers it sees, then the peers those see.
+/// Every node reached: this one, the peers it sees, then the peers those see, and the
+/// nodes it saw before that no longer gossip (as the CLI adds the admin bundle's nodes:
+/// a host that went down is shown unreachable, not left out).
 pub(super) async fn members(ctx: &AgentContext) -> BTreeMap<NodeId, Member> {
     let own_addr = ctx
         .net
@@ -79,17 +81,22 @@ pub(super) async fn members(ctx: &AgentContext) -> BTreeMap<NodeId, Member> {
             ..me
         },
     )]);
-    for _pass in 0..2 {
+    // Two passes through the peer views (a young view may lack some), then the nodes
+    // seen before.
+    for pass in 0..3 {
         let mut targets: Vec<(NodeId, SocketAddr)> = Vec::new();
-        for s in members.values().filter_map(|m| m.status.as_ref()) {
-            for p in &s.peers {
-                if !members.contains_key(&p.node) && !targets.iter().any(|t| t.0 == p.node) {
-                    targets.push((p.node.clone(), p.summary.rpc_addr));
-                }
+        let seen = members.values().filter_map(|m| m.status.as_ref());
+        let viewed =
+            seen.flat_map(|s| s.peers.iter().map(|p| (p.node.clone(), p.summary.rpc_addr)));
+        let before = if pass == 2 {
+            ctx.net.known()
+        } else {
+            Vec::new()
+        };
+        for (node, addr) in viewed.chain(before) {
+            if !members.contains_key(&node) && !targets.iter().any(|t| t.0 == node) {
+                targets.push((node, addr));
             }
-        }
-        if targets.is_empty() {
-            break;
         }
         let found = join_all(targets.into_iter().map(|(n, a)| probe(ctx, n, a))).await;
         for m in found {
