@@ -136,6 +136,20 @@ fn the_web_view_shows_every_host_the_loads_spreading_and_the_sessions() {
         "moves linked to their VM:\n{dom}"
     );
     assert!(chart_points(&dom) >= 1, "the chart has points:\n{dom}");
+    let history = get_json(web, "/api/v1/history");
+    assert_eq!(history["interval_ms"], 5000, "{history:#}");
+    // One sample every 5 s: the loaded cluster is in the next one at the latest.
+    wait_for(
+        Duration::from_secs(15),
+        "a loaded sample in the history",
+        || {
+            let h = get_json(web, "/api/v1/history");
+            let samples = h["samples"].as_array().cloned().unwrap_or_default();
+            samples
+                .iter()
+                .any(|p| p["max_load"].as_f64().is_some_and(|l| l > 0.05))
+        },
+    );
 
     let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-view.png");
     let _ = std::fs::remove_file(&png);

@@ -2,6 +2,7 @@
 //! `sessions --json` (built by [`crate::report`] from the whole cluster, gathered as the
 //! CLI gathers it), and the load history.
 
+use super::history::HistoryReport;
 use super::{cluster, Web};
 use crate::report::sessions::{sessions_report, SessionsReport};
 use crate::report::status::{report_of, StatusReport};
@@ -68,10 +69,6 @@ pub(super) async fn sessions(State(web): State<Web>, Query(q): Query<SessionsQue
 
 /// `GET /api/v1/history`: this agent's max/mean load samples of the last hour, oldest
 /// first.
-pub(super) async fn history(State(web): State<Web>) -> Response {
-    Json(serde_json::json!({
-        "interval_ms": super::history::SAMPLE_INTERVAL.as_millis() as u64,
-        "samples": web.history.samples(),
-    }))
-    .into_response()
+pub(super) async fn history(State(web): State<Web>) -> Json<HistoryReport> {
+    Json(web.history.report())
 }

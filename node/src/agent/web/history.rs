@@ -28,6 +28,15 @@ pub(super) struct Sample {
     pub(super) nodes: usize,
 }
 
+/// What `GET /api/v1/history` answers.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct HistoryReport {
+    /// Milliseconds between two samples.
+    pub(super) interval_ms: u64,
+    /// The samples of the last hour, oldest first.
+    pub(super) samples: Vec<Sample>,
+}
+
 /// The ring. Its std mutex is never held across `.await`.
 #[derive(Debug, Default)]
 pub(super) struct History {
@@ -47,6 +56,14 @@ impl History {
     /// The samples, oldest first.
     pub(super) fn samples(&self) -> Vec<Sample> {
         lock(&self.samples).iter().copied().collect()
+    }
+
+    /// The samples as the API serves them.
+    pub(super) fn report(&self) -> HistoryReport {
+        HistoryReport {
+            interval_ms: u64::try_from(SAMPLE_INTERVAL.as_millis()).unwrap_or(u64::MAX),
+            samples: self.samples(),
+        }
     }
 }
 
