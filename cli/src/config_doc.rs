@@ -42,7 +42,7 @@ const DOCS: &[KeyDoc] = &[
     doc("node.listen", "UDP address of the QUIC endpoint (gossip and RPC)."),
     optional("node.advertise", "Address other nodes reach this one at (defaults to `listen`).", "\"10.0.0.1:7420\""),
     doc("node.seeds", "Addresses of nodes to join through."),
-    optional("node.metrics_listen", "TCP address of the Prometheus metrics endpoint (GET /metrics); \"off\" disables it.", "\"127.0.0.1:9420\""),
+    optional("node.metrics_listen", "TCP address of the agent's HTTP server: Prometheus metrics (GET /metrics), the read-only API (/api/v1) and the web view (/). On a loopback address plain HTTP; on any other HTTPS with a client certificate of the cluster CA required. \"off\" disables it.", "\"127.0.0.1:9420\""),
     doc("node.tags", "This host's tags (`gpu`, `zone=a`; lowercase letters, digits, '-', '_', '.'): VMs' `--requires` rules name them (docs/operations.md, placement rules)."),
     doc("tls", "Certificates (PEM, relative to this file's directory), written by `ballast cluster init` / `node add`."),
     doc("tls.ca_cert", "The cluster CA certificate."),

@@ -33,21 +33,7 @@ pub fn bytes(b: f64) -> String {
     }
 }
 
-/// An age in milliseconds for people: `0.4s ago` under 10 s, `12s ago` under 10 min,
-/// `25m ago` under 2 h, then `3h ago`.
-pub fn age(ms: u64) -> String {
-    let secs = ms / 1_000;
-    if ms < 10_000 {
-        // Tenths, truncated.
-        format!("{}.{}s ago", secs, (ms % 1_000) / 100)
-    } else if secs < 600 {
-        format!("{secs}s ago")
-    } else if secs < 7_200 {
-        format!("{}m ago", secs / 60)
-    } else {
-        format!("{}h ago", secs / 3_600)
-    }
-}
+pub use ballast_node::report::age;
 
 /// A horizontal bar of `width` cells for `value` out of `max`.
 pub fn bar(value: f64, max: f64, width: usize) -> String {

@@ -388,8 +388,23 @@ fn refusals(d: &Path) {
         fake.join("admin.toml"),
     )
     .expect("copy");
+    // It may read (another agent's web view gathers the cluster with its node
+    // certificate), but no change goes through.
+    ok(&["status", "--admin", "node-as-admin"], d);
     fails(
-        &["status", "--admin", "node-as-admin"],
+        &[
+            "vm",
+            "create",
+            "vm-by-a-node",
+            "--vcpus",
+            "1",
+            "--memory",
+            "64M",
+            "--node",
+            "node-1",
+            "--admin",
+            "node-as-admin",
+        ],
         d,
         1,
         "not an admin certificate",

@@ -58,4 +58,4 @@ pub use rpc::{
 };
 pub use stats::EndpointStats;
 pub use summary::{LoadSummary, NodeRunState, PROTOCOL_VERSION};
-pub use tls::{TlsBundle, ALPN_GOSSIP, ALPN_RPC};
+pub use tls::{https_server_config, TlsBundle, ALPN_GOSSIP, ALPN_RPC};

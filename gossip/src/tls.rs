@@ -133,6 +133,22 @@ pub(crate) fn server_config(
     Ok(server)
 }
 
+/// The server side of the agent's HTTPS (the web view bound beyond localhost): our node
+/// certificate, and a client certificate from the cluster CA required (any role: node or
+/// admin), TLS 1.2 or 1.3 for browsers, ALPN `http/1.1`.
+pub fn https_server_config(tls: &TlsBundle) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(tls)?, provider.clone())
+        .build()
+        .map_err(TlsError::Verifier)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(tls.chain.clone(), tls.key.clone_key())?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 /// The client side for one ALPN: presents our certificate, checks the server is a node
 /// of the cluster (see [`NodeServerVerifier`]).
 pub(crate) fn client_config(

@@ -9,12 +9,13 @@ use ballast_gossip::{CertBundle, RpcError};
 use ballast_node::agent::admin_client::{AdminClient, AdminClientError};
 use ballast_node::agent::wire::{AdminError, NodeStatus, Refusal};
 use ballast_store::{NodeId, ScheduleEntry, VmId};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::task::JoinSet;
+
+pub use ballast_node::report::{missing_of, Member, MissingNode};
 
 /// Bound on a status or list call during discovery.
 const QUICK_CALL_TIMEOUT: Duration = Duration::from_secs(8);
@@ -26,19 +27,6 @@ pub fn block_on<F: Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<
         .enable_all()
         .build()?;
     rt.block_on(f)
-}
-
-/// One node as the CLI reached it.
-#[derive(Clone)]
-pub struct Member {
-    /// The node id.
-    pub node: NodeId,
-    /// Its RPC address.
-    pub addr: SocketAddr,
-    /// Its own status, when it answered.
-    pub status: Option<NodeStatus>,
-    /// Why it did not answer, when it did not.
-    pub error: Option<String>,
 }
 
 /// A cluster reached through the admin API.
@@ -303,47 +291,12 @@ impl Cluster {
     }
 }
 
-/// A node whose part of an answer is missing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct MissingNode {
-    /// The node.
-    pub node: String,
-    /// Why it did not answer.
-    pub reason: String,
-    /// The VMs it held when a node that answered last heard from it; `None` when no
-    /// answering node reports it.
-    pub vms: Option<u32>,
-}
-
 /// Every reachable member's schedule, and the members whose part is missing.
 pub struct Schedules {
     /// The schedules of the members that answered, by node.
     pub answered: Vec<(NodeId, Vec<ScheduleEntry>)>,
     /// The members that did not answer.
     pub missing: Vec<MissingNode>,
-}
-
-/// The `members` that did not answer, with the VM count a member that answered last
-/// heard from each (the largest among their peer views).
-pub fn missing_of(members: &BTreeMap<NodeId, Member>) -> Vec<MissingNode> {
-    let heard = |node: &NodeId| {
-        members
-            .values()
-            .filter_map(|m| m.status.as_ref())
-            .flat_map(|s| s.peers.iter())
-            .filter(|p| &p.node == node)
-            .map(|p| p.summary.vm_count)
-            .max()
-    };
-    members
-        .values()
-        .filter(|m| m.status.is_none())
-        .map(|m| MissingNode {
-            node: m.node.to_string(),
-            reason: m.error.clone().unwrap_or_else(|| "no answer".into()),
-            vms: heard(&m.node),
-        })
-        .collect()
 }
 
 /// `Err(Partial)` naming the `missing` nodes, when any.
@@ -395,7 +348,7 @@ pub fn explain(e: AdminClientError, addr: SocketAddr, bundle: &std::path::Path) 
     match e {
         AdminClientError::Refused(Refusal::Forbidden) => anyhow!(
             "{addr} refused the call: the certificate named in {} is not an admin \
-             certificate (a node certificate cannot call the admin API); use the admin \
+             certificate (a node certificate may only read: status, VM list, sessions); use the admin \
              bundle `ballast cluster init` wrote",
             bundle.display()
         ),

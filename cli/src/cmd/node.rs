@@ -43,7 +43,8 @@ struct AddArgs {
     /// The address the node binds [default: --addr].
     #[arg(long, value_name = "IP:PORT")]
     listen: Option<SocketAddr>,
-    /// The node's Prometheus endpoint (port 0: any free port).
+    /// The node's HTTP server: metrics, API, web view (port 0: any free port; beyond
+    /// loopback: HTTPS with a client certificate).
     #[arg(long, default_value = "127.0.0.1:9420", value_name = "IP:PORT", value_parser = cluster_dir::parse_metrics_listen)]
     metrics_listen: SocketAddr,
     #[command(flatten)]

@@ -7,13 +7,9 @@
 //! any peer's view is `unreachable`.
 
 use crate::admin_bundle::AdminArgs;
-use crate::cmd::admin::{block_on, missing_of, whole, Cluster, Member, MissingNode};
+use crate::cmd::admin::{block_on, whole, Cluster};
 use crate::cmd::rules;
-use crate::table::{age, bar, bytes, new_table};
-use ballast_gossip::NodeRunState;
-use ballast_store::NodeId;
-use serde::Serialize;
-use std::collections::BTreeMap;
+use crate::table::{bar, bytes, new_table};
 use std::time::Duration;
 
 /// Arguments of `ballast status`.
@@ -32,163 +28,11 @@ pub struct Args {
     admin: AdminArgs,
 }
 
-/// One node in `status --json`.
-#[derive(Clone, Debug, Serialize)]
-pub struct NodeRow {
-    /// The node id.
-    pub node: String,
-    /// Its RPC address.
-    pub addr: String,
-    /// `active`, `draining` or `unreachable`.
-    pub state: String,
-    /// Its load (sum of its VMs' loads; ~1 is full).
-    pub load: f64,
-    /// VMs in its schedule.
-    pub vms: u32,
-    /// CPU capacity in reference cores.
-    pub cpu_capacity: f64,
-    /// Memory capacity in bytes.
-    pub mem_capacity_bytes: f64,
-    /// Free memory in bytes.
-    pub mem_free_bytes: f64,
-    /// Handoffs in flight on this node.
-    pub migrations_in_flight: usize,
-    /// Milliseconds since gossip from it was last heard: the smallest age among the
-    /// peer views of the nodes that answered; `None` when no answering node lists it.
-    pub last_heard_ms_ago: Option<u64>,
-    /// `last_heard_ms_ago` for people (`0.4s ago`, `12s ago`); else `now` when it
-    /// answered this call, else `unreachable`.
-    pub last_seen: String,
-    /// Why it did not answer.
-    pub error: Option<String>,
-}
-
-/// The whole `status --json` object.
-#[derive(Clone, Debug, Serialize)]
-pub struct StatusReport {
-    /// One row per node, by id.
-    pub nodes: Vec<NodeRow>,
-    /// Nodes that answered and are active.
-    pub active_nodes: usize,
-    /// Sum of the VM counts of the nodes that answered.
-    pub total_vms: u64,
-    /// Largest load among active nodes.
-    pub max_load: f64,
-    /// Mean load of active nodes.
-    pub mean_load: f64,
-    /// `max_load / mean_load` (1 is perfect balance; 0 when there is no load).
-    pub max_over_mean: f64,
-    /// Handoffs in flight in the cluster.
-    pub migrations_in_flight: usize,
-    /// True when some nodes did not answer (their rows are `unreachable`, and their
-    /// VMs are not in `total_vms`).
-    pub partial: bool,
-    /// The nodes that did not answer, and how many VMs each held when last heard of.
-    pub missing: Vec<MissingNode>,
-    /// Placement rules: node tags, VMs that break a rule and why, drain blocks.
-    pub rules: rules::RulesReport,
-}
-
-/// The freshest age of the last gossip heard from each node, over the peer views of
-/// the members that answered.
-fn heard_ages<'a>(members: impl IntoIterator<Item = &'a Member>) -> BTreeMap<NodeId, u64> {
-    let mut ages: BTreeMap<NodeId, u64> = BTreeMap::new();
-    for s in members.into_iter().filter_map(|m| m.status.as_ref()) {
-        for p in &s.peers {
-            if let Some(ms) = p.last_heard_ms_ago {
-                ages.entry(p.node.clone())
-                    .and_modify(|a| *a = (*a).min(ms))
-                    .or_insert(ms);
-            }
-        }
-    }
-    ages
-}
-
-/// What the LAST SEEN column says.
-fn last_seen(heard_ms_ago: Option<u64>, answered: bool) -> String {
-    match (heard_ms_ago, answered) {
-        (Some(ms), _) => age(ms),
-        (None, true) => "now".to_owned(),
-        (None, false) => "unreachable".to_owned(),
-    }
-}
-
-/// The row of one member, given the age of the last gossip heard from it.
-fn row(m: &Member, heard_ms_ago: Option<u64>) -> NodeRow {
-    let seen = last_seen(heard_ms_ago, m.status.is_some());
-    match &m.status {
-        Some(s) => NodeRow {
-            node: m.node.to_string(),
-            addr: m.addr.to_string(),
-            state: match (s.draining, s.summary.state) {
-                (true, _) | (_, NodeRunState::Draining) => "draining",
-                _ => "active",
-            }
-            .to_owned(),
-            load: s.summary.load,
-            vms: s.summary.vm_count,
-            cpu_capacity: s.summary.cpu_capacity,
-            mem_capacity_bytes: s.summary.mem_capacity,
-            mem_free_bytes: s.summary.mem_free,
-            migrations_in_flight: s.handoffs.len(),
-            last_heard_ms_ago: heard_ms_ago,
-            last_seen: seen,
-            error: None,
-        },
-        None => NodeRow {
-            node: m.node.to_string(),
-            addr: m.addr.to_string(),
-            state: "unreachable".to_owned(),
-            load: 0.0,
-            vms: 0,
-            cpu_capacity: 0.0,
-            mem_capacity_bytes: 0.0,
-            mem_free_bytes: 0.0,
-            migrations_in_flight: 0,
-            last_heard_ms_ago: heard_ms_ago,
-            last_seen: seen,
-            error: m.error.clone(),
-        },
-    }
-}
+use ballast_node::report::status::{report_of, StatusReport};
 
 /// The report of a cluster just reached.
 pub fn report(cluster: &Cluster) -> StatusReport {
     report_of(&cluster.members)
-}
-
-/// The report of these members.
-fn report_of(members: &BTreeMap<NodeId, Member>) -> StatusReport {
-    let missing = missing_of(members);
-    let ages = heard_ages(members.values());
-    let nodes: Vec<NodeRow> = members
-        .values()
-        .map(|m| row(m, ages.get(&m.node).copied()))
-        .collect();
-    let active: Vec<&NodeRow> = nodes.iter().filter(|n| n.state == "active").collect();
-    let max_load = active.iter().map(|n| n.load).fold(0.0, f64::max);
-    let mean_load = if active.is_empty() {
-        0.0
-    } else {
-        active.iter().map(|n| n.load).sum::<f64>() / active.len() as f64
-    };
-    StatusReport {
-        active_nodes: active.len(),
-        total_vms: nodes.iter().map(|n| u64::from(n.vms)).sum(),
-        max_load,
-        mean_load,
-        max_over_mean: if mean_load > 0.0 {
-            max_load / mean_load
-        } else {
-            0.0
-        },
-        migrations_in_flight: nodes.iter().map(|n| n.migrations_in_flight).sum(),
-        nodes,
-        partial: !missing.is_empty(),
-        missing,
-        rules: rules::report(members.values()),
-    }
 }
 
 /// The report as a table for people.
@@ -270,100 +114,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ballast_gossip::{LoadSummary, PROTOCOL_VERSION};
-    use ballast_node::agent::wire::{Counters, NodeStatus, PeerStatus};
+    use ballast_node::report::status::NodeRow;
 
-    fn summary(load: f64) -> LoadSummary {
-        LoadSummary {
+    fn row(node: &str, load: f64, heard_ms_ago: u64) -> NodeRow {
+        NodeRow {
+            node: node.to_owned(),
+            addr: "127.0.0.1:7000".to_owned(),
+            state: "active".to_owned(),
             load,
+            vms: 2,
             cpu_capacity: 8.0,
-            io_capacity: 1e9,
-            mem_capacity: 16.0 * 1024.0 * 1024.0 * 1024.0,
-            mem_free: 8.0 * 1024.0 * 1024.0 * 1024.0,
-            vm_count: 2,
-            state: NodeRunState::Active,
-            rpc_addr: "127.0.0.1:7000".parse().expect("addr"),
-            protocol_version: PROTOCOL_VERSION,
-            tags: Vec::new(),
-        }
-    }
-
-    /// A member that answered, seeing `peers` as `(id, ms ago)`.
-    fn answered(id: &str, peers: &[(&str, Option<u64>)]) -> Member {
-        Member {
-            node: NodeId::from(id),
-            addr: "127.0.0.1:7000".parse().expect("addr"),
-            status: Some(NodeStatus {
-                node: NodeId::from(id),
-                summary: summary(0.5),
-                draining: false,
-                peers: peers
-                    .iter()
-                    .map(|(p, ms)| PeerStatus {
-                        node: NodeId::from(*p),
-                        summary: summary(0.5),
-                        last_heard_ms_ago: *ms,
-                    })
-                    .collect(),
-                handoffs: Vec::new(),
-                counters: Counters::default(),
-                unclaimed_vms: Vec::new(),
-                rules: Default::default(),
-            }),
+            mem_capacity_bytes: 16e9,
+            mem_free_bytes: 8e9,
+            migrations_in_flight: 0,
+            last_heard_ms_ago: Some(heard_ms_ago),
+            last_seen: ballast_node::report::age(heard_ms_ago),
             error: None,
         }
     }
 
-    fn silent(id: &str) -> Member {
-        Member {
-            node: NodeId::from(id),
-            addr: "127.0.0.1:7001".parse().expect("addr"),
-            status: None,
-            error: Some("connection refused".into()),
-        }
-    }
-
-    fn members(ms: Vec<Member>) -> BTreeMap<NodeId, Member> {
-        ms.into_iter().map(|m| (m.node.clone(), m)).collect()
-    }
-
-    fn node<'a>(r: &'a StatusReport, id: &str) -> &'a NodeRow {
-        r.nodes.iter().find(|n| n.node == id).expect("row")
-    }
-
     #[test]
-    fn last_seen_is_the_freshest_gossip_age_among_answering_peers() {
-        let r = report_of(&members(vec![
-            answered("a", &[("b", Some(900)), ("c", Some(12_400)), ("d", None)]),
-            answered("b", &[("a", Some(400)), ("c", Some(15_000))]),
-            silent("c"),
-            answered("d", &[]),
-            silent("e"),
-        ]));
-        assert_eq!(node(&r, "a").last_heard_ms_ago, Some(400));
-        assert_eq!(node(&r, "a").last_seen, "0.4s ago");
-        assert_eq!(node(&r, "b").last_seen, "0.9s ago");
-        // Stopped, still in the peers' views: unreachable, but heard 12 s ago.
-        let c = node(&r, "c");
-        assert_eq!(
-            (c.state.as_str(), c.last_seen.as_str()),
-            ("unreachable", "12s ago")
-        );
-        assert_eq!(c.last_heard_ms_ago, Some(12_400));
-        // Answered, but no peer reports an age: now.
-        assert_eq!(node(&r, "d").last_heard_ms_ago, None);
-        assert_eq!(node(&r, "d").last_seen, "now");
-        // Neither answered nor in any view.
-        assert_eq!(node(&r, "e").last_seen, "unreachable");
-        assert_eq!(r.active_nodes, 3);
-    }
-
-    #[test]
-    fn table_and_json_show_the_age() {
-        let r = report_of(&members(vec![
-            answered("a", &[("b", Some(12_345))]),
-            answered("b", &[("a", Some(430))]),
-        ]));
+    fn the_table_shows_the_age() {
+        let r = StatusReport {
+            nodes: vec![row("a", 0.5, 430), row("b", 0.5, 12_345)],
+            active_nodes: 2,
+            total_vms: 4,
+            max_load: 0.5,
+            mean_load: 0.5,
+            max_over_mean: 1.0,
+            migrations_in_flight: 0,
+            partial: false,
+            missing: Vec::new(),
+            rules: Default::default(),
+        };
         let table = render(&r);
         assert!(table.contains("LAST SEEN"), "{table}");
         let line = |id: &str| {
@@ -375,9 +158,5 @@ mod tests {
         };
         assert!(line("a").contains("0.4s ago"), "{table}");
         assert!(line("b").contains("12s ago"), "{table}");
-        let j = serde_json::to_value(&r).expect("json");
-        assert_eq!(j["nodes"][0]["last_heard_ms_ago"], 430, "{j}");
-        assert_eq!(j["nodes"][0]["last_seen"], "0.4s ago", "{j}");
-        assert_eq!(j["nodes"][1]["last_heard_ms_ago"], 12_345, "{j}");
     }
 }

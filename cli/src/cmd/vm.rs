@@ -2,7 +2,7 @@
 //! Commands on one VM find the node that holds it first.
 
 use crate::admin_bundle::AdminArgs;
-use crate::cmd::admin::{block_on, explain, whole, Cluster, MissingNode};
+use crate::cmd::admin::{block_on, explain, whole, Cluster};
 use crate::cmd::landing;
 use crate::cmd::rules::{self, RuleArgs};
 use crate::exit_status::Unfinished;
@@ -11,8 +11,8 @@ use crate::table::{bytes, new_table};
 use anyhow::{anyhow, Context};
 use ballast_node::agent::wire::AdminError;
 use ballast_node::agent::AdminClientError;
-use ballast_store::{LoadFactors, NodeId, ScheduleEntry, VmId, VmSpec, VmState};
-use serde::Serialize;
+use ballast_node::report::vms::{vm_list, VmRow};
+use ballast_store::{LoadFactors, NodeId, VmId, VmSpec};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -142,48 +142,6 @@ fn parse_opt(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("'{text}' is not KEY=VALUE"))
 }
 
-/// One VM as `vm list --json` and `vm show --json` print it.
-#[derive(Serialize)]
-pub struct VmRow {
-    /// The VM.
-    pub vm: String,
-    /// The node whose schedule holds the entry.
-    pub node: String,
-    /// `running`, `migrating-out`, `incoming`.
-    pub state: String,
-    /// The other side of a handoff.
-    pub peer: Option<String>,
-    /// The entry's epoch.
-    pub epoch: u64,
-    /// Pinned VMs are never moved by balancing.
-    pub pinned: bool,
-    /// The spec.
-    pub spec: VmSpec,
-    /// Its last load factors.
-    pub factors: LoadFactors,
-}
-
-impl VmRow {
-    /// The row of `entry` held by `node`.
-    pub fn new(node: &NodeId, e: &ScheduleEntry) -> Self {
-        let (state, peer) = match &e.state {
-            VmState::Running => ("running", None),
-            VmState::MigratingOut { to, .. } => ("migrating-out", Some(to.to_string())),
-            VmState::Incoming { from, .. } => ("incoming", Some(from.to_string())),
-        };
-        Self {
-            vm: e.vm.to_string(),
-            node: node.to_string(),
-            state: state.to_owned(),
-            peer,
-            epoch: e.epoch,
-            pinned: e.pinned,
-            spec: e.spec.clone(),
-            factors: e.factors,
-        }
-    }
-}
-
 /// Runs `ballast vm ...`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     block_on(async move {
@@ -292,33 +250,16 @@ async fn list(cluster: &Cluster, node: Option<&str>, json: bool) -> anyhow::Resu
         cluster.member(n)?;
     }
     let schedules = cluster.schedules().await?;
-    let mut rows = Vec::new();
-    for (n, entries) in &schedules.answered {
-        if node.is_some_and(|want| want != n.as_str()) {
-            continue;
-        }
-        rows.extend(entries.iter().map(|e| VmRow::new(n, e)));
-    }
-    rows.sort_by(|a, b| a.vm.cmp(&b.vm).then(a.node.cmp(&b.node)));
-    let missing: Vec<MissingNode> = schedules
-        .missing
-        .into_iter()
-        .filter(|m| node.is_none_or(|want| want == m.node))
-        .collect();
+    let list = vm_list(&schedules.answered, schedules.missing, node);
     if json {
-        let list = VmList {
-            partial: !missing.is_empty(),
-            missing: missing.clone(),
-            vms: rows,
-        };
         println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(whole(&missing)?);
+        return Ok(whole(&list.missing)?);
     }
     let mut t = new_table(
         &["VM", "NODE", "STATE", "VCPUS", "MEMORY", "PINNED", "EPOCH"],
         &[3, 4, 6],
     );
-    for r in &rows {
+    for r in &list.vms {
         let state = match &r.peer {
             Some(p) => format!("{} ({p})", r.state),
             None => r.state.clone(),
@@ -334,19 +275,8 @@ async fn list(cluster: &Cluster, node: Option<&str>, json: bool) -> anyhow::Resu
         ]);
     }
     println!("{t}");
-    println!("{} VM entries", rows.len());
-    Ok(whole(&missing)?)
-}
-
-/// What `vm list --json` prints.
-#[derive(Serialize)]
-pub struct VmList {
-    /// True when some nodes did not answer: `vms` lacks their entries.
-    pub partial: bool,
-    /// The nodes that did not answer.
-    pub missing: Vec<MissingNode>,
-    /// One row per schedule entry, by VM.
-    pub vms: Vec<VmRow>,
+    println!("{} VM entries", list.vms.len());
+    Ok(whole(&list.missing)?)
 }
 
 async fn show(cluster: &Cluster, name: &str, json: bool) -> anyhow::Result<()> {

@@ -85,6 +85,7 @@ pub(crate) async fn handle_admin(
                 return Err(AdminError::Invalid("a node cannot forget itself".into()));
             }
             info!(node = %node, "operator: forget node");
+            ctx.net.forget(&node);
             ctx.handoffs
                 .inputs()
                 .send(Input::Forget(node))

@@ -17,7 +17,8 @@
 //!   `sampler`: measured load factors (EWMA of usage samples).
 //! - `reconcile`: the hypervisor against the schedule (docs/design.md §Drivers).
 //! - `admin`: the admin handlers and VM placement; `rpc`: the RPC dispatcher.
-//! - `metrics`, `http`: Prometheus metrics and the `GET /metrics` responder.
+//! - `metrics`: Prometheus metrics; `web`: the local HTTP server (axum): `/metrics`,
+//!   `/api/v1` and the web view.
 //! - [`bench`]: `ballast bench handoff` (two in-process agents, timed handoffs).
 //! - `error`: [`AgentError`].
 
@@ -29,7 +30,6 @@ mod error;
 mod figures;
 mod handoff_handle;
 mod handoff_task;
-mod http;
 mod metrics;
 mod mover;
 mod network;
@@ -43,6 +43,7 @@ mod runtime;
 mod sampler;
 mod session;
 mod session_book;
+mod web;
 pub mod wire;
 
 pub use admin_client::{AdminClient, AdminClientError};

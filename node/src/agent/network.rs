@@ -112,6 +112,20 @@ impl Network {
         lock(&self.known).get(node).copied()
     }
 
+    /// Every node seen since the start (or since it was forgotten), with its last known
+    /// address: the web view lists the ones that stopped answering as unreachable.
+    pub(crate) fn known(&self) -> Vec<(NodeId, SocketAddr)> {
+        lock(&self.known)
+            .iter()
+            .map(|(n, a)| (n.clone(), *a))
+            .collect()
+    }
+
+    /// Forgets `node`'s address (`ballast node forget`: it is gone for good).
+    pub(crate) fn forget(&self, node: &NodeId) {
+        lock(&self.known).remove(node);
+    }
+
     /// Remembers the address of each of `peers`.
     pub(crate) fn remember(&self, peers: &[PeerView]) {
         let mut known = lock(&self.known);

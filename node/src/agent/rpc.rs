@@ -1,6 +1,7 @@
 //! The agent's RPC handler: checks the caller's role and the request's bounds, then
 //! dispatches sessions and placements (nodes only), handoff messages (nodes only, queued
-//! to the machine's bounded channel) and the admin API (admin certificates only).
+//! to the machine's bounded channel) and the admin API (admin certificates; a node's
+//! certificate only for the read-only calls: status, schedule, recent sessions).
 
 use super::admin::handle_admin;
 use super::context::AgentContext;
@@ -42,6 +43,10 @@ impl AgentRpc {
                 let span = tracing::info_span!("admin", caller = %peer.name);
                 let _enter = span.enter();
                 drop(_enter);
+                Response::Admin(handle_admin(ctx, a).await)
+            }
+            // Another agent's web view gathers the cluster: reads only.
+            (Request::Admin(a), Role::Node) if a.reads_only() => {
                 Response::Admin(handle_admin(ctx, a).await)
             }
             (Request::Session(s), Role::Node) => {

@@ -61,6 +61,10 @@ impl Agent {
         let hooks = TestHooks::default();
         let me = NodeId::from(cfg.node.id.as_str());
         let tls = load_tls(&cfg)?;
+        let web_tls = match cfg.node.metrics_listen {
+            Some(addr) => super::web::acceptor_for(addr, &tls).map_err(AgentError::Tls)?,
+            None => None,
+        };
         std::fs::create_dir_all(&cfg.node.data_dir).map_err(|source| AgentError::DataDir {
             path: cfg.node.data_dir.clone(),
             source,
@@ -134,8 +138,8 @@ impl Agent {
             Some(addr) => match tokio::net::TcpListener::bind(addr).await {
                 Ok(listener) => {
                     let bound = listener.local_addr().ok();
-                    info!(addr = %bound.unwrap_or(addr), path = "/metrics", "metrics endpoint listening");
-                    ctx.spawn(super::http::serve_metrics(listener, ctx.clone()));
+                    info!(addr = %bound.unwrap_or(addr), path = "/metrics", web = "/", tls = web_tls.is_some(), "metrics endpoint listening");
+                    ctx.spawn(super::web::serve(listener, ctx.clone(), web_tls));
                     bound
                 }
                 Err(source) => {

@@ -621,6 +621,17 @@ pub(crate) fn check_figures(f: &SideFigures) -> Result<(), String> {
     Ok(())
 }
 
+impl AdminRequest {
+    /// Whether the request only reads (status, schedule, recent sessions): those a node
+    /// certificate may also make (the web view of another agent gathers the cluster).
+    pub fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            AdminRequest::Status | AdminRequest::ListVms | AdminRequest::RecentSessions
+        )
+    }
+}
+
 impl Request {
     /// Checks the bounds the agent relies on; `Err` says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
