@@ -277,154 +277,59 @@ fn a_drain_keeps_what_no_other_node_may_take_and_names_it() {
     );
 }
 
+/// `ballast vm create NAME --vcpus 1 --memory 64M ARGS...`.
+fn create(bundle: &Path, name: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["vm", "create", name, "--vcpus", "1", "--memory", "64M"];
+    all.extend_from_slice(args);
+    cli(bundle, &all)
+}
+
+/// Asserts the exit code and that the output says each of `says`.
+fn expect(o: &std::process::Output, code: i32, says: &[&str]) {
+    let out = text(o);
+    assert_eq!(cli_util::code(o), code, "{out}");
+    for s in says {
+        assert!(out.contains(s), "{s:?} not in: {out}");
+    }
+}
+
 #[test]
 fn bad_rules_are_refused_and_an_unsatisfiable_group_is_never_made_worse() {
     let (c, bundle) = cluster(3, true, &[], "[]");
     // Syntax: refused by the CLI before anything is sent (exit 2).
-    let o = cli(
-        &bundle,
-        &[
-            "vm",
-            "create",
-            "x",
-            "--vcpus",
-            "1",
-            "--memory",
-            "64M",
-            "--requires",
-            "GPU!",
-        ],
+    let o = create(&bundle, "x", &["--requires", "GPU!"]);
+    expect(&o, 2, &["bad required tag \"GPU!\""]);
+    expect(
+        &create(&bundle, "x", &["--anti-affinity", "a=b"]),
+        2,
+        &["bad group name"],
     );
-    assert_eq!(cli_util::code(&o), 2, "{}", text(&o));
-    assert!(
-        text(&o).contains("bad required tag \"GPU!\""),
-        "{}",
-        text(&o)
-    );
-    let o = cli(
-        &bundle,
-        &[
-            "vm",
-            "create",
-            "x",
-            "--vcpus",
-            "1",
-            "--memory",
-            "64M",
-            "--anti-affinity",
-            "a=b",
-        ],
-    );
-    assert_eq!(cli_util::code(&o), 2, "{}", text(&o));
     // A required tag no node has.
-    let o = cli(
-        &bundle,
-        &[
-            "vm",
-            "create",
-            "x",
-            "--vcpus",
-            "1",
-            "--memory",
-            "64M",
-            "--requires",
-            "gpu",
-        ],
-    );
-    assert_eq!(cli_util::code(&o), 1, "{}", text(&o));
-    assert!(
-        text(&o).contains("requires tag gpu, and no active node has it"),
-        "{}",
-        text(&o)
-    );
+    let o = create(&bundle, "x", &["--requires", "gpu"]);
+    expect(&o, 1, &["requires tag gpu, and no active node has it"]);
     // Four members of one group on three nodes: the fourth has no legal node.
     for i in 1..=3 {
-        let name = format!("solo-{i}");
-        let o = cli(
-            &bundle,
-            &[
-                "vm",
-                "create",
-                &name,
-                "--vcpus",
-                "1",
-                "--memory",
-                "64M",
-                "--anti-affinity",
-                "solo",
-                "--opt",
-                "cpu=0.5",
-            ],
-        );
-        assert_eq!(cli_util::code(&o), 0, "{}", text(&o));
+        let o = create(&bundle, &format!("solo-{i}"), &["--anti-affinity", "solo"]);
+        expect(&o, 0, &[]);
     }
-    let o = cli(
-        &bundle,
-        &[
-            "vm",
-            "create",
-            "solo-4",
-            "--vcpus",
-            "1",
-            "--memory",
-            "64M",
-            "--anti-affinity",
-            "solo",
-        ],
-    );
-    assert_eq!(cli_util::code(&o), 1, "{}", text(&o));
-    assert!(
-        text(&o).contains("no node may take VM solo-4"),
-        "{}",
-        text(&o)
-    );
-    assert!(
-        text(&o).contains("anti-affinity group solo"),
-        "{}",
-        text(&o)
+    let o = create(&bundle, "solo-4", &["--anti-affinity", "solo"]);
+    expect(
+        &o,
+        1,
+        &["no node may take VM solo-4", "anti-affinity group solo"],
     );
     // A rule naming a VM instead of a group.
-    let o = cli(
-        &bundle,
-        &[
-            "vm",
-            "create",
-            "web",
-            "--vcpus",
-            "1",
-            "--memory",
-            "64M",
-            "--anti-affinity",
-            "solo-1",
-        ],
-    );
-    assert_eq!(cli_util::code(&o), 1, "{}", text(&o));
-    assert!(text(&o).contains("is the name of a VM"), "{}", text(&o));
+    let o = create(&bundle, "web", &["--anti-affinity", "solo-1"]);
+    expect(&o, 1, &["is the name of a VM"]);
     // Created anyway where the operator says so: reported, never made worse.
-    let o = cli(
+    let o = create(
         &bundle,
-        &[
-            "vm",
-            "create",
-            "solo-4",
-            "--vcpus",
-            "1",
-            "--memory",
-            "64M",
-            "--anti-affinity",
-            "solo",
-            "--node",
-            "n1",
-            "--force",
-        ],
+        "solo-4",
+        &["--anti-affinity", "solo", "--node", "n1", "--force"],
     );
-    assert_eq!(cli_util::code(&o), 0, "{}", text(&o));
+    expect(&o, 0, &[]);
     let o = cli(&bundle, &["status"]);
-    assert!(
-        text(&o).contains("unsatisfiable: anti-affinity group solo"),
-        "{}",
-        text(&o)
-    );
+    expect(&o, 0, &["unsatisfiable: anti-affinity group solo"]);
     // n1 holds two members: both break the rule there, and its metric says so.
     let port = c.logged_metrics_port(0).expect("n1 logs its metrics port");
     let mut gauge = String::new();
@@ -451,10 +356,7 @@ fn bad_rules_are_refused_and_an_unsatisfiable_group_is_never_made_worse() {
     let at = placement(&c);
     let lonely = solo
         .iter()
-        .find(|v| {
-            let i = at[*v];
-            solo.iter().filter(|w| at[*w] == i).count() == 1
-        })
+        .find(|v| solo.iter().filter(|w| at[*w] == at[*v]).count() == 1)
         .expect("a member alone on its node")
         .clone();
     let other = (0..3).find(|&i| i != at[&lonely]).expect("another node");
@@ -463,46 +365,15 @@ fn bad_rules_are_refused_and_an_unsatisfiable_group_is_never_made_worse() {
         &bundle,
         &["vm", "move", lonely.as_str(), "--to", to.as_str()],
     );
-    assert_eq!(cli_util::code(&o), 1, "{}", text(&o));
-    assert!(text(&o).contains("may not move to"), "{}", text(&o));
-    assert!(
-        text(&o).contains("anti-affinity group solo"),
-        "{}",
-        text(&o)
-    );
+    expect(&o, 1, &["may not move to", "anti-affinity group solo"]);
     // Affinity: a new member goes where its group is, and balancing keeps it there.
-    let o = cli(
-        &bundle,
-        &[
-            "vm",
-            "create",
-            "app-a",
-            "--vcpus",
-            "1",
-            "--memory",
-            "64M",
-            "--affinity",
-            "app",
-            "--node",
-            "n2",
-        ],
+    expect(
+        &create(&bundle, "app-a", &["--affinity", "app", "--node", "n2"]),
+        0,
+        &[],
     );
-    assert_eq!(cli_util::code(&o), 0, "{}", text(&o));
-    let o = cli(
-        &bundle,
-        &[
-            "vm",
-            "create",
-            "app-b",
-            "--vcpus",
-            "1",
-            "--memory",
-            "64M",
-            "--affinity",
-            "app",
-        ],
-    );
-    assert!(text(&o).contains("VM app-b created on n2"), "{}", text(&o));
+    let o = create(&bundle, "app-b", &["--affinity", "app"]);
+    expect(&o, 0, &["VM app-b created on n2"]);
     std::thread::sleep(Duration::from_secs(1));
     let at = placement(&c);
     assert_eq!(
@@ -515,13 +386,9 @@ fn bad_rules_are_refused_and_an_unsatisfiable_group_is_never_made_worse() {
         &bundle,
         &["vm", "set", lonely.as_str(), "--anti-affinity", "other"],
     );
-    assert_eq!(cli_util::code(&o), 0, "{}", text(&o));
+    expect(&o, 0, &[]);
     let o = cli(&bundle, &["vm", "show", lonely.as_str()]);
-    assert!(
-        text(&o).contains("rules:    anti-affinity other"),
-        "{}",
-        text(&o)
-    );
+    expect(&o, 0, &["rules:    anti-affinity other"]);
     let o = cli(&bundle, &["vm", "set", lonely.as_str()]);
-    assert_eq!(cli_util::code(&o), 1, "nothing to set: {}", text(&o));
+    expect(&o, 1, &["--clear"]);
 }
