@@ -79,6 +79,8 @@ const DOCS: &[KeyDoc] = &[
     doc("balancing.max_incoming", "Incoming migrations under way at once on this node."),
     doc("balancing.enabled", "Whether this node starts rounds at all (it still answers its peers)."),
     doc("balancing.dry_run", "Advise only: sessions decide as usual and `ballast sessions` shows the moves they would make (outcome dry-run:<decision>), but nothing moves."),
+    doc("balancing.history_max", "Most balancing session records each node keeps in its store for `ballast sessions` (kept across restarts; the oldest go first)."),
+    doc("balancing.history_age", "Session records older than this are dropped from the store."),
     doc("gossip", "The gossip endpoint."),
     doc("gossip.interval", "Period of gossip rounds."),
     doc("gossip.phi_threshold", "Phi above which the failure detector marks a node dead."),

@@ -128,6 +128,10 @@ pub struct BalancingSection {
     /// Advise only: sessions run and decide as usual, and `ballast sessions` shows the
     /// moves they would make (outcome `dry-run:<decision>`), but nothing moves.
     pub dry_run: bool,
+    /// Most session records kept in the store (`ballast sessions`), across restarts.
+    pub history_max: NonZeroUsize,
+    /// Session records older than this are dropped from the store.
+    pub history_age: Millis,
 }
 
 impl Default for BalancingSection {
@@ -140,6 +144,8 @@ impl Default for BalancingSection {
             max_incoming: NonZeroUsize::MIN,
             enabled: true,
             dry_run: false,
+            history_max: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            history_age: Millis::new(30 * 86_400_000),
         }
     }
 }
@@ -582,6 +588,7 @@ impl BalancingSection {
         above_zero(&[
             ("balancing.round_interval", self.round_interval.get()),
             ("balancing.session_timeout", self.session_timeout.get()),
+            ("balancing.history_age", self.history_age.get()),
         ])
     }
 }

@@ -9,6 +9,7 @@
 //!   accept/promote/drop an incoming VM, pin, load factors).
 //! - `open`: opening a directory, first-time creation, metadata and record checks.
 //! - `migrate`: reading a store of an older format (0.1's) and rewriting it.
+//! - `history`: the session history (records kept across restarts, bounded).
 //! - `generation`: the write generation and its witness file (detects lost writes).
 //! - `codec`: bincode 2 encoding with a size limit, and the key layout.
 //! - `validate`: checks on caller input.
@@ -21,6 +22,7 @@
 mod codec;
 mod error;
 mod generation;
+mod history;
 mod migrate;
 mod open;
 mod store;
@@ -31,6 +33,7 @@ pub use ballast_core::types;
 pub use ballast_core::types::*;
 pub use codec::{RECORD_BYTES_MAX, VM_ID_BYTES_MAX};
 pub use error::{Cause, Outcome, StoreError};
+pub use history::HistoryBounds;
 pub use open::FORMAT_VERSION;
 pub use store::{Store, StoreSnapshot};
 pub use validate::FACTOR_BATCH_MAX;

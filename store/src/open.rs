@@ -43,6 +43,9 @@ pub(crate) const TREE_SCHEDULE: &str = "schedule";
 pub(crate) const TREE_TRANSFERS: &str = "transfers";
 /// Tree of the highest epoch seen per VM, keyed by VM id.
 pub(crate) const TREE_EPOCHS: &str = "epochs";
+/// Tree of session history records, keyed by time (`history`); not part of any
+/// transaction, unknown to (and ignored by) stores of format 1.
+pub(crate) const TREE_HISTORY: &str = "history";
 
 /// The open database and its trees.
 pub(crate) struct Opened {
@@ -50,6 +53,7 @@ pub(crate) struct Opened {
     pub(crate) schedule: sled::Tree,
     pub(crate) transfers: sled::Tree,
     pub(crate) epochs: sled::Tree,
+    pub(crate) history: sled::Tree,
     pub(crate) meta_tree: sled::Tree,
     pub(crate) meta: NodeMeta,
     /// sled's log file, opened to `fdatasync` it after each flush (see `Store::write`).
@@ -92,6 +96,7 @@ pub(crate) fn open_dir(
         schedule: tree(TREE_SCHEDULE)?,
         transfers: tree(TREE_TRANSFERS)?,
         epochs: tree(TREE_EPOCHS)?,
+        history: tree(TREE_HISTORY)?,
         meta: read_meta(dir, &meta_tree)?,
         meta_tree,
         db,

@@ -33,6 +33,7 @@ pub struct Store {
     schedule: sled::Tree,
     transfers: sled::Tree,
     epochs: sled::Tree,
+    history: sled::Tree,
     meta_tree: sled::Tree,
     /// sled's log file. sled's own flush only `sync_file_range`s what it wrote: neither
     /// the file's new length nor the device's write cache is made durable. `write`
@@ -236,6 +237,7 @@ impl Store {
             schedule: opened.schedule,
             transfers: opened.transfers,
             epochs: opened.epochs,
+            history: opened.history,
             meta_tree: opened.meta_tree,
             log_file: opened.log_file,
             gate: Mutex::new(()),
@@ -251,6 +253,21 @@ impl Store {
     /// The store directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The session history's tree (`history`).
+    pub(crate) fn history_tree(&self) -> &sled::Tree {
+        &self.history
+    }
+
+    /// Makes the history durable: sled's flush, then its log file's `fdatasync`.
+    pub(crate) fn flush_history(&self) -> Result<(), StoreError> {
+        let not_flushed = |source: crate::error::Cause| StoreError::NotFlushed {
+            op: "append_history",
+            source,
+        };
+        self.db.flush().map_err(|e| not_flushed(e.into()))?;
+        self.log_file.sync_data().map_err(|e| not_flushed(e.into()))
     }
 
     /// Sets this host's tags, which the placement rules of new and incoming VMs are

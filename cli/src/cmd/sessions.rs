@@ -11,6 +11,8 @@
 use crate::admin_bundle::AdminArgs;
 use crate::cmd::admin::{block_on, Cluster};
 use crate::table::{age, new_table};
+use ballast_node::units::Millis;
+use ballast_store::VmId;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
@@ -29,11 +31,23 @@ pub struct Args {
     /// At most this many sessions, newest first.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     limit: u64,
+    /// Only the sessions of the last DURATION (`90m`, `12h`, `2d`), from each node's
+    /// kept history (it survives restarts; `balancing.history_max`, `history_age`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+    since: Option<Millis>,
+    /// Only the sessions that planned, weighed or kept this VM (from the kept history).
+    #[arg(long, value_name = "VM")]
+    vm: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     admin: AdminArgs,
+}
+
+fn parse_since(s: &str) -> Result<Millis, String> {
+    s.parse::<Millis>()
+        .map_err(|_| format!("expected a duration such as 90m, 12h or 2d, got {s:?}"))
 }
 
 use ballast_node::report::sessions::{sessions_report, SessionsReport};
@@ -100,7 +114,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             let client = cluster.client(m.addr, CALL_TIMEOUT)?;
             let node = m.node.to_string();
-            set.spawn(async move { (node, client.recent_sessions().await) });
+            let filter = (args.since.is_some() || args.vm.is_some()).then(|| {
+                let since = args.since.map_or(0, |d| {
+                    ballast_node::agent::unix_ms().saturating_sub(d.get())
+                });
+                (since, args.vm.as_deref().map(VmId::from))
+            });
+            set.spawn(async move {
+                let r = match filter {
+                    Some((since, vm)) => client.session_history(since, vm).await,
+                    None => client.recent_sessions().await,
+                };
+                (node, r)
+            });
         }
         let mut records = Vec::new();
         while let Some(joined) = set.join_next().await {

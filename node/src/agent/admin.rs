@@ -6,6 +6,7 @@ use super::figures::summary;
 use super::handoff_task::{handoffs_in_flight, move_vm, Input};
 use super::placement::{create, Placed};
 use super::rule_book::rule_breaks;
+use super::session_history;
 use super::wire::{
     AdminError, AdminRequest, AdminResponse, BusyDetail, HandoffInfo, NodeRules, NodeStatus,
     PeerStatus, Placement, SessionRecord, StoreView,
@@ -15,6 +16,9 @@ use ballast_store::{NodeId, ScheduleEntry, StoreError, VmId, VmState};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::info;
+
+/// Most records one `SessionHistory` answer holds (then the frame budget).
+const SESSION_HISTORY_ANSWER_MAX: usize = 10_000;
 
 /// Name of the marker file that keeps a node draining across restarts.
 pub(crate) const DRAINING_FILE: &str = "draining";
@@ -138,7 +142,25 @@ pub(crate) async fn handle_admin(
                 .max_rpc_frame_bytes
                 .min(ballast_gossip::RPC_FRAME_BYTES_DEFAULT)
                 / 2;
-            let records: Vec<SessionRecord> = ctx.sessions.recent();
+            // The store's history (it survives restarts); the memory's if it cannot
+            // be read.
+            let newest = super::session_book::SESSION_RECORDS_MAX;
+            let records = match session_history::read(ctx, 0, None, newest).await {
+                Ok(kept) if !kept.is_empty() => kept,
+                _ => ctx.sessions.recent(),
+            };
+            Ok(AdminResponse::Sessions(newest_within(records, budget)))
+        }
+        AdminRequest::SessionHistory { since_unix_ms, vm } => {
+            let budget = ctx
+                .cfg
+                .gossip
+                .max_rpc_frame_bytes
+                .min(ballast_gossip::RPC_FRAME_BYTES_DEFAULT)
+                / 2;
+            let records = session_history::read(ctx, since_unix_ms, vm, SESSION_HISTORY_ANSWER_MAX)
+                .await
+                .map_err(store_err)?;
             Ok(AdminResponse::Sessions(newest_within(records, budget)))
         }
     }

@@ -276,6 +276,22 @@ impl AdminClient {
         }
     }
 
+    /// The sessions this node started from `since_unix_ms` on that concern `vm` (all
+    /// when `None`), from its kept history; newest last.
+    pub async fn session_history(
+        &self,
+        since_unix_ms: u64,
+        vm: Option<VmId>,
+    ) -> Result<Vec<SessionRecord>, AdminClientError> {
+        match self
+            .call(AdminRequest::SessionHistory { since_unix_ms, vm })
+            .await?
+        {
+            AdminResponse::Sessions(s) => Ok(s),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
     /// Replaces the placement rules of a VM of this node; returns the hard rule it now
     /// breaks where it is, if any.
     pub async fn set_rules(

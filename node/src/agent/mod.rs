@@ -43,6 +43,7 @@ mod runtime;
 mod sampler;
 mod session;
 mod session_book;
+mod session_history;
 mod web;
 pub mod wire;
 

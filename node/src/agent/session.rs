@@ -214,6 +214,7 @@ pub(crate) async fn run_session(
         .await;
     ctx.metrics.session(record.outcome.label());
     ctx.sessions.record(record.clone());
+    super::session_history::persist(ctx, &record).await;
     record
 }
 

@@ -259,6 +259,14 @@ pub enum AdminRequest {
         /// The VM.
         vm: VmId,
     },
+    /// The sessions this node started, kept in its store across restarts, from
+    /// `since_unix_ms` on, that concern `vm` (all when `None`); newest last.
+    SessionHistory {
+        /// Unix ms of the oldest session wanted.
+        since_unix_ms: u64,
+        /// Only the sessions that planned or weighed this VM.
+        vm: Option<VmId>,
+    },
     /// `ballast vm set`: replaces the placement rules of a VM of this node.
     SetRules {
         /// The VM.
@@ -627,7 +635,10 @@ impl AdminRequest {
     pub fn reads_only(&self) -> bool {
         matches!(
             self,
-            AdminRequest::Status | AdminRequest::ListVms | AdminRequest::RecentSessions
+            AdminRequest::Status
+                | AdminRequest::ListVms
+                | AdminRequest::RecentSessions
+                | AdminRequest::SessionHistory { .. }
         )
     }
 }
