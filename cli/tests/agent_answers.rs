@@ -12,13 +12,7 @@ use agent_util::*;
 use std::path::Path;
 use std::time::Duration;
 
-/// `ballast ARGS --admin BUNDLE`.
-fn cli(bundle: &Path, args: &[&str]) -> std::process::Output {
-    let mut all: Vec<&str> = args.to_vec();
-    let b = bundle.to_str().expect("utf-8 path");
-    all.extend(["--admin", b]);
-    cli_util::ballast(&all, bundle.parent().expect("bundle parent"))
-}
+use cli_util::with_admin as cli;
 
 /// Two agents without balancing, started, with an admin bundle; `extra` goes into
 /// n1's `[driver.sim]`.

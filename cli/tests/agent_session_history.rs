@@ -9,16 +9,9 @@ mod cli_util;
 use agent_util::*;
 use ballast_node::agent::wire::SessionRecord;
 use ballast_store::VmId;
-use std::path::Path;
 use std::time::Duration;
 
-/// `ballast ARGS --admin BUNDLE`.
-fn cli(bundle: &Path, args: &[&str]) -> std::process::Output {
-    let mut all: Vec<&str> = args.to_vec();
-    let b = bundle.to_str().expect("utf-8 path");
-    all.extend(["--admin", b]);
-    cli_util::ballast(&all, bundle.parent().expect("bundle parent"))
-}
+use cli_util::with_admin as cli;
 
 /// The first session of `records` that moved a VM: (session id, the VM).
 fn a_move(records: &[SessionRecord]) -> Option<(u64, VmId)> {

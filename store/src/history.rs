@@ -25,6 +25,13 @@ fn key(at_unix_ms: u64, id: u64) -> [u8; 16] {
     k
 }
 
+/// The time a key starts with.
+fn time_of(key: &[u8]) -> u64 {
+    key.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 fn storage(op: &'static str, e: sled::Error) -> StoreError {
     StoreError::Storage {
         op,
@@ -56,10 +63,7 @@ impl Store {
         let excess = tree.len().saturating_sub(bounds.max_records);
         for (n, item) in tree.iter().enumerate() {
             let (k, _) = item.map_err(|e| storage("append_history", e))?;
-            let at = k
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_be_bytes);
+            let at = time_of(&k);
             if n >= excess && at >= oldest_kept {
                 break;
             }
@@ -79,10 +83,7 @@ impl Store {
         let range = self.history_tree().range(key(since_unix_ms, 0)..);
         for item in range.rev().take(newest) {
             let (k, v) = item.map_err(|e| storage("history", e))?;
-            let at = k
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_be_bytes);
+            let at = time_of(&k);
             out.push((at, v.to_vec()));
         }
         out.reverse();

@@ -8,6 +8,14 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// Runs `ballast ARGS --admin BUNDLE` in the bundle's directory.
+pub fn with_admin(bundle: &Path, args: &[&str]) -> Output {
+    let mut all: Vec<&str> = args.to_vec();
+    let b = bundle.to_str().expect("utf-8 path");
+    all.extend(["--admin", b]);
+    ballast(&all, bundle.parent().expect("bundle parent"))
+}
+
 /// Runs `ballast ARGS` in `cwd`, ignoring `BALLAST_CONFIG` and `BALLAST_ADMIN`.
 pub fn ballast(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ballast"))

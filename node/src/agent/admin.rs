@@ -11,7 +11,7 @@ use super::wire::{
     AdminError, AdminRequest, AdminResponse, BusyDetail, HandoffInfo, NodeRules, NodeStatus,
     PeerStatus, Placement, SessionRecord, StoreView,
 };
-use ballast_core::rules::{broken_here, Holdings, PlacementRules};
+use ballast_core::rules::{broken_here, PlacementRules};
 use ballast_store::{NodeId, ScheduleEntry, StoreError, VmId, VmState};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -135,13 +135,6 @@ pub(crate) async fn handle_admin(
         AdminRequest::ReleaseVm { vm } => release(ctx, vm).await,
         AdminRequest::SetRules { vm, rules } => set_rules(ctx, vm, rules).await,
         AdminRequest::RecentSessions => {
-            // Half of what any client accepts by default, whatever this node's own limit.
-            let budget = ctx
-                .cfg
-                .gossip
-                .max_rpc_frame_bytes
-                .min(ballast_gossip::RPC_FRAME_BYTES_DEFAULT)
-                / 2;
             // The store's history (it survives restarts); the memory's if it cannot
             // be read.
             let newest = super::session_book::SESSION_RECORDS_MAX;
@@ -149,21 +142,31 @@ pub(crate) async fn handle_admin(
                 Ok(kept) if !kept.is_empty() => kept,
                 _ => ctx.sessions.recent(),
             };
-            Ok(AdminResponse::Sessions(newest_within(records, budget)))
+            Ok(AdminResponse::Sessions(newest_within(
+                records,
+                sessions_budget(ctx),
+            )))
         }
         AdminRequest::SessionHistory { since_unix_ms, vm } => {
-            let budget = ctx
-                .cfg
-                .gossip
-                .max_rpc_frame_bytes
-                .min(ballast_gossip::RPC_FRAME_BYTES_DEFAULT)
-                / 2;
             let records = session_history::read(ctx, since_unix_ms, vm, SESSION_HISTORY_ANSWER_MAX)
                 .await
                 .map_err(store_err)?;
-            Ok(AdminResponse::Sessions(newest_within(records, budget)))
+            Ok(AdminResponse::Sessions(newest_within(
+                records,
+                sessions_budget(ctx),
+            )))
         }
     }
+}
+
+/// Bytes of session records one answer may hold: half of what any client accepts by
+/// default, whatever this node's own limit.
+fn sessions_budget(ctx: &AgentContext) -> usize {
+    ctx.cfg
+        .gossip
+        .max_rpc_frame_bytes
+        .min(ballast_gossip::RPC_FRAME_BYTES_DEFAULT)
+        / 2
 }
 
 /// The newest of `records` (given oldest first) whose encoded sizes add up to at most
@@ -385,10 +388,7 @@ async fn release(ctx: &AgentContext, vm: ballast_store::VmId) -> Result<AdminRes
 async fn status(ctx: &AgentContext) -> Result<NodeStatus, AdminError> {
     let summary = summary(ctx).await.map_err(store_err)?;
     let entries = ctx.with_store(|s| s.list()).await.map_err(store_err)?;
-    let holdings = Holdings::of(
-        &ctx.cfg.node.tags,
-        entries.iter().map(|e| (&e.vm, &*e.spec.rules)),
-    );
+    let holdings = super::rule_book::holdings_of(ctx, &entries);
     let rules = NodeRules {
         breaks: rule_breaks(&ctx.me, &entries, &holdings),
         holdings,

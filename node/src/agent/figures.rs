@@ -6,7 +6,6 @@ use super::context::AgentContext;
 use super::rule_book::rule_breaks;
 use super::wire::{CandidateFactors, SideFigures};
 use crate::load::effective_factors;
-use ballast_core::rules::Holdings;
 use ballast_gossip::{LoadSummary, NodeRunState, PROTOCOL_VERSION};
 use ballast_store::{LoadFactors, ScheduleEntry, StoreError, VmState};
 use std::sync::Arc;
@@ -70,10 +69,7 @@ pub(crate) fn figures_from(ctx: &AgentContext, entries: &[ScheduleEntry]) -> Sid
         load,
         free_mem_bytes: free as u64,
         candidates,
-        holdings: Holdings::of(
-            &ctx.cfg.node.tags,
-            entries.iter().map(|e| (&e.vm, &*e.spec.rules)),
-        ),
+        holdings: super::rule_book::holdings_of(ctx, entries),
     }
 }
 
@@ -121,10 +117,7 @@ pub(crate) async fn publish_summaries(ctx: Arc<AgentContext>) {
                 ctx.metrics.load.set(s.load);
                 ctx.metrics.vms.set(i64::from(s.vm_count));
                 if let Ok(entries) = ctx.with_store(|s| s.list()).await {
-                    let holdings = Holdings::of(
-                        &ctx.cfg.node.tags,
-                        entries.iter().map(|e| (&e.vm, &*e.spec.rules)),
-                    );
+                    let holdings = super::rule_book::holdings_of(&ctx, &entries);
                     let broken = rule_breaks(&ctx.me, &entries, &holdings).len();
                     ctx.metrics
                         .rules_broken

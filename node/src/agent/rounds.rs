@@ -10,7 +10,7 @@ use super::context::AgentContext;
 use super::mover::MoveJob;
 use super::session::run_session;
 use crate::policy::{choose_peer, Sender};
-use ballast_core::rules::{Holdings, PlacementRules};
+use ballast_core::rules::PlacementRules;
 use ballast_gossip::PeerView;
 use ballast_store::{NodeId, VmState};
 use rand::rngs::StdRng;
@@ -91,10 +91,7 @@ async fn breaks_a_rule(ctx: &AgentContext) -> bool {
     if entries.iter().all(|e| e.spec.rules.is_empty()) {
         return false;
     }
-    let holdings = Holdings::of(
-        &ctx.cfg.node.tags,
-        entries.iter().map(|e| (&e.vm, &*e.spec.rules)),
-    );
+    let holdings = super::rule_book::holdings_of(ctx, &entries);
     !super::rule_book::rule_breaks(&ctx.me, &entries, &holdings).is_empty()
 }
 

@@ -2,7 +2,7 @@
 //! §Placement rules): which destination refused which VM for a rule (a drain tries
 //! another one meanwhile), and which VMs a drain found no legal destination for.
 
-use super::context::lock;
+use super::context::{lock, AgentContext};
 use super::wire::{RuleBreak, RuleSkip};
 use ballast_core::rules::{broken_here, Holdings};
 use ballast_store::{NodeId, ScheduleEntry, VmId, VmState};
@@ -61,6 +61,14 @@ impl RuleBook {
     pub(crate) fn clear_drain_blocks(&self) {
         lock(&self.drain_blocked).clear();
     }
+}
+
+/// What this host holds for the placement rules, its schedule being `entries`.
+pub(crate) fn holdings_of(ctx: &AgentContext, entries: &[ScheduleEntry]) -> Holdings {
+    Holdings::of(
+        &ctx.cfg.node.tags,
+        entries.iter().map(|e| (&e.vm, &*e.spec.rules)),
+    )
 }
 
 /// The VMs of `entries` that break a hard rule on this host (`holdings` is the host's),
