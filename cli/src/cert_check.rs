@@ -48,7 +48,9 @@ mod tests {
     fn a_certificate_of_another_ca_is_refused() {
         let ca = ballast_gossip::create_ca("one").expect("ca");
         let other = ballast_gossip::create_ca("one").expect("other ca, same name");
-        let admin = ballast_gossip::issue_admin_cert(&ca, "ops").expect("admin");
+        let admin =
+            ballast_gossip::issue_admin_cert(&ca, "ops", ballast_gossip::AdminRole::Operator)
+                .expect("admin");
         check_signed_by(&ca.cert_pem, &admin.cert_pem).expect("own CA");
         let e = check_signed_by(&other.cert_pem, &admin.cert_pem).expect_err("other CA");
         // Same cluster name, so the same issuer name: only the signature tells them apart.

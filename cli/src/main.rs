@@ -43,6 +43,8 @@ enum Command {
     Cluster(cmd::cluster::Args),
     /// Add a node (certificate and config) or forget one that is gone for good.
     Node(cmd::node::Args),
+    /// Issue another admin bundle with a role: operator or read-only.
+    Admin(cmd::admin_issue::Args),
     /// Print the documented default configuration or check a configuration file.
     Config(cmd::config::Args),
     /// Create, list, show, delete, pin, unpin and move VMs.
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => cmd::agent::run(args),
         Command::Cluster(args) => cmd::cluster::run(args),
         Command::Node(args) => cmd::node::run(args),
+        Command::Admin(args) => cmd::admin_issue::run(args),
         Command::Config(args) => cmd::config::run(args),
         Command::Vm(args) => cmd::vm::run(args),
         Command::Status(args) => cmd::status::run(args),

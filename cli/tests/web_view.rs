@@ -425,7 +425,9 @@ fn bound_beyond_loopback_it_wants_a_client_certificate_of_the_cluster() {
     assert!(r.is_err(), "answered without a client certificate: {r:?}");
     // With a certificate of another cluster's CA: refused.
     let other = ballast_gossip::create_ca("other").expect("ca");
-    let stranger = ballast_gossip::issue_admin_cert(&other, "ops").expect("cert");
+    let stranger =
+        ballast_gossip::issue_admin_cert(&other, "ops", ballast_gossip::AdminRole::Operator)
+            .expect("cert");
     let dir = tempfile::tempdir().expect("dir");
     let (scert, skey, sca) = (
         dir.path().join("s.pem"),

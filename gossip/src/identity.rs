@@ -2,7 +2,7 @@
 //!
 //! Node certificates carry the node id as their one DNS subject-alternative name and the
 //! organizational unit `ballast-node`; admin certificates carry the admin's name and the
-//! unit `ballast-admin`. The chain itself is verified by rustls against the cluster CA
+//! unit `ballast-admin` (role operator) or `ballast-admin-read-only`. The chain itself is verified by rustls against the cluster CA
 //! before anything here runs; this module only reads the verified certificate.
 
 use rustls::pki_types::CertificateDer;
@@ -13,8 +13,11 @@ use crate::error::IdentityError;
 
 /// The organizational unit that marks a node certificate.
 pub(crate) const OU_NODE: &str = "ballast-node";
-/// The organizational unit that marks an admin certificate.
+/// The organizational unit that marks an operator's admin certificate (0.1 admin
+/// certificates carry it too, so they stay operators).
 pub(crate) const OU_ADMIN: &str = "ballast-admin";
+/// The organizational unit that marks a read-only admin certificate.
+pub(crate) const OU_ADMIN_READ_ONLY: &str = "ballast-admin-read-only";
 /// Longest accepted node or admin name (one DNS label).
 pub const NAME_LEN_MAX: usize = 63;
 
@@ -23,8 +26,35 @@ pub const NAME_LEN_MAX: usize = 63;
 pub enum Role {
     /// A cluster node: may gossip, serve and call the RPC.
     Node,
-    /// An operator or tool: may call the RPC (the admin API), never gossip.
-    Admin,
+    /// An operator or tool: may call the RPC (the admin API, as far as its
+    /// [`AdminRole`] allows), never gossip.
+    Admin(AdminRole),
+}
+
+/// What an admin certificate may do through the admin API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdminRole {
+    /// Everything: create, move, drain, forget …
+    Operator,
+    /// Reads only: status, the VM list, sessions (what a node certificate may also read).
+    ReadOnly,
+}
+
+impl AdminRole {
+    /// The role's name on the command line and in messages (`operator`, `read-only`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Operator => "operator",
+            AdminRole::ReadOnly => "read-only",
+        }
+    }
+}
+
+impl std::fmt::Display for AdminRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The authenticated identity of a peer, taken from its verified certificate.
@@ -83,7 +113,8 @@ fn role_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Role,
         let value = ou.as_str().map_err(|_| IdentityError::Unparseable)?;
         let this = match value {
             OU_NODE => Role::Node,
-            OU_ADMIN => Role::Admin,
+            OU_ADMIN => Role::Admin(AdminRole::Operator),
+            OU_ADMIN_READ_ONLY => Role::Admin(AdminRole::ReadOnly),
             _ => continue,
         };
         if role.is_some_and(|r| r != this) {

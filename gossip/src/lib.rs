@@ -46,7 +46,9 @@ pub use bench::{bench_gossip, GossipBenchOptions, GossipBenchReport};
 pub use codec::GOSSIP_MESSAGE_BYTES_MAX;
 pub use endpoint::{Endpoint, EndpointConfig, INBOUND_CONNECTIONS_MAX};
 pub use error::{EndpointError, FrameError, IdentityError, PkiError, RpcError, TlsError};
-pub use identity::{identity_from_cert, validate_name, PeerIdentity, Role, NAME_LEN_MAX};
+pub use identity::{
+    identity_from_cert, validate_name, AdminRole, PeerIdentity, Role, NAME_LEN_MAX,
+};
 pub use membership::PeerView;
 pub use pem_files::{
     load_ca, load_cert_bundle, save_ca, save_cert_bundle, CERT_FILE_MODE, KEY_FILE_MODE,

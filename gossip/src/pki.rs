@@ -12,7 +12,7 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IdentityError, PkiError};
-use crate::identity::{validate_name, Role, OU_ADMIN, OU_NODE};
+use crate::identity::{validate_name, AdminRole, Role, OU_ADMIN, OU_ADMIN_READ_ONLY, OU_NODE};
 
 /// A cluster CA: its certificate and private key, PEM encoded.
 #[derive(Clone, Serialize, Deserialize)]
@@ -101,10 +101,14 @@ pub fn issue_node_cert(
     issue(ca, node_id, Role::Node, sans)
 }
 
-/// Issues an admin certificate: `name` as its DNS name, role `Admin`; usable only as a
-/// TLS client (it cannot serve or gossip).
-pub fn issue_admin_cert(ca: &CaBundle, name: &str) -> Result<CertBundle, PkiError> {
-    issue(ca, name, Role::Admin, Vec::new())
+/// Issues an admin certificate: `name` as its DNS name, role `Admin(role)`; usable only
+/// as a TLS client (it cannot serve or gossip).
+pub fn issue_admin_cert(
+    ca: &CaBundle,
+    name: &str,
+    role: AdminRole,
+) -> Result<CertBundle, PkiError> {
+    issue(ca, name, Role::Admin(role), Vec::new())
 }
 
 fn issue(
@@ -127,7 +131,7 @@ fn issue(
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
-        Role::Admin => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Role::Admin(_) => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     params.distinguished_name.push(DnType::CommonName, name);
     params
@@ -135,7 +139,8 @@ fn issue(
         .push(DnType::OrganizationName, ca.cluster_name.as_str());
     let unit = match role {
         Role::Node => OU_NODE,
-        Role::Admin => OU_ADMIN,
+        Role::Admin(AdminRole::Operator) => OU_ADMIN,
+        Role::Admin(AdminRole::ReadOnly) => OU_ADMIN_READ_ONLY,
     };
     params
         .distinguished_name
@@ -161,20 +166,30 @@ mod tests {
         let ca = create_ca("test").expect("ca");
         let node =
             issue_node_cert(&ca, "node-1", &["127.0.0.1".parse().expect("ip")]).expect("node cert");
-        let admin = issue_admin_cert(&ca, "ops").expect("admin cert");
+        let admin = issue_admin_cert(&ca, "ops", AdminRole::Operator).expect("admin cert");
+        let reader = issue_admin_cert(&ca, "viewer", AdminRole::ReadOnly).expect("reader cert");
         let node_der = certs_from_pem(&node.cert_pem).expect("pem");
         let admin_der = certs_from_pem(&admin.cert_pem).expect("pem");
         let id = identity_from_cert(&node_der[0]).expect("node identity");
         assert_eq!((id.name.as_str(), id.role), ("node-1", Role::Node));
         let id = identity_from_cert(&admin_der[0]).expect("admin identity");
-        assert_eq!((id.name.as_str(), id.role), ("ops", Role::Admin));
+        assert_eq!(
+            (id.name.as_str(), id.role),
+            ("ops", Role::Admin(AdminRole::Operator))
+        );
+        let reader_der = certs_from_pem(&reader.cert_pem).expect("pem");
+        let id = identity_from_cert(&reader_der[0]).expect("reader identity");
+        assert_eq!(
+            (id.name.as_str(), id.role),
+            ("viewer", Role::Admin(AdminRole::ReadOnly))
+        );
     }
 
     #[test]
     fn bad_names_are_refused() {
         let ca = create_ca("test").expect("ca");
         assert!(issue_node_cert(&ca, "no_de", &[]).is_err());
-        assert!(issue_admin_cert(&ca, "").is_err());
+        assert!(issue_admin_cert(&ca, "", AdminRole::Operator).is_err());
         assert!(create_ca("").is_err());
     }
 }

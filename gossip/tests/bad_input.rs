@@ -200,7 +200,8 @@ async fn garbage_and_oversized_gossip_and_admin_gossip_are_refused() {
         })
         .await;
 
-        let admin = issue_admin_cert(&ca, "ops").expect("admin");
+        let admin =
+            issue_admin_cert(&ca, "ops", ballast_gossip::AdminRole::Operator).expect("admin");
         let (raw_admin, cfg) = raw_client(&ca, Some(&admin), ALPN_GOSSIP);
         if let Ok(c) = raw_connect(&raw_admin, &cfg, addr, "node-0").await {
             let _ = c.closed().await;
@@ -243,8 +244,10 @@ async fn configured_id_must_match_certificate() {
         matches!(err, EndpointError::IdentityMismatch { .. }),
         "{err:?}"
     );
-    let admin =
-        TlsBundle::from_cert_bundle(&issue_admin_cert(&ca, "ops").expect("admin")).expect("tls");
+    let admin = TlsBundle::from_cert_bundle(
+        &issue_admin_cert(&ca, "ops", ballast_gossip::AdminRole::Operator).expect("admin"),
+    )
+    .expect("tls");
     let err = Endpoint::start(
         config("ops", &[], INTERVAL),
         admin,

@@ -38,8 +38,10 @@ async fn calls_carry_identity_check_the_server_and_time_out() {
         }
 
         // An admin client without gossip.
-        let admin = TlsBundle::from_cert_bundle(&issue_admin_cert(&ca, "ops").expect("admin"))
-            .expect("tls");
+        let admin = TlsBundle::from_cert_bundle(
+            &issue_admin_cert(&ca, "ops", ballast_gossip::AdminRole::Operator).expect("admin"),
+        )
+        .expect("tls");
         let client = RpcClient::new(
             admin,
             RpcClientConfig {
@@ -57,7 +59,7 @@ async fn calls_carry_identity_check_the_server_and_time_out() {
             r,
             Resp::You(ballast_gossip::PeerIdentity {
                 name: "ops".into(),
-                role: Role::Admin
+                role: Role::Admin(ballast_gossip::AdminRole::Operator)
             })
         );
         let r: Resp = client

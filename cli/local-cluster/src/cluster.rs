@@ -103,7 +103,8 @@ impl LocalCluster {
             source,
         };
         let ca = create_ca(cluster).map_err(certs)?;
-        let admin = issue_admin_cert(&ca, admin_name).map_err(certs)?;
+        let admin = issue_admin_cert(&ca, admin_name, ballast_gossip::AdminRole::Operator)
+            .map_err(certs)?;
         let ports = names
             .iter()
             .map(|_| HeldPort::loopback())

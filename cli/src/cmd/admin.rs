@@ -346,6 +346,13 @@ fn is_auth_problem(e: &anyhow::Error) -> bool {
 /// Turns a client error into a message that says what happened and what to do.
 pub fn explain(e: AdminClientError, addr: SocketAddr, bundle: &std::path::Path) -> anyhow::Error {
     match e {
+        AdminClientError::Refused(Refusal::ReadOnlyRole) => anyhow!(
+            "{addr} refused the call: the admin certificate named in {} has the role \
+             read-only, which may only read (status, vm list, vm show, sessions); \
+             use an operator's bundle (`ballast admin issue NAME --role operator`, or the \
+             one `ballast cluster init` wrote)",
+            bundle.display()
+        ),
         AdminClientError::Refused(Refusal::Forbidden) => anyhow!(
             "{addr} refused the call: the certificate named in {} is not an admin \
              certificate (a node certificate may only read: status, VM list, sessions); use the admin \

@@ -87,8 +87,9 @@ fn init(a: InitArgs) -> anyhow::Result<()> {
     let ca = ballast_gossip::create_ca(&a.name)
         .with_context(|| format!("creating the CA of cluster {:?}", a.name))?;
     ballast_gossip::save_ca(&ca, &dir.ca_cert(), &dir.ca_key()).context("writing the CA")?;
-    let admin = ballast_gossip::issue_admin_cert(&ca, &a.admin_name)
-        .context("issuing the admin certificate")?;
+    let admin =
+        ballast_gossip::issue_admin_cert(&ca, &a.admin_name, ballast_gossip::AdminRole::Operator)
+            .context("issuing the admin certificate")?;
     cluster_dir::save_bundle(&admin, &dir.admin_dir(), "admin")?;
     let plan = NodePlan {
         name: a.node.clone(),

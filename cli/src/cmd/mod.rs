@@ -1,6 +1,7 @@
 //! One module per subcommand; `admin` is the shared client side of the admin commands.
 
 pub mod admin;
+pub mod admin_issue;
 pub mod agent;
 pub mod bench;
 pub mod cluster;

@@ -172,7 +172,8 @@ pub async fn bench_handoff(opts: HandoffBenchOptions) -> Result<HandoffBenchRepo
     let tmp = TempDir::create("ballast-bench")?;
     let dir = tmp.path().to_path_buf();
     let ca = create_ca("bench").map_err(setup)?;
-    let admin = issue_admin_cert(&ca, "bench").map_err(setup)?;
+    let admin =
+        issue_admin_cert(&ca, "bench", ballast_gossip::AdminRole::Operator).map_err(setup)?;
     let ((sa, pa), (sb, pb)) = (bound_socket()?, bound_socket()?);
     let mut agents = Vec::new();
     for (id, socket, listen, seed) in [("a", sa, pa, pb), ("b", sb, pb, pa)] {

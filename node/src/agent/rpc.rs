@@ -1,7 +1,8 @@
 //! The agent's RPC handler: checks the caller's role and the request's bounds, then
 //! dispatches sessions and placements (nodes only), handoff messages (nodes only, queued
-//! to the machine's bounded channel) and the admin API (admin certificates; a node's
-//! certificate only for the read-only calls: status, schedule, recent sessions).
+//! to the machine's bounded channel) and the admin API (an operator's admin certificate;
+//! a read-only admin's or a node's certificate only for the calls that read:
+//! `AdminRequest::reads_only`).
 
 use super::admin::handle_admin;
 use super::context::AgentContext;
@@ -10,10 +11,10 @@ use super::placement::place_here;
 use super::session::serve_session;
 use super::wire::{AgentRequest, AgentResponse, Refusal, Request, Response};
 use async_trait::async_trait;
-use ballast_gossip::{PeerIdentity, Role, RpcHandler};
+use ballast_gossip::{AdminRole, PeerIdentity, Role, RpcHandler};
 use ballast_store::NodeId;
 use std::sync::Arc;
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 /// Serves the agent's RPC.
 pub(crate) struct AgentRpc {
@@ -39,15 +40,22 @@ impl AgentRpc {
         }
         let ctx = &self.ctx;
         match (req, peer.role) {
-            (Request::Admin(a), Role::Admin) => {
+            // Every admin call runs in a span naming the caller's certificate, so the
+            // agent's log says who did what.
+            (Request::Admin(a), Role::Admin(AdminRole::Operator)) => {
                 let span = tracing::info_span!("admin", caller = %peer.name);
-                let _enter = span.enter();
-                drop(_enter);
-                Response::Admin(handle_admin(ctx, a).await)
+                Response::Admin(handle_admin(ctx, a).instrument(span).await)
             }
-            // Another agent's web view gathers the cluster: reads only.
-            (Request::Admin(a), Role::Node) if a.reads_only() => {
-                Response::Admin(handle_admin(ctx, a).await)
+            // A read-only admin, or another agent's web view gathering the cluster.
+            (Request::Admin(a), Role::Admin(AdminRole::ReadOnly) | Role::Node)
+                if a.reads_only() =>
+            {
+                let span = tracing::info_span!("admin", caller = %peer.name);
+                Response::Admin(handle_admin(ctx, a).instrument(span).await)
+            }
+            (Request::Admin(a), Role::Admin(AdminRole::ReadOnly)) => {
+                warn!(peer = %peer.name, request = a.name(), "admin request refused: the caller's certificate is read-only");
+                Response::Refused(Refusal::ReadOnlyRole)
             }
             (Request::Session(s), Role::Node) => {
                 let from = NodeId::from(peer.name);

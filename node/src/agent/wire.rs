@@ -89,6 +89,10 @@ pub enum Refusal {
     /// The agent is shutting down.
     #[error("agent is shutting down")]
     ShuttingDown,
+    /// The caller's admin certificate has the role `read-only` and the request changes
+    /// something (docs/design.md, "Admin roles").
+    #[error("the caller's admin certificate is read-only: it may read, not change")]
+    ReadOnlyRole,
 }
 
 /// One VM offered in a session: its raw factors and what it weighs on its holder.
@@ -630,16 +634,48 @@ pub(crate) fn check_figures(f: &SideFigures) -> Result<(), String> {
 }
 
 impl AdminRequest {
-    /// Whether the request only reads (status, schedule, recent sessions): those a node
-    /// certificate may also make (the web view of another agent gathers the cluster).
+    /// The request's name in logs (`create_vm`, `move_vm` …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            AdminRequest::CreateVm { .. } => "create_vm",
+            AdminRequest::ListVms => "list_vms",
+            AdminRequest::DeleteVm { .. } => "delete_vm",
+            AdminRequest::SetPinned { .. } => "set_pinned",
+            AdminRequest::Status => "status",
+            AdminRequest::Snapshot => "snapshot",
+            AdminRequest::Drain => "drain",
+            AdminRequest::Undrain => "undrain",
+            AdminRequest::ForgetNode { .. } => "forget_node",
+            AdminRequest::MoveVm { .. } => "move_vm",
+            AdminRequest::RecentSessions => "recent_sessions",
+            AdminRequest::AdoptVms { .. } => "adopt_vms",
+            AdminRequest::ReleaseVm { .. } => "release_vm",
+            AdminRequest::SessionHistory { .. } => "session_history",
+            AdminRequest::SetRules { .. } => "set_rules",
+        }
+    }
+
+    /// Whether the request only reads (status, schedule, store contents, sessions): those
+    /// a read-only admin certificate and a node certificate may also make (the web view
+    /// of another agent gathers the cluster).
     pub fn reads_only(&self) -> bool {
-        matches!(
-            self,
+        match self {
             AdminRequest::Status
-                | AdminRequest::ListVms
-                | AdminRequest::RecentSessions
-                | AdminRequest::SessionHistory { .. }
-        )
+            | AdminRequest::ListVms
+            | AdminRequest::Snapshot
+            | AdminRequest::RecentSessions
+            | AdminRequest::SessionHistory { .. } => true,
+            AdminRequest::CreateVm { .. }
+            | AdminRequest::DeleteVm { .. }
+            | AdminRequest::SetPinned { .. }
+            | AdminRequest::Drain
+            | AdminRequest::Undrain
+            | AdminRequest::ForgetNode { .. }
+            | AdminRequest::MoveVm { .. }
+            | AdminRequest::AdoptVms { .. }
+            | AdminRequest::ReleaseVm { .. }
+            | AdminRequest::SetRules { .. } => false,
+        }
     }
 }
 

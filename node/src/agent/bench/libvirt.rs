@@ -441,7 +441,8 @@ async fn run(
     bare_move(false).await?;
 
     let ca = create_ca("bench").map_err(setup)?;
-    let admin = issue_admin_cert(&ca, "bench").map_err(setup)?;
+    let admin =
+        issue_admin_cert(&ca, "bench", ballast_gossip::AdminRole::Operator).map_err(setup)?;
     let ((sa, pa), (sb, pb)) = (bound_socket()?, bound_socket()?);
     let mut agents = Vec::new();
     for (side, (id, socket, listen, seed)) in [("a", sa, pa, pb), ("b", sb, pb, pa)]

@@ -425,7 +425,8 @@ async fn agent_moves(
     bare: &mut BareMigrations,
 ) -> Result<(Moves, Vec<QmpMigrateTiming>), BenchError> {
     let ca = create_ca("bench").map_err(setup)?;
-    let admin = issue_admin_cert(&ca, "bench").map_err(setup)?;
+    let admin =
+        issue_admin_cert(&ca, "bench", ballast_gossip::AdminRole::Operator).map_err(setup)?;
     let ((sa, pa), (sb, pb)) = (bound_socket()?, bound_socket()?);
     let mut agents = Vec::new();
     let sides = [("a", sa, pa, pb), ("b", sb, pb, pa)];
