@@ -27,6 +27,7 @@ use crate::membership::{
 use crate::rpc::{
     serve_rpc_connection, RpcClient, RpcHandler, RpcServer, RpcService, RPC_FRAME_BYTES_DEFAULT,
 };
+use crate::signed_state::{ForgedState, ForgeryLog, StateSigner, StateVerifier, RESIGN_ROUNDS};
 use crate::stats::{EndpointStats, Refusal, Stats};
 use crate::summary::{LoadSummary, PROTOCOL_VERSION};
 use crate::tasks::{TaskOwner, Tasks};
@@ -142,6 +143,8 @@ pub struct Endpoint {
     faults: Arc<FaultHook>,
     stats: Arc<Stats>,
     view_rx: watch::Receiver<Arc<Vec<PeerView>>>,
+    signer: Arc<StateSigner>,
+    forgeries: Arc<ForgeryLog>,
     owner: TaskOwner,
 }
 
@@ -183,6 +186,9 @@ impl Endpoint {
         }
         let transport = Arc::new(transport_config(config.rpc_timeout));
         let server = server_config(&tls, transport.clone())?;
+        let signer = Arc::new(StateSigner::new(&tls)?);
+        let verifier = StateVerifier::new(&tls, config.gossip_interval)?;
+        let forgeries = Arc::new(ForgeryLog::default());
         let bind_err = |source| EndpointError::Bind {
             addr: config.listen_addr,
             source,
@@ -259,14 +265,18 @@ impl Endpoint {
         };
         let live = chitchat.with_chitchat(|c| c.live_nodes_watcher()).await;
         let (view_tx, view_rx) = watch::channel(Arc::new(Vec::new()));
-        tasks.spawn(run_view(
-            node_id.clone(),
+        tasks.spawn(run_view(ViewParts {
+            self_id: node_id.clone(),
             live,
-            chitchat.chitchat(),
+            state: chitchat.chitchat(),
             view_tx,
-            gossip.clone(),
-            stats.clone(),
-        ));
+            gossip: gossip.clone(),
+            stats: stats.clone(),
+            signer: signer.clone(),
+            verifier,
+            forgeries: forgeries.clone(),
+            resign_every: config.gossip_interval * RESIGN_ROUNDS,
+        }));
         info!(node = %node_id, addr = %local_addr, "endpoint started");
         let endpoint = Self {
             node_id,
@@ -278,6 +288,8 @@ impl Endpoint {
             faults,
             stats,
             view_rx,
+            signer,
+            forgeries,
             owner,
         };
         if let Some(summary) = config.initial_summary {
@@ -297,19 +309,37 @@ impl Endpoint {
     }
 
     /// Publishes our load summary (its `rpc_addr` is set to our address and
-    /// `protocol_version` to this crate's). Only changed keys are gossiped.
+    /// `protocol_version` to this crate's), signed with our node key. Only changed keys
+    /// are gossiped.
     pub async fn publish(&self, mut summary: LoadSummary) {
         summary.rpc_addr = self.local_addr;
         summary.protocol_version = PROTOCOL_VERSION;
         if let Some(c) = &self.chitchat {
             c.with_chitchat(|chitchat| {
+                let id = chitchat.self_chitchat_id().clone();
                 let state = chitchat.self_node_state();
+                let before = state.max_version();
                 for (k, v) in summary.to_kv() {
                     state.set(k, v);
+                }
+                if state.max_version() != before {
+                    self.signer.sign(&id, state);
                 }
             })
             .await;
         }
+    }
+
+    /// The chitchat state (tests write into it to play a forger).
+    #[cfg(test)]
+    pub(crate) fn chitchat_state(&self) -> Arc<tokio::sync::Mutex<chitchat::Chitchat>> {
+        self.chitchat.as_ref().expect("running").chitchat()
+    }
+
+    /// Peer states refused because they did not verify against the node's own
+    /// signature (forged or relayed falsely), newest last; at most 16.
+    pub fn forged_states(&self) -> Vec<ForgedState> {
+        self.forgeries.recent()
     }
 
     /// The live, verified peers with their summaries (not us), sorted by node id.
@@ -432,15 +462,37 @@ async fn start_chitchat(
         .map_err(|e| EndpointError::Gossip(e.into()))
 }
 
-/// Keeps the membership view up to date.
-async fn run_view(
+/// What the view task owns.
+struct ViewParts {
     self_id: String,
-    mut live: watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
+    live: watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
     state: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
     view_tx: ViewTx,
     gossip: Arc<GossipShared>,
     stats: Arc<Stats>,
-) {
+    signer: Arc<StateSigner>,
+    verifier: StateVerifier,
+    forgeries: Arc<ForgeryLog>,
+    /// Sign our state again this often even when it did not change (signed liveness).
+    resign_every: Duration,
+}
+
+/// Keeps the membership view up to date, and our signed state fresh.
+async fn run_view(parts: ViewParts) {
+    let ViewParts {
+        self_id,
+        mut live,
+        state,
+        view_tx,
+        gossip,
+        stats,
+        signer,
+        mut verifier,
+        forgeries,
+        resign_every,
+    } = parts;
+    let mut signed_at = tokio::time::Instant::now();
+    let mut rewrites = 0;
     let mut reported = Reported::default();
     let mut probes = ProbeLimiter::default();
     let mut heard = HeardClock::default();
@@ -449,22 +501,49 @@ async fn run_view(
     loop {
         // The live-nodes watch does not carry heartbeats: read them from chitchat.
         let beats: Vec<_> = {
-            let c = state.lock().await;
+            let mut c = state.lock().await;
+            let forged = c.self_state_rewrites() > rewrites;
+            if forged {
+                rewrites = c.self_state_rewrites();
+                let reason = "a peer relayed a made-up version of our own state: our keys were written again past it";
+                warn!(node = %self_id, reason, "own gossiped state forged");
+                stats.refuse(Refusal::ForgedState);
+                forgeries.record(&self_id, reason);
+            }
+            if forged || signed_at.elapsed() >= resign_every {
+                let id = c.self_chitchat_id().clone();
+                signer.sign(&id, c.self_node_state());
+                signed_at = tokio::time::Instant::now();
+            }
             c.node_states()
                 .iter()
                 .map(|(id, s)| (id.clone(), s.heartbeat(), s.max_version()))
                 .collect()
         };
         let now = std::time::Instant::now();
+        let known: std::collections::HashSet<ChitchatId> =
+            beats.iter().map(|(id, _, _)| id.clone()).collect();
+        verifier.retain(|id| known.contains(id));
         heard.observe(now, beats);
         let outcome = {
             let nodes = live.borrow_and_update();
-            compute_view(&self_id, gossip.local_addr, &nodes, &heard, now, |a| {
-                gossip.bindings.name_at(a)
-            })
+            compute_view(
+                &self_id,
+                gossip.local_addr,
+                &nodes,
+                &heard,
+                now,
+                |a| gossip.bindings.name_at(a),
+                |id, s| verifier.check(id, s, now),
+            )
         };
         for _ in 0..report(&outcome, &mut reported) {
             stats.refuse(Refusal::NodeIdMismatch);
+        }
+        for (node, reason) in verifier.take_forged() {
+            warn!(%node, %reason, "gossiped state refused: it does not verify against the node's own signature");
+            stats.refuse(Refusal::ForgedState);
+            forgeries.record(&node, &reason);
         }
         for addr in probes.pick(&outcome.unverified) {
             gossip.probe(addr);

@@ -9,6 +9,7 @@
 //! - `membership` — [`PeerView`]: live peers, checked against certificate bindings.
 //! - `bindings` — which certificate name was proven at which address.
 //! - `summary` — [`LoadSummary`] and its chitchat keys.
+//! - `signed_state` — each node signs its own keys; peers' summaries are used only signed.
 //! - `tls` — [`TlsBundle`], rustls/quinn configs (ring), the server-name verifier.
 //! - `pki` — the cluster CA: [`create_ca`], [`issue_node_cert`], [`issue_admin_cert`].
 //! - `pem_files` — saving/loading PEM files (keys 0600).
@@ -28,12 +29,15 @@ mod conn_cache;
 mod endpoint;
 pub mod error;
 mod faults;
+#[cfg(test)]
+mod forged_state_tests;
 pub mod frame;
 mod identity;
 mod membership;
 mod pem_files;
 mod pki;
 mod rpc;
+mod signed_state;
 #[cfg(test)]
 mod spoof_tests;
 mod stats;
@@ -58,6 +62,7 @@ pub use rpc::{
     RpcClient, RpcClientConfig, RpcHandler, REFUSE_BAD_FRAME, REFUSE_BLOCKED, REFUSE_RESPONSE,
     REFUSE_TIMEOUT, RPC_FRAME_BYTES_DEFAULT,
 };
+pub use signed_state::ForgedState;
 pub use stats::EndpointStats;
 pub use summary::{LoadSummary, NodeRunState, PROTOCOL_VERSION};
 pub use tls::{https_server_config, TlsBundle, ALPN_GOSSIP, ALPN_RPC};

@@ -19,6 +19,7 @@ use serde::{Serialize, Serializer};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::signed_state::Unverified;
 use crate::summary::LoadSummary;
 
 /// One live, verified peer.
@@ -116,12 +117,13 @@ pub(crate) struct ViewOutcome {
     pub(crate) unverified: Vec<SocketAddr>,
     /// `(claimed id, addr, proven name)` of nodes refused for a wrong id.
     pub(crate) mismatches: Vec<(String, SocketAddr, String)>,
-    /// `(id, reason)` of nodes whose summary keys do not parse (or are not there yet).
-    pub(crate) unparseable: Vec<(String, String)>,
+    /// `(id, why)` of nodes whose summary no signature of theirs covers (yet).
+    pub(crate) untrusted: Vec<(String, Unverified)>,
 }
 
-/// Builds the view; pure apart from the `name_at` lookup. A peer `heard` knows nothing
-/// of is stamped `now`.
+/// Builds the view; pure apart from the `name_at` lookup and `signed`, which gives the
+/// summary a peer's own signature covers (`signed_state`). A peer `heard` knows
+/// nothing of is stamped `now`.
 pub(crate) fn compute_view(
     self_id: &str,
     self_addr: SocketAddr,
@@ -129,6 +131,7 @@ pub(crate) fn compute_view(
     heard: &HeardClock,
     now: Instant,
     name_at: impl Fn(&SocketAddr) -> Option<String>,
+    mut signed: impl FnMut(&ChitchatId, &NodeState) -> Result<LoadSummary, Unverified>,
 ) -> ViewOutcome {
     let mut out = ViewOutcome::default();
     let mut best: BTreeMap<String, PeerView> = BTreeMap::new();
@@ -150,10 +153,10 @@ pub(crate) fn compute_view(
             Some(_) if node_id == self_id => continue, // an older generation of us
             Some(_) => {}
         }
-        let summary = match LoadSummary::from_lookup(|k| state.get(k)) {
+        let summary = match signed(id, state) {
             Ok(s) => s,
-            Err(reason) => {
-                out.unparseable.push((node_id.to_owned(), reason));
+            Err(why) => {
+                out.untrusted.push((node_id.to_owned(), why));
                 continue;
             }
         };
@@ -196,7 +199,7 @@ impl Reported {
     }
 }
 
-/// Logs what an evaluation refused, once per distinct case; returns new mismatches.
+/// Logs what an evaluation refused, once per distinct case; returns the new mismatches.
 pub(crate) fn report(outcome: &ViewOutcome, reported: &mut Reported) -> usize {
     let mut new_mismatches = 0;
     for (claimed, addr, proven) in &outcome.mismatches {
@@ -205,12 +208,26 @@ pub(crate) fn report(outcome: &ViewOutcome, reported: &mut Reported) -> usize {
             warn!(claimed_id = %claimed, %addr, certificate = %proven, reason = "gossiped node id differs from the certificate at its address", "node refused");
         }
     }
-    for (id, reason) in &outcome.unparseable {
-        if reported.first(format!("u|{id}|{reason}")) {
-            if reason.starts_with("missing") {
-                debug!(node = %id, %reason, "peer left out of the view: no load summary yet");
-            } else {
-                warn!(node = %id, %reason, "peer left out of the view: invalid load summary");
+    for (id, why) in &outcome.untrusted {
+        match why {
+            Unverified::Unsigned | Unverified::Pending => {
+                if reported.first(format!("u|{id}")) {
+                    debug!(node = %id, "peer left out of the view: no signed load summary yet");
+                }
+            }
+            Unverified::Invalid(reason) => {
+                if reported.first(format!("i|{id}|{reason}")) {
+                    if reason.starts_with("missing") {
+                        debug!(node = %id, %reason, "peer left out of the view: no load summary yet");
+                    } else {
+                        warn!(node = %id, %reason, "peer left out of the view: invalid load summary");
+                    }
+                }
+            }
+            Unverified::Stale(age) => {
+                if reported.first(format!("s|{id}")) {
+                    warn!(node = %id, seconds = age.as_secs(), "peer left out of the view: its signed state stopped advancing (relayed heartbeats are not its own)");
+                }
             }
         }
     }

@@ -30,9 +30,11 @@ pub(crate) enum Refusal {
     NodeIdMismatch,
     /// Traffic dropped by the fault hook.
     Blocked,
+    /// A peer's gossiped state did not verify against its own signature.
+    ForgedState,
 }
 
-const N: usize = 11;
+const N: usize = 12;
 
 /// Snapshot of an endpoint's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -59,6 +61,8 @@ pub struct EndpointStats {
     pub node_id_mismatch: u64,
     /// Messages or calls dropped by the fault hook.
     pub blocked: u64,
+    /// Peer states dropped because they did not verify against the node's signature.
+    pub forged_state: u64,
     /// Gossip messages sent.
     pub gossip_messages_sent: u64,
     /// Gossip payload bytes sent (chitchat bytes, before QUIC/TLS overhead).
@@ -110,6 +114,7 @@ impl Stats {
             rpc_undecodable: r(Refusal::RpcUndecodable),
             node_id_mismatch: r(Refusal::NodeIdMismatch),
             blocked: r(Refusal::Blocked),
+            forged_state: r(Refusal::ForgedState),
             gossip_messages_sent: l(&self.messages_sent),
             gossip_bytes_sent: l(&self.bytes_sent),
             gossip_messages_received: l(&self.messages_received),

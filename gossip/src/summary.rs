@@ -57,6 +57,11 @@ const K_STATE: &str = "ballast.state";
 const K_RPC: &str = "ballast.rpc_addr";
 const K_PROTO: &str = "ballast.protocol_version";
 const K_TAGS: &str = "ballast.tags";
+/// Every key of a summary, in a fixed order (what a node's signature covers, with its
+/// certificate: `signed_state`).
+pub(crate) const SUMMARY_KEYS: [&str; 10] = [
+    K_LOAD, K_CPU, K_IO, K_MEM, K_MEM_FREE, K_VMS, K_STATE, K_RPC, K_PROTO, K_TAGS,
+];
 /// Longest tags value accepted from a peer, in bytes.
 const TAGS_BYTES_MAX: usize = 4096;
 

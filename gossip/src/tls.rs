@@ -84,6 +84,22 @@ impl TlsBundle {
     pub fn identity(&self) -> &PeerIdentity {
         &self.identity
     }
+
+    /// Our private key.
+    pub(crate) fn key(&self) -> &PrivateKeyDer<'static> {
+        &self.key
+    }
+
+    /// Our own certificate (the chain's leaf).
+    pub(crate) fn leaf(&self) -> &CertificateDer<'static> {
+        // `from_pem` refuses a chain without a certificate.
+        &self.chain[0]
+    }
+
+    /// The cluster CA's certificate.
+    pub(crate) fn ca_cert(&self) -> &CertificateDer<'static> {
+        &self.ca_cert
+    }
 }
 
 fn pem_missing(what: &str) -> TlsError {

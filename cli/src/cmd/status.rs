@@ -28,7 +28,7 @@ pub struct Args {
     admin: AdminArgs,
 }
 
-use ballast_node::report::status::{report_of, StatusReport};
+use ballast_node::report::status::{report_of, ForgedReport, StatusReport};
 
 /// The report of a cluster just reached.
 pub fn report(cluster: &Cluster) -> StatusReport {
@@ -75,11 +75,40 @@ pub fn render(r: &StatusReport) -> String {
         r.active_nodes, r.total_vms, r.max_load, r.mean_load, r.max_over_mean, r.migrations_in_flight
     ));
     out.push_str(&rules::render(&r.rules));
+    out.push_str(&render_forged(&r.forged_gossip));
     for n in r.nodes.iter().filter(|n| n.error.is_some()) {
         out.push_str(&format!(
             "{}: {}\n",
             n.node,
             n.error.as_deref().unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// Most forged states listed; the total counts them all.
+const FORGED_SHOWN: usize = 5;
+
+/// The forged gossip the nodes refused, if any.
+fn render_forged(f: &ForgedReport) -> String {
+    if f.total == 0 && f.recent.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "Forged gossip refused: {} state(s) that do not verify against their node's own signature \
+         (another node relays made-up state; check its certificate)\n",
+        f.total
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    for row in f.recent.iter().take(FORGED_SHOWN) {
+        out.push_str(&format!(
+            "  {} refused state of {}: {} ({})\n",
+            row.seen_by,
+            row.node,
+            row.reason,
+            ballast_node::report::age(now.saturating_sub(row.unix_ms))
         ));
     }
     out
@@ -146,9 +175,11 @@ mod tests {
             partial: false,
             missing: Vec::new(),
             rules: Default::default(),
+            forged_gossip: Default::default(),
         };
         let table = render(&r);
         assert!(table.contains("LAST SEEN"), "{table}");
+        assert!(!table.contains("Forged"), "{table}");
         let line = |id: &str| {
             table
                 .lines()
@@ -158,5 +189,30 @@ mod tests {
         };
         assert!(line("a").contains("0.4s ago"), "{table}");
         assert!(line("b").contains("12s ago"), "{table}");
+    }
+
+    #[test]
+    fn forged_gossip_is_shown_with_who_refused_it() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let f = ForgedReport {
+            total: 3,
+            recent: vec![ballast_node::report::status::ForgedRow {
+                seen_by: "a".into(),
+                node: "b".into(),
+                reason: "the signature does not match its values".into(),
+                unix_ms: now - 12_000,
+            }],
+        };
+        let text = render_forged(&f);
+        assert!(text.contains("Forged gossip refused: 3 state(s)"), "{text}");
+        assert!(
+            text.contains(
+                "a refused state of b: the signature does not match its values (12s ago)"
+            ),
+            "{text}"
+        );
     }
 }

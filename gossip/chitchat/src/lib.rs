@@ -86,6 +86,9 @@ pub struct Chitchat {
     previous_live_nodes: HashMap<ChitchatId, Version>,
     live_nodes_watcher_tx: watch::Sender<BTreeMap<ChitchatId, NodeState>>,
     live_nodes_watcher_rx: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    /// How often a peer held a later version of our own state than we wrote (ballast
+    /// patch; see `report_heartbeats_in_digest`).
+    self_state_rewrites: u64,
 }
 
 impl Chitchat {
@@ -104,6 +107,7 @@ impl Chitchat {
             previous_live_nodes,
             live_nodes_watcher_tx,
             live_nodes_watcher_rx,
+            self_state_rewrites: 0,
         };
 
         let self_node_state = chitchat.self_node_state();
@@ -131,11 +135,29 @@ impl Chitchat {
     /// the cluster.
     fn report_heartbeats_in_digest(&mut self, digest: &Digest) {
         for (chitchat_id, node_digest) in &digest.node_digests {
+            if chitchat_id == self.self_chitchat_id() {
+                // ballast patch: a peer holds a version of our state we never wrote.
+                let max_version = node_digest.max_version;
+                if max_version > self.self_node_state().max_version() {
+                    warn!(
+                        max_version,
+                        "a peer holds a later version of our own state than we wrote \
+                         (relayed, made up): writing our keys again past it"
+                    );
+                    self.self_node_state().rewrite_keys_past(max_version);
+                    self.self_state_rewrites += 1;
+                }
+                continue;
+            }
             self.report_heartbeat(chitchat_id, node_digest.heartbeat);
         }
     }
 
-    fn process_delta(&mut self, delta: Delta) {
+    fn process_delta(&mut self, mut delta: Delta) {
+        // ballast patch: our own state is ours alone; a peer's delta about it (relayed,
+        // possibly made up) is never applied to it.
+        let self_id = self.self_chitchat_id().clone();
+        delta.node_deltas.retain(|node_delta| node_delta.chitchat_id != self_id);
         let was_reset_triggered = self.cluster_state.apply_delta(delta);
         if was_reset_triggered {
             if let Some(catchup_callback) = &self.config.catchup_callback {
@@ -352,6 +374,12 @@ impl Chitchat {
     }
 
     /// Returns the current node's Chitchat ID.
+    /// How many times a peer held a later version of our own state than we wrote (a
+    /// state of ours relayed with made-up values) and we wrote our keys again past it.
+    pub fn self_state_rewrites(&self) -> u64 {
+        self.self_state_rewrites
+    }
+
     pub fn self_chitchat_id(&self) -> &ChitchatId {
         &self.config.chitchat_id
     }

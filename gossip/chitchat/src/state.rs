@@ -471,6 +471,26 @@ impl NodeState {
         }
     }
 
+    /// Moves this (own) node state's versions past `version` and writes every live key
+    /// again at a new version (ballast patch). Called when a peer believes our state has
+    /// a version we never wrote: a state of ours relayed with made-up values. Rewriting
+    /// every key past it lets our real values supersede the relayed ones everywhere;
+    /// otherwise peers would ignore our updates until our counter caught up.
+    pub(crate) fn rewrite_keys_past(&mut self, version: Version) {
+        if version <= self.max_version {
+            return;
+        }
+        self.max_version = version;
+        let live: Vec<(String, String)> = self
+            .key_values()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        for (key, value) in live {
+            let next = self.max_version + 1;
+            self.set_with_version(key, value, next);
+        }
+    }
+
     fn set_with_version(&mut self, key: impl ToString, value: impl ToString, version: Version) {
         assert!(version > self.max_version);
         self.set_versioned_value(

@@ -428,7 +428,21 @@ async fn status(ctx: &AgentContext) -> Result<NodeStatus, AdminError> {
         counters: ctx.metrics.counters(),
         unclaimed_vms: lock(&ctx.unclaimed).clone(),
         rules,
+        forged: forged_gossip(ctx),
     })
+}
+
+/// The forged gossip this node refused, and the metric brought up to date.
+fn forged_gossip(ctx: &AgentContext) -> super::wire::ForgedGossip {
+    let Some(endpoint) = ctx.net.endpoint() else {
+        return Default::default();
+    };
+    let stats = endpoint.stats();
+    ctx.metrics.sync_gossip(&stats);
+    super::wire::ForgedGossip {
+        total: stats.forged_state,
+        recent: endpoint.forged_states(),
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub(crate) struct Metrics {
     pub(crate) rules_broken: Gauge,
     pub(crate) handoffs_in_flight: Gauge,
     pub(crate) sessions_opened: Counter,
+    gossip_refused: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -42,8 +43,14 @@ impl Metrics {
             rules_broken: Gauge::default(),
             handoffs_in_flight: Gauge::default(),
             sessions_opened: Counter::default(),
+            gossip_refused: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "gossip_refused",
+            "Gossip input this node refused, by reason (forged_state: a peer's state that does not verify against its own node's signature)",
+            m.gossip_refused.clone(),
+        );
         registry.register("rounds", "Balancing rounds run", m.rounds.clone());
         registry.register(
             "placement_rules_broken",
@@ -127,6 +134,26 @@ impl Metrics {
     }
 
     /// The text exposition format.
+    /// Brings the gossip refusal counters up to the endpoint's.
+    pub(crate) fn sync_gossip(&self, stats: &ballast_gossip::EndpointStats) {
+        for (reason, value) in [
+            ("forged_state", stats.forged_state),
+            ("node_id_mismatch", stats.node_id_mismatch),
+            ("handshake_failed", stats.handshake_failed),
+            ("bad_identity", stats.bad_identity),
+            ("gossip_garbage", stats.gossip_garbage),
+            ("gossip_oversized", stats.gossip_oversized),
+        ] {
+            let counter = self
+                .gossip_refused
+                .get_or_create(&vec![("reason".to_owned(), reason.to_owned())]);
+            let seen = counter.get();
+            if value > seen {
+                counter.inc_by(value - seen);
+            }
+        }
+    }
+
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {

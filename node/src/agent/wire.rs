@@ -425,6 +425,18 @@ pub struct NodeStatus {
     pub unclaimed_vms: Vec<VmId>,
     /// The placement rules as they stand on this node.
     pub rules: NodeRules,
+    /// Gossiped state this node refused because it did not verify against its node's
+    /// own signature (docs/design.md, "Signed node state").
+    pub forged: ForgedGossip,
+}
+
+/// The forged gossip one node refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgedGossip {
+    /// Refusals since the agent started.
+    pub total: u64,
+    /// The most recent ones (at most 16), oldest first.
+    pub recent: Vec<ballast_gossip::ForgedState>,
 }
 
 /// The placement rules as they stand on one node (docs/design.md §Placement rules).

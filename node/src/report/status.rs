@@ -67,6 +67,50 @@ pub struct StatusReport {
     pub missing: Vec<MissingNode>,
     /// Placement rules: node tags, VMs that break a rule and why, drain blocks.
     pub rules: super::rules::RulesReport,
+    /// Gossiped state the nodes refused because it did not verify against its node's
+    /// own signature (forged or falsely relayed): the total, and the recent ones.
+    pub forged_gossip: ForgedReport,
+}
+
+/// Forged gossip as the answering nodes report it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ForgedReport {
+    /// Refusals since each answering agent started, summed.
+    pub total: u64,
+    /// The recent ones, newest first.
+    pub recent: Vec<ForgedRow>,
+}
+
+/// One forged state a node refused.
+#[derive(Clone, Debug, Serialize)]
+pub struct ForgedRow {
+    /// The node that refused it.
+    pub seen_by: String,
+    /// The node the state claimed to be.
+    pub node: String,
+    /// What did not verify.
+    pub reason: String,
+    /// When (Unix ms).
+    pub unix_ms: u64,
+}
+
+/// The forged gossip the members that answered refused.
+fn forged_of<'a>(members: impl IntoIterator<Item = &'a Member>) -> ForgedReport {
+    let mut report = ForgedReport::default();
+    for m in members {
+        let Some(s) = &m.status else { continue };
+        report.total += s.forged.total;
+        report
+            .recent
+            .extend(s.forged.recent.iter().map(|f| ForgedRow {
+                seen_by: m.node.to_string(),
+                node: f.node.clone(),
+                reason: f.reason.clone(),
+                unix_ms: f.unix_ms,
+            }));
+    }
+    report.recent.sort_by_key(|r| std::cmp::Reverse(r.unix_ms));
+    report
 }
 
 /// The freshest age of the last gossip heard from each node, over the peer views of
@@ -163,6 +207,7 @@ pub fn report_of(members: &BTreeMap<NodeId, Member>) -> StatusReport {
         partial: !missing.is_empty(),
         missing,
         rules: super::rules::report(members.values()),
+        forged_gossip: forged_of(members.values()),
     }
 }
 
@@ -208,6 +253,7 @@ mod tests {
                 counters: Counters::default(),
                 unclaimed_vms: Vec::new(),
                 rules: Default::default(),
+                forged: Default::default(),
             }),
             error: None,
         }

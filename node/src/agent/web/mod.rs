@@ -162,6 +162,9 @@ fn router(web: Web) -> Router {
 }
 
 async fn metrics(axum::extract::State(web): axum::extract::State<Web>) -> Response {
+    if let Some(endpoint) = web.ctx.net.endpoint() {
+        web.ctx.metrics.sync_gossip(&endpoint.stats());
+    }
     (
         [(
             header::CONTENT_TYPE,
