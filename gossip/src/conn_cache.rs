@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::identity::{identity_of_connection, PeerIdentity};
+use crate::identity::{identity_of_connection, PeerIdentity, Role};
+use crate::revocation::RevokedSet;
+use std::sync::Arc;
 
 /// Most cached connections; past it, closed ones are evicted, then an arbitrary one.
 pub(crate) const CACHED_CONNECTIONS_MAX: usize = 4_096;
@@ -20,14 +22,26 @@ pub(crate) struct ConnCache {
     connect_timeout: Duration,
     /// std lock: only map operations under it, never an await.
     map: Mutex<HashMap<Key, (quinn::Connection, PeerIdentity)>>,
+    /// Inbound connections being served, by quinn's stable id, with the peer's name (so
+    /// a revoked node's connections can be closed).
+    inbound: Mutex<HashMap<usize, (String, quinn::Connection)>>,
+    /// Revoked node names: a connection to one is closed at once, also when TLS
+    /// resumed a session from before the revocation (resumption skips the certificate).
+    revoked: Arc<RevokedSet>,
 }
 
 impl ConnCache {
-    pub(crate) fn new(endpoint: quinn::Endpoint, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        endpoint: quinn::Endpoint,
+        connect_timeout: Duration,
+        revoked: Arc<RevokedSet>,
+    ) -> Self {
         Self {
+            revoked,
             endpoint,
             connect_timeout,
             map: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(HashMap::new()),
         }
     }
 
@@ -72,6 +86,10 @@ impl ConnCache {
             .map_err(|_| "handshake timed out".to_owned())?
             .map_err(|e| e.to_string())?;
         let id = identity_of_connection(&conn).map_err(|e| e.to_string())?;
+        if id.role == Role::Node && self.revoked.contains(&id.name) {
+            conn.close(4u32.into(), b"revoked");
+            return Err(format!("node {} is revoked", id.name));
+        }
         self.insert(key, conn.clone(), id.clone());
         Ok((conn, id, true))
     }
@@ -108,6 +126,45 @@ impl ConnCache {
             }
         }
         map.insert(key, (conn, id));
+    }
+
+    /// Records an inbound connection from `name` while it is served.
+    pub(crate) fn serving(&self, name: &str, conn: &quinn::Connection) {
+        let mut inbound = self.inbound.lock().unwrap_or_else(|p| p.into_inner());
+        inbound.insert(conn.stable_id(), (name.to_owned(), conn.clone()));
+    }
+
+    /// Forgets an inbound connection whose serving ended.
+    pub(crate) fn served(&self, conn: &quinn::Connection) {
+        let mut inbound = self.inbound.lock().unwrap_or_else(|p| p.into_inner());
+        inbound.remove(&conn.stable_id());
+    }
+
+    /// Closes every connection to or from node `name` (it was revoked).
+    pub(crate) fn close_node(&self, name: &str) {
+        let mut closing = Vec::new();
+        {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, (c, id)| {
+                let hit = id.name == name;
+                if hit {
+                    closing.push(c.clone());
+                }
+                !hit
+            });
+        }
+        {
+            let inbound = self.inbound.lock().unwrap_or_else(|p| p.into_inner());
+            closing.extend(
+                inbound
+                    .values()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, c)| c.clone()),
+            );
+        }
+        for c in closing {
+            c.close(4u32.into(), b"revoked");
+        }
     }
 
     /// Drops `conn` from the cache (after it failed), unless it was already replaced.

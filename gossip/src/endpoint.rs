@@ -24,6 +24,7 @@ use crate::identity::{identity_of_connection, PeerIdentity, Role};
 use crate::membership::{
     compute_view, publish_view, report, HeardClock, PeerView, Reported, ViewTx, VIEW_REFRESH,
 };
+use crate::revocation::{Revocation, RevocationError, Revoker};
 use crate::rpc::{
     serve_rpc_connection, RpcClient, RpcHandler, RpcServer, RpcService, RPC_FRAME_BYTES_DEFAULT,
 };
@@ -78,6 +79,9 @@ pub struct EndpointConfig {
     pub connect_timeout: Duration,
     /// The summary to publish from the start, if known.
     pub initial_summary: Option<LoadSummary>,
+    /// Revocations kept from before (the agent's store): checked against the cluster CA
+    /// and refused from the start.
+    pub revoked: Vec<Revocation>,
 }
 
 impl Default for EndpointConfig {
@@ -97,6 +101,7 @@ impl Default for EndpointConfig {
             rpc_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             initial_summary: None,
+            revoked: Vec::new(),
         }
     }
 }
@@ -145,6 +150,7 @@ pub struct Endpoint {
     view_rx: watch::Receiver<Arc<Vec<PeerView>>>,
     signer: Arc<StateSigner>,
     forgeries: Arc<ForgeryLog>,
+    revoker: Arc<Revoker>,
     owner: TaskOwner,
 }
 
@@ -189,6 +195,14 @@ impl Endpoint {
         let signer = Arc::new(StateSigner::new(&tls)?);
         let verifier = StateVerifier::new(&tls, config.gossip_interval)?;
         let forgeries = Arc::new(ForgeryLog::default());
+        for rev in config.revoked.iter().cloned() {
+            match rev.verify(&tls) {
+                Ok(_) => {
+                    tls.revoked().insert(rev);
+                }
+                Err(e) => warn!(node = %rev.node, reason = %e, "stored revocation ignored"),
+            }
+        }
         let bind_err = |source| EndpointError::Bind {
             addr: config.listen_addr,
             source,
@@ -215,7 +229,11 @@ impl Endpoint {
         let stats = Arc::new(Stats::default());
         let faults = Arc::new(FaultHook::default());
         let bindings = Arc::new(Bindings::default());
-        let cache = Arc::new(ConnCache::new(quic.clone(), config.connect_timeout));
+        let cache = Arc::new(ConnCache::new(
+            quic.clone(),
+            config.connect_timeout,
+            tls.revoked().clone(),
+        ));
         let gossip = GossipShared::new(GossipParts {
             cache: cache.clone(),
             client_config: client_config(&tls, ALPN_GOSSIP, transport.clone())?,
@@ -249,6 +267,7 @@ impl Endpoint {
             stats: stats.clone(),
             tasks: tasks.clone(),
             handshake_timeout: config.connect_timeout,
+            revoked: tls.revoked().clone(),
         };
         tasks.spawn(acceptor.run());
 
@@ -264,6 +283,14 @@ impl Endpoint {
             }
         };
         let live = chitchat.with_chitchat(|c| c.live_nodes_watcher()).await;
+        let revoker = Arc::new(Revoker {
+            tls: tls.clone(),
+            cache: gossip.cache.clone(),
+            count: watch::channel(tls.revoked().all().len()).0,
+        });
+        chitchat
+            .with_chitchat(|c| revoker.publish(c.self_node_state()))
+            .await;
         let (view_tx, view_rx) = watch::channel(Arc::new(Vec::new()));
         tasks.spawn(run_view(ViewParts {
             self_id: node_id.clone(),
@@ -275,6 +302,7 @@ impl Endpoint {
             signer: signer.clone(),
             verifier,
             forgeries: forgeries.clone(),
+            revoker: revoker.clone(),
             resign_every: config.gossip_interval * RESIGN_ROUNDS,
         }));
         info!(node = %node_id, addr = %local_addr, "endpoint started");
@@ -290,6 +318,7 @@ impl Endpoint {
             view_rx,
             signer,
             forgeries,
+            revoker,
             owner,
         };
         if let Some(summary) = config.initial_summary {
@@ -328,6 +357,34 @@ impl Endpoint {
             })
             .await;
         }
+    }
+
+    /// Revokes a node name: checks the revocation against the cluster CA (an operator's
+    /// admin certificate signed it), then refuses the name in every handshake and in
+    /// gossip, closes its connections and passes the revocation on in gossip. `Ok(false)`
+    /// when the name was revoked already.
+    pub async fn revoke(&self, rev: Revocation) -> Result<bool, RevocationError> {
+        let admin = rev.verify(&self.revoker.tls)?;
+        info!(node = %rev.node, %admin, "node revoked");
+        match &self.chitchat {
+            Some(c) => Ok(c
+                .with_chitchat(|chitchat| {
+                    self.revoker.apply(rev.clone(), chitchat.self_node_state())
+                })
+                .await),
+            None => Ok(false),
+        }
+    }
+
+    /// The revocations this node holds (verified), by node name.
+    pub fn revocations(&self) -> Vec<Revocation> {
+        self.revoker.tls.revoked().all()
+    }
+
+    /// A receiver that changes whenever this node learns a revocation (the value is how
+    /// many it holds): the agent persists them.
+    pub fn watch_revocations(&self) -> watch::Receiver<usize> {
+        self.revoker.count.subscribe()
     }
 
     /// The chitchat state (tests write into it to play a forger).
@@ -473,6 +530,7 @@ struct ViewParts {
     signer: Arc<StateSigner>,
     verifier: StateVerifier,
     forgeries: Arc<ForgeryLog>,
+    revoker: Arc<Revoker>,
     /// Sign our state again this often even when it did not change (signed liveness).
     resign_every: Duration,
 }
@@ -489,8 +547,10 @@ async fn run_view(parts: ViewParts) {
         signer,
         mut verifier,
         forgeries,
+        revoker,
         resign_every,
     } = parts;
+    let mut revocations_seen: std::collections::HashMap<ChitchatId, String> = Default::default();
     let mut signed_at = tokio::time::Instant::now();
     let mut rewrites = 0;
     let mut reported = Reported::default();
@@ -509,6 +569,10 @@ async fn run_view(parts: ViewParts) {
                 warn!(node = %self_id, reason, "own gossiped state forged");
                 stats.refuse(Refusal::ForgedState);
                 forgeries.record(&self_id, reason);
+            }
+            let learned = revoker.learn(&mut revocations_seen, c.node_states());
+            for rev in learned {
+                revoker.apply(rev, c.self_node_state());
             }
             if forged || signed_at.elapsed() >= resign_every {
                 let id = c.self_chitchat_id().clone();
@@ -534,7 +598,12 @@ async fn run_view(parts: ViewParts) {
                 &heard,
                 now,
                 |a| gossip.bindings.name_at(a),
-                |id, s| verifier.check(id, s, now),
+                |id, s| {
+                    if revoker.tls.revoked().contains(&id.node_id) {
+                        return Err(crate::signed_state::Unverified::Revoked);
+                    }
+                    verifier.check(id, s, now)
+                },
             )
         };
         for _ in 0..report(&outcome, &mut reported) {
@@ -594,6 +663,7 @@ struct Acceptor {
     stats: Arc<Stats>,
     tasks: Tasks,
     handshake_timeout: Duration,
+    revoked: Arc<crate::revocation::RevokedSet>,
 }
 
 impl Acceptor {
@@ -638,6 +708,19 @@ impl Acceptor {
                 return;
             }
         };
+        if peer.role == Role::Node && self.revoked.contains(&peer.name) {
+            // A TLS session resumed from before the revocation skips the certificate.
+            self.stats.refuse(Refusal::Handshake);
+            warn!(%from, peer = %peer.name, reason = "the node is revoked", "connection refused");
+            conn.close(4u32.into(), b"revoked");
+            return;
+        }
+        self.gossip.cache.serving(&peer.name, &conn);
+        self.serve_as(conn.clone(), from, peer).await;
+        self.gossip.cache.served(&conn);
+    }
+
+    async fn serve_as(&self, conn: quinn::Connection, from: SocketAddr, peer: PeerIdentity) {
         let alpn = conn
             .handshake_data()
             .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())

@@ -10,6 +10,7 @@
 //! - `bindings` — which certificate name was proven at which address.
 //! - `summary` — [`LoadSummary`] and its chitchat keys.
 //! - `signed_state` — each node signs its own keys; peers' summaries are used only signed.
+//! - `revocation` — [`Revocation`]: node names an operator revoked, refused everywhere.
 //! - `tls` — [`TlsBundle`], rustls/quinn configs (ring), the server-name verifier.
 //! - `pki` — the cluster CA: [`create_ca`], [`issue_node_cert`], [`issue_admin_cert`].
 //! - `pem_files` — saving/loading PEM files (keys 0600).
@@ -36,6 +37,7 @@ mod identity;
 mod membership;
 mod pem_files;
 mod pki;
+mod revocation;
 mod rpc;
 mod signed_state;
 #[cfg(test)]
@@ -58,6 +60,7 @@ pub use pem_files::{
     load_ca, load_cert_bundle, save_ca, save_cert_bundle, CERT_FILE_MODE, KEY_FILE_MODE,
 };
 pub use pki::{create_ca, issue_admin_cert, issue_node_cert, CaBundle, CertBundle};
+pub use revocation::{Revocation, RevocationError, RevokedSet, REVOCATIONS_MAX};
 pub use rpc::{
     RpcClient, RpcClientConfig, RpcHandler, REFUSE_BAD_FRAME, REFUSE_BLOCKED, REFUSE_RESPONSE,
     REFUSE_TIMEOUT, RPC_FRAME_BYTES_DEFAULT,

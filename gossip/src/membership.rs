@@ -215,6 +215,11 @@ pub(crate) fn report(outcome: &ViewOutcome, reported: &mut Reported) -> usize {
                     debug!(node = %id, "peer left out of the view: no signed load summary yet");
                 }
             }
+            Unverified::Revoked => {
+                if reported.first(format!("r|{id}")) {
+                    warn!(node = %id, "peer left out of the view: its name is revoked");
+                }
+            }
             Unverified::Invalid(reason) => {
                 if reported.first(format!("i|{id}|{reason}")) {
                     if reason.starts_with("missing") {

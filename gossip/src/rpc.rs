@@ -235,7 +235,11 @@ impl RpcClient {
             addr: config.bind_addr,
             source,
         })?;
-        let cache = Arc::new(ConnCache::new(endpoint.clone(), config.connect_timeout));
+        let cache = Arc::new(ConnCache::new(
+            endpoint.clone(),
+            config.connect_timeout,
+            tls.revoked().clone(),
+        ));
         Ok(Self::from_parts(
             cache,
             client,

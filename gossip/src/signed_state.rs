@@ -141,6 +141,8 @@ pub(crate) enum Unverified {
     /// Its signed state has not advanced for this long: it stopped signing (dead), and
     /// any heartbeat relayed for it is not its own.
     Stale(Duration),
+    /// An operator revoked its name.
+    Revoked,
     /// Its own signed summary is missing a key or does not parse (a node still starting,
     /// or a bug of its own; not a forgery).
     Invalid(String),

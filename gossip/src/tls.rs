@@ -13,12 +13,14 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::error::{PkiError, TlsError};
 use crate::identity::{identity_from_cert, PeerIdentity, Role};
 use crate::pki::CertBundle;
+use crate::revocation::RevokedSet;
 
 /// ALPN of the gossip protocol.
 pub const ALPN_GOSSIP: &[u8] = b"ballast-gossip/1";
@@ -33,6 +35,8 @@ pub struct TlsBundle {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     identity: PeerIdentity,
+    /// Node names refused in every handshake (shared by clones).
+    revoked: Arc<RevokedSet>,
 }
 
 impl Clone for TlsBundle {
@@ -42,6 +46,7 @@ impl Clone for TlsBundle {
             chain: self.chain.clone(),
             key: self.key.clone_key(),
             identity: self.identity.clone(),
+            revoked: self.revoked.clone(),
         }
     }
 }
@@ -72,6 +77,7 @@ impl TlsBundle {
             chain,
             key,
             identity,
+            revoked: Arc::default(),
         })
     }
 
@@ -83,6 +89,12 @@ impl TlsBundle {
     /// The identity our own certificate proves.
     pub fn identity(&self) -> &PeerIdentity {
         &self.identity
+    }
+
+    /// The node names this bundle's TLS configurations refuse (revoked); shared by every
+    /// clone of the bundle and every configuration built from it.
+    pub fn revoked(&self) -> &Arc<RevokedSet> {
+        &self.revoked
     }
 
     /// Our private key.
@@ -135,9 +147,13 @@ pub(crate) fn server_config(
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(tls)?, provider.clone())
+    let inner = WebPkiClientVerifier::builder_with_provider(roots(tls)?, provider.clone())
         .build()
         .map_err(TlsError::Verifier)?;
+    let verifier = Arc::new(NotRevoked {
+        inner,
+        revoked: tls.revoked.clone(),
+    });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -179,7 +195,10 @@ pub(crate) fn client_config(
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NodeServerVerifier { inner }))
+        .with_custom_certificate_verifier(Arc::new(NodeServerVerifier {
+            inner,
+            revoked: tls.revoked.clone(),
+        }))
         .with_client_auth_cert(tls.chain.clone(), tls.key.clone_key())?;
     cfg.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(cfg).map_err(TlsError::Quic)?;
@@ -194,6 +213,7 @@ pub(crate) fn client_config(
 #[derive(Debug)]
 struct NodeServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
+    revoked: Arc<RevokedSet>,
 }
 
 impl ServerCertVerifier for NodeServerVerifier {
@@ -215,6 +235,11 @@ impl ServerCertVerifier for NodeServerVerifier {
                 rustls::CertificateError::NotValidForName,
             ));
         }
+        if self.revoked.contains(&identity.name) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
         let wanted = match server_name {
             ServerName::DnsName(d) if d.as_ref() == ANY_NODE_SERVER_NAME => {
                 ServerName::try_from(identity.name.clone()).map_err(|_| {
@@ -225,6 +250,58 @@ impl ServerCertVerifier for NodeServerVerifier {
         };
         self.inner
             .verify_server_cert(end_entity, intermediates, &wanted, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The server's check of client certificates: the cluster CA's, then not a revoked node.
+#[derive(Debug)]
+struct NotRevoked {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<RevokedSet>,
+}
+
+impl ClientCertVerifier for NotRevoked {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        match identity_from_cert(end_entity) {
+            Ok(id) if id.role == Role::Node && self.revoked.contains(&id.name) => Err(
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked),
+            ),
+            _ => Ok(verified),
+        }
     }
 
     fn verify_tls12_signature(
