@@ -69,7 +69,7 @@ impl Store {
             }
             tree.remove(k).map_err(|e| storage("append_history", e))?;
         }
-        self.flush_history()
+        self.flush_side("append_history")
     }
 
     /// The newest `newest` records from `since_unix_ms` on, oldest first, with their

@@ -10,6 +10,7 @@
 //! - `open`: opening a directory, first-time creation, metadata and record checks.
 //! - `migrate`: reading a store of an older format (0.1's) and rewriting it.
 //! - `history`: the session history (records kept across restarts, bounded).
+//! - `revocations`: revoked node names' revocations, kept across restarts.
 //! - `generation`: the write generation and its witness file (detects lost writes).
 //! - `codec`: bincode 2 encoding with a size limit, and the key layout.
 //! - `validate`: checks on caller input.
@@ -25,6 +26,7 @@ mod generation;
 mod history;
 mod migrate;
 mod open;
+mod revocations;
 mod store;
 mod transitions;
 mod validate;

@@ -46,6 +46,9 @@ pub(crate) const TREE_EPOCHS: &str = "epochs";
 /// Tree of session history records, keyed by time (`history`); not part of any
 /// transaction, unknown to (and ignored by) stores of format 1.
 pub(crate) const TREE_HISTORY: &str = "history";
+/// Tree of revoked node names' revocations (opaque bytes), keyed by node name; not part
+/// of any transaction, ignored by stores of format 1.
+pub(crate) const TREE_REVOCATIONS: &str = "revocations";
 
 /// The open database and its trees.
 pub(crate) struct Opened {
@@ -54,6 +57,7 @@ pub(crate) struct Opened {
     pub(crate) transfers: sled::Tree,
     pub(crate) epochs: sled::Tree,
     pub(crate) history: sled::Tree,
+    pub(crate) revocations: sled::Tree,
     pub(crate) meta_tree: sled::Tree,
     pub(crate) meta: NodeMeta,
     /// sled's log file, opened to `fdatasync` it after each flush (see `Store::write`).
@@ -97,6 +101,7 @@ pub(crate) fn open_dir(
         transfers: tree(TREE_TRANSFERS)?,
         epochs: tree(TREE_EPOCHS)?,
         history: tree(TREE_HISTORY)?,
+        revocations: tree(TREE_REVOCATIONS)?,
         meta: read_meta(dir, &meta_tree)?,
         meta_tree,
         db,

@@ -34,6 +34,7 @@ pub struct Store {
     transfers: sled::Tree,
     epochs: sled::Tree,
     history: sled::Tree,
+    revocations: sled::Tree,
     meta_tree: sled::Tree,
     /// sled's log file. sled's own flush only `sync_file_range`s what it wrote: neither
     /// the file's new length nor the device's write cache is made durable. `write`
@@ -238,6 +239,7 @@ impl Store {
             transfers: opened.transfers,
             epochs: opened.epochs,
             history: opened.history,
+            revocations: opened.revocations,
             meta_tree: opened.meta_tree,
             log_file: opened.log_file,
             gate: Mutex::new(()),
@@ -260,12 +262,15 @@ impl Store {
         &self.history
     }
 
-    /// Makes the history durable: sled's flush, then its log file's `fdatasync`.
-    pub(crate) fn flush_history(&self) -> Result<(), StoreError> {
-        let not_flushed = |source: crate::error::Cause| StoreError::NotFlushed {
-            op: "append_history",
-            source,
-        };
+    /// The revocations' tree (`revocations`).
+    pub(crate) fn revocations_tree(&self) -> &sled::Tree {
+        &self.revocations
+    }
+
+    /// Makes a write outside the schedule durable: sled's flush, then its log file's
+    /// `fdatasync`.
+    pub(crate) fn flush_side(&self, op: &'static str) -> Result<(), StoreError> {
+        let not_flushed = |source: crate::error::Cause| StoreError::NotFlushed { op, source };
         self.db.flush().map_err(|e| not_flushed(e.into()))?;
         self.log_file.sync_data().map_err(|e| not_flushed(e.into()))
     }

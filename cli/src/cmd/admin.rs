@@ -273,13 +273,35 @@ impl Cluster {
 
     /// Calls `forget` on every reachable member except `node`; returns who was told.
     pub async fn forget_node(&self, node: &NodeId) -> anyhow::Result<Vec<String>> {
+        self.tell_all_but(node, |c| async move { c.forget_node(node).await })
+            .await
+    }
+
+    /// Revokes node `node`: signs the revocation with the admin bundle and gives it to
+    /// every reachable member but `node` (gossip carries it to the others); the members
+    /// that took it.
+    pub async fn revoke_node(&self, node: &NodeId) -> anyhow::Result<Vec<String>> {
+        let tls = ballast_gossip::TlsBundle::from_cert_bundle(&self.cert)?;
+        let rev =
+            ballast_gossip::Revocation::sign(&tls, node.as_str(), ballast_node::agent::unix_ms())?;
+        let rev = &rev;
+        self.tell_all_but(node, |c| async move { c.revoke_node(rev).await })
+            .await
+    }
+
+    /// Makes `call` on every reachable member except `node`, one after another; the
+    /// members told. The first refusal ends it with its explanation.
+    async fn tell_all_but<F, Fut>(&self, node: &NodeId, call: F) -> anyhow::Result<Vec<String>>
+    where
+        F: Fn(AdminClient) -> Fut,
+        Fut: Future<Output = Result<(), AdminClientError>>,
+    {
         let mut told = Vec::new();
         for m in self.members.values() {
             if &m.node == node || m.status.is_none() {
                 continue;
             }
-            let c = self.client(m.addr, QUICK_CALL_TIMEOUT)?;
-            c.forget_node(node)
+            call(self.client(m.addr, QUICK_CALL_TIMEOUT)?)
                 .await
                 .map_err(|e| explain(e, m.addr, &self.bundle_path))?;
             told.push(m.node.to_string());

@@ -23,6 +23,10 @@ enum Cmd {
     /// Tell the live nodes that NODE is gone for good, so they resolve its handoffs
     /// alone (docs/design.md §Handoff). Only for a host that will never come back.
     Forget(ForgetArgs),
+    /// Revoke NODE's name: every node refuses it from now on (handshakes, gossip), also
+    /// after restarts. For a host whose key may be stolen; a replacement joins under a
+    /// new name.
+    Revoke(RevokeArgs),
 }
 
 /// Arguments of `ballast node add`.
@@ -66,11 +70,25 @@ struct ForgetArgs {
     json: bool,
 }
 
+/// Arguments of `ballast node revoke`.
+#[derive(clap::Args, Debug)]
+struct RevokeArgs {
+    /// The node whose name to revoke.
+    #[arg(value_parser = cluster_dir::parse_name)]
+    node: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Print the nodes told as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Runs `ballast node ...`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
         Cmd::Add(a) => add(a),
         Cmd::Forget(a) => forget(a),
+        Cmd::Revoke(a) => revoke(a),
     }
 }
 
@@ -145,6 +163,27 @@ fn forget(a: ForgetArgs) -> anyhow::Result<()> {
         } else {
             println!(
                 "Node {node} forgotten by {} node(s): {}",
+                told.len(),
+                told.join(", ")
+            );
+        }
+        Ok(())
+    })
+}
+
+fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
+    let node = NodeId::from(a.node.as_str());
+    crate::cmd::admin::block_on(async move {
+        let cluster = Cluster::connect(&a.admin).await?;
+        let told = cluster
+            .revoke_node(&node)
+            .await
+            .with_context(|| format!("revoking node {node}"))?;
+        if a.json {
+            println!("{}", serde_json::json!({ "revoked": node.0, "told": told }));
+        } else {
+            println!(
+                "Node {node} revoked: {} node(s) refuse it now ({}); gossip tells the others",
                 told.len(),
                 told.join(", ")
             );

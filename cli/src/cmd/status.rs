@@ -76,6 +76,14 @@ pub fn render(r: &StatusReport) -> String {
     ));
     out.push_str(&rules::render(&r.rules));
     out.push_str(&render_forged(&r.forged_gossip));
+    for row in &r.revoked {
+        out.push_str(&format!(
+            "Revoked: {} ({}), refused by {}\n",
+            row.node,
+            ballast_node::report::age(ballast_node::agent::unix_ms().saturating_sub(row.unix_ms)),
+            row.refused_by.join(", ")
+        ));
+    }
     for n in r.nodes.iter().filter(|n| n.error.is_some()) {
         out.push_str(&format!(
             "{}: {}\n",
@@ -176,10 +184,19 @@ mod tests {
             missing: Vec::new(),
             rules: Default::default(),
             forged_gossip: Default::default(),
+            revoked: vec![ballast_node::report::status::RevokedRow {
+                node: "c".into(),
+                unix_ms: ballast_node::agent::unix_ms() - 30_000,
+                refused_by: vec!["a".into(), "b".into()],
+            }],
         };
         let table = render(&r);
         assert!(table.contains("LAST SEEN"), "{table}");
         assert!(!table.contains("Forged"), "{table}");
+        assert!(
+            table.contains("Revoked: c (30s ago), refused by a, b"),
+            "{table}"
+        );
         let line = |id: &str| {
             table
                 .lines()

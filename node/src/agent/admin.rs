@@ -84,6 +84,7 @@ pub(crate) async fn handle_admin(
         }
         AdminRequest::Drain => set_draining(ctx, true),
         AdminRequest::Undrain => set_draining(ctx, false),
+        AdminRequest::RevokeNode { revocation } => revoke(ctx, revocation).await,
         AdminRequest::ForgetNode { node } => {
             if node == ctx.me {
                 return Err(AdminError::Invalid("a node cannot forget itself".into()));
@@ -429,7 +430,42 @@ async fn status(ctx: &AgentContext) -> Result<NodeStatus, AdminError> {
         unclaimed_vms: lock(&ctx.unclaimed).clone(),
         rules,
         forged: forged_gossip(ctx),
+        revoked: ctx
+            .net
+            .endpoint()
+            .map(|e| e.revocations())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| super::wire::RevokedNode {
+                node: r.node,
+                unix_ms: r.unix_ms,
+            })
+            .collect(),
     })
+}
+
+/// `ballast node revoke`: checked and enforced by the endpoint, then kept (flushed)
+/// before the answer.
+async fn revoke(
+    ctx: &AgentContext,
+    revocation: ballast_gossip::Revocation,
+) -> Result<AdminResponse, AdminError> {
+    let endpoint = ctx
+        .net
+        .endpoint()
+        .ok_or_else(|| AdminError::Timeout("agent shutting down".into()))?;
+    if revocation.node == ctx.me.0 {
+        return Err(AdminError::Invalid("a node cannot revoke itself".into()));
+    }
+    let new = endpoint
+        .revoke(revocation.clone())
+        .await
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    super::revocations::persist(ctx, &revocation)
+        .await
+        .map_err(AdminError::Store)?;
+    info!(node = %revocation.node, new, "operator: node revoked");
+    Ok(AdminResponse::Done)
 }
 
 /// The forged gossip this node refused, and the metric brought up to date.

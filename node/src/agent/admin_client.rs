@@ -241,6 +241,17 @@ impl AdminClient {
             .await
     }
 
+    /// Gives the node an operator-signed revocation (`ballast node revoke`).
+    pub async fn revoke_node(
+        &self,
+        revocation: &ballast_gossip::Revocation,
+    ) -> Result<(), AdminClientError> {
+        self.done(AdminRequest::RevokeNode {
+            revocation: revocation.clone(),
+        })
+        .await
+    }
+
     /// Moves a VM of this node to `to` now; returns `(committed, epoch)` once the source
     /// side resolved the handoff.
     pub async fn move_vm(&self, vm: &VmId, to: &NodeId) -> Result<(bool, u64), AdminClientError> {

@@ -16,6 +16,7 @@
 //! - `figures`: the node's load, free memory, candidates and gossiped summary;
 //!   `sampler`: measured load factors (EWMA of usage samples).
 //! - `reconcile`: the hypervisor against the schedule (docs/design.md §Drivers).
+//! - `revocations`: revoked node names kept in the store.
 //! - `admin`: the admin handlers and VM placement; `rpc`: the RPC dispatcher.
 //! - `metrics`: Prometheus metrics; `web`: the local HTTP server (axum): `/metrics`,
 //!   `/api/v1` and the web view.
@@ -36,6 +37,7 @@ mod network;
 pub mod outcome;
 mod placement;
 mod reconcile;
+mod revocations;
 mod rounds;
 mod rpc;
 mod rule_book;

@@ -122,6 +122,7 @@ impl Agent {
         let handler = Arc::new(AgentRpc { ctx: ctx.clone() });
         let mut endpoint_cfg = endpoint_config(&ctx.cfg);
         endpoint_cfg.bound_socket = socket.map(Arc::new);
+        endpoint_cfg.revoked = super::revocations::stored(&ctx.store);
         let endpoint = Endpoint::start(endpoint_cfg, tls, handler).await;
         let endpoint = match endpoint {
             Ok(e) => Arc::new(e),
@@ -151,6 +152,7 @@ impl Agent {
             None => None,
         };
         ctx.spawn(track_addresses(ctx.clone()));
+        ctx.spawn(super::revocations::keep_learned(ctx.clone()));
         ctx.spawn(super::figures::publish_summaries(ctx.clone()));
         ctx.spawn(super::sampler::sample_loads(ctx.clone()));
         ctx.spawn(super::reconcile::run_reconcile(ctx.clone()));

@@ -278,6 +278,12 @@ pub enum AdminRequest {
         /// Its new rules (`forced_on` is cleared).
         rules: PlacementRules,
     },
+    /// `ballast node revoke NODE`: the operator-signed revocation of a node name; the
+    /// node checks, enforces, keeps and gossips it.
+    RevokeNode {
+        /// The signed revocation.
+        revocation: ballast_gossip::Revocation,
+    },
 }
 
 /// Answers to admin requests.
@@ -428,6 +434,17 @@ pub struct NodeStatus {
     /// Gossiped state this node refused because it did not verify against its node's
     /// own signature (docs/design.md, "Signed node state").
     pub forged: ForgedGossip,
+    /// The node names this node refuses (revoked), with when.
+    pub revoked: Vec<RevokedNode>,
+}
+
+/// A revoked node name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedNode {
+    /// The name.
+    pub node: String,
+    /// When it was revoked (Unix ms).
+    pub unix_ms: u64,
 }
 
 /// The forged gossip one node refused.
@@ -664,6 +681,7 @@ impl AdminRequest {
             AdminRequest::ReleaseVm { .. } => "release_vm",
             AdminRequest::SessionHistory { .. } => "session_history",
             AdminRequest::SetRules { .. } => "set_rules",
+            AdminRequest::RevokeNode { .. } => "revoke_node",
         }
     }
 
@@ -686,7 +704,8 @@ impl AdminRequest {
             | AdminRequest::MoveVm { .. }
             | AdminRequest::AdoptVms { .. }
             | AdminRequest::ReleaseVm { .. }
-            | AdminRequest::SetRules { .. } => false,
+            | AdminRequest::SetRules { .. }
+            | AdminRequest::RevokeNode { .. } => false,
         }
     }
 }

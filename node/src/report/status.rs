@@ -70,6 +70,39 @@ pub struct StatusReport {
     /// Gossiped state the nodes refused because it did not verify against its node's
     /// own signature (forged or falsely relayed): the total, and the recent ones.
     pub forged_gossip: ForgedReport,
+    /// Revoked node names, with the nodes that answered and refuse each.
+    pub revoked: Vec<RevokedRow>,
+}
+
+/// A revoked node name as the answering nodes report it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RevokedRow {
+    /// The revoked name.
+    pub node: String,
+    /// When it was revoked (Unix ms).
+    pub unix_ms: u64,
+    /// The answering nodes that refuse it.
+    pub refused_by: Vec<String>,
+}
+
+/// The revoked names the members that answered refuse.
+fn revoked_of<'a>(members: impl IntoIterator<Item = &'a Member>) -> Vec<RevokedRow> {
+    let mut by_node: BTreeMap<String, RevokedRow> = BTreeMap::new();
+    for m in members {
+        let Some(s) = &m.status else { continue };
+        for r in &s.revoked {
+            by_node
+                .entry(r.node.clone())
+                .or_insert_with(|| RevokedRow {
+                    node: r.node.clone(),
+                    unix_ms: r.unix_ms,
+                    refused_by: Vec::new(),
+                })
+                .refused_by
+                .push(m.node.to_string());
+        }
+    }
+    by_node.into_values().collect()
 }
 
 /// Forged gossip as the answering nodes report it.
@@ -208,6 +241,7 @@ pub fn report_of(members: &BTreeMap<NodeId, Member>) -> StatusReport {
         missing,
         rules: super::rules::report(members.values()),
         forged_gossip: forged_of(members.values()),
+        revoked: revoked_of(members.values()),
     }
 }
 
@@ -254,6 +288,7 @@ mod tests {
                 unclaimed_vms: Vec::new(),
                 rules: Default::default(),
                 forged: Default::default(),
+                revoked: Vec::new(),
             }),
             error: None,
         }
