@@ -102,6 +102,24 @@ pub struct NodePlan {
     pub metrics_listen: Option<SocketAddr>,
     /// The hypervisor driver.
     pub driver: DriverArgs,
+    /// The certificate's validity.
+    pub cert: CertArgs,
+}
+
+/// The certificate flags shared by `cluster init`, `node add` and `node renew`.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct CertArgs {
+    /// Days the node's certificate is valid (`status` warns 30 days before the end;
+    /// `ballast node renew` issues a new one).
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub valid_days: u32,
+}
+
+impl CertArgs {
+    /// The validity from now.
+    pub fn validity(&self) -> ballast_gossip::Validity {
+        ballast_gossip::Validity::days_from_now(self.valid_days)
+    }
 }
 
 /// The driver flags shared by `cluster init` and `node add`.
@@ -190,8 +208,13 @@ pub fn write_node(dir: &ClusterDir, ca: &CaBundle, plan: &NodePlan) -> anyhow::R
     }
     std::fs::create_dir_all(&node_dir)
         .with_context(|| format!("creating {}", node_dir.display()))?;
-    let cert = ballast_gossip::issue_node_cert(ca, &plan.name, &[plan.addr.ip()])
-        .with_context(|| format!("issuing the certificate of node {}", plan.name))?;
+    let cert = ballast_gossip::issue_node_cert_valid(
+        ca,
+        &plan.name,
+        &[plan.addr.ip()],
+        plan.cert.validity(),
+    )
+    .with_context(|| format!("issuing the certificate of node {}", plan.name))?;
     save_bundle(&cert, &node_dir, "node")?;
     let cfg = node_config(&ca.cluster_name, plan);
     let header = format!(
@@ -315,6 +338,7 @@ mod tests {
             seeds: vec!["127.0.0.1:7001".parse().expect("addr")],
             metrics_listen: None,
             driver: DriverArgs::sim(),
+            cert: CertArgs { valid_days: 365 },
         };
         let w = write_node(&dir, &ca, &plan).expect("write");
         let cfg = AgentConfig::load(&w.config).expect("loads");

@@ -61,6 +61,7 @@ impl LocalCluster {
                         .collect(),
                     metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
                     driver: cluster_dir::DriverArgs::sim(),
+                    cert: cluster_dir::CertArgs { valid_days: 365 },
                 };
                 let written =
                     cluster_dir::write_node(&dir, n.ca, &plan).map_err(|e| format!("{e:#}"))?;

@@ -59,7 +59,10 @@ pub use membership::PeerView;
 pub use pem_files::{
     load_ca, load_cert_bundle, save_ca, save_cert_bundle, CERT_FILE_MODE, KEY_FILE_MODE,
 };
-pub use pki::{create_ca, issue_admin_cert, issue_node_cert, CaBundle, CertBundle};
+pub use pki::{
+    create_ca, issue_admin_cert, issue_node_cert, issue_node_cert_valid, CaBundle, CertBundle,
+    Validity,
+};
 pub use revocation::{Revocation, RevocationError, RevokedSet, REVOCATIONS_MAX};
 pub use rpc::{
     RpcClient, RpcClientConfig, RpcHandler, REFUSE_BAD_FRAME, REFUSE_BLOCKED, REFUSE_RESPONSE,

@@ -1,7 +1,8 @@
 //! The cluster's own certificate authority: create it, issue node and admin certificates.
 //!
-//! All keys are ECDSA P-256 made by rcgen with the ring backend. Certificates use rcgen's
-//! default validity (no expiry in practice); rotation is by issuing a new CA.
+//! All keys are ECDSA P-256 made by rcgen with the ring backend. Node certificates made
+//! by the CLI carry a validity ([`Validity`], a year by default) and are renewed with
+//! `ballast node renew`; others use rcgen's default validity (no expiry in practice).
 
 use std::net::IpAddr;
 
@@ -90,15 +91,77 @@ pub fn create_ca(cluster_name: &str) -> Result<CaBundle, PkiError> {
     })
 }
 
+/// When a certificate is valid, in Unix seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validity {
+    /// Not valid before.
+    pub not_before_unix: i64,
+    /// Not valid after.
+    pub not_after_unix: i64,
+}
+
+impl Validity {
+    /// From an hour ago (clocks differ a little between hosts) for `days` days.
+    pub fn days_from_now(days: u32) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        Self {
+            not_before_unix: now - 3_600,
+            not_after_unix: now + i64::from(days) * 86_400,
+        }
+    }
+
+    /// The last day it is valid, as `YYYY-MM-DD` (UTC).
+    pub fn not_after_date(&self) -> String {
+        time::OffsetDateTime::from_unix_timestamp(self.not_after_unix)
+            .map(|t| t.date().to_string())
+            .unwrap_or_else(|_| format!("unix {}", self.not_after_unix))
+    }
+
+    /// Reads the validity of a certificate (PEM, the first one).
+    pub fn of_pem(cert_pem: &str) -> Result<Self, PkiError> {
+        let der = crate::tls::certs_from_pem(cert_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| PkiError::Pem {
+                path: Default::default(),
+                what: "no certificate".into(),
+            })?;
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| PkiError::Pem {
+                path: Default::default(),
+                what: format!("unparseable certificate: {e}"),
+            })?;
+        let v = parsed.validity();
+        Ok(Self {
+            not_before_unix: v.not_before.timestamp(),
+            not_after_unix: v.not_after.timestamp(),
+        })
+    }
+}
+
 /// Issues a node certificate: `node_id` as its DNS name (and common name), the given
-/// addresses as IP names, role `Node`; usable as TLS server and client.
+/// addresses as IP names, role `Node`; usable as TLS server and client; rcgen's default
+/// validity (no expiry in practice).
 pub fn issue_node_cert(
     ca: &CaBundle,
     node_id: &str,
     addrs: &[IpAddr],
 ) -> Result<CertBundle, PkiError> {
     let sans = addrs.iter().map(|ip| SanType::IpAddress(*ip)).collect();
-    issue(ca, node_id, Role::Node, sans)
+    issue(ca, node_id, Role::Node, sans, None)
+}
+
+/// [`issue_node_cert`] valid only for `validity`.
+pub fn issue_node_cert_valid(
+    ca: &CaBundle,
+    node_id: &str,
+    addrs: &[IpAddr],
+    validity: Validity,
+) -> Result<CertBundle, PkiError> {
+    let sans = addrs.iter().map(|ip| SanType::IpAddress(*ip)).collect();
+    issue(ca, node_id, Role::Node, sans, Some(validity))
 }
 
 /// Issues an admin certificate: `name` as its DNS name, role `Admin(role)`; usable only
@@ -108,7 +171,7 @@ pub fn issue_admin_cert(
     name: &str,
     role: AdminRole,
 ) -> Result<CertBundle, PkiError> {
-    issue(ca, name, Role::Admin(role), Vec::new())
+    issue(ca, name, Role::Admin(role), Vec::new(), None)
 }
 
 fn issue(
@@ -116,12 +179,23 @@ fn issue(
     name: &str,
     role: Role,
     extra_sans: Vec<SanType>,
+    validity: Option<Validity>,
 ) -> Result<CertBundle, PkiError> {
     validate_name(name)?;
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![name.to_owned()])?;
+    if let Some(v) = validity {
+        let at = |unix: i64| {
+            time::OffsetDateTime::from_unix_timestamp(unix).map_err(|e| PkiError::Pem {
+                path: Default::default(),
+                what: format!("validity out of range: {e}"),
+            })
+        };
+        params.not_before = at(v.not_before_unix)?;
+        params.not_after = at(v.not_after_unix)?;
+    }
     params.subject_alt_names.extend(extra_sans);
     params.is_ca = IsCa::ExplicitNoCa;
     params.use_authority_key_identifier_extension = true;
@@ -182,6 +256,25 @@ mod tests {
         assert_eq!(
             (id.name.as_str(), id.role),
             ("viewer", Role::Admin(AdminRole::ReadOnly))
+        );
+    }
+
+    #[test]
+    fn a_validity_is_kept_in_the_certificate() {
+        let ca = create_ca("test").expect("ca");
+        let v = Validity::days_from_now(30);
+        let node = issue_node_cert_valid(&ca, "node-1", &[], v).expect("node cert");
+        assert_eq!(Validity::of_pem(&node.cert_pem).expect("read"), v);
+        let forever = issue_node_cert(&ca, "node-1", &[]).expect("node cert");
+        let f = Validity::of_pem(&forever.cert_pem).expect("read");
+        assert!(f.not_after_unix > v.not_after_unix + 1_000 * 365 * 86_400);
+        assert_eq!(
+            Validity {
+                not_before_unix: 0,
+                not_after_unix: 1_796_601_600
+            }
+            .not_after_date(),
+            "2026-12-07"
         );
     }
 

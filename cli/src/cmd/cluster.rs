@@ -46,6 +46,8 @@ struct InitArgs {
     metrics_listen: SocketAddr,
     #[command(flatten)]
     driver: cluster_dir::DriverArgs,
+    #[command(flatten)]
+    cert: cluster_dir::CertArgs,
     /// The name in the admin certificate.
     #[arg(long, default_value = "admin", value_parser = cluster_dir::parse_name)]
     admin_name: String,
@@ -98,6 +100,7 @@ fn init(a: InitArgs) -> anyhow::Result<()> {
         seeds: Vec::new(),
         metrics_listen: Some(a.metrics_listen),
         driver: a.driver,
+        cert: a.cert,
     };
     let node = cluster_dir::write_node(&dir, &ca, &plan)?;
     let mut file = AdminFile::new(&a.name);

@@ -27,6 +27,9 @@ enum Cmd {
     /// after restarts. For a host whose key may be stolen; a replacement joins under a
     /// new name.
     Revoke(RevokeArgs),
+    /// Issue a new certificate for NODE (same name, new key) in its node directory; copy
+    /// node.pem and node.key to the host and restart its agent (its VMs keep running).
+    Renew(RenewArgs),
 }
 
 /// Arguments of `ballast node add`.
@@ -53,6 +56,8 @@ struct AddArgs {
     metrics_listen: SocketAddr,
     #[command(flatten)]
     driver: cluster_dir::DriverArgs,
+    #[command(flatten)]
+    cert: cluster_dir::CertArgs,
     /// Print what was written as JSON.
     #[arg(long)]
     json: bool,
@@ -66,6 +71,22 @@ struct ForgetArgs {
     #[command(flatten)]
     admin: AdminArgs,
     /// Print the nodes told as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `ballast node renew`.
+#[derive(clap::Args, Debug)]
+struct RenewArgs {
+    /// The node whose certificate to renew.
+    #[arg(value_parser = cluster_dir::parse_name)]
+    node: String,
+    /// The cluster directory `ballast cluster init` wrote (it holds the CA).
+    #[arg(long)]
+    dir: PathBuf,
+    #[command(flatten)]
+    cert: cluster_dir::CertArgs,
+    /// Print what was written as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -89,6 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Add(a) => add(a),
         Cmd::Forget(a) => forget(a),
         Cmd::Revoke(a) => revoke(a),
+        Cmd::Renew(a) => renew(a),
     }
 }
 
@@ -117,6 +139,7 @@ fn add(a: AddArgs) -> anyhow::Result<()> {
         seeds,
         metrics_listen: Some(a.metrics_listen),
         driver: a.driver,
+        cert: a.cert,
     };
     let written = cluster_dir::write_node(&dir, &ca, &plan)?;
     let recorded = cluster_dir::record_node(&dir, &a.name, a.addr)?;
@@ -190,4 +213,45 @@ fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+fn renew(a: RenewArgs) -> anyhow::Result<()> {
+    let dir = ClusterDir {
+        root: a.dir.clone(),
+    };
+    let ca = dir.load_ca()?;
+    let node_dir = dir.node_dir(&a.node);
+    let config = node_dir.join(cluster_dir::AGENT_FILE);
+    if !config.exists() {
+        anyhow::bail!(
+            "{} does not exist: node {} was not added from this cluster directory",
+            config.display(),
+            a.node
+        );
+    }
+    let cfg = ballast_node::config::AgentConfig::load(&config)
+        .with_context(|| format!("reading {}", config.display()))?;
+    let ip = cfg.node.advertise.unwrap_or(cfg.node.listen).ip();
+    let validity = a.cert.validity();
+    let cert = ballast_gossip::issue_node_cert_valid(&ca, &a.node, &[ip], validity)
+        .with_context(|| format!("issuing the certificate of node {}", a.node))?;
+    cluster_dir::save_bundle(&cert, &node_dir, "node")?;
+    let until = validity.not_after_date();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "node": a.node, "dir": node_dir, "valid_until": until })
+        );
+    } else {
+        println!(
+            "Renewed the certificate of node {} (valid until {until}) in {}",
+            a.node,
+            node_dir.display()
+        );
+        println!(
+            "Next: copy node.pem and node.key to that host and restart its agent; its VMs \
+             keep running and stay in its schedule."
+        );
+    }
+    Ok(())
 }

@@ -76,6 +76,17 @@ pub fn render(r: &StatusReport) -> String {
     ));
     out.push_str(&rules::render(&r.rules));
     out.push_str(&render_forged(&r.forged_gossip));
+    for c in &r.certs_expiring {
+        let when = if c.days_left < 0 {
+            format!("expired on {}", c.date)
+        } else {
+            format!("expires in {} day(s), on {}", c.days_left, c.date)
+        };
+        out.push_str(&format!(
+            "Certificate of {} {when}: `ballast node renew {} --dir DIR`, copy the files to the host, restart its agent\n",
+            c.node, c.node
+        ));
+    }
     for row in &r.revoked {
         out.push_str(&format!(
             "Revoked: {} ({}), refused by {}\n",
@@ -184,6 +195,12 @@ mod tests {
             missing: Vec::new(),
             rules: Default::default(),
             forged_gossip: Default::default(),
+            certs_expiring: vec![ballast_node::report::status::CertExpiry {
+                node: "b".into(),
+                expires_unix: 0,
+                date: "2027-01-01".into(),
+                days_left: 12,
+            }],
             revoked: vec![ballast_node::report::status::RevokedRow {
                 node: "c".into(),
                 unix_ms: ballast_node::agent::unix_ms() - 30_000,
@@ -195,6 +212,10 @@ mod tests {
         assert!(!table.contains("Forged"), "{table}");
         assert!(
             table.contains("Revoked: c (30s ago), refused by a, b"),
+            "{table}"
+        );
+        assert!(
+            table.contains("Certificate of b expires in 12 day(s), on 2027-01-01: `ballast node renew b --dir DIR`"),
             "{table}"
         );
         let line = |id: &str| {

@@ -441,6 +441,7 @@ async fn status(ctx: &AgentContext) -> Result<NodeStatus, AdminError> {
                 unix_ms: r.unix_ms,
             })
             .collect(),
+        cert_expires_unix: ctx.cert_validity.not_after_unix,
     })
 }
 

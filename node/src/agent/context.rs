@@ -64,6 +64,8 @@ pub(crate) struct AgentContext {
     pub(crate) vm_changes: tokio::sync::Mutex<()>,
     /// Refusals for placement rules and drain blocks.
     pub(crate) rule_book: super::rule_book::RuleBook,
+    /// When this node's certificate is valid (`status` warns 30 days before the end).
+    pub(crate) cert_validity: ballast_gossip::Validity,
     /// Set when shutting down.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Every task the agent spawns; closed and waited for at shutdown.

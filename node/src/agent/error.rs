@@ -18,6 +18,19 @@ pub enum AgentError {
     /// The node's certificate, key or CA could not be read. Nothing started.
     #[error("certificates: {0}")]
     Certificates(#[source] ballast_gossip::PkiError),
+    /// The node's certificate is expired (or not valid yet). Nothing started.
+    #[error(
+        "certificate {} {what} {date}: issue a new one with `ballast node renew NAME --dir DIR` and copy it to this host",
+        path.display()
+    )]
+    CertificateOutOfDate {
+        /// The certificate file.
+        path: PathBuf,
+        /// `expired on` or `is not valid before`.
+        what: &'static str,
+        /// The date (UTC).
+        date: String,
+    },
     /// The node's certificate, key or CA could not be used for TLS. Nothing started.
     #[error("certificates: {0}")]
     Tls(#[source] ballast_gossip::TlsError),

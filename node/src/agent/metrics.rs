@@ -26,6 +26,7 @@ pub(crate) struct Metrics {
     pub(crate) handoffs_in_flight: Gauge,
     pub(crate) sessions_opened: Counter,
     gossip_refused: Family<Labels, Counter>,
+    pub(crate) cert_expiry: Gauge,
 }
 
 impl Metrics {
@@ -44,8 +45,14 @@ impl Metrics {
             handoffs_in_flight: Gauge::default(),
             sessions_opened: Counter::default(),
             gossip_refused: Family::default(),
+            cert_expiry: Gauge::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When this node's certificate expires (Unix seconds); renew with `ballast node renew`",
+            m.cert_expiry.clone(),
+        );
         registry.register(
             "gossip_refused",
             "Gossip input this node refused, by reason (forged_state: a peer's state that does not verify against its own node's signature)",

@@ -60,7 +60,7 @@ impl Agent {
         #[cfg(not(feature = "failpoints"))]
         let hooks = TestHooks::default();
         let me = NodeId::from(cfg.node.id.as_str());
-        let tls = load_tls(&cfg)?;
+        let (tls, cert_validity) = load_tls(&cfg)?;
         let web_tls = match cfg.node.metrics_listen {
             Some(addr) => super::web::acceptor_for(addr, &tls).map_err(AgentError::Tls)?,
             None => None,
@@ -111,6 +111,7 @@ impl Agent {
             unmanaged: Mutex::new(Default::default()),
             migration_progress: Mutex::new(Default::default()),
             rule_book: Default::default(),
+            cert_validity,
             vm_changes: tokio::sync::Mutex::new(()),
             shutdown,
             tasks: TaskTracker::new(),
@@ -132,6 +133,9 @@ impl Agent {
             }
         };
         ctx.net.attach(endpoint.clone());
+        ctx.metrics
+            .cert_expiry
+            .set(ctx.cert_validity.not_after_unix);
         info!(node = %me, addr = %endpoint.local_addr(), draining, "agent started");
 
         super::reconcile::reconcile_once(&ctx).await;
@@ -228,11 +232,37 @@ pub async fn run_agent(
     Ok(())
 }
 
-fn load_tls(cfg: &AgentConfig) -> Result<TlsBundle, AgentError> {
+/// The node's TLS bundle and its certificate's validity; an expired (or not yet valid)
+/// certificate is an error naming the file and the date.
+fn load_tls(cfg: &AgentConfig) -> Result<(TlsBundle, ballast_gossip::Validity), AgentError> {
     let t = &cfg.tls;
     let bundle = ballast_gossip::load_cert_bundle(&t.cert, &t.key, &t.ca_cert)
         .map_err(AgentError::Certificates)?;
-    TlsBundle::from_cert_bundle(&bundle).map_err(AgentError::Tls)
+    let validity =
+        ballast_gossip::Validity::of_pem(&bundle.cert_pem).map_err(AgentError::Certificates)?;
+    let now = i64::try_from(super::unix_ms() / 1_000).unwrap_or(i64::MAX);
+    if now > validity.not_after_unix {
+        return Err(AgentError::CertificateOutOfDate {
+            path: t.cert.clone(),
+            what: "expired on",
+            date: validity.not_after_date(),
+        });
+    }
+    if now < validity.not_before_unix {
+        let date = ballast_gossip::Validity {
+            not_before_unix: 0,
+            not_after_unix: validity.not_before_unix,
+        }
+        .not_after_date();
+        return Err(AgentError::CertificateOutOfDate {
+            path: t.cert.clone(),
+            what: "is not valid before",
+            date,
+        });
+    }
+    TlsBundle::from_cert_bundle(&bundle)
+        .map(|tls| (tls, validity))
+        .map_err(AgentError::Tls)
 }
 
 async fn open_store(cfg: &AgentConfig, me: &NodeId) -> Result<Arc<Store>, AgentError> {

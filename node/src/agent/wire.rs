@@ -436,6 +436,8 @@ pub struct NodeStatus {
     pub forged: ForgedGossip,
     /// The node names this node refuses (revoked), with when.
     pub revoked: Vec<RevokedNode>,
+    /// When this node's certificate expires (Unix seconds).
+    pub cert_expires_unix: i64,
 }
 
 /// A revoked node name.

@@ -72,6 +72,50 @@ pub struct StatusReport {
     pub forged_gossip: ForgedReport,
     /// Revoked node names, with the nodes that answered and refuse each.
     pub revoked: Vec<RevokedRow>,
+    /// Nodes whose certificate expires within 30 days (or has), soonest first.
+    pub certs_expiring: Vec<CertExpiry>,
+}
+
+/// How far ahead `status` warns of a certificate's expiry.
+pub const CERT_WARN_DAYS: i64 = 30;
+
+/// A node certificate that expires soon.
+#[derive(Clone, Debug, Serialize)]
+pub struct CertExpiry {
+    /// The node.
+    pub node: String,
+    /// When its certificate expires (Unix seconds).
+    pub expires_unix: i64,
+    /// The same as a date (UTC).
+    pub date: String,
+    /// Whole days left (negative once expired).
+    pub days_left: i64,
+}
+
+/// The answering members whose certificate expires within [`CERT_WARN_DAYS`] of `now`.
+fn certs_expiring<'a>(
+    members: impl IntoIterator<Item = &'a Member>,
+    now_unix: i64,
+) -> Vec<CertExpiry> {
+    let mut out: Vec<CertExpiry> = members
+        .into_iter()
+        .filter_map(|m| {
+            let s = m.status.as_ref()?;
+            let left = s.cert_expires_unix.saturating_sub(now_unix);
+            (left < CERT_WARN_DAYS * 86_400).then(|| CertExpiry {
+                node: m.node.to_string(),
+                expires_unix: s.cert_expires_unix,
+                date: ballast_gossip::Validity {
+                    not_before_unix: 0,
+                    not_after_unix: s.cert_expires_unix,
+                }
+                .not_after_date(),
+                days_left: left.div_euclid(86_400),
+            })
+        })
+        .collect();
+    out.sort_by_key(|c| c.expires_unix);
+    out
 }
 
 /// A revoked node name as the answering nodes report it.
@@ -242,6 +286,10 @@ pub fn report_of(members: &BTreeMap<NodeId, Member>) -> StatusReport {
         rules: super::rules::report(members.values()),
         forged_gossip: forged_of(members.values()),
         revoked: revoked_of(members.values()),
+        certs_expiring: certs_expiring(
+            members.values(),
+            i64::try_from(crate::agent::unix_ms() / 1_000).unwrap_or(i64::MAX),
+        ),
     }
 }
 
@@ -289,6 +337,7 @@ mod tests {
                 rules: Default::default(),
                 forged: Default::default(),
                 revoked: Vec::new(),
+                cert_expires_unix: i64::MAX,
             }),
             error: None,
         }
