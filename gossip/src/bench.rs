@@ -93,6 +93,7 @@ fn summary(load: f64) -> LoadSummary {
         state: NodeRunState::Active,
         rpc_addr: ([127, 0, 0, 1], 0).into(),
         protocol_version: PROTOCOL_VERSION,
+        protocol_min: crate::summary::PROTOCOL_MIN,
         tags: Vec::new(),
     }
 }

@@ -21,6 +21,7 @@ use crate::conn_cache::ConnCache;
 use crate::error::EndpointError;
 use crate::faults::FaultHook;
 use crate::identity::{identity_of_connection, PeerIdentity, Role};
+use crate::membership::IncompatiblePeer;
 use crate::membership::{
     compute_view, publish_view, report, HeardClock, PeerView, Reported, ViewTx, VIEW_REFRESH,
 };
@@ -28,6 +29,7 @@ use crate::revocation::{Revocation, RevocationError, Revoker};
 use crate::rpc::{
     serve_rpc_connection, RpcClient, RpcHandler, RpcServer, RpcService, RPC_FRAME_BYTES_DEFAULT,
 };
+use crate::signed_state::Unverified;
 use crate::signed_state::{ForgedState, ForgeryLog, StateSigner, StateVerifier, RESIGN_ROUNDS};
 use crate::stats::{EndpointStats, Refusal, Stats};
 use crate::summary::{LoadSummary, PROTOCOL_VERSION};
@@ -151,6 +153,7 @@ pub struct Endpoint {
     signer: Arc<StateSigner>,
     forgeries: Arc<ForgeryLog>,
     revoker: Arc<Revoker>,
+    incompatible: Arc<std::sync::Mutex<Vec<IncompatiblePeer>>>,
     owner: TaskOwner,
 }
 
@@ -283,6 +286,7 @@ impl Endpoint {
             }
         };
         let live = chitchat.with_chitchat(|c| c.live_nodes_watcher()).await;
+        let incompatible = Arc::new(std::sync::Mutex::new(Vec::new()));
         let revoker = Arc::new(Revoker {
             tls: tls.clone(),
             cache: gossip.cache.clone(),
@@ -303,6 +307,7 @@ impl Endpoint {
             verifier,
             forgeries: forgeries.clone(),
             revoker: revoker.clone(),
+            incompatible_peers: incompatible.clone(),
             resign_every: config.gossip_interval * RESIGN_ROUNDS,
         }));
         info!(node = %node_id, addr = %local_addr, "endpoint started");
@@ -319,6 +324,7 @@ impl Endpoint {
             signer,
             forgeries,
             revoker,
+            incompatible,
             owner,
         };
         if let Some(summary) = config.initial_summary {
@@ -343,6 +349,7 @@ impl Endpoint {
     pub async fn publish(&self, mut summary: LoadSummary) {
         summary.rpc_addr = self.local_addr;
         summary.protocol_version = PROTOCOL_VERSION;
+        summary.protocol_min = crate::summary::PROTOCOL_MIN;
         if let Some(c) = &self.chitchat {
             c.with_chitchat(|chitchat| {
                 let id = chitchat.self_chitchat_id().clone();
@@ -374,6 +381,15 @@ impl Endpoint {
                 .await),
             None => Ok(false),
         }
+    }
+
+    /// Peers that share no protocol version with this node: left alone (never in the
+    /// view, never called), listed for `status`.
+    pub fn incompatible_peers(&self) -> Vec<IncompatiblePeer> {
+        self.incompatible
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The revocations this node holds (verified), by node name.
@@ -531,6 +547,7 @@ struct ViewParts {
     verifier: StateVerifier,
     forgeries: Arc<ForgeryLog>,
     revoker: Arc<Revoker>,
+    incompatible_peers: Arc<std::sync::Mutex<Vec<IncompatiblePeer>>>,
     /// Sign our state again this often even when it did not change (signed liveness).
     resign_every: Duration,
 }
@@ -548,6 +565,7 @@ async fn run_view(parts: ViewParts) {
         mut verifier,
         forgeries,
         revoker,
+        incompatible_peers,
         resign_every,
     } = parts;
     let mut revocations_seen: std::collections::HashMap<ChitchatId, String> = Default::default();
@@ -600,12 +618,22 @@ async fn run_view(parts: ViewParts) {
                 |a| gossip.bindings.name_at(a),
                 |id, s| {
                     if revoker.tls.revoked().contains(&id.node_id) {
-                        return Err(crate::signed_state::Unverified::Revoked);
+                        return Err(Unverified::Revoked);
                     }
-                    verifier.check(id, s, now)
+                    with_common_version(verifier.check(id, s, now), s)
                 },
             )
         };
+        let incompatible = {
+            let nodes = live.borrow();
+            outcome.incompatible(|node| {
+                nodes
+                    .keys()
+                    .find(|id| id.node_id.as_ref() == node)
+                    .map(|id| id.gossip_advertise_addr)
+            })
+        };
+        *incompatible_peers.lock().unwrap_or_else(|p| p.into_inner()) = incompatible;
         for _ in 0..report(&outcome, &mut reported) {
             stats.refuse(Refusal::NodeIdMismatch);
         }
@@ -751,5 +779,27 @@ impl Acceptor {
                 conn.close(3u32.into(), b"unknown protocol");
             }
         }
+    }
+}
+
+/// A peer's checked summary, unless it shares no protocol version with us. An unsigned
+/// state (a node of 0.1 signs nothing) is only read for its version range, to say why it
+/// is left alone.
+fn with_common_version(
+    checked: Result<LoadSummary, Unverified>,
+    state: &chitchat::NodeState,
+) -> Result<LoadSummary, Unverified> {
+    let range = match &checked {
+        Ok(s) => Some((s.protocol_min, s.protocol_version)),
+        Err(Unverified::Unsigned) => LoadSummary::from_lookup(|k| state.get(k))
+            .ok()
+            .map(|s| (s.protocol_min, s.protocol_version)),
+        Err(_) => None,
+    };
+    match range {
+        Some((min, max)) if !crate::summary::speaks_with(min, max) => {
+            Err(Unverified::Incompatible { min, max })
+        }
+        _ => checked,
     }
 }

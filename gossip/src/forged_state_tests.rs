@@ -42,7 +42,8 @@ fn summary(load: f64) -> LoadSummary {
         vm_count: 0,
         state: NodeRunState::Active,
         rpc_addr: ([127, 0, 0, 1], 0).into(),
-        protocol_version: 1,
+        protocol_version: 2,
+        protocol_min: 2,
         tags: Vec::new(),
     }
 }
@@ -272,6 +273,35 @@ async fn relayed_forged_state_changes_nothing_and_is_counted() {
         a.forged_states()
     );
     for e in [f, c, b, a] {
+        e.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sharing_no_protocol_version_is_left_alone_and_listed() {
+    let ca = create_ca("test").expect("ca");
+    let a = start(&ca, "node-a", &[], 1.0).await;
+    let b = start(&ca, "node-b", &[a.local_addr()], 2.0).await;
+    let old = start(&ca, "node-old", &[a.local_addr()], 3.0).await;
+    wait("a sees b and node-old", || a.live_peers().len() == 2).await;
+    // node-old now speaks only protocol 1 (as ballast 0.1 does), signed as its own.
+    {
+        let state = old.chitchat_state();
+        let mut c = state.lock().await;
+        let own = c.self_node_state();
+        own.set("ballast.protocol_version", "1");
+        own.set("ballast.protocol_min", "1");
+    }
+    wait("a leaves node-old alone and lists it", || {
+        let listed = a.incompatible_peers();
+        listed.len() == 1
+            && listed[0].node == "node-old"
+            && (listed[0].min, listed[0].max) == (1, 1)
+            && seen(&a, "node-old").is_none()
+    })
+    .await;
+    assert_eq!(seen(&a, "node-b"), Some((2.0, NodeRunState::Active)));
+    for e in [old, b, a] {
         e.shutdown().await;
     }
 }

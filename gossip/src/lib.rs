@@ -55,7 +55,7 @@ pub use error::{EndpointError, FrameError, IdentityError, PkiError, RpcError, Tl
 pub use identity::{
     identity_from_cert, validate_name, AdminRole, PeerIdentity, Role, NAME_LEN_MAX,
 };
-pub use membership::PeerView;
+pub use membership::{IncompatiblePeer, PeerView};
 pub use pem_files::{
     load_ca, load_cert_bundle, save_ca, save_cert_bundle, CERT_FILE_MODE, KEY_FILE_MODE,
 };
@@ -70,5 +70,5 @@ pub use rpc::{
 };
 pub use signed_state::ForgedState;
 pub use stats::EndpointStats;
-pub use summary::{LoadSummary, NodeRunState, PROTOCOL_VERSION};
-pub use tls::{https_server_config, TlsBundle, ALPN_GOSSIP, ALPN_RPC};
+pub use summary::{speaks_with, LoadSummary, NodeRunState, PROTOCOL_MIN, PROTOCOL_VERSION};
+pub use tls::{https_server_config, TlsBundle, ALPN_GOSSIP, ALPN_RPC, ALPN_RPC_V1};

@@ -121,6 +121,40 @@ pub(crate) struct ViewOutcome {
     pub(crate) untrusted: Vec<(String, Unverified)>,
 }
 
+/// A peer that shares no protocol version with this node (shown in `status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct IncompatiblePeer {
+    /// Its node id.
+    pub node: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The lowest protocol version it speaks.
+    pub min: u32,
+    /// The highest.
+    pub max: u32,
+}
+
+impl ViewOutcome {
+    /// The peers left alone for sharing no protocol version.
+    pub(crate) fn incompatible(
+        &self,
+        addr_of: impl Fn(&str) -> Option<SocketAddr>,
+    ) -> Vec<IncompatiblePeer> {
+        self.untrusted
+            .iter()
+            .filter_map(|(node, why)| match why {
+                Unverified::Incompatible { min, max } => Some(IncompatiblePeer {
+                    node: node.clone(),
+                    addr: addr_of(node)?,
+                    min: *min,
+                    max: *max,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// Builds the view; pure apart from the `name_at` lookup and `signed`, which gives the
 /// summary a peer's own signature covers (`signed_state`). A peer `heard` knows
 /// nothing of is stamped `now`.
@@ -215,6 +249,11 @@ pub(crate) fn report(outcome: &ViewOutcome, reported: &mut Reported) -> usize {
                     debug!(node = %id, "peer left out of the view: no signed load summary yet");
                 }
             }
+            Unverified::Incompatible { min, max } => {
+                if reported.first(format!("p|{id}|{min}|{max}")) {
+                    warn!(node = %id, their_min = min, their_max = max, ours_min = crate::summary::PROTOCOL_MIN, ours_max = crate::summary::PROTOCOL_VERSION, "peer left alone: it shares no protocol version with this node");
+                }
+            }
             Unverified::Revoked => {
                 if reported.first(format!("r|{id}")) {
                     warn!(node = %id, "peer left out of the view: its name is revoked");
@@ -305,7 +344,8 @@ mod tests {
                 vm_count: 1,
                 state: crate::summary::NodeRunState::Active,
                 rpc_addr: "127.0.0.1:1".parse().expect("addr"),
-                protocol_version: 1,
+                protocol_version: 2,
+                protocol_min: 2,
                 tags: Vec::new(),
             },
             last_heard: at,

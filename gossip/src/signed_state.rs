@@ -143,6 +143,13 @@ pub(crate) enum Unverified {
     Stale(Duration),
     /// An operator revoked its name.
     Revoked,
+    /// It shares no protocol version with this build: left alone, never misread.
+    Incompatible {
+        /// Its lowest version.
+        min: u32,
+        /// Its highest.
+        max: u32,
+    },
     /// Its own signed summary is missing a key or does not parse (a node still starting,
     /// or a bug of its own; not a forgery).
     Invalid(String),

@@ -34,7 +34,8 @@ fn cfg(id: &str, seeds: &[std::net::SocketAddr], load: f64) -> EndpointConfig {
             vm_count: 0,
             state: NodeRunState::Active,
             rpc_addr: ([127, 0, 0, 1], 0).into(),
-            protocol_version: 1,
+            protocol_version: 2,
+            protocol_min: 2,
             tags: Vec::new(),
         }),
         ..EndpointConfig::default()

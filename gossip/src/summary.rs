@@ -8,8 +8,16 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this crate publishes (`ballast.protocol_version`).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The highest protocol version this build speaks (`ballast.protocol_version`). 1 was
+/// ballast 0.1; 2 adds placement rules to the messages and signed node state.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The lowest protocol version this build speaks (`ballast.protocol_min`).
+pub const PROTOCOL_MIN: u32 = 2;
+
+/// Whether the range `[min, max]` shares a version with this build's.
+pub fn speaks_with(min: u32, max: u32) -> bool {
+    min <= PROTOCOL_VERSION && PROTOCOL_MIN <= max
+}
 
 /// Whether a node takes new VMs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,8 +48,10 @@ pub struct LoadSummary {
     /// Where the node serves RPC. [`crate::Endpoint::publish`] sets it to the endpoint's
     /// own address, which serves both gossip and RPC.
     pub rpc_addr: SocketAddr,
-    /// The ballast protocol version the node speaks.
+    /// The highest ballast protocol version the node speaks.
     pub protocol_version: u32,
+    /// The lowest (a node of 0.1 publishes none: its one version).
+    pub protocol_min: u32,
     /// The host's tags (placement rules' `requires` name them). Optional on the wire: a
     /// node that publishes none (ballast 0.1) has no tags.
     pub tags: Vec<String>,
@@ -56,11 +66,22 @@ const K_VMS: &str = "ballast.vm_count";
 const K_STATE: &str = "ballast.state";
 const K_RPC: &str = "ballast.rpc_addr";
 const K_PROTO: &str = "ballast.protocol_version";
+const K_PROTO_MIN: &str = "ballast.protocol_min";
 const K_TAGS: &str = "ballast.tags";
 /// Every key of a summary, in a fixed order (what a node's signature covers, with its
 /// certificate: `signed_state`).
-pub(crate) const SUMMARY_KEYS: [&str; 10] = [
-    K_LOAD, K_CPU, K_IO, K_MEM, K_MEM_FREE, K_VMS, K_STATE, K_RPC, K_PROTO, K_TAGS,
+pub(crate) const SUMMARY_KEYS: [&str; 11] = [
+    K_LOAD,
+    K_CPU,
+    K_IO,
+    K_MEM,
+    K_MEM_FREE,
+    K_VMS,
+    K_STATE,
+    K_RPC,
+    K_PROTO,
+    K_PROTO_MIN,
+    K_TAGS,
 ];
 /// Longest tags value accepted from a peer, in bytes.
 const TAGS_BYTES_MAX: usize = 4096;
@@ -82,6 +103,7 @@ impl LoadSummary {
             (K_STATE, state.to_owned()),
             (K_RPC, self.rpc_addr.to_string()),
             (K_PROTO, self.protocol_version.to_string()),
+            (K_PROTO_MIN, self.protocol_min.to_string()),
             (K_TAGS, self.tags.join(",")),
         ]
     }
@@ -110,6 +132,16 @@ impl LoadSummary {
             None => return Err(format!("missing key {K_STATE}")),
             Some(other) => return Err(format!("bad {K_STATE}={other:?}")),
         };
+        let protocol_version: u32 = field(&get, K_PROTO)?;
+        let protocol_min: u32 = match get(K_PROTO_MIN) {
+            None => protocol_version,
+            Some(_) => field(&get, K_PROTO_MIN)?,
+        };
+        if protocol_min > protocol_version {
+            return Err(format!(
+                "protocol range {protocol_min}..{protocol_version}: min > max"
+            ));
+        }
         Ok(Self {
             load: finite(K_LOAD)?,
             cpu_capacity: finite(K_CPU)?,
@@ -119,7 +151,8 @@ impl LoadSummary {
             vm_count: field(&get, K_VMS)?,
             state,
             rpc_addr: field(&get, K_RPC)?,
-            protocol_version: field(&get, K_PROTO)?,
+            protocol_version,
+            protocol_min,
             tags: match get(K_TAGS) {
                 None | Some("") => Vec::new(),
                 Some(raw) if raw.len() > TAGS_BYTES_MAX => {
@@ -147,6 +180,7 @@ mod tests {
             state: NodeRunState::Draining,
             rpc_addr: "127.0.0.1:7000".parse().expect("addr"),
             protocol_version: PROTOCOL_VERSION,
+            protocol_min: PROTOCOL_MIN,
             tags: vec!["gpu".into(), "zone=a".into()],
         }
     }
@@ -156,6 +190,25 @@ mod tests {
         let kv: HashMap<_, _> = sample().to_kv().into_iter().collect();
         let back = LoadSummary::from_lookup(|k| kv.get(k).map(String::as_str)).expect("parse");
         assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn a_version_range_is_read_and_checked() {
+        let mut kv: HashMap<_, _> = sample().to_kv().into_iter().collect();
+        kv.remove(K_PROTO_MIN);
+        kv.insert(K_PROTO, "1".into());
+        let old = LoadSummary::from_lookup(|k| kv.get(k).map(String::as_str)).expect("0.1");
+        assert_eq!((old.protocol_min, old.protocol_version), (1, 1));
+        assert!(
+            !speaks_with(1, 1),
+            "0.1 alone shares no version with this build"
+        );
+        assert!(speaks_with(1, PROTOCOL_VERSION));
+        assert!(speaks_with(PROTOCOL_MIN, 9));
+        kv.insert(K_PROTO, "2".into());
+        kv.insert(K_PROTO_MIN, "3".into());
+        let err = LoadSummary::from_lookup(|k| kv.get(k).map(String::as_str)).expect_err("3..2");
+        assert!(err.contains("min > max"), "{err}");
     }
 
     #[test]

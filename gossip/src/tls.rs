@@ -24,8 +24,14 @@ use crate::revocation::RevokedSet;
 
 /// ALPN of the gossip protocol.
 pub const ALPN_GOSSIP: &[u8] = b"ballast-gossip/1";
-/// ALPN of the RPC protocol.
-pub const ALPN_RPC: &[u8] = b"ballast-rpc/1";
+/// ALPN of the RPC protocol, version 2. Its messages changed from 0.1's (`ballast-rpc/1`:
+/// placement rules, signed state), so a 0.1 agent and this one find no common
+/// protocol in the handshake and leave each other alone rather than misread each other.
+/// A build that speaks several versions offers each ALPN, highest first; TLS picks the
+/// highest both speak.
+pub const ALPN_RPC: &[u8] = b"ballast-rpc/2";
+/// The RPC ALPN of ballast 0.1 (for messages and tests; not spoken).
+pub const ALPN_RPC_V1: &[u8] = b"ballast-rpc/1";
 /// TLS server name meaning "any node of this cluster" (never a valid node id: it has a dot).
 pub(crate) const ANY_NODE_SERVER_NAME: &str = "any-node.ballast.invalid";
 

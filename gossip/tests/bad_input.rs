@@ -9,7 +9,7 @@ use std::time::Duration;
 use ballast_gossip::frame::{encode_frame, FRAME_VERSION};
 use ballast_gossip::{
     create_ca, issue_admin_cert, issue_node_cert, Endpoint, EndpointError, RpcClient,
-    RpcClientConfig, RpcError, TlsBundle, ALPN_GOSSIP, ALPN_RPC, REFUSE_BAD_FRAME,
+    RpcClientConfig, RpcError, TlsBundle, ALPN_GOSSIP, ALPN_RPC, ALPN_RPC_V1, REFUSE_BAD_FRAME,
 };
 use common::*;
 
@@ -99,8 +99,16 @@ async fn foreign_ca_no_certificate_and_wrong_alpn_are_refused() {
             "wrong ALPN refused"
         );
 
-        wait_for("three handshakes refused and counted", WAIT, || {
-            eps[0].stats().handshake_failed >= 3
+        // ballast 0.1's RPC protocol (version 1) with a valid certificate: no common
+        // protocol, refused in the handshake rather than misread.
+        let (raw, cfg) = raw_client(&ca, Some(&valid), ALPN_RPC_V1);
+        assert!(
+            raw_connect(&raw, &cfg, addr, "node-0").await.is_err(),
+            "protocol 1 refused"
+        );
+
+        wait_for("four handshakes refused and counted", WAIT, || {
+            eps[0].stats().handshake_failed >= 4
         })
         .await;
         honest_call_works(&eps).await;

@@ -76,6 +76,17 @@ pub fn render(r: &StatusReport) -> String {
     ));
     out.push_str(&rules::render(&r.rules));
     out.push_str(&render_forged(&r.forged_gossip));
+    for p in &r.incompatible {
+        out.push_str(&format!(
+            "Left alone: {} at {} speaks protocol {}..{}, this build {}..{} (another release: see \"Upgrading\" in docs/operations.md)\n",
+            p.node,
+            p.addr,
+            p.min,
+            p.max,
+            ballast_gossip::PROTOCOL_MIN,
+            ballast_gossip::PROTOCOL_VERSION
+        ));
+    }
     for c in &r.certs_expiring {
         let when = if c.days_left < 0 {
             format!("expired on {}", c.date)
@@ -195,6 +206,12 @@ mod tests {
             missing: Vec::new(),
             rules: Default::default(),
             forged_gossip: Default::default(),
+            incompatible: vec![ballast_gossip::IncompatiblePeer {
+                node: "old".into(),
+                addr: "127.0.0.1:7009".parse().expect("addr"),
+                min: 1,
+                max: 1,
+            }],
             certs_expiring: vec![ballast_node::report::status::CertExpiry {
                 node: "b".into(),
                 expires_unix: 0,
@@ -210,6 +227,12 @@ mod tests {
         let table = render(&r);
         assert!(table.contains("LAST SEEN"), "{table}");
         assert!(!table.contains("Forged"), "{table}");
+        assert!(
+            table.contains(
+                "Left alone: old at 127.0.0.1:7009 speaks protocol 1..1, this build 2..2"
+            ),
+            "{table}"
+        );
         assert!(
             table.contains("Revoked: c (30s ago), refused by a, b"),
             "{table}"

@@ -442,6 +442,11 @@ async fn status(ctx: &AgentContext) -> Result<NodeStatus, AdminError> {
             })
             .collect(),
         cert_expires_unix: ctx.cert_validity.not_after_unix,
+        incompatible: ctx
+            .net
+            .endpoint()
+            .map(|e| e.incompatible_peers())
+            .unwrap_or_default(),
     })
 }
 

@@ -101,6 +101,7 @@ pub(crate) async fn summary(ctx: &AgentContext) -> Result<LoadSummary, StoreErro
             .endpoint()
             .map_or(ctx.cfg.node.listen, |e| e.local_addr()),
         protocol_version: PROTOCOL_VERSION,
+        protocol_min: ballast_gossip::PROTOCOL_MIN,
         tags: ctx.cfg.node.tags.clone(),
     })
 }

@@ -438,6 +438,8 @@ pub struct NodeStatus {
     pub revoked: Vec<RevokedNode>,
     /// When this node's certificate expires (Unix seconds).
     pub cert_expires_unix: i64,
+    /// Peers that share no protocol version with this node (left alone).
+    pub incompatible: Vec<ballast_gossip::IncompatiblePeer>,
 }
 
 /// A revoked node name.

@@ -74,6 +74,9 @@ pub struct StatusReport {
     pub revoked: Vec<RevokedRow>,
     /// Nodes whose certificate expires within 30 days (or has), soonest first.
     pub certs_expiring: Vec<CertExpiry>,
+    /// Peers the answering nodes leave alone for sharing no protocol version with them
+    /// (an agent of another release), by node.
+    pub incompatible: Vec<ballast_gossip::IncompatiblePeer>,
 }
 
 /// How far ahead `status` warns of a certificate's expiry.
@@ -286,6 +289,15 @@ pub fn report_of(members: &BTreeMap<NodeId, Member>) -> StatusReport {
         rules: super::rules::report(members.values()),
         forged_gossip: forged_of(members.values()),
         revoked: revoked_of(members.values()),
+        incompatible: {
+            let mut all: BTreeMap<String, ballast_gossip::IncompatiblePeer> = BTreeMap::new();
+            for s in members.values().filter_map(|m| m.status.as_ref()) {
+                for p in &s.incompatible {
+                    all.insert(p.node.clone(), p.clone());
+                }
+            }
+            all.into_values().collect()
+        },
         certs_expiring: certs_expiring(
             members.values(),
             i64::try_from(crate::agent::unix_ms() / 1_000).unwrap_or(i64::MAX),
@@ -310,6 +322,7 @@ mod tests {
             state: NodeRunState::Active,
             rpc_addr: "127.0.0.1:7000".parse().expect("addr"),
             protocol_version: PROTOCOL_VERSION,
+            protocol_min: ballast_gossip::PROTOCOL_MIN,
             tags: Vec::new(),
         }
     }
@@ -338,6 +351,7 @@ mod tests {
                 forged: Default::default(),
                 revoked: Vec::new(),
                 cert_expires_unix: i64::MAX,
+                incompatible: Vec::new(),
             }),
             error: None,
         }
