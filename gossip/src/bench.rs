@@ -1,6 +1,10 @@
 //! `bench_gossip`: an in-process cluster of endpoints on loopback (real QUIC + TLS),
 //! measuring membership convergence, summary propagation, failure detection and gossip
 //! traffic. The CLI wires it to `ballast bench gossip --nodes N --json`.
+//!
+//! Nodes join one after another (`join_delay_ms` apart), each told only the first three
+//! nodes as seeds, as in a real cluster. Times are also given in gossip rounds (seconds
+//! divided by the interval), so that runs at different intervals compare.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +36,12 @@ pub struct GossipBenchOptions {
     pub traffic_window_s: u64,
     /// Bound on each phase (membership, one propagation, failure detection), seconds.
     pub phase_timeout_s: u64,
+    /// Delay between two nodes joining, ms; `None`: a twentieth of the interval.
+    pub join_delay_ms: Option<u64>,
+    /// Most nodes in one digest (`EndpointConfig::gossip_digest_nodes_max`).
+    pub digest_nodes_max: Option<usize>,
+    /// Each endpoint's connection cache bound (`EndpointConfig::cached_connections_max`).
+    pub cached_connections_max: usize,
 }
 
 impl Default for GossipBenchOptions {
@@ -43,6 +53,9 @@ impl Default for GossipBenchOptions {
             propagation_samples: 20,
             traffic_window_s: 10,
             phase_timeout_s: 60,
+            join_delay_ms: None,
+            digest_nodes_max: EndpointConfig::default().gossip_digest_nodes_max,
+            cached_connections_max: EndpointConfig::default().cached_connections_max,
         }
     }
 }
@@ -56,19 +69,41 @@ pub struct GossipBenchReport {
     pub interval_ms: u64,
     /// Phi threshold used.
     pub phi_threshold: f64,
-    /// From starting the endpoints until every node sees all others.
+    /// Most nodes in one digest (`None`: all).
+    pub digest_nodes_max: Option<usize>,
+    /// Each endpoint's connection cache bound.
+    pub cached_connections_max: usize,
+    /// From starting the first endpoint to starting the last.
+    pub join_span_s: f64,
+    /// From starting the last endpoint until every node sees all others.
     pub full_membership_s: Option<f64>,
+    /// `full_membership_s` in gossip intervals.
+    pub full_membership_rounds: Option<f64>,
     /// Median time from a load change until every other node sees it.
     pub propagation_p50_s: Option<f64>,
     /// 99th percentile of the same (the maximum for fewer than 100 samples).
     pub propagation_p99_s: Option<f64>,
+    /// `propagation_p99_s` in gossip intervals.
+    pub propagation_p99_rounds: Option<f64>,
     /// Propagation samples that completed.
     pub propagation_samples: usize,
     /// From stopping one node until every other node has dropped it from its view.
     pub failure_detect_s: Option<f64>,
+    /// `failure_detect_s` in gossip intervals.
+    pub failure_detect_rounds: Option<f64>,
     /// chitchat payload bytes sent per node per second in steady state (QUIC/TLS
     /// framing not included).
     pub bytes_per_node_per_s: f64,
+    /// The same per gossip interval.
+    pub bytes_per_node_per_round: f64,
+    /// Largest chitchat message any node sent.
+    pub max_message_bytes: u64,
+    /// TLS handshakes (outgoing connections made plus incoming accepted, all endpoints)
+    /// divided by the nodes.
+    pub handshakes_per_node: f64,
+    /// Process CPU time over (cores × wall time), from the first join to the end of
+    /// failure detection; `None` where `/proc/self/stat` is not readable.
+    pub cpu_busy_fraction: Option<f64>,
     /// Gossip messages sent per node per second in steady state.
     pub messages_per_node_per_s: f64,
     /// Sum of refusals counted by all endpoints (an honest cluster should show 0).
@@ -116,6 +151,49 @@ async fn wait_until(
     }
 }
 
+/// User + system CPU time of this process, from `/proc/self/stat` (Linux; its tick is
+/// `USER_HZ`, 100 on every Linux ABI).
+fn process_cpu_s() -> Option<f64> {
+    const USER_HZ: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces): state is the first, utime
+    // the 12th and stime the 13th.
+    let rest = stat.rsplit_once(") ")?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
+/// Measures the CPU this process is busy with, as a fraction of all cores.
+struct CpuMeter {
+    cpu_s: Option<f64>,
+    wall: Instant,
+}
+
+impl CpuMeter {
+    fn start() -> Self {
+        Self {
+            cpu_s: process_cpu_s(),
+            wall: Instant::now(),
+        }
+    }
+
+    fn busy_fraction(&self) -> Option<f64> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let used = process_cpu_s()? - self.cpu_s?;
+        Some(used / (cores * self.wall.elapsed().as_secs_f64()))
+    }
+}
+
+/// Whether `ep` sees `name` with load `value` (its view is sorted by node id).
+fn sees(ep: &Endpoint, name: &str, value: f64) -> bool {
+    let peers = ep.live_peers();
+    peers
+        .binary_search_by(|p| p.node_id.as_str().cmp(name))
+        .is_ok_and(|k| peers[k].summary.load == value)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -137,16 +215,25 @@ pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport,
             .map_err(|e| EndpointError::Config(e.to_string()))?;
         tls.push(TlsBundle::from_cert_bundle(&bundle)?);
     }
-    let start = Instant::now();
+    let join_delay = opts
+        .join_delay_ms
+        .map_or(interval / 20, Duration::from_millis);
+    let cpu = CpuMeter::start();
+    let first_join = Instant::now();
     let mut eps: Vec<Endpoint> = Vec::with_capacity(n);
     let mut seeds: Vec<SocketAddr> = Vec::new();
     for (i, t) in tls.into_iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(join_delay).await;
+        }
         let config = EndpointConfig {
             node_id: format!("node-{i}"),
             seeds: seeds.iter().map(|s| s.to_string()).collect(),
             gossip_interval: interval,
             phi_threshold: opts.phi_threshold,
             initial_summary: Some(summary(i as f64)),
+            gossip_digest_nodes_max: opts.digest_nodes_max,
+            cached_connections_max: opts.cached_connections_max,
             ..EndpointConfig::default()
         };
         let ep = Endpoint::start(config, t, Arc::new(NoRpc)).await?;
@@ -155,6 +242,8 @@ pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport,
         }
         eps.push(ep);
     }
+    let start = Instant::now();
+    let join_span_s = start.duration_since(first_join).as_secs_f64();
     let full_membership_s = wait_until(start, timeout, || {
         eps.iter().all(|e| e.live_peers().len() == n - 1)
     })
@@ -187,11 +276,7 @@ pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport,
             eps.iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .all(|(_, e)| {
-                    e.live_peers()
-                        .iter()
-                        .any(|p| p.node_id == name && p.summary.load == value)
-                })
+                .all(|(_, e)| sees(e, &name, value))
         })
         .await;
         samples.extend(seen);
@@ -200,7 +285,9 @@ pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport,
 
     let victim = eps.pop().map(|e| (e.node_id().to_owned(), e));
     let mut failure_detect_s = None;
+    let mut all_stats = Vec::with_capacity(n);
     if let Some((name, ep)) = victim {
+        all_stats.push(ep.stats());
         let t0 = Instant::now();
         ep.shutdown().await;
         failure_detect_s = wait_until(t0, timeout, || {
@@ -209,10 +296,11 @@ pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport,
         })
         .await;
     }
-    let refusals = eps
+    let cpu_busy_fraction = cpu.busy_fraction();
+    all_stats.extend(eps.iter().map(Endpoint::stats));
+    let refusals = all_stats
         .iter()
-        .map(|e| {
-            let s = e.stats();
+        .map(|s| {
             s.handshake_failed
                 + s.bad_identity
                 + s.admin_gossip
@@ -224,17 +312,40 @@ pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport,
                 + s.node_id_mismatch
         })
         .sum();
+    let handshakes: u64 = all_stats
+        .iter()
+        .map(|s| s.handshakes_out + s.handshakes_in)
+        .sum();
+    let max_message_bytes = all_stats
+        .iter()
+        .map(|s| s.gossip_message_bytes_max)
+        .max()
+        .unwrap_or(0);
     futures::future::join_all(eps.into_iter().map(Endpoint::shutdown)).await;
+    let interval_s = interval.as_secs_f64();
+    let rounds = |s: Option<f64>| s.map(|s| s / interval_s);
+    let propagation_p99_s = percentile(&samples, 0.99);
+    let bytes_per_node_per_s = bytes as f64 / n as f64 / secs;
     Ok(GossipBenchReport {
         nodes: n,
         interval_ms: interval.as_millis() as u64,
         phi_threshold: opts.phi_threshold,
+        digest_nodes_max: opts.digest_nodes_max,
+        cached_connections_max: opts.cached_connections_max,
+        join_span_s,
         full_membership_s,
+        full_membership_rounds: rounds(full_membership_s),
         propagation_p50_s: percentile(&samples, 0.50),
-        propagation_p99_s: percentile(&samples, 0.99),
+        propagation_p99_s,
+        propagation_p99_rounds: rounds(propagation_p99_s),
         propagation_samples: samples.len(),
         failure_detect_s,
-        bytes_per_node_per_s: bytes as f64 / n as f64 / secs,
+        failure_detect_rounds: rounds(failure_detect_s),
+        bytes_per_node_per_s,
+        bytes_per_node_per_round: bytes_per_node_per_s * interval_s,
+        max_message_bytes,
+        handshakes_per_node: handshakes as f64 / n as f64,
+        cpu_busy_fraction,
         messages_per_node_per_s: msgs as f64 / n as f64 / secs,
         refusals,
     })

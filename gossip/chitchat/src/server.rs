@@ -349,7 +349,7 @@ impl Server {
     /// Gossips with another peer.
     async fn gossip(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
         let syn = {
-            let chitchat = self.chitchat.lock().await;
+            let mut chitchat = self.chitchat.lock().await;
             ChitchatEnvelope {
                 version: chitchat.config.protocol_version,
                 message: chitchat.create_syn_message(),
