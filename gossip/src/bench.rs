@@ -18,6 +18,7 @@ use crate::error::EndpointError;
 use crate::identity::PeerIdentity;
 use crate::pki::{create_ca, issue_node_cert};
 use crate::rpc::RpcHandler;
+use crate::stats::EndpointStats;
 use crate::summary::{LoadSummary, NodeRunState, PROTOCOL_VERSION};
 use crate::tls::TlsBundle;
 
@@ -101,8 +102,9 @@ pub struct GossipBenchReport {
     /// TLS handshakes (outgoing connections made plus incoming accepted, all endpoints)
     /// divided by the nodes.
     pub handshakes_per_node: f64,
-    /// Process CPU time over (cores × wall time), from the first join to the end of
-    /// failure detection; `None` where `/proc/self/stat` is not readable.
+    /// Process CPU time over (cores × wall time), from the start (issuing certificates,
+    /// the joins) to the end of failure detection; `None` where `/proc/self/stat` is not
+    /// readable.
     pub cpu_busy_fraction: Option<f64>,
     /// Gossip messages sent per node per second in steady state.
     pub messages_per_node_per_s: f64,
@@ -202,12 +204,13 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank - 1])
 }
 
-/// Runs the benchmark (see [`GossipBenchOptions`]); takes roughly membership time +
-/// the traffic window + the propagation samples + failure detection.
-pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport, EndpointError> {
-    let n = opts.nodes.max(2);
-    let timeout = Duration::from_secs(opts.phase_timeout_s);
-    let interval = Duration::from_millis(opts.interval_ms.max(1));
+/// Starts `opts.nodes` endpoints one after another, each told only the first three as
+/// seeds; returns them and the time from the first start to the last.
+async fn start_cluster(
+    opts: &GossipBenchOptions,
+    n: usize,
+    interval: Duration,
+) -> Result<(Vec<Endpoint>, f64), EndpointError> {
     let ca = create_ca("bench").map_err(|e| EndpointError::Config(e.to_string()))?;
     let mut tls = Vec::with_capacity(n);
     for i in 0..n {
@@ -218,7 +221,6 @@ pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport,
     let join_delay = opts
         .join_delay_ms
         .map_or(interval / 20, Duration::from_millis);
-    let cpu = CpuMeter::start();
     let first_join = Instant::now();
     let mut eps: Vec<Endpoint> = Vec::with_capacity(n);
     let mut seeds: Vec<SocketAddr> = Vec::new();
@@ -242,34 +244,33 @@ pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport,
         }
         eps.push(ep);
     }
-    let start = Instant::now();
-    let join_span_s = start.duration_since(first_join).as_secs_f64();
-    let full_membership_s = wait_until(start, timeout, || {
-        eps.iter().all(|e| e.live_peers().len() == n - 1)
-    })
-    .await;
+    Ok((eps, first_join.elapsed().as_secs_f64()))
+}
 
+/// Gossip bytes and messages sent by all endpoints over `window`, and its length in s.
+async fn measure_traffic(eps: &[Endpoint], window: Duration) -> (u64, u64, f64) {
     let before: Vec<_> = eps.iter().map(Endpoint::stats).collect();
     let window_start = Instant::now();
-    tokio::time::sleep(Duration::from_secs(opts.traffic_window_s.max(1))).await;
+    tokio::time::sleep(window).await;
     let secs = window_start.elapsed().as_secs_f64();
     let after: Vec<_> = eps.iter().map(Endpoint::stats).collect();
-    let bytes: u64 = after
-        .iter()
-        .zip(&before)
-        .map(|(a, b)| a.gossip_bytes_sent - b.gossip_bytes_sent)
-        .sum();
-    let msgs: u64 = after
-        .iter()
-        .zip(&before)
-        .map(|(a, b)| a.gossip_messages_sent - b.gossip_messages_sent)
-        .sum();
+    let delta = |f: fn(&EndpointStats) -> u64| -> u64 {
+        after.iter().zip(&before).map(|(a, b)| f(a) - f(b)).sum()
+    };
+    (
+        delta(|s| s.gossip_bytes_sent),
+        delta(|s| s.gossip_messages_sent),
+        secs,
+    )
+}
 
-    let mut samples = Vec::new();
-    for k in 0..opts.propagation_samples {
-        let i = k % n;
+/// Times `samples` load changes until every other node sees them; sorted.
+async fn measure_propagation(eps: &[Endpoint], samples: usize, timeout: Duration) -> Vec<f64> {
+    let mut times = Vec::new();
+    for k in 0..samples {
+        let i = k % eps.len();
         let value = 1000.0 + k as f64;
-        let name = format!("node-{i}");
+        let name = eps[i].node_id().to_owned();
         let t0 = Instant::now();
         eps[i].publish(summary(value)).await;
         let seen = wait_until(t0, timeout, || {
@@ -279,26 +280,39 @@ pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport,
                 .all(|(_, e)| sees(e, &name, value))
         })
         .await;
-        samples.extend(seen);
+        times.extend(seen);
     }
-    samples.sort_by(f64::total_cmp);
+    times.sort_by(f64::total_cmp);
+    times
+}
 
-    let victim = eps.pop().map(|e| (e.node_id().to_owned(), e));
-    let mut failure_detect_s = None;
-    let mut all_stats = Vec::with_capacity(n);
-    if let Some((name, ep)) = victim {
-        all_stats.push(ep.stats());
-        let t0 = Instant::now();
-        ep.shutdown().await;
-        failure_detect_s = wait_until(t0, timeout, || {
-            eps.iter()
-                .all(|e| !e.live_peers().iter().any(|p| p.node_id == name))
+/// Shuts the last endpoint down and times until no other one lists it; returns that
+/// time and the stopped endpoint's counters.
+async fn measure_failure(
+    eps: &mut Vec<Endpoint>,
+    timeout: Duration,
+) -> (Option<f64>, Option<EndpointStats>) {
+    let Some(victim) = eps.pop() else {
+        return (None, None);
+    };
+    let name = victim.node_id().to_owned();
+    let stats = victim.stats();
+    let t0 = Instant::now();
+    victim.shutdown().await;
+    let gone = wait_until(t0, timeout, || {
+        eps.iter().all(|e| {
+            e.live_peers()
+                .binary_search_by(|p| p.node_id.as_str().cmp(&name))
+                .is_err()
         })
-        .await;
-    }
-    let cpu_busy_fraction = cpu.busy_fraction();
-    all_stats.extend(eps.iter().map(Endpoint::stats));
-    let refusals = all_stats
+    })
+    .await;
+    (gone, Some(stats))
+}
+
+/// Refusals, handshakes (both directions) and the largest message over all endpoints.
+fn totals(all: &[EndpointStats]) -> (u64, u64, u64) {
+    let refusals = all
         .iter()
         .map(|s| {
             s.handshake_failed
@@ -312,15 +326,37 @@ pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport,
                 + s.node_id_mismatch
         })
         .sum();
-    let handshakes: u64 = all_stats
-        .iter()
-        .map(|s| s.handshakes_out + s.handshakes_in)
-        .sum();
-    let max_message_bytes = all_stats
+    let handshakes = all.iter().map(|s| s.handshakes_out + s.handshakes_in).sum();
+    let largest = all
         .iter()
         .map(|s| s.gossip_message_bytes_max)
         .max()
         .unwrap_or(0);
+    (refusals, handshakes, largest)
+}
+
+/// Runs the benchmark (see [`GossipBenchOptions`]); takes roughly the join span +
+/// membership time + the traffic window + the propagation samples + failure detection.
+pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport, EndpointError> {
+    let n = opts.nodes.max(2);
+    let timeout = Duration::from_secs(opts.phase_timeout_s);
+    let interval = Duration::from_millis(opts.interval_ms.max(1));
+    let cpu = CpuMeter::start();
+    let (mut eps, join_span_s) = start_cluster(&opts, n, interval).await?;
+    let full_membership_s = wait_until(Instant::now(), timeout, || {
+        eps.iter().all(|e| e.live_peers().len() == n - 1)
+    })
+    .await;
+    let window = Duration::from_secs(opts.traffic_window_s.max(1));
+    let (bytes, msgs, secs) = measure_traffic(&eps, window).await;
+    let samples = measure_propagation(&eps, opts.propagation_samples, timeout).await;
+    let (failure_detect_s, victim) = measure_failure(&mut eps, timeout).await;
+    let cpu_busy_fraction = cpu.busy_fraction();
+    let all: Vec<EndpointStats> = victim
+        .into_iter()
+        .chain(eps.iter().map(Endpoint::stats))
+        .collect();
+    let (refusals, handshakes, max_message_bytes) = totals(&all);
     futures::future::join_all(eps.into_iter().map(Endpoint::shutdown)).await;
     let interval_s = interval.as_secs_f64();
     let rounds = |s: Option<f64>| s.map(|s| s / interval_s);
