@@ -146,6 +146,7 @@ async fn run(opts: Opts) -> anyhow::Result<serde_json::Value> {
         handles.push(spawn_chitchat(config(i, &opts), kvs, &transport).await?);
     }
     let membership = wait_all(&handles, timeout, poll, |c| others_live(c) == n - 1).await;
+    eprintln!("membership after the last join: {membership:?} s");
 
     let before = transport.inner.statistics();
     let window = interval * 10;
@@ -167,6 +168,7 @@ async fn run(opts: Opts) -> anyhow::Result<serde_json::Value> {
             c.node_state(&id).and_then(|s| s.get("load")) == Some(value.as_str())
         })
         .await;
+        eprintln!("propagation sample {k}: {seen:?} s");
         propagation.extend(seen);
     }
     propagation.sort_by(f64::total_cmp);

@@ -280,6 +280,7 @@ async fn measure_propagation(eps: &[Endpoint], samples: usize, timeout: Duration
                 .all(|(_, e)| sees(e, &name, value))
         })
         .await;
+        tracing::info!(sample = k, seen_s = ?seen, "bench: propagation");
         times.extend(seen);
     }
     times.sort_by(f64::total_cmp);
@@ -347,6 +348,7 @@ pub async fn bench_gossip(opts: GossipBenchOptions) -> Result<GossipBenchReport,
         eps.iter().all(|e| e.live_peers().len() == n - 1)
     })
     .await;
+    tracing::info!(join_span_s, ?full_membership_s, "bench: membership");
     let window = Duration::from_secs(opts.traffic_window_s.max(1));
     let (bytes, msgs, secs) = measure_traffic(&eps, window).await;
     let samples = measure_propagation(&eps, opts.propagation_samples, timeout).await;
