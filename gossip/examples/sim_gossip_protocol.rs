@@ -7,7 +7,7 @@
 //!
 //! `cargo run --release -p ballast-gossip --example sim_gossip_protocol -- [--nodes N]
 //! [--interval-ms MS] [--digest-nodes D (0: all)] [--samples K] [--join-delay-ms MS]
-//! [--timeout-rounds R]`
+//! [--timeout-rounds R] [--phi X]`
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +29,7 @@ struct Opts {
     samples: usize,
     join_delay_ms: u64,
     timeout_rounds: u32,
+    phi_threshold: f64,
 }
 
 /// chitchat's channel transport, recording the largest message sent.
@@ -83,7 +84,7 @@ fn config(i: usize, opts: &Opts) -> ChitchatConfig {
         listen_addr: addr(i),
         seed_nodes: (0..i.min(3)).map(|s| addr(s).to_string()).collect(),
         failure_detector_config: FailureDetectorConfig {
-            phi_threshold: 8.0,
+            phi_threshold: opts.phi_threshold,
             sampling_window_size: 100,
             max_interval: interval * 20,
             initial_interval: interval,
@@ -188,6 +189,7 @@ async fn run(opts: Opts) -> anyhow::Result<serde_json::Value> {
         "nodes": n,
         "interval_ms": opts.interval_ms,
         "digest_nodes_max": opts.digest_nodes,
+        "phi_threshold": opts.phi_threshold,
         "full_membership_rounds": rounds(membership),
         "propagation_p50_rounds": rounds(propagation.get(propagation.len() / 2).copied()),
         "propagation_max_rounds": rounds(propagation.last().copied()),
@@ -206,6 +208,7 @@ fn main() -> anyhow::Result<()> {
         samples: 10,
         join_delay_ms: 10,
         timeout_rounds: 200,
+        phi_threshold: 8.0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -219,6 +222,7 @@ fn main() -> anyhow::Result<()> {
             "--samples" => opts.samples = value.parse()?,
             "--join-delay-ms" => opts.join_delay_ms = value.parse()?,
             "--timeout-rounds" => opts.timeout_rounds = value.parse()?,
+            "--phi" => opts.phi_threshold = value.parse()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
