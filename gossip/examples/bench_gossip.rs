@@ -1,7 +1,8 @@
 //! Runs `bench_gossip` and prints the report as JSON.
 //!
 //! `cargo run -p ballast-gossip --example bench_gossip -- [--nodes N] [--interval-ms MS]
-//! [--phi X] [--samples K] [--window-s S]`
+//! [--phi X] [--samples K] [--window-s S] [--join-delay-ms MS] [--digest-nodes D (0: all)]
+//! [--conn-cache C]`
 
 use ballast_gossip::{bench_gossip, GossipBenchOptions};
 
@@ -24,6 +25,11 @@ fn main() -> anyhow::Result<()> {
             "--phi" => opts.phi_threshold = value.parse()?,
             "--samples" => opts.propagation_samples = value.parse()?,
             "--window-s" => opts.traffic_window_s = value.parse()?,
+            "--join-delay-ms" => opts.join_delay_ms = Some(value.parse()?),
+            "--digest-nodes" => {
+                opts.digest_nodes_max = Some(value.parse()?).filter(|d: &usize| *d > 0)
+            }
+            "--conn-cache" => opts.cached_connections_max = value.parse()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }

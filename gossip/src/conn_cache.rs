@@ -1,27 +1,44 @@
 //! A cache of outgoing QUIC connections, one per (address, ALPN, expected server name),
-//! so messages and calls reuse a connection instead of handshaking each time.
+//! so messages and calls reuse a connection instead of handshaking each time. Bounded,
+//! least recently used first out: an evicted connection is closed, so that its peer and
+//! its reader task let go of it too.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::identity::{identity_of_connection, PeerIdentity, Role};
 use crate::revocation::RevokedSet;
-use std::sync::Arc;
+use crate::stats::Stats;
 
-/// Most cached connections; past it, closed ones are evicted, then an arbitrary one.
-pub(crate) const CACHED_CONNECTIONS_MAX: usize = 4_096;
+/// Default bound on cached connections (`EndpointConfig::cached_connections_max`).
+pub const CACHED_CONNECTIONS_MAX: usize = 4_096;
+/// Close code of a connection evicted from the cache.
+const CLOSE_EVICTED: u32 = 4;
 
 type Key = (SocketAddr, &'static [u8], String);
+
+/// A cached connection, the identity it proved and when it was last used (a tick).
+type Entry = (quinn::Connection, PeerIdentity, u64);
+
+/// Cached connections and the use counter behind the LRU order.
+#[derive(Debug, Default)]
+struct Lru {
+    map: HashMap<Key, Entry>,
+    tick: u64,
+}
 
 /// Outgoing connections by destination.
 #[derive(Debug)]
 pub(crate) struct ConnCache {
     endpoint: quinn::Endpoint,
     connect_timeout: Duration,
+    connections_max: usize,
+    stats: Arc<Stats>,
     /// std lock: only map operations under it, never an await.
-    map: Mutex<HashMap<Key, (quinn::Connection, PeerIdentity)>>,
+    lru: Mutex<Lru>,
     /// Inbound connections being served, by quinn's stable id, with the peer's name (so
     /// a revoked node's connections can be closed).
     inbound: Mutex<HashMap<usize, (String, quinn::Connection)>>,
@@ -31,18 +48,37 @@ pub(crate) struct ConnCache {
 }
 
 impl ConnCache {
+    /// A cache of at most `connections_max` connections (at least 1); counts each
+    /// handshake it makes in `stats`.
     pub(crate) fn new(
         endpoint: quinn::Endpoint,
         connect_timeout: Duration,
+        connections_max: usize,
+        stats: Arc<Stats>,
         revoked: Arc<RevokedSet>,
     ) -> Self {
         Self {
-            revoked,
             endpoint,
             connect_timeout,
-            map: Mutex::new(HashMap::new()),
+            connections_max: connections_max.max(1),
+            stats,
+            lru: Mutex::new(Lru::default()),
             inbound: Mutex::new(HashMap::new()),
+            revoked,
         }
+    }
+
+    /// The live entry under `key`, marked as just used.
+    fn lookup(&self, key: &Key) -> Option<(quinn::Connection, PeerIdentity)> {
+        let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        lru.tick += 1;
+        let tick = lru.tick;
+        let (conn, id, used) = lru.map.get_mut(key)?;
+        if conn.close_reason().is_some() {
+            return None;
+        }
+        *used = tick;
+        Some((conn.clone(), id.clone()))
     }
 
     /// Returns a live cached connection or makes a new one (bounded by the connect
@@ -68,14 +104,8 @@ impl ConnCache {
         config: &quinn::ClientConfig,
     ) -> Result<(quinn::Connection, PeerIdentity, bool), String> {
         let key = (addr, alpn, server_name.to_owned());
-        let cached = {
-            let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            map.get(&key).cloned()
-        };
-        if let Some((conn, id)) = cached {
-            if conn.close_reason().is_none() {
-                return Ok((conn, id, false));
-            }
+        if let Some((conn, id)) = self.lookup(&key) {
+            return Ok((conn, id, false));
         }
         let connecting = self
             .endpoint
@@ -85,6 +115,7 @@ impl ConnCache {
             .await
             .map_err(|_| "handshake timed out".to_owned())?
             .map_err(|e| e.to_string())?;
+        self.stats.handshakes_out.fetch_add(1, Ordering::Relaxed);
         let id = identity_of_connection(&conn).map_err(|e| e.to_string())?;
         if id.role == Role::Node && self.revoked.contains(&id.name) {
             conn.close(4u32.into(), b"revoked");
@@ -105,27 +136,31 @@ impl ConnCache {
         id: &PeerIdentity,
     ) {
         let key = (conn.remote_address(), alpn, server_name.to_owned());
-        let live = {
-            let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            map.get(&key)
-                .is_some_and(|(c, _)| c.close_reason().is_none())
-        };
-        if !live {
+        if self.lookup(&key).is_none() {
             self.insert(key, conn.clone(), id.clone());
         }
     }
 
+    /// Caches `conn` under `key`; when full, drops closed connections, then closes and
+    /// evicts the least recently used one.
     fn insert(&self, key: Key, conn: quinn::Connection, id: PeerIdentity) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= CACHED_CONNECTIONS_MAX {
-            map.retain(|_, (c, _)| c.close_reason().is_none());
-            if map.len() >= CACHED_CONNECTIONS_MAX {
-                if let Some(k) = map.keys().next().cloned() {
-                    map.remove(&k);
-                }
+        let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        if lru.map.len() >= self.connections_max && !lru.map.contains_key(&key) {
+            lru.map.retain(|_, (c, _, _)| c.close_reason().is_none());
+        }
+        if lru.map.len() >= self.connections_max && !lru.map.contains_key(&key) {
+            let oldest = lru
+                .map
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some((old, _, _)) = oldest.and_then(|k| lru.map.remove(&k)) {
+                old.close(CLOSE_EVICTED.into(), b"evicted");
             }
         }
-        map.insert(key, (conn, id));
+        lru.tick += 1;
+        let tick = lru.tick;
+        lru.map.insert(key, (conn, id, tick));
     }
 
     /// Records an inbound connection from `name` while it is served.
@@ -144,8 +179,8 @@ impl ConnCache {
     pub(crate) fn close_node(&self, name: &str) {
         let mut closing = Vec::new();
         {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, (c, id)| {
+            let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+            lru.map.retain(|_, (c, id, _)| {
                 let hit = id.name == name;
                 if hit {
                     closing.push(c.clone());
@@ -169,7 +204,8 @@ impl ConnCache {
 
     /// Drops `conn` from the cache (after it failed), unless it was already replaced.
     pub(crate) fn forget(&self, conn: &quinn::Connection) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, (c, _)| c.stable_id() != conn.stable_id());
+        let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        lru.map
+            .retain(|_, (c, _, _)| c.stable_id() != conn.stable_id());
     }
 }

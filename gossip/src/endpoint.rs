@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::bindings::Bindings;
 use crate::codec::GOSSIP_MESSAGE_BYTES_MAX;
-use crate::conn_cache::ConnCache;
+use crate::conn_cache::{ConnCache, CACHED_CONNECTIONS_MAX};
 use crate::error::EndpointError;
 use crate::faults::FaultHook;
 use crate::identity::{identity_of_connection, PeerIdentity, Role};
@@ -47,6 +47,12 @@ const UNI_STREAMS_MAX: u32 = 64;
 const BI_STREAMS_MAX: u32 = 32;
 /// Bound on waiting for connections to drain at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default of [`EndpointConfig::gossip_digest_nodes_max`]: at ~20 bytes per compressed
+/// entry a digest stays near 2.5 KiB, and each node is listed once per ~8 digests at
+/// 1 000 nodes (see docs/performance.md, "Gossip at 1 000 nodes").
+pub const GOSSIP_DIGEST_NODES_MAX: usize = 128;
+/// Default of [`EndpointConfig::gossip_build_bytes_max`].
+pub const GOSSIP_BUILD_BYTES_MAX: usize = 16 * 1024;
 
 /// Settings of an [`Endpoint`]. Every field has a default (see [`Default`]).
 #[derive(Clone, Debug)]
@@ -71,8 +77,16 @@ pub struct EndpointConfig {
     pub phi_threshold: f64,
     /// How long a dead node stays in chitchat's state before it is forgotten.
     pub dead_grace: Duration,
-    /// Limit of one gossip message (at most 65 507, chitchat's own limit).
+    /// Limit of one gossip message received (at most 65 507, chitchat's own limit).
     pub max_gossip_message_bytes: usize,
+    /// Largest gossip message we build (chitchat cuts deltas to fit); at most
+    /// `max_gossip_message_bytes`, so that peers with the same settings accept it.
+    pub gossip_build_bytes_max: usize,
+    /// Most nodes listed in one gossip digest (chitchat's `max_digest_nodes`); `None`
+    /// lists every node, and a message then grows with the cluster.
+    pub gossip_digest_nodes_max: Option<usize>,
+    /// Most outgoing connections cached (least recently used evicted and closed).
+    pub cached_connections_max: usize,
     /// Limit of an RPC frame's payload.
     pub max_rpc_frame_bytes: usize,
     /// Bound on one RPC (client: whole call; server: reading the request, handling it).
@@ -99,6 +113,9 @@ impl Default for EndpointConfig {
             phi_threshold: 8.0,
             dead_grace: Duration::from_secs(3600),
             max_gossip_message_bytes: GOSSIP_MESSAGE_BYTES_MAX,
+            gossip_build_bytes_max: GOSSIP_BUILD_BYTES_MAX,
+            gossip_digest_nodes_max: Some(GOSSIP_DIGEST_NODES_MAX),
+            cached_connections_max: CACHED_CONNECTIONS_MAX,
             max_rpc_frame_bytes: RPC_FRAME_BYTES_DEFAULT,
             rpc_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
@@ -187,10 +204,11 @@ impl Endpoint {
         H: RpcHandler<Req, Resp>,
     {
         if config.max_gossip_message_bytes > GOSSIP_MESSAGE_BYTES_MAX
+            || config.gossip_build_bytes_max > config.max_gossip_message_bytes
             || config.gossip_interval.is_zero()
         {
             return Err(EndpointError::Config(format!(
-                "max_gossip_message_bytes must be <= {GOSSIP_MESSAGE_BYTES_MAX} and gossip_interval > 0"
+                "need gossip_build_bytes_max <= max_gossip_message_bytes <= {GOSSIP_MESSAGE_BYTES_MAX} and gossip_interval > 0"
             )));
         }
         let transport = Arc::new(transport_config(config.rpc_timeout));
@@ -235,6 +253,8 @@ impl Endpoint {
         let cache = Arc::new(ConnCache::new(
             quic.clone(),
             config.connect_timeout,
+            config.cached_connections_max,
+            stats.clone(),
             tls.revoked().clone(),
         ));
         let gossip = GossipShared::new(GossipParts {
@@ -297,6 +317,7 @@ impl Endpoint {
             .await;
         let (view_tx, view_rx) = watch::channel(Arc::new(Vec::new()));
         tasks.spawn(run_view(ViewParts {
+            refresh: VIEW_REFRESH.max(config.gossip_interval / 2),
             self_id: node_id.clone(),
             live,
             state: chitchat.chitchat(),
@@ -528,6 +549,8 @@ async fn start_chitchat(
         catchup_callback: None,
         extra_liveness_predicate: None,
         protocol_version: ProtocolVersion::V1,
+        max_digest_nodes: config.gossip_digest_nodes_max,
+        max_message_bytes: Some(config.gossip_build_bytes_max),
     };
     let transport = QuicTransport { shared: gossip };
     spawn_chitchat(cc, Vec::new(), &transport)
@@ -537,6 +560,8 @@ async fn start_chitchat(
 
 /// What the view task owns.
 struct ViewParts {
+    /// How often the view is evaluated even without changes.
+    refresh: Duration,
     self_id: String,
     live: watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
     state: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
@@ -555,6 +580,7 @@ struct ViewParts {
 /// Keeps the membership view up to date, and our signed state fresh.
 async fn run_view(parts: ViewParts) {
     let ViewParts {
+        refresh,
         self_id,
         mut live,
         state,
@@ -574,7 +600,7 @@ async fn run_view(parts: ViewParts) {
     let mut reported = Reported::default();
     let mut probes = ProbeLimiter::default();
     let mut heard = HeardClock::default();
-    let mut tick = tokio::time::interval(VIEW_REFRESH);
+    let mut tick = tokio::time::interval(refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // The live-nodes watch does not carry heartbeats: read them from chitchat.
@@ -715,7 +741,12 @@ impl Acceptor {
 
     async fn serve(&self, incoming: quinn::Incoming, from: SocketAddr) {
         let conn = match tokio::time::timeout(self.handshake_timeout, incoming).await {
-            Ok(Ok(conn)) => conn,
+            Ok(Ok(conn)) => {
+                self.stats
+                    .handshakes_in
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                conn
+            }
             Ok(Err(e)) => {
                 self.stats.refuse(Refusal::Handshake);
                 warn!(%from, reason = %e, "handshake refused");

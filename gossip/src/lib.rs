@@ -25,6 +25,8 @@
 
 pub mod bench;
 mod bindings;
+#[cfg(test)]
+mod bounded_tests;
 mod codec;
 mod conn_cache;
 mod endpoint;
@@ -50,7 +52,11 @@ mod transport;
 
 pub use bench::{bench_gossip, GossipBenchOptions, GossipBenchReport};
 pub use codec::GOSSIP_MESSAGE_BYTES_MAX;
-pub use endpoint::{Endpoint, EndpointConfig, INBOUND_CONNECTIONS_MAX};
+pub use conn_cache::CACHED_CONNECTIONS_MAX;
+pub use endpoint::{
+    Endpoint, EndpointConfig, GOSSIP_BUILD_BYTES_MAX, GOSSIP_DIGEST_NODES_MAX,
+    INBOUND_CONNECTIONS_MAX,
+};
 pub use error::{EndpointError, FrameError, IdentityError, PkiError, RpcError, TlsError};
 pub use identity::{
     identity_from_cert, validate_name, AdminRole, PeerIdentity, Role, NAME_LEN_MAX,

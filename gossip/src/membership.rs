@@ -35,7 +35,7 @@ pub struct PeerView {
     pub summary: LoadSummary,
     /// When its gossiped state (heartbeat or a key) last advanced here; serialized as
     /// `last_heard_ms_ago`. Refreshed in [`crate::Endpoint::live_peers`] every
-    /// evaluation (about 250 ms) without waking [`crate::Endpoint::watch_peers`].
+    /// evaluation (every 250 ms, or half the gossip interval if longer) without waking [`crate::Endpoint::watch_peers`].
     #[serde(rename = "last_heard_ms_ago", serialize_with = "ms_ago")]
     pub last_heard: Instant,
 }
@@ -214,7 +214,8 @@ pub(crate) fn compute_view(
 
 /// Most distinct refusals remembered so each is logged once; then the memory resets.
 const REPORTED_MAX: usize = 4_096;
-/// Re-evaluation period even without changes (picks up new bindings, summary fixes).
+/// Shortest re-evaluation period even without changes (picks up new bindings, summary
+/// fixes); the endpoint uses half its gossip interval when that is longer.
 pub(crate) const VIEW_REFRESH: Duration = Duration::from_millis(250);
 
 /// Remembers which refusals were already logged.

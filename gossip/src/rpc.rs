@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::conn_cache::ConnCache;
+use crate::conn_cache::{ConnCache, CACHED_CONNECTIONS_MAX};
 use crate::error::{EndpointError, FrameError, RpcError};
 use crate::faults::FaultHook;
 use crate::frame::{encode_frame, read_frame, write_frame};
@@ -238,6 +238,8 @@ impl RpcClient {
         let cache = Arc::new(ConnCache::new(
             endpoint.clone(),
             config.connect_timeout,
+            CACHED_CONNECTIONS_MAX,
+            Arc::default(),
             tls.revoked().clone(),
         ));
         Ok(Self::from_parts(

@@ -71,6 +71,12 @@ pub struct EndpointStats {
     pub gossip_messages_received: u64,
     /// Gossip payload bytes received and accepted.
     pub gossip_bytes_received: u64,
+    /// Largest gossip message sent (chitchat bytes).
+    pub gossip_message_bytes_max: u64,
+    /// TLS handshakes completed as the client (outgoing connections made).
+    pub handshakes_out: u64,
+    /// TLS handshakes completed as the server (incoming connections accepted).
+    pub handshakes_in: u64,
 }
 
 /// The live counters.
@@ -81,6 +87,9 @@ pub(crate) struct Stats {
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) messages_received: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
+    message_bytes_max: AtomicU64,
+    pub(crate) handshakes_out: AtomicU64,
+    pub(crate) handshakes_in: AtomicU64,
 }
 
 impl Stats {
@@ -91,6 +100,8 @@ impl Stats {
     pub(crate) fn sent(&self, bytes: usize) {
         self.messages_sent.fetch_add(1, Ordering::Relaxed);
         self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.message_bytes_max
+            .fetch_max(bytes as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn received(&self, bytes: usize) {
@@ -119,6 +130,9 @@ impl Stats {
             gossip_bytes_sent: l(&self.bytes_sent),
             gossip_messages_received: l(&self.messages_received),
             gossip_bytes_received: l(&self.bytes_received),
+            gossip_message_bytes_max: l(&self.message_bytes_max),
+            handshakes_out: l(&self.handshakes_out),
+            handshakes_in: l(&self.handshakes_in),
         }
     }
 }

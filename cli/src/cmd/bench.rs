@@ -25,6 +25,21 @@ enum What {
         /// Gossip interval in milliseconds.
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
+        /// Load changes timed for the propagation percentiles.
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        /// Delay between two nodes joining, ms (default: a twentieth of the interval).
+        #[arg(long)]
+        join_delay_ms: Option<u64>,
+        /// Most nodes in one gossip digest; 0 lists every node.
+        #[arg(long, default_value_t = ballast_gossip::GOSSIP_DIGEST_NODES_MAX)]
+        digest_nodes: usize,
+        /// Each endpoint's connection cache bound.
+        #[arg(long, default_value_t = ballast_gossip::CACHED_CONNECTIONS_MAX)]
+        conn_cache: usize,
+        /// Bound on each phase (membership, one propagation, failure detection), seconds.
+        #[arg(long, default_value_t = 60)]
+        phase_timeout_s: u64,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -88,11 +103,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         What::Gossip {
             nodes,
             interval_ms,
+            samples,
+            join_delay_ms,
+            digest_nodes,
+            conn_cache,
+            phase_timeout_s,
             json,
         } => {
             let opts = GossipBenchOptions {
                 nodes,
                 interval_ms,
+                propagation_samples: samples,
+                join_delay_ms,
+                digest_nodes_max: (digest_nodes > 0).then_some(digest_nodes),
+                cached_connections_max: conn_cache,
+                phase_timeout_s,
                 ..GossipBenchOptions::default()
             };
             let report = rt

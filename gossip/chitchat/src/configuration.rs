@@ -41,6 +41,15 @@ pub struct ChitchatConfig {
     /// compresses the digest. This MUST stay `V0` until every node in the cluster runs a version
     /// able to decode the newer format.
     pub protocol_version: ProtocolVersion,
+    /// Most nodes listed in one digest. `None` lists every node (upstream behaviour); with
+    /// a bound, a digest lists the node itself, the nodes it lacks news of, the nodes that
+    /// changed recently and a window rotating over the others, and a peer answers with
+    /// deltas only for the nodes listed. Every node of a cluster should use the same
+    /// setting (a node without a bound sends unlisted nodes in full: wasted, not wrong).
+    pub max_digest_nodes: Option<usize>,
+    /// Largest message chitchat builds, in bytes; `None` means one UDP datagram
+    /// (65 507). Deltas are cut to fit; a digest's size is bounded by `max_digest_nodes`.
+    pub max_message_bytes: Option<usize>,
 }
 
 impl ChitchatConfig {
@@ -59,6 +68,8 @@ impl ChitchatConfig {
             catchup_callback: None,
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
+            max_digest_nodes: None,
+            max_message_bytes: None,
         }
     }
 }
@@ -79,6 +90,8 @@ impl Default for ChitchatConfig {
             catchup_callback: None,
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
+            max_digest_nodes: None,
+            max_message_bytes: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 #![allow(clippy::type_complexity)]
 #![allow(clippy::derive_partial_eq_without_eq)]
 
+mod bounded_digest;
 mod configuration;
 mod delta;
 mod digest;
@@ -31,6 +32,7 @@ use tracing::{error, info, warn};
 
 pub use self::configuration::{CatchupCallback, ChitchatConfig};
 pub use self::state::{ClusterStateSnapshot, NodeState};
+use crate::bounded_digest::DigestBudget;
 use crate::digest::Digest;
 pub use crate::message::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 pub use crate::server::{ChitchatHandle, spawn_chitchat};
@@ -67,8 +69,8 @@ pub(crate) const MAX_UDP_DATAGRAM_PAYLOAD_SIZE: usize = 65_507;
 /// Number of bytes left for a delta payload in a single reply datagram, once
 /// the message header and `reserved_len` bytes (e.g. a digest carried in the
 /// same message) are accounted for.
-pub(crate) const fn delta_mtu(reserved_len: usize) -> usize {
-    MAX_UDP_DATAGRAM_PAYLOAD_SIZE
+pub(crate) const fn delta_mtu(max_message_len: usize, reserved_len: usize) -> usize {
+    max_message_len
         .saturating_sub(ChitchatEnvelope::HEADER_LEN)
         .saturating_sub(reserved_len)
 }
@@ -89,6 +91,8 @@ pub struct Chitchat {
     /// How often a peer held a later version of our own state than we wrote (ballast
     /// patch; see `report_heartbeats_in_digest`).
     self_state_rewrites: u64,
+    /// Set when `config.max_digest_nodes` bounds digests.
+    digest_budget: Option<DigestBudget>,
 }
 
 impl Chitchat {
@@ -100,6 +104,7 @@ impl Chitchat {
         let failure_detector = FailureDetector::new(config.failure_detector_config.clone());
         let previous_live_nodes = HashMap::new();
         let (live_nodes_watcher_tx, live_nodes_watcher_rx) = watch::channel(BTreeMap::new());
+        let digest_budget = config.max_digest_nodes.map(DigestBudget::new);
         let mut chitchat = Chitchat {
             config,
             cluster_state: ClusterState::with_seed_addrs(seed_addrs),
@@ -108,6 +113,7 @@ impl Chitchat {
             live_nodes_watcher_tx,
             live_nodes_watcher_rx,
             self_state_rewrites: 0,
+            digest_budget,
         };
 
         let self_node_state = chitchat.self_node_state();
@@ -122,8 +128,9 @@ impl Chitchat {
         chitchat
     }
 
-    pub(crate) fn create_syn_message(&self) -> ChitchatMessage {
-        let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
+    pub(crate) fn create_syn_message(&mut self) -> ChitchatMessage {
+        let scheduled_for_deletion: HashSet<_> =
+            self.scheduled_for_deletion_nodes().cloned().collect();
         let digest = self.compute_digest(&scheduled_for_deletion);
         ChitchatMessage::Syn {
             cluster_id: self.config.cluster_id.clone(),
@@ -151,6 +158,12 @@ impl Chitchat {
             }
             self.report_heartbeat(chitchat_id, node_digest.heartbeat);
         }
+        if let Some(budget) = &mut self.digest_budget {
+            let cluster_state = &self.cluster_state;
+            budget.note_peer_digest(digest, |id| {
+                cluster_state.node_state(id).map(NodeState::max_version)
+            });
+        }
     }
 
     fn process_delta(&mut self, mut delta: Delta) {
@@ -158,7 +171,29 @@ impl Chitchat {
         // possibly made up) is never applied to it.
         let self_id = self.self_chitchat_id().clone();
         delta.node_deltas.retain(|node_delta| node_delta.chitchat_id != self_id);
+        let before: Vec<(ChitchatId, Version)> = match &self.digest_budget {
+            Some(_) => delta
+                .node_deltas
+                .iter()
+                .filter_map(|d| {
+                    let state = self.cluster_state.node_state(&d.chitchat_id)?;
+                    Some((d.chitchat_id.clone(), state.max_version()))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let was_reset_triggered = self.cluster_state.apply_delta(delta);
+        if let Some(budget) = &mut self.digest_budget {
+            for (id, version) in &before {
+                let now = self
+                    .cluster_state
+                    .node_state(id)
+                    .map(NodeState::max_version);
+                if now.is_some_and(|now| now > *version) {
+                    budget.note_advanced(id);
+                }
+            }
+        }
         if was_reset_triggered {
             if let Some(catchup_callback) = &self.config.catchup_callback {
                 info!("executing catch-up callback");
@@ -182,13 +217,17 @@ impl Chitchat {
                 }
                 self.report_heartbeats_in_digest(&digest);
                 let scheduled_for_deletion: HashSet<_> =
-                    self.scheduled_for_deletion_nodes().collect();
+                    self.scheduled_for_deletion_nodes().cloned().collect();
                 let self_digest = self.compute_digest(&scheduled_for_deletion);
                 let protocol_version = self.config.protocol_version;
+                let not_listed = self.unlisted_nodes(&digest, &scheduled_for_deletion);
                 let delta = self.cluster_state.compute_partial_delta_respecting_mtu(
                     &digest,
-                    delta_mtu(self_digest.serialized_len(protocol_version)),
-                    &scheduled_for_deletion,
+                    delta_mtu(
+                        self.max_message_len(),
+                        self_digest.serialized_len(protocol_version),
+                    ),
+                    &not_listed,
                 );
                 Some(ChitchatMessage::SynAck {
                     digest: self_digest,
@@ -198,12 +237,15 @@ impl Chitchat {
             ChitchatMessage::SynAck { digest, delta } => {
                 self.report_heartbeats_in_digest(&digest);
                 self.process_delta(delta);
-                let scheduled_for_deletion =
-                    self.scheduled_for_deletion_nodes().collect::<HashSet<_>>();
+                let scheduled_for_deletion = self
+                    .scheduled_for_deletion_nodes()
+                    .cloned()
+                    .collect::<HashSet<_>>();
+                let not_listed = self.unlisted_nodes(&digest, &scheduled_for_deletion);
                 let delta = self.cluster_state.compute_partial_delta_respecting_mtu(
                     &digest,
-                    delta_mtu(0),
-                    &scheduled_for_deletion,
+                    delta_mtu(self.max_message_len(), 0),
+                    &not_listed,
                 );
                 Some(ChitchatMessage::Ack { delta })
             }
@@ -484,9 +526,45 @@ impl Chitchat {
     }
 
     /// Computes the node's digest.
-    fn compute_digest(&self, scheduled_for_deletion_nodes: &HashSet<&ChitchatId>) -> Digest {
-        self.cluster_state
-            .compute_digest(scheduled_for_deletion_nodes)
+    fn compute_digest(&mut self, scheduled_for_deletion_nodes: &HashSet<ChitchatId>) -> Digest {
+        let scheduled_for_deletion_nodes = scheduled_for_deletion_nodes.iter().collect();
+        let Some(budget) = &mut self.digest_budget else {
+            return self
+                .cluster_state
+                .compute_digest(&scheduled_for_deletion_nodes);
+        };
+        let chosen = budget.select(
+            &self.config.chitchat_id,
+            self.cluster_state.node_states(),
+            &scheduled_for_deletion_nodes,
+        );
+        self.cluster_state.compute_digest_of(chosen)
+    }
+
+    /// Largest message to build (`config.max_message_bytes`, else one UDP datagram).
+    fn max_message_len(&self) -> usize {
+        self.config
+            .max_message_bytes
+            .unwrap_or(MAX_UDP_DATAGRAM_PAYLOAD_SIZE)
+    }
+
+    /// The nodes a delta answering `digest` leaves out: those scheduled for deletion and,
+    /// when digests are bounded, those the digest does not list (the peer may well know
+    /// them: sending them whole would fill the delta with what it has).
+    fn unlisted_nodes<'a>(
+        &'a self,
+        digest: &Digest,
+        scheduled_for_deletion: &'a HashSet<ChitchatId>,
+    ) -> HashSet<&'a ChitchatId> {
+        let mut skip: HashSet<&ChitchatId> = scheduled_for_deletion.iter().collect();
+        if self.digest_budget.is_some() {
+            skip.extend(
+                self.cluster_state
+                    .nodes()
+                    .filter(|id| !digest.node_digests.contains_key(*id)),
+            );
+        }
+        skip
     }
 
     /// Subscribes a callback that will be called every time a key matching the supplied prefix
@@ -580,7 +658,7 @@ mod tests {
             let envelope_len = syn_ack_envelope.serialize_to_vec().len();
             assert_eq!(
                 envelope_len - delta_len,
-                MAX_UDP_DATAGRAM_PAYLOAD_SIZE - delta_mtu(reserved),
+                MAX_UDP_DATAGRAM_PAYLOAD_SIZE - delta_mtu(MAX_UDP_DATAGRAM_PAYLOAD_SIZE, reserved),
             );
         }
 
@@ -589,7 +667,7 @@ mod tests {
         let envelope_len = ack_envelope.serialize_to_vec().len();
         assert_eq!(
             envelope_len - delta_len,
-            MAX_UDP_DATAGRAM_PAYLOAD_SIZE - delta_mtu(0),
+            MAX_UDP_DATAGRAM_PAYLOAD_SIZE - delta_mtu(MAX_UDP_DATAGRAM_PAYLOAD_SIZE, 0),
         );
     }
 

@@ -641,6 +641,19 @@ impl ClusterState {
         }
     }
 
+    /// Like [`ClusterState::compute_digest`], listing only `chitchat_ids` (a bounded digest).
+    pub(crate) fn compute_digest_of<'a>(
+        &self,
+        chitchat_ids: impl IntoIterator<Item = &'a ChitchatId>,
+    ) -> Digest {
+        Digest {
+            node_digests: chitchat_ids
+                .into_iter()
+                .filter_map(|id| Some((id.clone(), self.node_states.get(id)?.digest())))
+                .collect(),
+        }
+    }
+
     pub fn gc_keys_marked_for_deletion(&mut self, marked_for_deletion_grace_period: Duration) {
         for node_state in self.node_states.values_mut() {
             node_state.gc_keys_marked_for_deletion(marked_for_deletion_grace_period);
