@@ -8,49 +8,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use chitchat::{ChitchatId, DeletionStatus, VersionedValue};
 
 use crate::endpoint::{Endpoint, EndpointConfig};
-use crate::identity::PeerIdentity;
-use crate::pki::{create_ca, issue_node_cert, CaBundle};
-use crate::rpc::RpcHandler;
+use crate::endpoint_test_util::{summary, tls, wait, Nothing};
+use crate::pki::{create_ca, CaBundle};
 use crate::signed_state::{
     signed_message, StateSigner, K_CERT, K_SIG, RESIGN_ROUNDS, STALE_ROUNDS,
 };
-use crate::summary::{LoadSummary, NodeRunState};
-use crate::tls::TlsBundle;
+use crate::summary::NodeRunState;
 
 /// How long node-b is cut off while a forgery of its state goes round: well within the
 /// stale bound of its signed state (24 rounds of 200 ms, less the 8 between signatures).
 const CUT_OFF: Duration = Duration::from_millis(1500);
-
-struct Nothing;
-
-#[async_trait]
-impl RpcHandler<(), ()> for Nothing {
-    async fn handle(&self, _peer: PeerIdentity, _req: ()) {}
-}
-
-fn summary(load: f64) -> LoadSummary {
-    LoadSummary {
-        load,
-        cpu_capacity: 1.0,
-        io_capacity: 1.0,
-        mem_capacity: 1.0,
-        mem_free: 1.0,
-        vm_count: 0,
-        state: NodeRunState::Active,
-        rpc_addr: ([127, 0, 0, 1], 0).into(),
-        protocol_version: 2,
-        protocol_min: 2,
-        tags: Vec::new(),
-    }
-}
-
-fn tls(ca: &CaBundle, name: &str) -> TlsBundle {
-    TlsBundle::from_cert_bundle(&issue_node_cert(ca, name, &[]).expect("cert")).expect("tls")
-}
 
 async fn start(ca: &CaBundle, id: &str, seeds: &[std::net::SocketAddr], load: f64) -> Endpoint {
     let config = EndpointConfig {
@@ -66,17 +36,6 @@ async fn start(ca: &CaBundle, id: &str, seeds: &[std::net::SocketAddr], load: f6
     Endpoint::start(config, tls(ca, id), Arc::new(Nothing))
         .await
         .expect("endpoint")
-}
-
-async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// What `viewer` believes of `node`: its load and state, if it is in the view.

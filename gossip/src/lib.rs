@@ -30,6 +30,8 @@ mod bounded_tests;
 mod codec;
 mod conn_cache;
 mod endpoint;
+#[cfg(test)]
+mod endpoint_test_util;
 pub mod error;
 mod faults;
 #[cfg(test)]
@@ -66,8 +68,8 @@ pub use pem_files::{
     load_ca, load_cert_bundle, save_ca, save_cert_bundle, CERT_FILE_MODE, KEY_FILE_MODE,
 };
 pub use pki::{
-    create_ca, issue_admin_cert, issue_node_cert, issue_node_cert_valid, CaBundle, CertBundle,
-    Validity,
+    create_ca, issue_admin_cert, issue_node_cert, issue_node_cert_valid, utc_date, CaBundle,
+    CertBundle, Validity,
 };
 pub use revocation::{Revocation, RevocationError, RevokedSet, REVOCATIONS_MAX};
 pub use rpc::{

@@ -2,58 +2,19 @@
 //! In-crate because it needs `Endpoint::start_unchecked` to make such a liar.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use async_trait::async_trait;
+use std::time::Duration;
 
 use crate::endpoint::{Endpoint, EndpointConfig};
-use crate::identity::PeerIdentity;
-use crate::pki::{create_ca, issue_node_cert, CaBundle};
-use crate::rpc::RpcHandler;
-use crate::summary::{LoadSummary, NodeRunState};
-use crate::tls::TlsBundle;
-
-struct Nothing;
-
-#[async_trait]
-impl RpcHandler<(), ()> for Nothing {
-    async fn handle(&self, _peer: PeerIdentity, _req: ()) {}
-}
+use crate::endpoint_test_util::{summary, tls, wait, Nothing};
+use crate::pki::create_ca;
 
 fn cfg(id: &str, seeds: &[std::net::SocketAddr], load: f64) -> EndpointConfig {
     EndpointConfig {
         node_id: id.to_owned(),
         seeds: seeds.iter().map(ToString::to_string).collect(),
         gossip_interval: Duration::from_millis(200),
-        initial_summary: Some(LoadSummary {
-            load,
-            cpu_capacity: 1.0,
-            io_capacity: 1.0,
-            mem_capacity: 1.0,
-            mem_free: 1.0,
-            vm_count: 0,
-            state: NodeRunState::Active,
-            rpc_addr: ([127, 0, 0, 1], 0).into(),
-            protocol_version: 2,
-            protocol_min: 2,
-            tags: Vec::new(),
-        }),
+        initial_summary: Some(summary(load)),
         ..EndpointConfig::default()
-    }
-}
-
-fn tls(ca: &CaBundle, name: &str) -> TlsBundle {
-    TlsBundle::from_cert_bundle(&issue_node_cert(ca, name, &[]).expect("cert")).expect("tls")
-}
-
-async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

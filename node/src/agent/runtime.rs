@@ -249,15 +249,10 @@ fn load_tls(cfg: &AgentConfig) -> Result<(TlsBundle, ballast_gossip::Validity), 
         });
     }
     if now < validity.not_before_unix {
-        let date = ballast_gossip::Validity {
-            not_before_unix: 0,
-            not_after_unix: validity.not_before_unix,
-        }
-        .not_after_date();
         return Err(AgentError::CertificateOutOfDate {
             path: t.cert.clone(),
             what: "is not valid before",
-            date,
+            date: ballast_gossip::utc_date(validity.not_before_unix),
         });
     }
     TlsBundle::from_cert_bundle(&bundle)

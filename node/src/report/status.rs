@@ -108,11 +108,7 @@ fn certs_expiring<'a>(
             (left < CERT_WARN_DAYS * 86_400).then(|| CertExpiry {
                 node: m.node.to_string(),
                 expires_unix: s.cert_expires_unix,
-                date: ballast_gossip::Validity {
-                    not_before_unix: 0,
-                    not_after_unix: s.cert_expires_unix,
-                }
-                .not_after_date(),
+                date: ballast_gossip::utc_date(s.cert_expires_unix),
                 days_left: left.div_euclid(86_400),
             })
         })
