@@ -162,7 +162,7 @@ fn duplicated_and_replayed_messages_change_nothing() {
         ];
         for msg in replays {
             for _ in 0..2 {
-                let req = AgentRequest::V1(Request::Handoff(msg.clone()));
+                let req = AgentRequest::V2(Request::Handoff(msg.clone()));
                 let r: AgentResponse = rpc
                     .call(c.nodes[1].addr, Some("n2"), &req)
                     .await
@@ -170,7 +170,7 @@ fn duplicated_and_replayed_messages_change_nothing() {
                 assert!(
                     matches!(
                         r,
-                        AgentResponse::V1(ballast_node::agent::wire::Response::HandoffQueued)
+                        AgentResponse::V2(ballast_node::agent::wire::Response::HandoffQueued)
                     ),
                     "{r:?}"
                 );

@@ -27,7 +27,8 @@ use crate::membership::{
 };
 use crate::revocation::{Revocation, RevocationError, Revoker};
 use crate::rpc::{
-    serve_rpc_connection, RpcClient, RpcHandler, RpcServer, RpcService, RPC_FRAME_BYTES_DEFAULT,
+    serve_rpc_connection, RpcClient, RpcConfigs, RpcHandler, RpcServer, RpcService,
+    RPC_FRAME_BYTES_DEFAULT,
 };
 use crate::signed_state::Unverified;
 use crate::signed_state::{ForgedState, ForgeryLog, StateSigner, StateVerifier, RESIGN_ROUNDS};
@@ -35,7 +36,8 @@ use crate::stats::{EndpointStats, Refusal, Stats};
 use crate::summary::{LoadSummary, PROTOCOL_VERSION};
 use crate::tasks::{TaskOwner, Tasks};
 use crate::tls::{
-    client_config, server_config, TlsBundle, ALPN_GOSSIP, ALPN_RPC, ANY_NODE_SERVER_NAME,
+    client_config, server_config, TlsBundle, ALPN_GOSSIP, ALPN_RPC, ALPN_RPC_V1,
+    ANY_NODE_SERVER_NAME,
 };
 use crate::transport::{serve_gossip_connection, GossipParts, GossipShared, QuicTransport};
 
@@ -269,7 +271,7 @@ impl Endpoint {
         });
         let rpc = RpcClient::from_parts(
             cache,
-            client_config(&tls, ALPN_RPC, transport)?,
+            RpcConfigs::new(&tls, transport)?,
             faults.clone(),
             config.max_rpc_frame_bytes,
             config.rpc_timeout,
@@ -646,7 +648,8 @@ async fn run_view(parts: ViewParts) {
                     if revoker.tls.revoked().contains(&id.node_id) {
                         return Err(Unverified::Revoked);
                     }
-                    with_common_version(verifier.check(id, s, now), s)
+                    let checked = verifier.check(id, s, now);
+                    with_common_version(checked, s, verifier.accepts_unsigned(&id.node_id))
                 },
             )
         };
@@ -798,7 +801,9 @@ impl Acceptor {
                 warn!(%from, peer = %peer.name, reason = "admin certificates may not gossip", "connection refused");
                 conn.close(2u32.into(), b"admins may not gossip");
             }
-            Some(ALPN_RPC) => {
+            // ballast 0.1 calls with `ballast-rpc/1`; the request itself says which
+            // protocol version it is in.
+            Some(ALPN_RPC | ALPN_RPC_V1) => {
                 if peer.role == Role::Node {
                     self.gossip.bindings.record(from, &peer.name);
                 }
@@ -814,23 +819,35 @@ impl Acceptor {
 }
 
 /// A peer's checked summary, unless it shares no protocol version with us. An unsigned
-/// state (a node of 0.1 signs nothing) is only read for its version range, to say why it
-/// is left alone.
+/// state is read for its version range: a node of protocol 1 (ballast 0.1 signs nothing)
+/// is used as it is, during a rolling upgrade, unless its name signed before
+/// (`accepts_unsigned`); any other unsigned state only says why it is left alone.
 fn with_common_version(
     checked: Result<LoadSummary, Unverified>,
     state: &chitchat::NodeState,
+    accepts_unsigned: bool,
 ) -> Result<LoadSummary, Unverified> {
-    let range = match &checked {
-        Ok(s) => Some((s.protocol_min, s.protocol_version)),
-        Err(Unverified::Unsigned) => LoadSummary::from_lookup(|k| state.get(k))
-            .ok()
-            .map(|s| (s.protocol_min, s.protocol_version)),
-        Err(_) => None,
+    let unsigned = match &checked {
+        Err(Unverified::Unsigned) => LoadSummary::from_lookup(|k| state.get(k)).ok(),
+        _ => None,
+    };
+    let range = match (&checked, &unsigned) {
+        (Ok(s), _) | (_, Some(s)) => Some((s.protocol_min, s.protocol_version)),
+        _ => None,
     };
     match range {
         Some((min, max)) if !crate::summary::speaks_with(min, max) => {
             Err(Unverified::Incompatible { min, max })
         }
-        _ => checked,
+        _ => match unsigned {
+            Some(s) if s.protocol_version < crate::summary::SIGNED_SINCE => {
+                if accepts_unsigned {
+                    Ok(s)
+                } else {
+                    Err(Unverified::UnsignedAfterSigned)
+                }
+            }
+            _ => checked,
+        },
     }
 }

@@ -49,14 +49,10 @@ fn seen(viewer: &Endpoint, node: &str) -> Option<(f64, NodeRunState)> {
 
 /// In the forger's chitchat, replaces what it holds of `victim` with `values` (and every
 /// other key it holds of it), at versions far past the victim's own, so that the forger
-/// relays them to everyone. With `sign_as`, the forged keys also carry a signature made
-/// with that signer's key and certificate.
-async fn forge(
-    forger: &Endpoint,
-    victim: &str,
-    values: &[(&str, &str)],
-    sign_as: Option<&StateSigner>,
-) {
+/// relays them to everyone. With `Signature::As`, the forged keys also carry a signature
+/// made with that signer's key and certificate; with `Signature::None`, the victim's
+/// signature and certificate are left out (unsigned state, as ballast 0.1 gossips).
+async fn forge(forger: &Endpoint, victim: &str, values: &[(&str, &str)], sign: Signature<'_>) {
     let chitchat = forger.chitchat_state();
     let mut c = chitchat.lock().await;
     let (id, state): (ChitchatId, Vec<(String, String)>) = {
@@ -79,8 +75,10 @@ async fn forge(
     };
     let max = c.node_state(&id).expect("state").max_version() + 1_000;
     let mut kv = state;
-    if let Some(signer) = sign_as {
+    if !matches!(sign, Signature::Victims) {
         kv.retain(|(k, _)| k != K_SIG && k != K_CERT);
+    }
+    if let Signature::As(signer) = sign {
         kv.push((K_CERT.to_owned(), signer.cert_value().to_owned()));
         kv.sort();
         let signed: Vec<(&str, &str)> = crate::summary::SUMMARY_KEYS
@@ -108,6 +106,16 @@ async fn forge(
         )
     });
     c.reset_node_state_if_update(&id, versioned, max + n, 0);
+}
+
+/// What a forgery carries as its signature.
+enum Signature<'a> {
+    /// The victim's own (older) signature and certificate, as relayed.
+    Victims,
+    /// None at all.
+    None,
+    /// One made with this signer's key and certificate.
+    As(&'a StateSigner),
 }
 
 /// For `span`, every honest viewer sees `victim` with `load`, active.
@@ -143,8 +151,8 @@ async fn relayed_forged_state_changes_nothing_and_is_counted() {
     .await;
 
     // While node-b is cut off (so it cannot outrun the forgery at once), node-f relays
-    // made-up load and state for it: 1. under node-b's own (older) signature, 2. signed
-    // with node-f's own valid certificate and key. Each time, a and c keep node-b's real
+    // made-up load and state for it: 1. under node-b's own (older) signature, 2. unsigned,
+    // 3. signed with node-f's own valid certificate and key. Each time, a and c keep node-b's real
     // values, and the forgery is counted; node-b, back, outruns it and is not frozen.
     let cut_off = [a.local_addr(), c.local_addr(), f.local_addr()];
     b.set_blocked_peers(cut_off);
@@ -152,7 +160,7 @@ async fn relayed_forged_state_changes_nothing_and_is_counted() {
         &f,
         "node-b",
         &[("ballast.load", "0.01"), ("ballast.state", "draining")],
-        None,
+        Signature::Victims,
     )
     .await;
     keeps_seeing(&[&a, &c], "node-b", 2.0, CUT_OFF).await;
@@ -176,8 +184,29 @@ async fn relayed_forged_state_changes_nothing_and_is_counted() {
 
     let before = a.stats().forged_state + c.stats().forged_state;
     b.set_blocked_peers(cut_off);
+    // 2. Unsigned state of protocol 1, as a node of ballast 0.1 gossips during a rolling
+    // upgrade: a name that has signed its state is never taken unsigned again.
+    forge(
+        &f,
+        "node-b",
+        &[
+            ("ballast.load", "0.01"),
+            ("ballast.protocol_version", "1"),
+            ("ballast.protocol_min", "1"),
+        ],
+        Signature::None,
+    )
+    .await;
+    keeps_seeing(&[&a, &c], "node-b", 2.5, CUT_OFF / 2).await;
+    // 3. Signed with node-f's own key.
     let forger_key = StateSigner::new(&tls(&ca, "node-f")).expect("signer");
-    forge(&f, "node-b", &[("ballast.load", "0.01")], Some(&forger_key)).await;
+    forge(
+        &f,
+        "node-b",
+        &[("ballast.load", "0.01")],
+        Signature::As(&forger_key),
+    )
+    .await;
     wait("a and c refuse the state signed by node-f", || {
         a.stats().forged_state + c.stats().forged_state >= before + 2
     })
@@ -196,7 +225,7 @@ async fn relayed_forged_state_changes_nothing_and_is_counted() {
             .any(|s| s.node == "node-b" && s.reason.contains("node-f")),
         "the refusal names node-b and the certificate used: {refused:?}"
     );
-    // 3. Liveness: node-b stops being heard while chitchat still counts it live (the
+    // 4. Liveness: node-b stops being heard while chitchat still counts it live (the
     // failure detector is off here, as if heartbeats for it were relayed): once its
     // signed state is older than the stale bound, a and c leave it out; back, it returns.
     b.set_blocked_peers(cut_off);
@@ -243,19 +272,20 @@ async fn a_peer_sharing_no_protocol_version_is_left_alone_and_listed() {
     let b = start(&ca, "node-b", &[a.local_addr()], 2.0).await;
     let old = start(&ca, "node-old", &[a.local_addr()], 3.0).await;
     wait("a sees b and node-old", || a.live_peers().len() == 2).await;
-    // node-old now speaks only protocol 1 (as ballast 0.1 does), signed as its own.
+    // node-old now speaks only a future protocol (as a release that dropped this one's
+    // versions would), signed as its own.
     {
         let state = old.chitchat_state();
         let mut c = state.lock().await;
         let own = c.self_node_state();
-        own.set("ballast.protocol_version", "1");
-        own.set("ballast.protocol_min", "1");
+        own.set("ballast.protocol_version", "9");
+        own.set("ballast.protocol_min", "9");
     }
     wait("a leaves node-old alone and lists it", || {
         let listed = a.incompatible_peers();
         listed.len() == 1
             && listed[0].node == "node-old"
-            && (listed[0].min, listed[0].max) == (1, 1)
+            && (listed[0].min, listed[0].max) == (9, 9)
             && seen(&a, "node-old").is_none()
     })
     .await;

@@ -255,6 +255,11 @@ pub(crate) fn report(outcome: &ViewOutcome, reported: &mut Reported) -> usize {
                     warn!(node = %id, their_min = min, their_max = max, ours_min = crate::summary::PROTOCOL_MIN, ours_max = crate::summary::PROTOCOL_VERSION, "peer left alone: it shares no protocol version with this node");
                 }
             }
+            Unverified::UnsignedAfterSigned => {
+                if reported.first(format!("d|{id}")) {
+                    warn!(node = %id, reason = "it signed its state before and now gossips the unsigned state of ballast 0.1: a forgery, or a host taken back to 0.1 (restart this agent to accept that)", "peer left out of the view");
+                }
+            }
             Unverified::Revoked => {
                 if reported.first(format!("r|{id}")) {
                     warn!(node = %id, "peer left out of the view: its name is revoked");

@@ -19,7 +19,7 @@ use crate::frame::{encode_frame, read_frame, write_frame};
 use crate::identity::PeerIdentity;
 use crate::stats::{Refusal, Stats};
 use crate::tasks::Tasks;
-use crate::tls::{client_config, TlsBundle, ALPN_RPC, ANY_NODE_SERVER_NAME};
+use crate::tls::{client_config, TlsBundle, ALPN_RPC, ALPN_RPC_V1, ANY_NODE_SERVER_NAME};
 
 /// Stream reset code: the request frame was refused (too large, truncated, undecodable).
 pub const REFUSE_BAD_FRAME: u32 = 1;
@@ -196,9 +196,38 @@ pub struct RpcClient {
     inner: Arc<ClientInner>,
 }
 
+/// The client's QUIC settings, one per RPC protocol version it can call in.
+pub(crate) struct RpcConfigs {
+    /// `ballast-rpc/2`.
+    current: quinn::ClientConfig,
+    /// `ballast-rpc/1`, for nodes of ballast 0.1.
+    v1: quinn::ClientConfig,
+}
+
+impl RpcConfigs {
+    pub(crate) fn new(
+        tls: &TlsBundle,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<Self, EndpointError> {
+        Ok(Self {
+            current: client_config(tls, ALPN_RPC, transport.clone())?,
+            v1: client_config(tls, ALPN_RPC_V1, transport)?,
+        })
+    }
+
+    /// The ALPN and settings that call a node speaking at most `protocol`.
+    fn speaking(&self, protocol: u32) -> (&'static [u8], &quinn::ClientConfig) {
+        if protocol <= 1 {
+            (ALPN_RPC_V1, &self.v1)
+        } else {
+            (ALPN_RPC, &self.current)
+        }
+    }
+}
+
 struct ClientInner {
     cache: Arc<ConnCache>,
-    config: quinn::ClientConfig,
+    configs: RpcConfigs,
     faults: Arc<FaultHook>,
     max_frame_bytes: usize,
     timeout: Duration,
@@ -219,7 +248,7 @@ impl RpcClient {
     /// node or admin. Must be called inside a tokio runtime.
     pub fn new(tls: TlsBundle, config: RpcClientConfig) -> Result<Self, EndpointError> {
         let transport = Arc::new(crate::endpoint::transport_config(config.timeout));
-        let client = client_config(&tls, ALPN_RPC, transport)?;
+        let configs = RpcConfigs::new(&tls, transport)?;
         let socket =
             std::net::UdpSocket::bind(config.bind_addr).map_err(|source| EndpointError::Bind {
                 addr: config.bind_addr,
@@ -244,7 +273,7 @@ impl RpcClient {
         ));
         Ok(Self::from_parts(
             cache,
-            client,
+            configs,
             Arc::default(),
             config.max_frame_bytes,
             config.timeout,
@@ -254,7 +283,7 @@ impl RpcClient {
 
     pub(crate) fn from_parts(
         cache: Arc<ConnCache>,
-        config: quinn::ClientConfig,
+        configs: RpcConfigs,
         faults: Arc<FaultHook>,
         max_frame_bytes: usize,
         timeout: Duration,
@@ -263,7 +292,7 @@ impl RpcClient {
         Self {
             inner: Arc::new(ClientInner {
                 cache,
-                config,
+                configs,
                 faults,
                 max_frame_bytes,
                 timeout,
@@ -285,13 +314,32 @@ impl RpcClient {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
+        self.call_speaking(addr, expected_node, crate::PROTOCOL_VERSION, req)
+            .await
+    }
+
+    /// Like [`RpcClient::call`], to a node that speaks protocol versions up to
+    /// `protocol` (its gossiped `protocol_version`): the connection asks for that
+    /// version's ALPN, so a node of ballast 0.1 is called as it expects. `req` must be
+    /// encoded in that version.
+    pub async fn call_speaking<Req, Resp>(
+        &self,
+        addr: SocketAddr,
+        expected_node: Option<&str>,
+        protocol: u32,
+        req: &Req,
+    ) -> Result<Resp, RpcError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
         let inner = &self.inner;
         if inner.faults.is_blocked(&addr) {
             return Err(RpcError::Blocked { addr });
         }
         let frame = encode_frame(req, inner.max_frame_bytes)?;
         let name = expected_node.unwrap_or(ANY_NODE_SERVER_NAME);
-        tokio::time::timeout(inner.timeout, self.call_inner(addr, name, &frame))
+        tokio::time::timeout(inner.timeout, self.call_inner(addr, name, protocol, &frame))
             .await
             .map_err(|_| RpcError::Timeout { addr })?
     }
@@ -300,15 +348,17 @@ impl RpcClient {
         &self,
         addr: SocketAddr,
         name: &str,
+        protocol: u32,
         frame: &[u8],
     ) -> Result<Resp, RpcError> {
         let inner = &self.inner;
+        let (alpn, config) = inner.configs.speaking(protocol);
         let mut attempts = 0;
         let (mut send, mut recv) = loop {
             attempts += 1;
             let (conn, _) = inner
                 .cache
-                .get(addr, ALPN_RPC, name, &inner.config)
+                .get(addr, alpn, name, config)
                 .await
                 .map_err(|reason| RpcError::Connect { addr, reason })?;
             match conn.open_bi().await {

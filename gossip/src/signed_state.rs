@@ -15,7 +15,7 @@
 //! for [`STALE_ROUNDS`] rounds leaves the view, so relayed heartbeats cannot keep a dead
 //! node in it. (docs/design.md, "Signed node state".)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,6 +143,9 @@ pub(crate) enum Unverified {
     Stale(Duration),
     /// An operator revoked its name.
     Revoked,
+    /// Unsigned protocol-1 state under a name that signed its state before: a forgery
+    /// (someone gossiping as a node of ballast 0.1), or that node went back to 0.1.
+    UnsignedAfterSigned,
     /// It shares no protocol version with this build: left alone, never misread.
     Incompatible {
         /// Its lowest version.
@@ -172,6 +175,9 @@ pub(crate) struct StateVerifier {
     /// Certificates already checked (base64 text) and the node they name, or why not.
     certs: HashMap<String, Result<(String, CertificateDer<'static>), String>>,
     verified: HashMap<ChitchatId, Verified>,
+    /// Names whose state verified at least once, in any generation: such a name is
+    /// never again accepted unsigned (see [`StateVerifier::accepts_unsigned`]).
+    signed_names: HashSet<String>,
     /// The last signature of each node that did not verify (each is reported once).
     refused: HashMap<ChitchatId, String>,
     /// Refusals not yet taken by the view task.
@@ -193,10 +199,19 @@ impl StateVerifier {
             ca,
             certs: HashMap::new(),
             verified: HashMap::new(),
+            signed_names: HashSet::new(),
             refused: HashMap::new(),
             forged: Vec::new(),
             stale_after: gossip_interval * STALE_ROUNDS,
         })
+    }
+
+    /// Whether unsigned state of `node` may be used: only a node that never signed (a
+    /// node of ballast 0.1, which signs nothing, during a rolling upgrade). Once a name
+    /// has signed, in any generation, its unsigned state is refused until this node
+    /// restarts.
+    pub(crate) fn accepts_unsigned(&self, node: &str) -> bool {
+        !self.signed_names.contains(node)
     }
 
     /// Forgets peers chitchat no longer knows at all (dead ones are kept until chitchat
@@ -257,6 +272,9 @@ impl StateVerifier {
                         self.refuse(id, sig, reason);
                         return self.last_verified(id, now, Unverified::Pending);
                     }
+                }
+                if self.signed_names.len() < CERTS_MAX {
+                    self.signed_names.insert(id.node_id.to_string());
                 }
                 self.verified.insert(
                     id.clone(),

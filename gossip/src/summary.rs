@@ -11,8 +11,13 @@ use serde::{Deserialize, Serialize};
 /// The highest protocol version this build speaks (`ballast.protocol_version`). 1 was
 /// ballast 0.1; 2 adds placement rules to the messages and signed node state.
 pub const PROTOCOL_VERSION: u32 = 2;
-/// The lowest protocol version this build speaks (`ballast.protocol_min`).
-pub const PROTOCOL_MIN: u32 = 2;
+/// The lowest protocol version this build speaks (`ballast.protocol_min`): 1, so that a
+/// cluster of 0.1 agents can be upgraded one host at a time (docs/operations.md,
+/// "Upgrading").
+pub const PROTOCOL_MIN: u32 = 1;
+/// The first protocol version whose nodes sign their state (`signed_state`); a node of
+/// an older one (ballast 0.1) gossips its summary unsigned.
+pub(crate) const SIGNED_SINCE: u32 = 2;
 
 /// Whether the range `[min, max]` shares a version with this build's.
 pub fn speaks_with(min: u32, max: u32) -> bool {
@@ -199,12 +204,13 @@ mod tests {
         kv.insert(K_PROTO, "1".into());
         let old = LoadSummary::from_lookup(|k| kv.get(k).map(String::as_str)).expect("0.1");
         assert_eq!((old.protocol_min, old.protocol_version), (1, 1));
-        assert!(
-            !speaks_with(1, 1),
-            "0.1 alone shares no version with this build"
-        );
+        assert!(speaks_with(1, 1), "this build speaks 0.1's protocol too");
         assert!(speaks_with(1, PROTOCOL_VERSION));
         assert!(speaks_with(PROTOCOL_MIN, 9));
+        assert!(
+            !speaks_with(PROTOCOL_VERSION + 1, 9),
+            "a future range alone"
+        );
         kv.insert(K_PROTO, "2".into());
         kv.insert(K_PROTO_MIN, "3".into());
         let err = LoadSummary::from_lookup(|k| kv.get(k).map(String::as_str)).expect_err("3..2");

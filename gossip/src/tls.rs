@@ -24,13 +24,13 @@ use crate::revocation::RevokedSet;
 
 /// ALPN of the gossip protocol.
 pub const ALPN_GOSSIP: &[u8] = b"ballast-gossip/1";
-/// ALPN of the RPC protocol, version 2. Its messages changed from 0.1's (`ballast-rpc/1`:
-/// placement rules, signed state), so a 0.1 agent and this one find no common
-/// protocol in the handshake and leave each other alone rather than misread each other.
-/// A build that speaks several versions offers each ALPN, highest first; TLS picks the
-/// highest both speak.
+/// ALPN of the RPC protocol, version 2 (placement rules in the messages, signed state).
+/// A client asks for the version the peer speaks (its gossiped range): this ALPN for a
+/// node of this build, [`ALPN_RPC_V1`] for one of ballast 0.1, which knows only that one
+/// and so never receives messages it would misread. Servers accept both; each request
+/// names its version as the first thing it encodes.
 pub const ALPN_RPC: &[u8] = b"ballast-rpc/2";
-/// The RPC ALPN of ballast 0.1 (for messages and tests; not spoken).
+/// The RPC ALPN of protocol version 1 (ballast 0.1).
 pub const ALPN_RPC_V1: &[u8] = b"ballast-rpc/1";
 /// TLS server name meaning "any node of this cluster" (never a valid node id: it has a dot).
 pub(crate) const ANY_NODE_SERVER_NAME: &str = "any-node.ballast.invalid";
@@ -164,7 +164,11 @@ pub(crate) fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(tls.chain.clone(), tls.key.clone_key())?;
-    cfg.alpn_protocols = vec![ALPN_GOSSIP.to_vec(), ALPN_RPC.to_vec()];
+    cfg.alpn_protocols = vec![
+        ALPN_GOSSIP.to_vec(),
+        ALPN_RPC.to_vec(),
+        ALPN_RPC_V1.to_vec(),
+    ];
     let quic = QuicServerConfig::try_from(cfg).map_err(TlsError::Quic)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(transport);

@@ -341,6 +341,22 @@ impl From<PolicyConfigError> for ConfigError {
     }
 }
 
+/// `text` as a table without its `[failpoints]` section, when that section holds
+/// exactly what ballast 0.1 wrote into every agent.toml (nothing turned on); `None`
+/// otherwise. Only a build without test hooks needs this (one with them reads the
+/// section).
+fn without_inert_failpoints(text: &str) -> Option<toml::Table> {
+    let mut table: toml::Table = toml::from_str(text).ok()?;
+    let section = table.remove("failpoints")?;
+    let inert: toml::Table =
+        toml::from_str("exit_at = []\nduplicate_sends = false\nplanted_bug = \"None\"\n").ok()?;
+    let section = section.as_table()?;
+    let only_defaults = section
+        .iter()
+        .all(|(k, v)| inert.get(k).is_some_and(|d| d == v));
+    only_defaults.then_some(table)
+}
+
 impl AgentConfig {
     /// Parses and validates a configuration held in a string.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
@@ -362,7 +378,18 @@ impl AgentConfig {
     }
 
     fn parse(text: &str, path: Option<&Path>) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(text).map_err(|e| {
+        let parsed = toml::from_str(text).or_else(|e| match without_inert_failpoints(text) {
+            // The file of a node set up by ballast 0.1, which wrote the section with its
+            // defaults into every agent.toml: read as if it were not there.
+            Some(table) if e.message().starts_with("unknown field `failpoints`") => {
+                tracing::warn!(
+                    "agent.toml has the [failpoints] section that ballast 0.1 wrote, all at its defaults: ignored (this build has no test hooks; remove the section)"
+                );
+                table.try_into::<Self>().map_err(|_| e)
+            }
+            _ => Err(e),
+        });
+        let cfg: Self = parsed.map_err(|e| {
             let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
             let mut message = e.message().to_owned();
             if message.starts_with("unknown field `failpoints`") {
@@ -762,6 +789,26 @@ mod tests {
             .expect_err("unknown failpoint");
         assert!(matches!(e, ConfigError::Parse { line: 2, .. }), "{e}");
         assert!(e.to_string().contains("after:nothing"), "{e}");
+    }
+
+    /// ballast 0.1 wrote `[failpoints]` with its defaults into every agent.toml: a build
+    /// without test hooks reads such a file (an upgrade keeps the host's config), and
+    /// still refuses a section that turns anything on.
+    #[cfg(not(any(feature = "failpoints", feature = "planted-bugs")))]
+    #[test]
+    fn the_inert_failpoints_section_of_0_1_is_ignored_and_any_other_refused() {
+        let of_0_1 = "[policy]\nthreshold = 0.05\n\n[failpoints]\nexit_at = []\n\
+                      duplicate_sends = false\nplanted_bug = \"None\"\n";
+        let cfg = AgentConfig::from_toml_str(of_0_1).expect("0.1's file");
+        assert_eq!(cfg.policy.threshold, 0.05);
+        for on in [
+            "[failpoints]\nexit_at = [\"before:commit\"]\n",
+            "[failpoints]\nduplicate_sends = true\n",
+            "[failpoints]\nplanted_bug = \"SkipFlush\"\n",
+        ] {
+            let e = AgentConfig::from_toml_str(on).expect_err(on);
+            assert!(e.to_string().contains("test hook"), "{on}: {e}");
+        }
     }
 
     #[test]

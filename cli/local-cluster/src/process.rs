@@ -28,6 +28,27 @@ impl AgentProcess {
         log: &Path,
         env: &[(OsString, OsString)],
     ) -> Result<Self, KitError> {
+        let socket = port.share().map_err(|source| KitError::Bind {
+            ip: port.addr().ip(),
+            source,
+        })?;
+        Self::spawn(launcher, bin, config, Some(socket), log, env)
+    }
+
+    /// Starts `bin agent --config CONFIG`, which binds its `listen` address itself (as
+    /// ballast 0.1 does: it has no `--stdin-socket`), its output appended to `log`.
+    pub fn start_binding(bin: &Path, config: &Path, log: &Path) -> Result<Self, KitError> {
+        Self::spawn(&[], bin, config, None, log, &[])
+    }
+
+    fn spawn(
+        launcher: &[OsString],
+        bin: &Path,
+        config: &Path,
+        socket: Option<std::os::fd::OwnedFd>,
+        log: &Path,
+        env: &[(OsString, OsString)],
+    ) -> Result<Self, KitError> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -36,10 +57,6 @@ impl AgentProcess {
         let err = out
             .try_clone()
             .map_err(KitError::io("opening the agent log", log))?;
-        let socket = port.share().map_err(|source| KitError::Bind {
-            ip: port.addr().ip(),
-            source,
-        })?;
         let mut command = match launcher.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -48,12 +65,20 @@ impl AgentProcess {
             }
             None => Command::new(bin),
         };
+        command.arg("agent");
+        let stdin = match socket {
+            Some(socket) => {
+                command.arg("--stdin-socket");
+                Stdio::from(socket)
+            }
+            None => Stdio::null(),
+        };
         let child = command
-            .args(["agent", "--stdin-socket", "--config"])
+            .arg("--config")
             .arg(config)
             .env_remove("BALLAST_CONFIG")
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::from(socket))
+            .stdin(stdin)
             .stdout(out)
             .stderr(err)
             .spawn()

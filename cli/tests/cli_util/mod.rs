@@ -18,7 +18,12 @@ pub fn with_admin(bundle: &Path, args: &[&str]) -> Output {
 
 /// Runs `ballast ARGS` in `cwd`, ignoring `BALLAST_CONFIG` and `BALLAST_ADMIN`.
 pub fn ballast(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ballast"))
+    run_binary(Path::new(env!("CARGO_BIN_EXE_ballast")), args, cwd)
+}
+
+/// Runs `BIN ARGS` (a `ballast` of some release) as [`ballast`] does.
+pub fn run_binary(bin: &Path, args: &[&str], cwd: &Path) -> Output {
+    Command::new(bin)
         .args(args)
         .current_dir(cwd)
         .env_remove("BALLAST_CONFIG")

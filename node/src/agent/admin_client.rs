@@ -48,6 +48,25 @@ pub enum AdminClientError {
     /// The node answered something this client does not expect (version skew).
     #[error("unexpected answer from the node: {0}")]
     Unexpected(String),
+    /// The node does not speak this client's admin protocol (TLS refused its ALPN): it
+    /// runs another release, such as ballast 0.1. Nothing was sent.
+    #[error(
+        "the node at {addr} runs another release of ballast (it refused protocol {protocol}): \
+         use that release's `ballast` command for it, or upgrade it (docs/operations.md §Upgrading)"
+    )]
+    OtherRelease {
+        /// The node called.
+        addr: SocketAddr,
+        /// The protocol version this client speaks.
+        protocol: u32,
+    },
+}
+
+/// Whether a connect failure is the peer's TLS refusing every ALPN offered
+/// (alert 120, `no_application_protocol`): the peer speaks another protocol version.
+fn is_other_release(e: &RpcError) -> bool {
+    matches!(e, RpcError::Connect { reason, .. }
+        if reason.contains("error 120") || reason.contains("known protocol"))
 }
 
 /// A client of one node's admin API.
@@ -104,20 +123,29 @@ impl AdminClient {
     }
 
     async fn call(&self, req: AdminRequest) -> Result<AdminResponse, AdminClientError> {
-        let request = AgentRequest::V1(Request::Admin(req));
+        let request = AgentRequest::V2(Request::Admin(req));
         let resp: AgentResponse =
             self.rpc
                 .call(self.addr, None, &request)
                 .await
-                .map_err(|source| AdminClientError::Rpc {
-                    addr: self.addr,
-                    source,
+                .map_err(|source| {
+                    if is_other_release(&source) {
+                        AdminClientError::OtherRelease {
+                            addr: self.addr,
+                            protocol: ballast_gossip::PROTOCOL_VERSION,
+                        }
+                    } else {
+                        AdminClientError::Rpc {
+                            addr: self.addr,
+                            source,
+                        }
+                    }
                 })?;
         match resp {
-            AgentResponse::V1(Response::Admin(Ok(r))) => Ok(r),
-            AgentResponse::V1(Response::Admin(Err(e))) => Err(AdminClientError::Admin(e)),
-            AgentResponse::V1(Response::Refused(r)) => Err(AdminClientError::Refused(r)),
-            AgentResponse::V1(other) => Err(AdminClientError::Unexpected(format!("{other:?}"))),
+            AgentResponse::V2(Response::Admin(Ok(r))) => Ok(r),
+            AgentResponse::V2(Response::Admin(Err(e))) => Err(AdminClientError::Admin(e)),
+            AgentResponse::V2(Response::Refused(r)) => Err(AdminClientError::Refused(r)),
+            other => Err(AdminClientError::Unexpected(format!("{other:?}"))),
         }
     }
 

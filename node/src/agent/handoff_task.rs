@@ -302,6 +302,27 @@ impl Owner {
             return;
         };
         let Some(rpc) = ctx.net.rpc() else { return };
+        let protocol = ctx.net.protocol_of(&to);
+        let req = match AgentRequest::for_protocol(protocol, Request::Handoff(msg.clone())) {
+            Ok(req) => req,
+            Err(why) => {
+                // Only a `Prepare` of a VM with placement rules to a node of 0.1: the
+                // machine takes it as refused there (nothing was sent or stored).
+                warn!(peer = %to, vm = %msg.vm(), reason = %why, "VM not moved to a node of ballast 0.1");
+                if let HandoffMsg::Prepare { vm, epoch, .. } = msg {
+                    let refused = HandoffMsg::PrepareRefused {
+                        vm,
+                        epoch,
+                        reason: RefuseReason::BreaksRule,
+                    };
+                    let _ = self.ctx.handoffs.inputs().try_send(Input::Message {
+                        from: to,
+                        msg: refused,
+                    });
+                }
+                return;
+            }
+        };
         let Ok(permit) = self.sends.clone().try_acquire_owned() else {
             warn!(peer = %to, kind = msg.kind(), "too many messages in flight; dropped");
             return;
@@ -311,9 +332,10 @@ impl Owner {
         self.ctx.spawn(
             async move {
                 let kind = msg.msg_kind();
-                let req = AgentRequest::V1(Request::Handoff(msg));
                 for _ in 0..copies {
-                    let r: Result<AgentResponse, _> = rpc.call(addr, Some(to.as_str()), &req).await;
+                    let r: Result<AgentResponse, _> = rpc
+                        .call_speaking(addr, Some(to.as_str()), protocol, &req)
+                        .await;
                     match r {
                         Ok(_) => ctx.hooks.fail_at(Failpoint::AfterSend(kind)),
                         Err(e) => {

@@ -48,6 +48,7 @@ mod session_book;
 mod session_history;
 mod web;
 pub mod wire;
+pub mod wire_v1;
 
 pub use admin_client::{AdminClient, AdminClientError};
 pub use error::AgentError;

@@ -26,6 +26,9 @@ pub(crate) struct Network {
     /// Last known address of every node seen (peers that died keep theirs, so the
     /// handoff machine can keep retrying them).
     known: Mutex<HashMap<NodeId, SocketAddr>>,
+    /// The highest protocol version each node seen speaks (its gossiped
+    /// `protocol_version`), kept like its address.
+    protocols: Mutex<HashMap<NodeId, u32>>,
     /// This node's certificate and the settings of a fresh RPC client.
     tls: TlsBundle,
     fresh_client: RpcClientConfig,
@@ -37,6 +40,7 @@ impl Network {
         Self {
             live: Mutex::new(None),
             known: Mutex::new(HashMap::new()),
+            protocols: Mutex::new(HashMap::new()),
             tls,
             fresh_client,
         }
@@ -121,16 +125,32 @@ impl Network {
             .collect()
     }
 
+    /// The highest protocol version `node` speaks: live view first, then the last one
+    /// known; this build's own for a node never seen.
+    pub(crate) fn protocol_of(&self, node: &NodeId) -> u32 {
+        if let Some(p) = self.peers().iter().find(|p| p.node_id == node.as_str()) {
+            return p.summary.protocol_version;
+        }
+        lock(&self.protocols)
+            .get(node)
+            .copied()
+            .unwrap_or(ballast_gossip::PROTOCOL_VERSION)
+    }
+
     /// Forgets `node`'s address (`ballast node forget`: it is gone for good).
     pub(crate) fn forget(&self, node: &NodeId) {
         lock(&self.known).remove(node);
+        lock(&self.protocols).remove(node);
     }
 
-    /// Remembers the address of each of `peers`.
+    /// Remembers the address and protocol version of each of `peers`.
     pub(crate) fn remember(&self, peers: &[PeerView]) {
         let mut known = lock(&self.known);
+        let mut protocols = lock(&self.protocols);
         for p in peers {
-            known.insert(NodeId::from(p.node_id.as_str()), p.gossip_addr);
+            let node = NodeId::from(p.node_id.as_str());
+            protocols.insert(node.clone(), p.summary.protocol_version);
+            known.insert(node, p.gossip_addr);
         }
     }
 }

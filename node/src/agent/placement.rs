@@ -43,6 +43,8 @@ pub(crate) async fn create(
         .net
         .active_peers()
         .iter()
+        // A node of ballast 0.1 would drop the VM's placement rules.
+        .filter(|v| p.spec.rules.is_empty() || v.summary.protocol_version >= 2)
         .map(|v| {
             let id = NodeId::from(v.node_id.as_str());
             (id, v.summary.load, v.summary.tags.clone())
@@ -119,20 +121,29 @@ async fn forward(ctx: &AgentContext, p: Placement, node: NodeId) -> Result<Place
         .net
         .rpc()
         .ok_or_else(|| AdminError::Timeout("no endpoint".into()))?;
-    let req = AgentRequest::V1(Request::Place(p));
+    let protocol = ctx.net.protocol_of(&node);
+    let vm = p.vm.clone();
+    let req = AgentRequest::for_protocol(protocol, Request::Place(p)).map_err(|why| {
+        AdminError::BreaksRule {
+            vm,
+            node: node.clone(),
+            rule: format!("it runs ballast 0.1: {why}"),
+        }
+    })?;
     let fail = |reason: String| AdminError::Forward {
         node: node.clone(),
         reason,
     };
     match rpc
-        .call::<_, AgentResponse>(addr, Some(node.as_str()), &req)
+        .call_speaking::<_, AgentResponse>(addr, Some(node.as_str()), protocol, &req)
         .await
+        .map(AgentResponse::into_current)
     {
-        Ok(AgentResponse::V1(Response::Placed(r))) => r.map(|node| Placed {
+        Ok(Response::Placed(r)) => r.map(|node| Placed {
             node,
             warning: None,
         }),
-        Ok(AgentResponse::V1(Response::PlacedWithWarning { node, warning })) => Ok(Placed {
+        Ok(Response::PlacedWithWarning { node, warning }) => Ok(Placed {
             node,
             warning: Some(warning),
         }),

@@ -10,6 +10,8 @@ use super::handoff_task::Input;
 use super::placement::place_here;
 use super::session::serve_session;
 use super::wire::{AgentRequest, AgentResponse, Refusal, Request, Response};
+use super::wire_v1;
+use super::wire_v1::translate::{request_of_v1, response_to_v1};
 use async_trait::async_trait;
 use ballast_gossip::{AdminRole, PeerIdentity, Role, RpcHandler};
 use ballast_store::NodeId;
@@ -24,13 +26,23 @@ pub(crate) struct AgentRpc {
 #[async_trait]
 impl RpcHandler<AgentRequest, AgentResponse> for AgentRpc {
     async fn handle(&self, peer: PeerIdentity, req: AgentRequest) -> AgentResponse {
-        let AgentRequest::V1(req) = req;
-        AgentResponse::V1(self.handle_v1(peer, req).await)
+        match req {
+            AgentRequest::V2(req) => AgentResponse::V2(self.handle_request(peer, req).await),
+            // A node of ballast 0.1 (a rolling upgrade): its request in this build's
+            // terms, the answer back in its own.
+            AgentRequest::V1(req) => AgentResponse::V1(match request_of_v1(req) {
+                Ok(req) => response_to_v1(self.handle_request(peer, req).await),
+                Err(refusal) => {
+                    warn!(peer = %peer.name, reason = ?refusal, "request of ballast 0.1 refused");
+                    wire_v1::Response::Refused(refusal)
+                }
+            }),
+        }
     }
 }
 
 impl AgentRpc {
-    async fn handle_v1(&self, peer: PeerIdentity, req: Request) -> Response {
+    async fn handle_request(&self, peer: PeerIdentity, req: Request) -> Response {
         if let Err(reason) = req.validate() {
             warn!(peer = %peer.name, reason = %reason, "request refused: invalid");
             return Response::Refused(Refusal::Invalid(reason));

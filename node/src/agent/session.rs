@@ -263,11 +263,20 @@ async fn call(
 ) -> Result<SessionResponse, String> {
     let rpc = ctx.net.rpc().ok_or("no endpoint")?;
     let timeout = ctx.cfg.balancing.session_timeout.duration();
-    let req = AgentRequest::V1(Request::Session(req));
-    let call = rpc.call::<_, AgentResponse>(peer.gossip_addr, Some(&peer.node_id), &req);
+    let protocol = peer.summary.protocol_version;
+    let req =
+        AgentRequest::for_protocol(protocol, Request::Session(req)).map_err(|e| e.to_string())?;
+    let call = rpc.call_speaking::<_, AgentResponse>(
+        peer.gossip_addr,
+        Some(&peer.node_id),
+        protocol,
+        &req,
+    );
     match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(AgentResponse::V1(Response::Session(r)))) => Ok(r),
-        Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+        Ok(Ok(answer)) => match answer.into_current() {
+            Response::Session(r) => Ok(r),
+            other => Err(format!("unexpected answer {other:?}")),
+        },
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("session timed out".into()),
     }
@@ -280,10 +289,15 @@ async fn negotiate(
     session: u64,
     record: &mut SessionRecord,
 ) -> SessionOutcome {
-    let mine = match local_figures(ctx).await {
+    let mut mine = match local_figures(ctx).await {
         Ok(f) => f,
         Err(e) => return SessionOutcome::Failed(e.to_string()),
     };
+    if peer.summary.protocol_version < 2 {
+        // A node of ballast 0.1 knows no placement rules: a VM with rules never goes
+        // there (its rules would be lost on the way).
+        mine.candidates.retain(|c| c.rules.is_empty());
+    }
     record.load_initiator = mine.load;
     let open = SessionRequest::Open {
         session,

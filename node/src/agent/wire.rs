@@ -23,21 +23,27 @@ pub const PULL_VMS_MAX: usize = 64;
 /// Longest VM id or node id accepted from the wire, in bytes.
 pub const ID_LEN_MAX: usize = 256;
 
-/// A request, versioned.
+/// A request, versioned: bincode writes the variant first, so a node of ballast 0.1,
+/// whose one variant was its version-1 request, and this build read each other's
+/// version-1 requests alike.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AgentRequest {
-    /// Protocol version 1.
-    V1(Request),
+    /// Protocol version 1 (ballast 0.1), frozen in [`super::wire_v1`].
+    V1(super::wire_v1::Request),
+    /// Protocol version 2 (this build).
+    V2(Request),
 }
 
 /// A response, versioned like the request it answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AgentResponse {
-    /// Protocol version 1.
-    V1(Response),
+    /// Protocol version 1 (ballast 0.1).
+    V1(super::wire_v1::Response),
+    /// Protocol version 2.
+    V2(Response),
 }
 
-/// Version 1 requests.
+/// Version 2 requests.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Node → node: a balancing session step (docs/design.md §Balancing).
@@ -50,7 +56,7 @@ pub enum Request {
     Admin(AdminRequest),
 }
 
-/// Version 1 responses.
+/// Version 2 responses.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     /// Answer to a session step.
@@ -848,14 +854,14 @@ mod tests {
         ];
         for r in reqs {
             assert_eq!(r.validate(), Ok(()), "{r:?}");
-            round_trip(AgentRequest::V1(r));
+            round_trip(AgentRequest::V2(r));
         }
     }
 
     #[test]
     fn an_unknown_version_is_a_decode_error() {
         let frame = encode_frame(
-            &AgentRequest::V1(Request::Admin(AdminRequest::Status)),
+            &AgentRequest::V2(Request::Admin(AdminRequest::Status)),
             1024,
         )
         .expect("encode");

@@ -29,13 +29,18 @@ async fn ask(
         return handle_admin(ctx, req).await.map_err(|e| e.to_string());
     }
     let rpc = ctx.net.rpc().ok_or("no endpoint yet")?;
-    let req = AgentRequest::V1(Request::Admin(req));
+    if ctx.net.protocol_of(node) < 2 {
+        return Err("runs ballast 0.1, which this view cannot read: upgrade it".into());
+    }
+    let req = AgentRequest::V2(Request::Admin(req));
     let call = rpc.call::<_, AgentResponse>(addr, Some(node.as_str()), &req);
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(Ok(AgentResponse::V1(Response::Admin(Ok(r))))) => Ok(r),
-        Ok(Ok(AgentResponse::V1(Response::Admin(Err(e))))) => Err(e.to_string()),
-        Ok(Ok(AgentResponse::V1(Response::Refused(r)))) => Err(format!("refused: {r}")),
-        Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+        Ok(Ok(answer)) => match answer.into_current() {
+            Response::Admin(Ok(r)) => Ok(r),
+            Response::Admin(Err(e)) => Err(e.to_string()),
+            Response::Refused(r) => Err(format!("refused: {r}")),
+            other => Err(format!("unexpected answer {other:?}")),
+        },
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("did not answer within {CALL_TIMEOUT:?}")),
     }
