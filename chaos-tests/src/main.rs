@@ -120,6 +120,10 @@ struct ModelArgs {
     /// Let a VM move to any other node (default: only to the next node).
     #[arg(long)]
     any_destination: bool,
+    /// Handoffs each way at once per node (and that many VMs' memory in flight); above
+    /// 1, every VM starts on the first node.
+    #[arg(long, default_value_t = 1)]
+    limit: usize,
     /// What the driver leaves of the source copy after the switchover: `kept` (QEMU over
     /// QMP: paused until finished) or `ended` (libvirt: gone, the move must roll forward).
     #[arg(long, default_value = "kept")]
@@ -237,6 +241,10 @@ fn run_chaos(args: RunArgs) -> Result<ExitCode> {
 fn run_model(args: ModelArgs) -> Result<ExitCode> {
     anyhow::ensure!(args.nodes >= 2 && args.nodes <= 5, "--nodes must be 2..=5");
     anyhow::ensure!(args.vms >= 1 && args.vms <= 4, "--vms must be 1..=4");
+    anyhow::ensure!(
+        args.limit >= 1 && args.limit <= args.vms,
+        "--limit must be 1..=--vms"
+    );
     let model = HandoffModel {
         bounds: Bounds {
             nodes: args.nodes,
@@ -248,6 +256,7 @@ fn run_model(args: ModelArgs) -> Result<ExitCode> {
             driver_failures: args.driver_failures,
             net_capacity: args.net_capacity,
             any_destination: args.any_destination,
+            limit: args.limit,
         },
         bug: args.bug.into(),
         source_copy: args.source_copy,

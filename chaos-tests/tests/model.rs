@@ -6,7 +6,7 @@
 //! default model runs as a process; otherwise a smaller model runs in-process, since an
 //! unoptimized build explores states about ten times slower.
 
-use ballast_chaos::model::{self, Bounds, HandoffModel, COMMITS, I1, I2};
+use ballast_chaos::model::{self, Bounds, HandoffModel, COMMITS, CONCURRENT, I1, I2};
 use ballast_node::handoff::{PlantedBug, SourceCopy};
 use std::process::Command;
 use std::time::Duration;
@@ -70,6 +70,57 @@ fn check_clean(source_copy: SourceCopy) {
         .expect("property");
     assert!(commits.trace.is_some(), "no committed handoff reachable");
     assert!(report.ok());
+}
+
+/// Concurrent handoffs (issue 18): both VMs start on one node, which hands both off at
+/// once to the next (limits of 2 each way, and 2 VMs' memory in flight), under the same
+/// faults. Both source-copy kinds; the check must reach two handoffs out at once.
+#[test]
+fn model_check_of_two_handoffs_at_once_finds_no_violation() {
+    for source_copy in SourceCopy::ALL.iter().copied() {
+        if let Ok(bin) = std::env::var("BALLAST_CHAOS_BIN") {
+            let out = Command::new(bin)
+                .args(["model", "--limit", "2", "--timeout-secs", "300"])
+                .args(["--source-copy", source_copy.as_str()])
+                .output()
+                .expect("run ballast-chaos model");
+            let text = String::from_utf8_lossy(&out.stdout);
+            println!("{text}");
+            assert!(
+                out.status.success(),
+                "model check k=2 ({source_copy}) failed:\n{text}"
+            );
+            assert!(text.contains("exhaustive in"), "{text}");
+            let found = format!("\"{CONCURRENT}\": example found");
+            assert!(text.contains(&found), "{text}");
+            continue;
+        }
+        let report = model::run(
+            HandoffModel {
+                bounds: Bounds {
+                    limit: 2,
+                    ..small()
+                },
+                bug: PlantedBug::None,
+                source_copy,
+            },
+            2,
+            false,
+            TIMEOUT,
+        );
+        println!("k=2, source copy {source_copy}:\n{}", report.render());
+        assert!(report.ok(), "{}", report.render());
+        assert!(report.exhausted, "{}", report.render());
+        let concurrent = report
+            .properties
+            .iter()
+            .find(|p| p.name == CONCURRENT)
+            .expect("property");
+        assert!(
+            concurrent.trace.is_some(),
+            "two handoffs at once never reached"
+        );
+    }
 }
 
 #[test]

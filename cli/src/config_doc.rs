@@ -77,6 +77,7 @@ const DOCS: &[KeyDoc] = &[
     doc("balancing.session_timeout", "A balancing session that takes longer than this is dropped."),
     doc("balancing.max_outgoing", "Outgoing migrations under way at once on this node."),
     doc("balancing.max_incoming", "Incoming migrations under way at once on this node."),
+    doc("balancing.max_bytes_in_flight", "Guest memory, in bytes, of the VMs migrating to or from this node at once; a migration that would pass it waits (one alone always runs)."),
     doc("balancing.enabled", "Whether this node starts rounds at all (it still answers its peers)."),
     doc("balancing.dry_run", "Advise only: sessions decide as usual and `ballast sessions` shows the moves they would make (outcome dry-run:<decision>), but nothing moves."),
     doc("balancing.history_max", "Most balancing session records each node keeps in its store for `ballast sessions` (kept across restarts; the oldest go first)."),

@@ -14,7 +14,7 @@ use crate::policy::{PolicyConfig, PolicyConfigError};
 use ballast_core::units::Millis;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 /// Who this agent is and where it keeps its state.
@@ -123,6 +123,9 @@ pub struct BalancingSection {
     pub max_outgoing: NonZeroUsize,
     /// Incoming migrations under way at once on this node.
     pub max_incoming: NonZeroUsize,
+    /// Guest memory, in bytes, of the VMs migrating to or from this node at once; a
+    /// migration that would pass it waits (one alone always runs).
+    pub max_bytes_in_flight: NonZeroU64,
     /// Whether this node starts rounds at all (it still answers its peers).
     pub enabled: bool,
     /// Advise only: sessions run and decide as usual, and `ballast sessions` shows the
@@ -140,8 +143,11 @@ impl Default for BalancingSection {
             round_interval: Millis::new(10_000),
             round_jitter: Millis::new(2_000),
             session_timeout: Millis::new(5_000),
-            max_outgoing: NonZeroUsize::MIN,
-            max_incoming: NonZeroUsize::MIN,
+            // A 10 GbE host: four migrations each way, and at most 64 GiB of guest
+            // memory on the wire (about a minute at line rate).
+            max_outgoing: NonZeroUsize::new(4).unwrap_or(NonZeroUsize::MIN),
+            max_incoming: NonZeroUsize::new(4).unwrap_or(NonZeroUsize::MIN),
+            max_bytes_in_flight: NonZeroU64::new(64 << 30).unwrap_or(NonZeroU64::MIN),
             enabled: true,
             dry_run: false,
             history_max: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
@@ -739,7 +745,7 @@ mod tests {
 
     #[test]
     fn each_migration_limit_is_refused_by_its_own_name() {
-        for key in ["max_outgoing", "max_incoming"] {
+        for key in ["max_outgoing", "max_incoming", "max_bytes_in_flight"] {
             let e =
                 AgentConfig::from_toml_str(&format!("[balancing]\nenabled = true\n{key} = 0\n"))
                     .expect_err("zero limit");

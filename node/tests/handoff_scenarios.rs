@@ -410,3 +410,63 @@ fn admission_limits_refuse_the_second_handoff_and_lose_nothing() {
     run_to_idle(&mut w).unwrap();
     w.resolved().unwrap();
 }
+
+/// The bytes limit lives in the machine too (the world's VMs have 64 MiB each): with room
+/// for one VM's memory, a second move out of the same node is not started, and a second
+/// `Prepare` to a destination already taking one in is refused `Busy`; a handoff alone
+/// always runs, even of a VM larger than the limit. Nothing is lost either way.
+#[test]
+fn the_bytes_limit_holds_back_a_second_handoff_but_never_a_lone_one() {
+    use ballast_node::handoff::{AbortReason, HandoffConfig, RefuseReason, StartError};
+    let one_vm = HandoffConfig {
+        bytes_max: 64 << 20,
+        ..HandoffConfig::default()
+    };
+    // Outgoing: vm0 and vm1 on n0.
+    let mut w = World::new(3, &[0, 0], one_vm.clone());
+    w.record = true;
+    w.start_move(0, &vm0(), 1).expect("first move starts");
+    assert!(matches!(
+        w.start_move(0, &vm_id(1), 2),
+        Err(StartError::BytesLimit(b)) if b == 64 << 20
+    ));
+    run_to_idle(&mut w).unwrap();
+    w.start_move(0, &vm_id(1), 2).expect("free again");
+    run_to_idle(&mut w).unwrap();
+    w.resolved().unwrap();
+    // Incoming: vm0 on n0, vm1 on n1, both sent to n2 at once.
+    let mut w = World::new(3, &[0, 1], one_vm);
+    w.record = true;
+    w.start_move(0, &vm0(), 2).expect("first move starts");
+    w.start_move(1, &vm_id(1), 2)
+        .expect("second starts at its own source");
+    run_to_idle(&mut w).unwrap();
+    w.resolved().unwrap();
+    assert!(
+        w.notices.iter().any(|(_, n)| matches!(
+            n,
+            Notice::Aborted {
+                reason: AbortReason::Refused(RefuseReason::Busy),
+                ..
+            }
+        )),
+        "one Prepare refused Busy: {:?}",
+        w.notices
+    );
+    for i in 0..2 {
+        let holders = (0..3)
+            .filter(|&n| w.nodes[n].store.entry(&vm_id(i)).is_some())
+            .count();
+        assert_eq!(holders, 1, "vm{i} held by exactly one node");
+    }
+    // A limit below one VM's memory: a lone handoff still runs and commits.
+    let tiny = HandoffConfig {
+        bytes_max: 1,
+        ..HandoffConfig::default()
+    };
+    let mut w = World::new(2, &[0], tiny);
+    w.start_move(0, &vm0(), 1).expect("a lone move starts");
+    run_to_idle(&mut w).unwrap();
+    w.resolved().unwrap();
+    assert!(w.nodes[1].store.entry(&vm0()).is_some(), "vm0 moved to n1");
+}

@@ -13,7 +13,7 @@ mod check;
 pub use check::{run, CheckReport, PropertyResult};
 
 use ballast_node::handoff::world::{vm_id, Faults, Held, SimAction, World};
-use ballast_node::handoff::{HandoffConfig, PlantedBug, SourceCopy};
+use ballast_node::handoff::{HandoffConfig, PlantedBug, Role, SourceCopy};
 use stateright::{Model, Property};
 
 /// Name of the I1 property.
@@ -22,6 +22,8 @@ pub const I1: &str = "I1 no loss: exactly one owner per VM";
 pub const I2: &str = "I2 no double run";
 /// Name of the reachability property.
 pub const COMMITS: &str = "a handoff commits";
+/// Property name: a node has two handoffs out at once (checked when `limit` > 1).
+pub const CONCURRENT: &str = "two handoffs out of one node at once";
 
 /// What bounds the state space. `None` means unbounded.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -46,6 +48,10 @@ pub struct Bounds {
     /// next node after its holder (so with 3 nodes and 2 VMs, n1 is at once the
     /// destination of vm0 and the source of vm1).
     pub any_destination: bool,
+    /// Handoffs each way at once per node (`outgoing_max`, `incoming_max`), and as many
+    /// VMs' memory in flight (`bytes_max`). Above 1, every VM starts on node 0, so that
+    /// node 0 hands several off at once and node 1 takes several in.
+    pub limit: usize,
 }
 
 impl Default for Bounds {
@@ -60,6 +66,7 @@ impl Default for Bounds {
             driver_failures: 0,
             net_capacity: 2,
             any_destination: false,
+            limit: 1,
         }
     }
 }
@@ -114,16 +121,23 @@ impl Model for HandoffModel {
 
     fn init_states(&self) -> Vec<ModelState> {
         let b = &self.bounds;
-        // The agent's default limits: one handoff out and one in per node at a time
-        // (`balancing.max_outgoing`, `max_incoming`), enforced inside the machine.
+        // The limits per node (`balancing.max_outgoing`, `max_incoming`,
+        // `max_bytes_in_flight`), enforced inside the machine: `limit` handoffs each way,
+        // and the memory of `limit` VMs (the world's VMs have 64 MiB each).
+        let limit = b.limit.max(1);
         let config = HandoffConfig {
             planted_bug: self.bug,
-            outgoing_max: 1,
-            incoming_max: 1,
+            outgoing_max: limit,
+            incoming_max: limit,
+            bytes_max: (limit as u64) * (64 << 20),
             source_copy: self.source_copy,
             ..HandoffConfig::default()
         };
-        let homes: Vec<usize> = (0..b.vms).map(|i| i % b.nodes).collect();
+        let homes: Vec<usize> = if limit > 1 {
+            vec![0; b.vms]
+        } else {
+            (0..b.vms).map(|i| i % b.nodes).collect()
+        };
         let mut world = World::new(b.nodes, &homes, config);
         world.clocked = false;
         world.net_dedup = true;
@@ -210,7 +224,7 @@ impl Model for HandoffModel {
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        vec![
+        let mut properties = vec![
             Property::always(I1, |_, s: &ModelState| s.world.check_i1().is_ok()),
             Property::always(I2, |_, s: &ModelState| s.world.check_i2().is_ok()),
             Property::sometimes(COMMITS, |_, s: &ModelState| {
@@ -221,6 +235,16 @@ impl Model for HandoffModel {
                         .any(|e| e.held == Held::Running && e.epoch >= 1)
                 })
             }),
-        ]
+        ];
+        if self.bounds.limit > 1 {
+            // The check covers concurrent handoffs only if they happen.
+            properties.push(Property::sometimes(CONCURRENT, |_, s: &ModelState| {
+                s.world
+                    .nodes
+                    .iter()
+                    .any(|n| n.machine.count_role(Role::Source) >= 2)
+            }));
+        }
+        properties
     }
 }

@@ -10,7 +10,7 @@ use crate::cmd::admin::{explain, Cluster, Member};
 use crate::cmd::landing::{self, Landing};
 use crate::cmd::rules;
 use anyhow::{anyhow, bail};
-use ballast_node::agent::wire::{AdminError, BusyDetail};
+use ballast_node::agent::wire::AdminError;
 use ballast_node::agent::AdminClientError;
 use ballast_store::{NodeId, ScheduleEntry, VmId, VmState};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -175,10 +175,9 @@ async fn request(
     let client = cluster.client(holder.addr, MOVE_CALL_TIMEOUT)?;
     loop {
         match client.start_move(vm, to, force).await {
-            Err(AdminClientError::Admin(AdminError::Busy {
-                detail: BusyDetail::OutgoingLimit,
-                ..
-            })) if Instant::now() < deadline => {
+            Err(AdminClientError::Admin(AdminError::Busy { detail, .. }))
+                if detail.is_limit() && Instant::now() < deadline =>
+            {
                 spinner.set_message(format!(
                     "waiting: {} is handing off another VM; then {vm} goes to {to}",
                     holder.node

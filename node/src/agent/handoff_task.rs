@@ -93,6 +93,7 @@ pub(crate) fn machine_config(ctx: &AgentContext) -> HandoffConfig {
         .max(b.max_outgoing.get() + b.max_incoming.get());
     c.outgoing_max = b.max_outgoing.get();
     c.incoming_max = b.max_incoming.get();
+    c.bytes_max = b.max_bytes_in_flight.get();
     c.source_copy = ctx.driver.source_copy();
     c
 }

@@ -1,14 +1,16 @@
-//! The mover: executes planned moves one after another (balancing sessions, pulls by a
-//! peer, drain), each through the handoff machine. Before starting a move it re-reads
+//! The mover: executes planned moves (balancing sessions, pulls by a peer, drain), several
+//! at once within the node's limits, each through the handoff machine. Before starting a move it re-reads
 //! the entry and re-checks the destination, since the plan may be stale.
 
 use super::context::AgentContext;
 use super::handoff_task::move_vm;
 use ballast_gossip::NodeRunState;
 use ballast_store::{NodeId, VmId, VmState};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::{debug, info};
 
 /// Capacity of the mover's queue; a plan beyond it is dropped (the next round replans).
@@ -25,7 +27,7 @@ pub(crate) struct MoveJob {
     pub(crate) forced: bool,
 }
 
-/// The mover's queue: planned moves go in, the mover takes them one at a time; counts
+/// The mover's queue: planned moves go in, the mover takes them in order; counts
 /// the moves queued or running (a round plans nothing while any is).
 pub(crate) struct MoveQueue {
     jobs: mpsc::Sender<MoveJob>,
@@ -64,17 +66,61 @@ impl MoveQueue {
     }
 }
 
-/// Runs queued moves until shutdown.
+/// Runs queued moves until shutdown: up to `balancing.max_outgoing` at once, and to one
+/// destination at most as many as it takes in at once (`balancing.max_incoming`, the same
+/// on every node; one for a node of ballast 0.1). A job beyond either waits its turn, in
+/// order.
 pub(crate) async fn run_mover(ctx: Arc<AgentContext>, mut jobs: mpsc::Receiver<MoveJob>) {
     let mut shutdown = ctx.shutdown.clone();
+    let limit = ctx.cfg.balancing.max_outgoing.get();
+    let mut running: JoinSet<NodeId> = JoinSet::new();
+    let mut per_peer: HashMap<NodeId, usize> = HashMap::new();
+    let mut waiting: VecDeque<MoveJob> = VecDeque::new();
+    let mut open = true;
     loop {
-        let job = tokio::select! {
-            j = jobs.recv() => j,
-            _ = shutdown.changed() => None,
-        };
-        let Some(job) = job else { return };
-        run_one(&ctx, job).await;
-        ctx.moves.finished();
+        // Start what may start, in order.
+        let mut i = 0;
+        while running.len() < limit && i < waiting.len() {
+            let to = &waiting[i].to;
+            let cap = if ctx.net.protocol_of(to) < 2 {
+                1
+            } else {
+                ctx.cfg.balancing.max_incoming.get()
+            };
+            if per_peer.get(to).copied().unwrap_or(0) >= cap {
+                i += 1;
+                continue;
+            }
+            let job = waiting.remove(i).expect("index in range");
+            *per_peer.entry(job.to.clone()).or_default() += 1;
+            let ctx = ctx.clone();
+            running.spawn(async move {
+                let to = job.to.clone();
+                run_one(&ctx, job).await;
+                ctx.moves.finished();
+                to
+            });
+        }
+        if !open && waiting.is_empty() && running.is_empty() {
+            return;
+        }
+        tokio::select! {
+            job = jobs.recv(), if open => match job {
+                Some(job) => waiting.push_back(job),
+                None => open = false,
+            },
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(to) = done {
+                    if let Some(n) = per_peer.get_mut(&to) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            per_peer.remove(&to);
+                        }
+                    }
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

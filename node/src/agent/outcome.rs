@@ -127,16 +127,28 @@ impl TryFrom<String> for SessionOutcome {
 pub enum BusyDetail {
     /// The node hands off `balancing.max_outgoing` VMs already: worth retrying shortly.
     OutgoingLimit,
+    /// The VMs migrating to or from the node hold `balancing.max_bytes_in_flight` of
+    /// memory, with this one's: worth retrying shortly.
+    BytesLimit,
     /// Anything else, as the agent said it.
     Other(String),
 }
 
+impl BusyDetail {
+    /// Whether a retry shortly may succeed (a limit of migrations under way).
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Self::OutgoingLimit | Self::BytesLimit)
+    }
+}
+
 const OUTGOING_LIMIT_TEXT: &str = "outgoing migration limit reached";
+const BYTES_LIMIT_TEXT: &str = "migration bytes limit reached (balancing.max_bytes_in_flight)";
 
 impl fmt::Display for BusyDetail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::OutgoingLimit => f.write_str(OUTGOING_LIMIT_TEXT),
+            Self::BytesLimit => f.write_str(BYTES_LIMIT_TEXT),
             Self::Other(s) => f.write_str(s),
         }
     }
@@ -146,6 +158,8 @@ impl From<String> for BusyDetail {
     fn from(s: String) -> Self {
         if s == OUTGOING_LIMIT_TEXT {
             Self::OutgoingLimit
+        } else if s == BYTES_LIMIT_TEXT {
+            Self::BytesLimit
         } else {
             Self::Other(s)
         }
@@ -164,6 +178,9 @@ pub(crate) enum MoveRefused {
     /// `balancing.max_outgoing` handoffs out are under way.
     #[error("{OUTGOING_LIMIT_TEXT}")]
     OutgoingLimit,
+    /// `balancing.max_bytes_in_flight` would be passed.
+    #[error("{BYTES_LIMIT_TEXT}")]
+    BytesLimit,
     /// The VM is not in this node's schedule.
     #[error("VM {0} is not on this node")]
     NotHere(VmId),
@@ -185,6 +202,7 @@ impl From<StartError> for MoveRefused {
     fn from(e: StartError) -> Self {
         match e {
             StartError::OutgoingLimit(_) => Self::OutgoingLimit,
+            StartError::BytesLimit(_) => Self::BytesLimit,
             other => Self::Start(other),
         }
     }
@@ -194,6 +212,7 @@ impl From<MoveRefused> for BusyDetail {
     fn from(r: MoveRefused) -> Self {
         match r {
             MoveRefused::OutgoingLimit => Self::OutgoingLimit,
+            MoveRefused::BytesLimit => Self::BytesLimit,
             other => Self::Other(other.to_string()),
         }
     }

@@ -38,6 +38,13 @@ pub struct HandoffConfig {
     /// The agent sets it from `balancing.max_incoming`.
     #[serde(skip)]
     pub incoming_max: usize,
+    /// Most guest memory, in bytes, of the VMs in handoffs here at once, both roles (not
+    /// counting settling records): a move that would pass it is not started
+    /// (`StartError::BytesLimit`), a `Prepare` is refused `Busy`; a handoff alone is
+    /// never held back, so a VM larger than the limit still moves. The agent sets it from
+    /// `balancing.max_bytes_in_flight`.
+    #[serde(skip)]
+    pub bytes_max: u64,
     /// What the driver leaves of the source copy once a migration's switchover is
     /// complete. The agent sets it from its driver.
     #[serde(skip)]
@@ -61,6 +68,7 @@ impl Default for HandoffConfig {
             handoffs_max: 16,
             outgoing_max: 16,
             incoming_max: 16,
+            bytes_max: u64::MAX,
             source_copy: SourceCopy::Kept,
             #[cfg(feature = "planted-bugs")]
             planted_bug: PlantedBug::None,

@@ -55,6 +55,7 @@ impl Handoffs {
         if self.is_busy(&vm)
             || self.active.len() >= self.config.handoffs_max
             || self.count_role(Role::Destination) >= self.config.incoming_max
+            || !self.bytes_fit(payload.mem_bytes())
         {
             return self.refuse(from, vm, epoch, RefuseReason::Busy);
         }
@@ -66,6 +67,7 @@ impl Handoffs {
                 phase: Phase::Accepting {
                     payload: payload.clone(),
                 },
+                mem_bytes: payload.mem_bytes(),
             },
         );
         self.store(StoreOp::AcceptIncoming {

@@ -25,4 +25,8 @@ pub enum StartError {
     /// `outgoing_max` handoffs as source are already running.
     #[error("outgoing migration limit reached ({0} under way)")]
     OutgoingLimit(usize),
+    /// The VMs in handoffs here already hold this many bytes of guest memory, and this
+    /// VM's would pass `bytes_max`.
+    #[error("migration bytes limit reached ({0} bytes of guest memory under way)")]
+    BytesLimit(u64),
 }

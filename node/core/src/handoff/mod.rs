@@ -191,6 +191,22 @@ impl Handoffs {
             .count()
     }
 
+    /// Guest memory of the VMs in handoffs here, both roles (not counting settling
+    /// records), in bytes.
+    pub fn bytes_in_flight(&self) -> u64 {
+        self.active
+            .values()
+            .map(|h| h.mem_bytes)
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Whether a handoff of `mem_bytes` more stays within `bytes_max`; always when no
+    /// handoff is under way.
+    fn bytes_fit(&self, mem_bytes: u64) -> bool {
+        self.active.is_empty()
+            || self.bytes_in_flight().saturating_add(mem_bytes) <= self.config.bytes_max
+    }
+
     /// Whether nothing is in progress at all (no handoff, no settling record).
     pub fn is_idle(&self) -> bool {
         self.active.is_empty() && self.settling.is_empty() && self.resuming.is_empty()

@@ -23,6 +23,12 @@ pub struct Payload {
 }
 
 impl Payload {
+    /// The VM's guest memory in bytes: what its migration puts on the wire, counted
+    /// against `HandoffConfig::bytes_max`.
+    pub fn mem_bytes(&self) -> u64 {
+        self.spec.memory_mib.saturating_mul(1 << 20)
+    }
+
     /// The payload of a schedule entry.
     pub fn of_entry(entry: &ScheduleEntry) -> Self {
         Self {

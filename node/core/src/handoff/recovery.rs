@@ -48,6 +48,7 @@ impl Handoffs {
 
     fn recover_entry(&mut self, now: ClockMs, entry: ScheduleEntry) {
         let payload = Payload::of_entry(&entry);
+        let mem_bytes = payload.mem_bytes();
         let vm = entry.vm;
         match entry.state {
             VmState::Running => {}
@@ -59,6 +60,7 @@ impl Handoffs {
                         peer: to,
                         epoch,
                         phase: Phase::CheckingStatus,
+                        mem_bytes,
                     },
                 );
                 self.call(&vm, epoch, DriverAction::MigrationStatus);
@@ -83,6 +85,7 @@ impl Handoffs {
                             payload: Some(payload),
                             target: None,
                         },
+                        mem_bytes,
                     },
                 );
             }

@@ -41,6 +41,11 @@ impl Handoffs {
         if outgoing >= self.config.outgoing_max {
             return Err(StartError::OutgoingLimit(outgoing));
         }
+        let payload = Payload::of_entry(entry);
+        let mem_bytes = payload.mem_bytes();
+        if !self.bytes_fit(mem_bytes) {
+            return Err(StartError::BytesLimit(self.bytes_in_flight()));
+        }
         let epoch = entry.epoch.max(highest_epoch).saturating_add(1);
         let _ = now;
         tracing::debug!(vm = %vm, to = %to, epoch, "starting move");
@@ -49,9 +54,8 @@ impl Handoffs {
             Handoff {
                 peer: to.clone(),
                 epoch,
-                phase: Phase::Beginning {
-                    payload: Payload::of_entry(entry),
-                },
+                phase: Phase::Beginning { payload },
+                mem_bytes,
             },
         );
         self.store(StoreOp::BeginMigrateOut {

@@ -19,6 +19,8 @@ pub(crate) struct Handoff {
     pub(crate) epoch: u64,
     /// The step.
     pub(crate) phase: Phase,
+    /// The VM's guest memory in bytes (`HandoffConfig::bytes_max`).
+    pub(crate) mem_bytes: u64,
 }
 
 /// What the destination does once `prepare_incoming` returns.
