@@ -1,8 +1,10 @@
 //! A rolling upgrade from ballast 0.1.0 (issue 16), as docs/operations.md §Upgrading tells
 //! an operator to run it: three agents of release 0.1.0 (built from its git tag by
-//! `scripts/ballast-0.1.0`, cached), bootstrapped with 0.1.0's CLI, 30 VMs created on one
-//! of them; then each agent in turn is stopped and started again from this build with
-//! the same agent.toml and data directory, while the cluster keeps balancing.
+//! `scripts/ballast-0.1.0`, cached), bootstrapped with 0.1.0's CLI; then each agent in
+//! turn is stopped and started again from this build with the same agent.toml and data
+//! directory, while the cluster keeps balancing 30 VMs created on node-1: 15 by 0.1.0's
+//! CLI at the start (so the old node-1 hands VMs to the upgraded node-2), 15 by this
+//! build's once node-1 is upgraded (so it hands VMs to the old node-3).
 //!
 //! Every check lists every schedule (0.1.0's CLI reads the 0.1.0 nodes, this build's CLI
 //! the upgraded ones, both at once) and fails the test if a VM is in no schedule, or is
@@ -106,6 +108,8 @@ struct Cluster {
     releases: [Release; 3],
     checks: usize,
     previous: Option<Check>,
+    /// VMs created so far (`vm-01` ..).
+    created: usize,
     /// Where each VM last ran alone, and every node's release then.
     last_running: BTreeMap<String, (String, [Release; 3])>,
     /// Handoffs seen, by (source release, destination release).
@@ -191,7 +195,7 @@ impl Cluster {
         };
         self.checks += 1;
         if let Some(prev) = &self.previous {
-            for v in 1..=VMS {
+            for v in 1..=self.created {
                 let vm = format!("vm-{v:02}");
                 let (was, is) = (prev.running_on(&vm), check.running_on(&vm));
                 assert!(
@@ -207,7 +211,7 @@ impl Cluster {
         }
         // A handoff: the VM runs on one node, and last ran on another, both of the same
         // release then as now.
-        for v in 1..=VMS {
+        for v in 1..=self.created {
             let vm = format!("vm-{v:02}");
             let [to] = check.running_on(&vm)[..] else {
                 continue;
@@ -272,6 +276,19 @@ impl Cluster {
         );
     }
 
+    /// Creates the next `n` VMs on node-1 with the CLI `bin`.
+    fn create(&mut self, bin: &Path, n: usize) {
+        for _ in 0..n {
+            self.created += 1;
+            let vm = format!("vm-{:02}", self.created);
+            let target = "cpu=2,io=0,mem=256M";
+            let args = ["vm", "create", &vm, "--vcpus", "1", "--memory", "256M"];
+            let mut args = args.to_vec();
+            args.extend(["--target", target, "--node", NODES[0], "--admin", ADMIN]);
+            run_ok(bin, &args, &self.dir);
+        }
+    }
+
     fn moved(&self, from: Release, to: Release) -> usize {
         self.moves.get(&(from, to)).copied().unwrap_or(0)
     }
@@ -328,6 +345,7 @@ fn a_cluster_of_0_1_0_upgraded_node_by_node_loses_nothing_and_moves_both_ways() 
         releases: [Release::Old; 3],
         checks: 0,
         previous: None,
+        created: 0,
         last_running: BTreeMap::new(),
         moves: BTreeMap::new(),
     };
@@ -361,38 +379,19 @@ fn a_cluster_of_0_1_0_upgraded_node_by_node_loses_nothing_and_moves_both_ways() 
         assert!(Instant::now() < deadline, "0.1.0 cluster never formed: {s}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    for v in 1..=VMS {
-        let vm = format!("vm-{v:02}");
-        run_ok(
-            &old,
-            &[
-                "vm",
-                "create",
-                &vm,
-                "--vcpus",
-                "1",
-                "--memory",
-                "256M",
-                "--target",
-                "cpu=2,io=0,mem=256M",
-                "--node",
-                NODES[0],
-                "--admin",
-                ADMIN,
-            ],
-            d,
-        );
-    }
-
-    // node-2 first: the busy old node-1 hands VMs to it.
+    // Half the VMs on node-1; node-2 first: the busy old node-1 hands VMs to it.
+    cluster.create(&old, VMS / 2);
     cluster.upgrade(1);
     cluster.check_until(
         "a handoff from an old to a new agent",
         Duration::from_secs(90),
         |c, _| c.moved(Release::Old, Release::New) > 0,
     );
-    // node-1, still the busiest: now a new agent handing VMs to the old node-3.
+    // node-1, given the other half by this build's CLI: a new agent handing VMs to the
+    // old node-3.
     cluster.upgrade(0);
+    let new_cli = cluster.new.clone();
+    cluster.create(&new_cli, VMS - VMS / 2);
     cluster.check_until(
         "a handoff from a new to an old agent",
         Duration::from_secs(90),

@@ -209,8 +209,8 @@ mod tests {
             incompatible: vec![ballast_gossip::IncompatiblePeer {
                 node: "old".into(),
                 addr: "127.0.0.1:7009".parse().expect("addr"),
-                min: 1,
-                max: 1,
+                min: 3,
+                max: 3,
             }],
             certs_expiring: vec![ballast_node::report::status::CertExpiry {
                 node: "b".into(),
@@ -229,7 +229,7 @@ mod tests {
         assert!(!table.contains("Forged"), "{table}");
         assert!(
             table.contains(
-                "Left alone: old at 127.0.0.1:7009 speaks protocol 1..1, this build 2..2"
+                "Left alone: old at 127.0.0.1:7009 speaks protocol 3..3, this build 1..2"
             ),
             "{table}"
         );

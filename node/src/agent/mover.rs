@@ -134,11 +134,18 @@ async fn run_one(ctx: &AgentContext, job: MoveJob) {
         debug!(vm = %job.vm, "planned move dropped: VM no longer movable");
         return;
     }
-    let target_ok = ctx
+    let target_ok = match ctx
         .net
         .peers()
         .iter()
-        .any(|p| p.node_id == job.to.as_str() && p.summary.state == NodeRunState::Active);
+        .find(|p| p.node_id == job.to.as_str())
+    {
+        Some(p) => p.summary.state == NodeRunState::Active,
+        // Not in this node's view yet (this node has just started): the session that
+        // planned the move heard from it a moment ago. Were it gone, the handoff would
+        // abort like any other whose destination does not answer.
+        None => true,
+    };
     if !target_ok {
         debug!(vm = %job.vm, peer = %job.to, "planned move dropped: destination not active");
         return;

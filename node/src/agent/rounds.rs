@@ -18,18 +18,28 @@ use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The pause before a follow-up round: after a round that handed VMs off, once they
+/// have left (polled this often), the node goes again rather than waiting a whole
+/// interval, for as long as its rounds find VMs to hand off.
+const FOLLOW_UP_PAUSE: Duration = Duration::from_millis(100);
+
 /// Runs rounds (or drain steps) until shutdown.
 pub(crate) async fn run_rounds(ctx: Arc<AgentContext>) {
     let b = ctx.cfg.balancing.clone();
     let mut shutdown = ctx.shutdown.clone();
     let mut rng = StdRng::from_os_rng();
+    let mut follow_up = false;
     loop {
-        let jitter = if b.round_jitter.get() > 0 {
-            rng.random_range(0..=b.round_jitter.get())
+        let pause = if follow_up {
+            FOLLOW_UP_PAUSE
         } else {
-            0
+            let jitter = if b.round_jitter.get() > 0 {
+                rng.random_range(0..=b.round_jitter.get())
+            } else {
+                0
+            };
+            Duration::from_millis(b.round_interval.get().saturating_add(jitter))
         };
-        let pause = Duration::from_millis(b.round_interval.get().saturating_add(jitter));
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => return,
@@ -42,13 +52,19 @@ pub(crate) async fn run_rounds(ctx: Arc<AgentContext>) {
             || in_flight.incoming >= b.max_incoming.get()
             || ctx.sessions.awaiting();
         if busy {
+            // A sender whose moves are leaving goes again once they have left.
+            follow_up = follow_up && ctx.moves.pending() > 0;
             continue;
         }
+        follow_up = false;
         if ctx.is_draining() {
             drain_step(&ctx, &mut rng).await;
         } else if b.enabled {
             ctx.metrics.rounds.inc();
             round(&ctx, &mut rng).await;
+            // This round's session handed VMs off: the node was the busier side of a
+            // gap above the threshold, and likely still is of another.
+            follow_up = ctx.moves.pending() > 0;
         }
     }
 }
