@@ -20,6 +20,25 @@ fn small() -> Bounds {
     }
 }
 
+/// Runs the release model check (`ballast-chaos model ARGS`), which must pass
+/// exhaustively; returns its report.
+fn model_binary_passes(bin: &str, args: &[&str], source_copy: SourceCopy) -> String {
+    let out = Command::new(bin)
+        .args(["model", "--timeout-secs", "300", "--source-copy"])
+        .arg(source_copy.as_str())
+        .args(args)
+        .output()
+        .expect("run ballast-chaos model");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "model check {args:?} ({source_copy}) failed:\n{text}"
+    );
+    assert!(text.contains("exhaustive in"), "{text}");
+    text
+}
+
 #[test]
 fn model_check_finds_no_violation_and_a_commit() {
     for source_copy in SourceCopy::ALL.iter().copied() {
@@ -31,18 +50,7 @@ fn model_check_finds_no_violation_and_a_commit() {
 /// copy at the switchover.
 fn check_clean(source_copy: SourceCopy) {
     if let Ok(bin) = std::env::var("BALLAST_CHAOS_BIN") {
-        let out = Command::new(bin)
-            .args(["model", "--timeout-secs", "300", "--source-copy"])
-            .arg(source_copy.as_str())
-            .output()
-            .expect("run ballast-chaos model");
-        let text = String::from_utf8_lossy(&out.stdout);
-        println!("{text}");
-        assert!(
-            out.status.success(),
-            "model check ({source_copy}) failed:\n{text}"
-        );
-        assert!(text.contains("exhaustive in"), "{text}");
+        model_binary_passes(&bin, &[], source_copy);
         return;
     }
     let report = model::run(
@@ -79,18 +87,7 @@ fn check_clean(source_copy: SourceCopy) {
 fn model_check_of_two_handoffs_at_once_finds_no_violation() {
     for source_copy in SourceCopy::ALL.iter().copied() {
         if let Ok(bin) = std::env::var("BALLAST_CHAOS_BIN") {
-            let out = Command::new(bin)
-                .args(["model", "--limit", "2", "--timeout-secs", "300"])
-                .args(["--source-copy", source_copy.as_str()])
-                .output()
-                .expect("run ballast-chaos model");
-            let text = String::from_utf8_lossy(&out.stdout);
-            println!("{text}");
-            assert!(
-                out.status.success(),
-                "model check k=2 ({source_copy}) failed:\n{text}"
-            );
-            assert!(text.contains("exhaustive in"), "{text}");
+            let text = model_binary_passes(&bin, &["--limit", "2"], source_copy);
             let found = format!("\"{CONCURRENT}\": example found");
             assert!(text.contains(&found), "{text}");
             continue;

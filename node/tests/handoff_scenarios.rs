@@ -353,6 +353,16 @@ fn planted_promote_on_timeout_is_caught() {
     );
 }
 
+/// Each of the first `vms` VMs is in exactly one node's store.
+fn each_vm_held_once(w: &World, vms: usize) {
+    for i in 0..vms {
+        let holders = (0..w.nodes.len())
+            .filter(|&n| w.nodes[n].store.entry(&vm_id(i)).is_some())
+            .count();
+        assert_eq!(holders, 1, "vm{i} held by exactly one node");
+    }
+}
+
 /// The admission limits live in the machine: with one handoff in per node, a second
 /// source's `Prepare` to a busy destination is refused `Busy` and that move aborts
 /// (its VM runs on where it was); with one handoff out, a second move is not started.
@@ -387,12 +397,7 @@ fn admission_limits_refuse_the_second_handoff_and_lose_nothing() {
         "the second source aborted on n2's Busy: {:?}",
         w.notices
     );
-    for i in 0..2 {
-        let holders = (0..3)
-            .filter(|&n| w.nodes[n].store.entry(&vm_id(i)).is_some())
-            .count();
-        assert_eq!(holders, 1, "vm{i} held by exactly one node");
-    }
+    each_vm_held_once(&w, 2);
     // Outgoing: vm0 and a second VM on n0; the second move is not started.
     let mut w = ballast_node::handoff::world::World::new(3, &[0, 0], limited);
     w.record = true;
@@ -453,12 +458,7 @@ fn the_bytes_limit_holds_back_a_second_handoff_but_never_a_lone_one() {
         "one Prepare refused Busy: {:?}",
         w.notices
     );
-    for i in 0..2 {
-        let holders = (0..3)
-            .filter(|&n| w.nodes[n].store.entry(&vm_id(i)).is_some())
-            .count();
-        assert_eq!(holders, 1, "vm{i} held by exactly one node");
-    }
+    each_vm_held_once(&w, 2);
     // A limit below one VM's memory: a lone handoff still runs and commits.
     let tiny = HandoffConfig {
         bytes_max: 1,
