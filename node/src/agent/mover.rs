@@ -82,7 +82,7 @@ pub(crate) async fn run_mover(ctx: Arc<AgentContext>, mut jobs: mpsc::Receiver<M
         let mut i = 0;
         while running.len() < limit && i < waiting.len() {
             let to = &waiting[i].to;
-            let cap = if ctx.net.protocol_of(to) < 2 {
+            let cap = if super::wire_v1::speaks_only_v1(ctx.net.protocol_of(to)) {
                 1
             } else {
                 ctx.cfg.balancing.max_incoming.get()

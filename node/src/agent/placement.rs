@@ -44,7 +44,9 @@ pub(crate) async fn create(
         .active_peers()
         .iter()
         // A node of ballast 0.1 would drop the VM's placement rules.
-        .filter(|v| p.spec.rules.is_empty() || v.summary.protocol_version >= 2)
+        .filter(|v| {
+            p.spec.rules.is_empty() || !super::wire_v1::speaks_only_v1(v.summary.protocol_version)
+        })
         .map(|v| {
             let id = NodeId::from(v.node_id.as_str());
             (id, v.summary.load, v.summary.tags.clone())

@@ -293,7 +293,7 @@ async fn negotiate(
         Ok(f) => f,
         Err(e) => return SessionOutcome::Failed(e.to_string()),
     };
-    if peer.summary.protocol_version < 2 {
+    if super::wire_v1::speaks_only_v1(peer.summary.protocol_version) {
         // A node of ballast 0.1 knows no placement rules: a VM with rules never goes
         // there (its rules would be lost on the way).
         mine.candidates.retain(|c| c.rules.is_empty());

@@ -7,6 +7,12 @@
 //! variants and fields in the same order; never change them. [`translate`] turns them
 //! into this build's messages and back.
 
+/// Whether a node whose highest protocol version is `protocol` speaks only version 1
+/// (ballast 0.1): it reads these frozen messages and knows no placement rules.
+pub(crate) fn speaks_only_v1(protocol: u32) -> bool {
+    protocol < 2
+}
+
 pub(crate) mod translate;
 
 use ballast_core::handoff::Outcome;

@@ -340,10 +340,10 @@ pub(crate) fn response_of_v1(resp: v1::Response) -> Response {
 impl crate::agent::wire::AgentRequest {
     /// `req` in the version a node that speaks protocol versions up to `protocol` reads.
     pub(crate) fn for_protocol(protocol: u32, req: Request) -> Result<Self, NotInV1> {
-        if protocol >= 2 {
-            Ok(Self::V2(req))
-        } else {
+        if super::speaks_only_v1(protocol) {
             request_to_v1(req).map(Self::V1)
+        } else {
+            Ok(Self::V2(req))
         }
     }
 }
