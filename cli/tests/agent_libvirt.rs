@@ -186,7 +186,9 @@ fn adopted_libvirt_domains_balance_live_with_their_local_disks() {
                     eprintln!("n{}: {l}", i + 1);
                 }
             }
-            assert!(!moved.is_empty() && moved.len() < VMS, "moved {moved:?}");
+            // How many move depends on the loads measured at that moment, the unmanaged
+            // domain's boot on a included: a session may send all six at once.
+            assert!(!moved.is_empty(), "nothing moved");
             // b answered every reservation with a port of its `port_range`.
             let [first, last] = agent_libvirt_util::port_range("b");
             let answers: Vec<String> = c
