@@ -63,7 +63,7 @@ fn adopted_libvirt_domains_balance_live_with_their_local_disks() {
     let mut c = libvirt_cluster(
         &hosts,
         true,
-        "cooldown = \"300s\"\nthreshold = 0.15\nmin_gain = 0.05\nswaps = false",
+        "cooldown = \"300s\"\ncooldown_allows_onward = false\nthreshold = 0.15\nmin_gain = 0.05\nswaps = false",
     );
     for n in &c.nodes {
         set_libvirt_option(&n.config, "remove_source_disks", "true");

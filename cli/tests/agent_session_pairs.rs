@@ -4,7 +4,7 @@
 //! takes part in one session at a time (crossed opens are refused, never served
 //! beside the node's own session), and a pair's next session sees the moves the
 //! previous one decided: 12 equal VMs on n1 end 6 and 6 (one move per session), every
-//! VM planned and moved once (the 60 s cooldown would keep any overshoot), no VM in a
+//! VM planned and moved once (a strict 60 s cooldown would keep any overshoot), no VM in a
 //! session's candidates after an earlier session decided to move it off that node, and
 //! no VM ran on two hosts.
 
@@ -34,7 +34,7 @@ fn crossed_sessions_of_a_pair_never_overlap_and_see_each_others_moves() {
         set_in_config(
             &n.config,
             "cooldown = \"0s\"",
-            "cooldown = \"60s\"\nmax_moves_per_session = 1",
+            "cooldown = \"60s\"\ncooldown_allows_onward = false\nmax_moves_per_session = 1",
         );
         set_in_config(&n.config, "migration = \"30ms\"", "migration = \"400ms\"");
     }
@@ -182,7 +182,11 @@ fn vms_on_their_way_count_in_the_receivers_next_sessions() {
             "round_interval = \"300ms\"",
             "round_interval = \"100ms\"",
         );
-        set_in_config(&n.config, "cooldown = \"0s\"", "cooldown = \"60s\"");
+        set_in_config(
+            &n.config,
+            "cooldown = \"0s\"",
+            "cooldown = \"60s\"\ncooldown_allows_onward = false",
+        );
         set_in_config(&n.config, "migration = \"30ms\"", "migration = \"500ms\"");
     }
     c.start_all();

@@ -379,6 +379,14 @@ fn a_cluster_of_0_1_0_upgraded_node_by_node_loses_nothing_and_moves_both_ways() 
         assert!(Instant::now() < deadline, "0.1.0 cluster never formed: {s}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // This build's CLI cannot speak to 0.1.0's agents (TLS refuses its protocol): it
+    // says so and points to the way out.
+    let o = cli_util::run_binary(&cluster.new, &["status", "--admin", ADMIN], d);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("§Upgrading"),
+        "this build's status on a 0.1.0 cluster: {err}"
+    );
     // Half the VMs on node-1; node-2 first: the busy old node-1 hands VMs to it.
     cluster.create(&old, VMS / 2);
     cluster.upgrade(1);

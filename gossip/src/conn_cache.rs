@@ -20,6 +20,42 @@ const CLOSE_EVICTED: u32 = 4;
 
 type Key = (SocketAddr, &'static [u8], String);
 
+/// Why no connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectFailure {
+    /// The peer's TLS refused every protocol version offered (ALPN): it runs another
+    /// release of ballast.
+    #[error(
+        "the peer speaks none of the protocol versions offered (TLS: no_application_protocol)"
+    )]
+    NoCommonProtocol,
+    /// Anything else: unreachable, handshake timed out, wrong certificate, revoked.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// TLS alert `no_application_protocol` (RFC 8446 §6.2, RFC 7301 §3.2).
+const ALERT_NO_APPLICATION_PROTOCOL: u8 = 120;
+
+impl From<quinn::ConnectionError> for ConnectFailure {
+    fn from(e: quinn::ConnectionError) -> Self {
+        let code = match &e {
+            quinn::ConnectionError::ConnectionClosed(close) => Some(close.error_code),
+            quinn::ConnectionError::TransportError(t) => Some(t.code),
+            _ => None,
+        };
+        if code
+            == Some(quinn::TransportErrorCode::crypto(
+                ALERT_NO_APPLICATION_PROTOCOL,
+            ))
+        {
+            ConnectFailure::NoCommonProtocol
+        } else {
+            ConnectFailure::Failed(e.to_string())
+        }
+    }
+}
+
 /// A cached connection, the identity it proved and when it was last used (a tick).
 type Entry = (quinn::Connection, PeerIdentity, u64);
 
@@ -89,7 +125,7 @@ impl ConnCache {
         alpn: &'static [u8],
         server_name: &str,
         config: &quinn::ClientConfig,
-    ) -> Result<(quinn::Connection, PeerIdentity), String> {
+    ) -> Result<(quinn::Connection, PeerIdentity), ConnectFailure> {
         self.get_fresh(addr, alpn, server_name, config)
             .await
             .map(|(conn, id, _)| (conn, id))
@@ -102,7 +138,7 @@ impl ConnCache {
         alpn: &'static [u8],
         server_name: &str,
         config: &quinn::ClientConfig,
-    ) -> Result<(quinn::Connection, PeerIdentity, bool), String> {
+    ) -> Result<(quinn::Connection, PeerIdentity, bool), ConnectFailure> {
         let key = (addr, alpn, server_name.to_owned());
         if let Some((conn, id)) = self.lookup(&key) {
             return Ok((conn, id, false));
@@ -110,16 +146,19 @@ impl ConnCache {
         let connecting = self
             .endpoint
             .connect_with(config.clone(), addr, server_name)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ConnectFailure::Failed(e.to_string()))?;
         let conn = tokio::time::timeout(self.connect_timeout, connecting)
             .await
-            .map_err(|_| "handshake timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ConnectFailure::Failed("handshake timed out".to_owned()))??;
         self.stats.handshakes_out.fetch_add(1, Ordering::Relaxed);
-        let id = identity_of_connection(&conn).map_err(|e| e.to_string())?;
+        let id =
+            identity_of_connection(&conn).map_err(|e| ConnectFailure::Failed(e.to_string()))?;
         if id.role == Role::Node && self.revoked.contains(&id.name) {
             conn.close(4u32.into(), b"revoked");
-            return Err(format!("node {} is revoked", id.name));
+            return Err(ConnectFailure::Failed(format!(
+                "node {} is revoked",
+                id.name
+            )));
         }
         self.insert(key, conn.clone(), id.clone());
         Ok((conn, id, true))

@@ -132,6 +132,13 @@ pub enum RpcError {
         /// Why.
         reason: String,
     },
+    /// The peer's TLS refused every protocol version this build offered (ALPN): it runs
+    /// another release of ballast. Nothing was sent.
+    #[error("{addr} speaks none of this build's protocol versions (TLS refused the ALPN)")]
+    NoCommonProtocol {
+        /// The address called.
+        addr: SocketAddr,
+    },
     /// The whole call (connect, send, wait for the reply) exceeded the timeout; the
     /// request may or may not have been handled by the peer.
     #[error("RPC to {addr} timed out")]

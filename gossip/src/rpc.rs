@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::conn_cache::{ConnCache, CACHED_CONNECTIONS_MAX};
+use crate::conn_cache::{ConnCache, ConnectFailure, CACHED_CONNECTIONS_MAX};
 use crate::error::{EndpointError, FrameError, RpcError};
 use crate::faults::FaultHook;
 use crate::frame::{encode_frame, read_frame, write_frame};
@@ -356,11 +356,15 @@ impl RpcClient {
         let mut attempts = 0;
         let (mut send, mut recv) = loop {
             attempts += 1;
-            let (conn, _) = inner
-                .cache
-                .get(addr, alpn, name, config)
-                .await
-                .map_err(|reason| RpcError::Connect { addr, reason })?;
+            let (conn, _) =
+                inner
+                    .cache
+                    .get(addr, alpn, name, config)
+                    .await
+                    .map_err(|e| match e {
+                        ConnectFailure::NoCommonProtocol => RpcError::NoCommonProtocol { addr },
+                        ConnectFailure::Failed(reason) => RpcError::Connect { addr, reason },
+                    })?;
             match conn.open_bi().await {
                 Ok(streams) => break streams,
                 Err(e) => {

@@ -141,7 +141,8 @@ impl GossipShared {
         let (conn, id, fresh) = self
             .cache
             .get_fresh(to, ALPN_GOSSIP, ANY_NODE_SERVER_NAME, &self.client_config)
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         self.bindings.record(to, &id.name);
         if fresh {
             let shared = self.clone();

@@ -55,6 +55,32 @@ fn vm_loads() -> impl Strategy<Value = Vec<f64>> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
+    /// A VM in its cooldown is planned only if, after it and the moves planned before it,
+    /// the sender still exceeds the receiver by more than the threshold.
+    #[test]
+    fn cooling_vms_never_cross_the_balance(vms in prop::collection::vec((0.01f64..10.0, 0.01f64..10.0, any::<bool>()), 1..40),
+                                           l_r in 0.0f64..100.0, threshold in 0.0f64..2.0, max_moves in 1usize..10) {
+        let cands: Vec<Candidate> = vms
+            .iter()
+            .map(|&(h, t, cooling)| Candidate {
+                last_moved_ms: cooling.then_some(NOW - 1),
+                ..unlike(&[(h, t)])[0]
+            })
+            .collect();
+        let l_s = vms.iter().map(|v| v.0).sum::<f64>() + l_r;
+        let c = PolicyConfig { cooldown: Millis::new(1_000), ..cfg(threshold, 0.0, max_moves) };
+        let mut out = Vec::new();
+        let _ = plan_moves(&view(l_s, &cands), l_r, u64::MAX, &CTX, &c, &mut out);
+        let (mut a, mut b) = (l_s, l_r);
+        for m in &out {
+            a -= m.load_from;
+            b += m.load_to;
+            if cands[m.index].last_moved_ms.is_some() {
+                prop_assert!(a - b > threshold, "cooling VM {} left {a} against {b}", m.index);
+            }
+        }
+    }
+
     /// Identical hosts: the chosen VM is the one nearest (L_A - L_B) / 2.
     #[test]
     fn identical_hosts_choose_nearest_half_difference(vms in vm_loads(), peer in 0.0f64..50.0) {
@@ -248,6 +274,7 @@ fn pinned_cooling_and_too_big_vms_stay() {
     cands[2].mem_bytes = 100;
     let c = PolicyConfig {
         cooldown: Millis::new(1_000),
+        cooldown_allows_onward: false,
         ..cfg(0.0, 0.0, 1)
     };
     let mut out = Vec::new();
@@ -274,6 +301,41 @@ fn pinned_cooling_and_too_big_vms_stay() {
     )
     .is_ok());
     assert_eq!(out[0].index, 1);
+}
+
+/// The overloaded receiver of earlier sessions: every VM on it has just arrived. With
+/// `cooldown_allows_onward` it passes VMs on while it stays the busier side by more than
+/// the threshold, and stops short of crossing the pair's balance.
+#[test]
+fn cooling_vms_move_onward_but_never_across_the_balance() {
+    let mut cands = same_everywhere(&[1.0; 24]);
+    for c in &mut cands {
+        c.last_moved_ms = Some(NOW - 10);
+    }
+    let c = PolicyConfig {
+        cooldown: Millis::new(60_000),
+        ..cfg(0.5, 0.1, 16)
+    };
+    let sender = view(24.0, &cands);
+    let mut out = Vec::new();
+    assert!(plan_moves(&sender, 8.0, u64::MAX, &CTX, &c, &mut out).is_ok());
+    // 7 leave 17 against 15; an 8th would leave 16 against 16: not onward by > 0.5.
+    assert_eq!(out.len(), 7, "{out:?}");
+    let strict = PolicyConfig {
+        cooldown_allows_onward: false,
+        ..c
+    };
+    assert_eq!(
+        plan_moves(&sender, 8.0, u64::MAX, &CTX, &strict, &mut out),
+        Err(Stay::NoEligibleVm)
+    );
+    // Nearly balanced: a cooling VM does not move at all, though a cool one would.
+    assert_eq!(
+        plan_moves(&view(24.0, &cands), 21.5, u64::MAX, &CTX, &c, &mut out),
+        Err(Stay::NoEligibleVm)
+    );
+    let cool = same_everywhere(&[1.0; 24]);
+    assert!(plan_moves(&view(24.0, &cool), 21.5, u64::MAX, &CTX, &c, &mut out).is_ok());
 }
 
 #[test]

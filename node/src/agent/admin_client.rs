@@ -62,13 +62,6 @@ pub enum AdminClientError {
     },
 }
 
-/// Whether a connect failure is the peer's TLS refusing every ALPN offered
-/// (alert 120, `no_application_protocol`): the peer speaks another protocol version.
-fn is_other_release(e: &RpcError) -> bool {
-    matches!(e, RpcError::Connect { reason, .. }
-        if reason.contains("error 120") || reason.contains("known protocol"))
-}
-
 /// A client of one node's admin API.
 #[derive(Clone)]
 pub struct AdminClient {
@@ -129,7 +122,7 @@ impl AdminClient {
                 .call(self.addr, None, &request)
                 .await
                 .map_err(|source| {
-                    if is_other_release(&source) {
+                    if matches!(source, RpcError::NoCommonProtocol { .. }) {
                         AdminClientError::OtherRelease {
                             addr: self.addr,
                             protocol: ballast_gossip::PROTOCOL_VERSION,

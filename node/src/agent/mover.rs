@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Capacity of the mover's queue; a plan beyond it is dropped (the next round replans).
 const MOVES_QUEUED_MAX: usize = 64;
@@ -73,7 +73,10 @@ impl MoveQueue {
 pub(crate) async fn run_mover(ctx: Arc<AgentContext>, mut jobs: mpsc::Receiver<MoveJob>) {
     let mut shutdown = ctx.shutdown.clone();
     let limit = ctx.cfg.balancing.max_outgoing.get();
-    let mut running: JoinSet<NodeId> = JoinSet::new();
+    let mut running: JoinSet<()> = JoinSet::new();
+    // Each running move's destination, by task: released when the task ends, however it
+    // ends (a panicking move must not hold its destination's place for good).
+    let mut destinations: HashMap<tokio::task::Id, NodeId> = HashMap::new();
     let mut per_peer: HashMap<NodeId, usize> = HashMap::new();
     let mut waiting: VecDeque<MoveJob> = VecDeque::new();
     let mut open = true;
@@ -93,13 +96,10 @@ pub(crate) async fn run_mover(ctx: Arc<AgentContext>, mut jobs: mpsc::Receiver<M
             }
             let job = waiting.remove(i).expect("index in range");
             *per_peer.entry(job.to.clone()).or_default() += 1;
+            let to = job.to.clone();
             let ctx = ctx.clone();
-            running.spawn(async move {
-                let to = job.to.clone();
-                run_one(&ctx, job).await;
-                ctx.moves.finished();
-                to
-            });
+            let task = running.spawn(async move { run_one(&ctx, job).await });
+            destinations.insert(task.id(), to);
         }
         if !open && waiting.is_empty() && running.is_empty() {
             return;
@@ -109,8 +109,16 @@ pub(crate) async fn run_mover(ctx: Arc<AgentContext>, mut jobs: mpsc::Receiver<M
                 Some(job) => waiting.push_back(job),
                 None => open = false,
             },
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                if let Ok(to) = done {
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        warn!(reason = %e, "a move's task ended without finishing");
+                        e.id()
+                    }
+                };
+                ctx.moves.finished();
+                if let Some(to) = destinations.remove(&id) {
                     if let Some(n) = per_peer.get_mut(&to) {
                         *n = n.saturating_sub(1);
                         if *n == 0 {

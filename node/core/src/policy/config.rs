@@ -37,9 +37,16 @@ pub struct PolicyConfig {
     pub threshold: f64,
     /// A move must lower the pair's larger load by at least this much (hysteresis).
     pub min_gain: f64,
-    /// A VM that moved is not moved again for this long, in milliseconds.
+    /// A VM that moved is not moved again for this long, in milliseconds (but see
+    /// `cooldown_allows_onward`).
     #[serde(alias = "cooldown_ms")]
     pub cooldown: Millis,
+    /// Whether a VM in its cooldown may still move onward: only while its sender stays
+    /// the busier side of the pair by more than `threshold` after the move, so it never
+    /// crosses the pair's balance and cannot come straight back. Without it, a host that
+    /// took in more than its share (every VM on it just arrived) stays overloaded for a
+    /// whole cooldown. Swaps and rule repairs always wait the cooldown out.
+    pub cooldown_allows_onward: bool,
     /// How many moves one session may plan, each by the nearest-half-difference rule
     /// applied to the loads the previous moves leave.
     pub max_moves_per_session: usize,
@@ -64,6 +71,7 @@ impl Default for PolicyConfig {
             threshold: 0.02,
             min_gain: 0.005,
             cooldown: Millis::new(60_000),
+            cooldown_allows_onward: true,
             max_moves_per_session: 8,
             sender: Sender::Busier,
             peer_choice: PeerChoice::MostDifferent,

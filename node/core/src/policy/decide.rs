@@ -3,8 +3,11 @@
 //! The sender picks the VM `v` that minimizes `|(L_s - load_s(v)) - (L_r + load_r(v))|`;
 //! on identical hosts that is the VM whose load is nearest `(L_s - L_r) / 2`. A move is
 //! planned only while the sender exceeds the receiver by more than `threshold` and it
-//! lowers the pair's larger load by at least `min_gain`; pinned VMs, VMs in their
-//! post-migration cooldown and VMs that do not fit the receiver's free memory stay.
+//! lowers the pair's larger load by at least `min_gain`; pinned VMs and VMs that do not
+//! fit the receiver's free memory stay. A VM in its post-migration cooldown stays too,
+//! unless `cooldown_allows_onward` and the sender remains busier than the receiver by
+//! more than `threshold` after it left: it moves on downhill, never back across the
+//! pair's balance.
 //! A session may plan up to `max_moves_per_session` moves, each chosen by the same rule
 //! on the loads the previous ones leave.
 //!
@@ -207,7 +210,8 @@ fn plan_repair(
                 break;
             }
             if rules.breaks_here(side, i)
-                && eligible(c, free, ctx.now_ms, cfg)
+                && eligible(c, free)
+                && !cooling(c, ctx.now_ms, cfg)
                 && rules.allows(side, i, &out, None)
             {
                 free -= c.mem_bytes;
@@ -289,13 +293,14 @@ fn plan_swap_from(
     let d = sender.load - receiver.load;
     let mut best: Option<(usize, usize, f64)> = None;
     for (i, v) in sender.candidates.iter().enumerate() {
-        if !eligible(v, receiver.free_mem_bytes, ctx.now_ms, cfg) {
+        if !eligible(v, receiver.free_mem_bytes) || cooling(v, ctx.now_ms, cfg) {
             continue;
         }
         let a = v.load_here + v.load_there;
         for (j, w) in receiver.candidates.iter().enumerate() {
             let b = w.load_here + w.load_there;
-            if !eligible(w, sender.free_mem_bytes, ctx.now_ms, cfg)
+            if !eligible(w, sender.free_mem_bytes)
+                || cooling(w, ctx.now_ms, cfg)
                 || !ctx.allows(side, i, &[], Some(j))
                 || !ctx.allows(side.other(), j, &[], Some(i))
             {
@@ -403,13 +408,16 @@ fn nearest_half<'c>(
 ) -> Option<(usize, &'c Candidate)> {
     let mut best: Option<(usize, &Candidate, f64)> = None;
     for (i, c) in candidates.iter().enumerate() {
-        if !eligible(c, free_mem_bytes, ctx.now_ms, cfg)
+        let left = (l_s - c.load_here) - (l_r + c.load_there);
+        let onward = cfg.cooldown_allows_onward && left > cfg.threshold;
+        if !eligible(c, free_mem_bytes)
+            || (cooling(c, ctx.now_ms, cfg) && !onward)
             || planned.iter().any(|m| m.index == i)
             || !ctx.allows(side, i, planned, None)
         {
             continue;
         }
-        let gap = ((l_s - c.load_here) - (l_r + c.load_there)).abs();
+        let gap = left.abs();
         if best.is_none_or(|(_, _, g)| gap < g) {
             best = Some((i, c, gap));
         }
@@ -417,13 +425,15 @@ fn nearest_half<'c>(
     best.map(|(i, c, _)| (i, c))
 }
 
-/// Whether a VM may move at all: not pinned, not cooling down, fits the receiver.
-fn eligible(c: &Candidate, free_mem_bytes: u64, now_ms: u64, cfg: &PolicyConfig) -> bool {
-    let cooling = c
-        .last_moved_ms
-        .is_some_and(|t| now_ms.saturating_sub(t) < cfg.cooldown.get());
+/// Whether a VM moved less than `cooldown` ago.
+fn cooling(c: &Candidate, now_ms: u64, cfg: &PolicyConfig) -> bool {
+    c.last_moved_ms
+        .is_some_and(|t| now_ms.saturating_sub(t) < cfg.cooldown.get())
+}
+
+/// Whether a VM may move at all, cooldown aside: not pinned, fits the receiver.
+fn eligible(c: &Candidate, free_mem_bytes: u64) -> bool {
     !c.pinned
-        && !cooling
         && c.mem_bytes <= free_mem_bytes
         && c.load_here.is_finite()
         && c.load_there.is_finite()
