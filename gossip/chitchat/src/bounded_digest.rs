@@ -194,7 +194,8 @@ mod tests {
         peer.add_node(id(501), Heartbeat(1), 0, 3);
         budget.note_peer_digest(&peer, |i| (*i == id(501)).then_some(3));
         budget.note_advanced(&id(900));
-        let chosen = budget.select(&id(0), &nodes, &HashSet::new());
+        let me = id(0);
+        let chosen = budget.select(&me, &nodes, &HashSet::new());
         assert!(chosen.contains(&id(500)), "peer has newer: wanted");
         assert!(!chosen.contains(&id(501)), "same version: not wanted");
         assert!(chosen.contains(&id(900)), "advanced here: listed");

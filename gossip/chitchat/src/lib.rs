@@ -733,6 +733,8 @@ mod tests {
             catchup_callback: None,
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
+            max_digest_nodes: None,
+            max_message_bytes: None,
         };
         start_node_with_config(transport, config).await
     }
@@ -945,6 +947,8 @@ mod tests {
                 node_state.get("READY") == Some("true")
             })),
             protocol_version: ProtocolVersion::V0,
+            max_digest_nodes: None,
+            max_message_bytes: None,
         };
         let mut nodes = Vec::new();
         for chitchat_id in &chitchat_ids {

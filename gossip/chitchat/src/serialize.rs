@@ -372,10 +372,9 @@ impl CompressedStreamWriter {
         let num_bytes_to_compress = self.uncompressed_block.len().min(self.block_threshold);
 
         self.compressed_block.resize(num_bytes_to_compress, 0u8);
-        match zstd::bulk::compress_to_buffer(
+        match compress_block(
             &self.uncompressed_block[..num_bytes_to_compress],
             &mut self.compressed_block[..],
-            0, // default compression level
         ) {
             Ok(compressed_len) => {
                 BlockType::Compressed.serialize(&mut self.output);
@@ -404,9 +403,48 @@ impl CompressedStreamWriter {
     }
 }
 
+// ballast patch: one zstd context per thread, reused. `zstd::bulk::compress_to_buffer`
+// and `decompress_to_buffer` create (and free) a context on every call, which cost more
+// than the compression of a gossip message itself. The bytes are the same.
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<(zstd::bulk::Decompressor<'static>, Vec<u8>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses `source` into `destination` at zstd's default level; the compressed length.
+fn compress_block(source: &[u8], destination: &mut [u8]) -> std::io::Result<usize> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match &mut *slot {
+            Some(compressor) => compressor,
+            None => slot.insert(zstd::bulk::Compressor::new(0)?), // default compression level
+        };
+        compressor.compress_to_buffer(source, destination)
+    })
+}
+
+/// Decompresses one block (at most `u16::MAX` bytes once decompressed) onto `out`.
+fn decompress_block(block: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let (decompressor, scratch) = match &mut *slot {
+            Some(pair) => pair,
+            None => slot.insert((
+                zstd::bulk::Decompressor::new()?,
+                Vec::with_capacity(u16::MAX as usize),
+            )),
+        };
+        scratch.clear();
+        decompressor.decompress_to_buffer(block, scratch)?;
+        out.extend_from_slice(scratch);
+        Ok(())
+    })
+}
+
 pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<Vec<D>> {
     let mut decompressed_data = Vec::new();
-    let mut decompressed_buffer = vec![0; u16::MAX as usize];
     loop {
         let block_type = BlockType::deserialize(buf)?;
         match block_type {
@@ -415,13 +453,9 @@ pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<
                 let compressed_block_bytes = buf.get(..len).context(
                     "failed to download compressed stream (compressed block): buffer too short",
                 )?;
-                let uncompressed_len = zstd::bulk::decompress_to_buffer(
-                    compressed_block_bytes,
-                    &mut decompressed_buffer[..u16::MAX as usize],
-                )
-                .context("failed to decompress block")?;
+                decompress_block(compressed_block_bytes, &mut decompressed_data)
+                    .context("failed to decompress block")?;
                 buf.advance(len);
-                decompressed_data.extend_from_slice(&decompressed_buffer[..uncompressed_len]);
             }
             BlockType::Uncompressed => {
                 let len = u16::deserialize(buf)? as usize;

@@ -435,6 +435,8 @@ impl Simulator {
             catchup_callback,
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
+            max_digest_nodes: None,
+            max_message_bytes: None,
         };
         let handle = spawn_chitchat(config, Vec::new(), &self.transport)
             .await

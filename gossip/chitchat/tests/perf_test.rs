@@ -34,6 +34,8 @@ async fn spawn_one(chitchat_id: u16, transport: &dyn Transport) -> ChitchatHandl
         catchup_callback: None,
         extra_liveness_predicate: None,
         protocol_version: ProtocolVersion::V0,
+        max_digest_nodes: None,
+        max_message_bytes: None,
     };
     spawn_chitchat(config, Vec::new(), transport).await.unwrap()
 }
