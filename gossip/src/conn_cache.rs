@@ -15,6 +15,10 @@ use crate::stats::Stats;
 
 /// Default bound on cached connections (`EndpointConfig::cached_connections_max`).
 pub const CACHED_CONNECTIONS_MAX: usize = 4_096;
+/// Most outgoing handshakes under way at once; more wait their turn (within the
+/// connect timeout). A joining node learns of every peer within a few rounds and dials
+/// them all: unbounded, those handshakes compete for the CPU until they time out.
+pub(crate) const HANDSHAKES_OUT_MAX: usize = 8;
 /// Close code of a connection evicted from the cache.
 const CLOSE_EVICTED: u32 = 4;
 
@@ -59,6 +63,12 @@ impl From<quinn::ConnectionError> for ConnectFailure {
 /// A cached connection, the identity it proved and when it was last used (a tick).
 type Entry = (quinn::Connection, PeerIdentity, u64);
 
+/// What a turn at dialling found: a new connection, or one another task made meanwhile.
+enum Dialled {
+    New(quinn::Connection),
+    Cached(quinn::Connection, PeerIdentity),
+}
+
 /// Cached connections and the use counter behind the LRU order.
 #[derive(Debug, Default)]
 struct Lru {
@@ -81,6 +91,8 @@ pub(crate) struct ConnCache {
     /// Revoked node names: a connection to one is closed at once, also when TLS
     /// resumed a session from before the revocation (resumption skips the certificate).
     revoked: Arc<RevokedSet>,
+    /// Permits for outgoing handshakes (`HANDSHAKES_OUT_MAX`).
+    handshakes: tokio::sync::Semaphore,
 }
 
 impl ConnCache {
@@ -101,6 +113,7 @@ impl ConnCache {
             lru: Mutex::new(Lru::default()),
             inbound: Mutex::new(HashMap::new()),
             revoked,
+            handshakes: tokio::sync::Semaphore::new(HANDSHAKES_OUT_MAX),
         }
     }
 
@@ -143,13 +156,25 @@ impl ConnCache {
         if let Some((conn, id)) = self.lookup(&key) {
             return Ok((conn, id, false));
         }
-        let connecting = self
-            .endpoint
-            .connect_with(config.clone(), addr, server_name)
-            .map_err(|e| ConnectFailure::Failed(e.to_string()))?;
-        let conn = tokio::time::timeout(self.connect_timeout, connecting)
+        let handshake = async {
+            let _turn = self.handshakes.acquire().await;
+            // Another task may have connected while this one waited its turn.
+            if let Some((conn, id)) = self.lookup(&key) {
+                return Ok::<_, ConnectFailure>(Dialled::Cached(conn, id));
+            }
+            let connecting = self
+                .endpoint
+                .connect_with(config.clone(), addr, server_name)
+                .map_err(|e| ConnectFailure::Failed(e.to_string()))?;
+            Ok(Dialled::New(connecting.await?))
+        };
+        let dialled = tokio::time::timeout(self.connect_timeout, handshake)
             .await
             .map_err(|_| ConnectFailure::Failed("handshake timed out".to_owned()))??;
+        let conn = match dialled {
+            Dialled::New(conn) => conn,
+            Dialled::Cached(conn, id) => return Ok((conn, id, false)),
+        };
         self.stats.handshakes_out.fetch_add(1, Ordering::Relaxed);
         let id =
             identity_of_connection(&conn).map_err(|e| ConnectFailure::Failed(e.to_string()))?;

@@ -43,6 +43,9 @@ use crate::transport::{serve_gossip_connection, GossipParts, GossipShared, QuicT
 
 /// Most inbound connections at once (handshaking or established).
 pub const INBOUND_CONNECTIONS_MAX: usize = 4_096;
+/// Most inbound handshakes under way at once; more wait their turn (within the handshake
+/// timeout) instead of all competing for the CPU when many nodes join together.
+const HANDSHAKES_IN_MAX: usize = 16;
 /// Concurrent gossip streams a peer may open on one connection.
 const UNI_STREAMS_MAX: u32 = 64;
 /// Concurrent RPC streams a peer may open on one connection.
@@ -727,6 +730,7 @@ impl Acceptor {
     async fn run(self) {
         let this = Arc::new(self);
         let limit = Arc::new(Semaphore::new(INBOUND_CONNECTIONS_MAX));
+        let handshakes = Arc::new(Semaphore::new(HANDSHAKES_IN_MAX));
         while let Some(incoming) = this.quic.accept().await {
             let from = incoming.remote_address();
             let Ok(permit) = limit.clone().try_acquire_owned() else {
@@ -735,15 +739,20 @@ impl Acceptor {
                 continue;
             };
             let this2 = this.clone();
+            let handshakes = handshakes.clone();
             this.tasks.spawn(async move {
-                this2.serve(incoming, from).await;
+                this2.serve(incoming, from, &handshakes).await;
                 drop(permit);
             });
         }
     }
 
-    async fn serve(&self, incoming: quinn::Incoming, from: SocketAddr) {
-        let conn = match tokio::time::timeout(self.handshake_timeout, incoming).await {
+    async fn serve(&self, incoming: quinn::Incoming, from: SocketAddr, handshakes: &Semaphore) {
+        let handshake = async {
+            let _turn = handshakes.acquire().await;
+            incoming.await
+        };
+        let conn = match tokio::time::timeout(self.handshake_timeout, handshake).await {
             Ok(Ok(conn)) => {
                 self.stats
                     .handshakes_in
