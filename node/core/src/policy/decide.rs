@@ -210,8 +210,7 @@ fn plan_repair(
                 break;
             }
             if rules.breaks_here(side, i)
-                && eligible(c, free)
-                && !cooling(c, ctx.now_ms, cfg)
+                && eligible(c, free, ctx.now_ms, cfg)
                 && rules.allows(side, i, &out, None)
             {
                 free -= c.mem_bytes;
@@ -293,14 +292,13 @@ fn plan_swap_from(
     let d = sender.load - receiver.load;
     let mut best: Option<(usize, usize, f64)> = None;
     for (i, v) in sender.candidates.iter().enumerate() {
-        if !eligible(v, receiver.free_mem_bytes) || cooling(v, ctx.now_ms, cfg) {
+        if !eligible(v, receiver.free_mem_bytes, ctx.now_ms, cfg) {
             continue;
         }
         let a = v.load_here + v.load_there;
         for (j, w) in receiver.candidates.iter().enumerate() {
             let b = w.load_here + w.load_there;
-            if !eligible(w, sender.free_mem_bytes)
-                || cooling(w, ctx.now_ms, cfg)
+            if !eligible(w, sender.free_mem_bytes, ctx.now_ms, cfg)
                 || !ctx.allows(side, i, &[], Some(j))
                 || !ctx.allows(side.other(), j, &[], Some(i))
             {
@@ -410,7 +408,7 @@ fn nearest_half<'c>(
     for (i, c) in candidates.iter().enumerate() {
         let left = (l_s - c.load_here) - (l_r + c.load_there);
         let onward = cfg.cooldown_allows_onward && left > cfg.threshold;
-        if !eligible(c, free_mem_bytes)
+        if !movable(c, free_mem_bytes)
             || (cooling(c, ctx.now_ms, cfg) && !onward)
             || planned.iter().any(|m| m.index == i)
             || !ctx.allows(side, i, planned, None)
@@ -431,8 +429,14 @@ fn cooling(c: &Candidate, now_ms: u64, cfg: &PolicyConfig) -> bool {
         .is_some_and(|t| now_ms.saturating_sub(t) < cfg.cooldown.get())
 }
 
+/// Whether a VM may move now: [`movable`] and not cooling down (swaps and repairs; a
+/// single move may go onward during the cooldown, see [`nearest_half`]).
+fn eligible(c: &Candidate, free_mem_bytes: u64, now_ms: u64, cfg: &PolicyConfig) -> bool {
+    movable(c, free_mem_bytes) && !cooling(c, now_ms, cfg)
+}
+
 /// Whether a VM may move at all, cooldown aside: not pinned, fits the receiver.
-fn eligible(c: &Candidate, free_mem_bytes: u64) -> bool {
+fn movable(c: &Candidate, free_mem_bytes: u64) -> bool {
     !c.pinned
         && c.mem_bytes <= free_mem_bytes
         && c.load_here.is_finite()
