@@ -18,7 +18,7 @@ use crate::driver::qemu::bench::{
     incoming_resumed_at, ms_between, tap_args, BareMigrations, EventTap, QmpMigrateTiming,
 };
 use crate::driver::qemu::guest::{
-    demo_spec, write_boot_image, write_disk_writer_image, COUNTER_BYTES,
+    demo_spec, disk_writer_counter, write_boot_image, write_disk_writer_image, COUNTER_BYTES,
 };
 use crate::driver::qemu::{QemuConfig, QemuDriver};
 use crate::units::Millis;
@@ -130,7 +130,8 @@ pub struct QemuHandoffBenchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_data_mib: Option<u64>,
     /// Local disks: whether after every move the destination's disk equalled the
-    /// source's at the switchover (all but the guest's counter sector, which it writes on).
+    /// source's at the switchover: every byte but the guest's counter sector, which it
+    /// writes on, and there a counter at or past the switchover's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_identical: Option<bool>,
 }
@@ -329,7 +330,7 @@ fn image_dir_of(state_dir: &Path) -> PathBuf {
     state_dir.with_file_name("img")
 }
 
-/// The guest-visible bytes of `path` but the disk writer's counter.
+/// The guest-visible bytes of the disk image at `path` (converted to raw).
 fn disk_bytes(path: &Path) -> Result<Vec<u8>, BenchError> {
     let raw = path.with_extension("cmp.raw");
     let out = std::process::Command::new("qemu-img")
@@ -345,17 +346,62 @@ fn disk_bytes(path: &Path) -> Result<Vec<u8>, BenchError> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))));
     }
-    let mut bytes = std::fs::read(&raw).map_err(run_err)?;
+    let bytes = std::fs::read(&raw).map_err(run_err)?;
     let _ = std::fs::remove_file(&raw);
-    if let Some(c) = bytes.get_mut(COUNTER_BYTES) {
-        c.fill(0);
-    }
     Ok(bytes)
 }
 
-/// After a committed move of the local-disk VM from `from` to `to`: whether the disk
-/// on `to` equals the source's copy kept at the switchover (which is then deleted).
-fn same_disk(from: &Path, to: &Path) -> Result<bool, BenchError> {
+/// How the destination's disk compares with the source's copy kept at the switchover.
+#[derive(Debug, PartialEq, Eq)]
+enum DiskComparison {
+    /// Every byte outside the guest's counter sector equal, and the destination's
+    /// counter at or past the switchover's (the guest writes on after resuming there).
+    Same,
+    /// A byte outside the counter sector differs; the first such offset.
+    DataDiffers { offset: usize },
+    /// The destination's counter is behind the switchover's: a write was lost.
+    CounterBehind {
+        at_switchover: Option<u32>,
+        destination: Option<u32>,
+    },
+    /// The source kept no copy (or several) at the switchover.
+    NoKeptCopy,
+}
+
+/// Compares a disk kept at the switchover with the destination's. The counter sector
+/// (LBA 1) is the guest's own: it writes the whole sector on every tick, so only its
+/// counter's order is checked there (`None`, not written yet, comes first).
+fn compare_disks(kept: &[u8], dest: &[u8]) -> DiskComparison {
+    let sector = COUNTER_BYTES.start..COUNTER_BYTES.start + 512;
+    let outside = |b: &[u8]| -> (Vec<u8>, usize) {
+        let mut v = b.to_vec();
+        if let Some(s) = v.get_mut(sector.clone()) {
+            s.fill(0);
+        }
+        (v, b.len())
+    };
+    let ((k, klen), (d, dlen)) = (outside(kept), outside(dest));
+    if let Some(offset) = k.iter().zip(&d).position(|(a, b)| a != b) {
+        return DiskComparison::DataDiffers { offset };
+    }
+    if klen != dlen {
+        return DiskComparison::DataDiffers {
+            offset: klen.min(dlen),
+        };
+    }
+    let (at_switchover, destination) = (disk_writer_counter(kept), disk_writer_counter(dest));
+    if destination < at_switchover {
+        return DiskComparison::CounterBehind {
+            at_switchover,
+            destination,
+        };
+    }
+    DiskComparison::Same
+}
+
+/// After a committed move of the local-disk VM from `from` to `to`: how the disk on
+/// `to` compares with the source's copy kept at the switchover (which is then deleted).
+fn same_disk(from: &Path, to: &Path) -> Result<DiskComparison, BenchError> {
     let kept: Vec<PathBuf> = std::fs::read_dir(from)
         .map_err(run_err)?
         .flatten()
@@ -363,11 +409,11 @@ fn same_disk(from: &Path, to: &Path) -> Result<bool, BenchError> {
         .filter(|p| p.to_string_lossy().contains(".qcow2.moved-"))
         .collect();
     let [kept] = kept.as_slice() else {
-        return Ok(false);
+        return Ok(DiskComparison::NoKeptCopy);
     };
-    let same = disk_bytes(kept)? == disk_bytes(&to.join("bench.qcow2"))?;
+    let comparison = compare_disks(&disk_bytes(kept)?, &disk_bytes(&to.join("bench.qcow2"))?);
     std::fs::remove_file(kept).map_err(run_err)?;
-    Ok(same)
+    Ok(comparison)
 }
 
 fn qemu_agent_config(
@@ -515,8 +561,11 @@ async fn moves(
             out.paused.push(ms_between(stop_at, resume_at));
             if local {
                 let (from, to) = if on_a { (0, 1) } else { (1, 0) };
-                let same = same_disk(&images[from], &images[to])?;
-                out.disks_identical &= same;
+                let comparison = same_disk(&images[from], &images[to])?;
+                if comparison != DiskComparison::Same {
+                    tracing::warn!(?comparison, "bench: the destination's disk differs");
+                }
+                out.disks_identical &= comparison == DiskComparison::Same;
             }
             on_a = !on_a;
         } else {
@@ -526,4 +575,65 @@ async fn moves(
         settle(&ca, &cb).await?;
     }
     Ok((out, bare_samples))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{compare_disks, DiskComparison};
+
+    /// A 4-sector disk whose counter sector holds `counter` (then "BL"), if written.
+    fn disk(counter: Option<u32>) -> Vec<u8> {
+        let mut d: Vec<u8> = (0..2048u32).map(|i| (i % 251) as u8).collect();
+        d[512..1024].fill(0);
+        if let Some(c) = counter {
+            d[512..516].copy_from_slice(&c.to_le_bytes());
+            d[516..518].copy_from_slice(b"BL");
+        }
+        d
+    }
+
+    #[test]
+    fn a_destination_that_wrote_on_is_the_same_disk() {
+        assert_eq!(
+            compare_disks(&disk(Some(7)), &disk(Some(9))),
+            DiskComparison::Same
+        );
+        assert_eq!(
+            compare_disks(&disk(Some(7)), &disk(Some(7))),
+            DiskComparison::Same
+        );
+        // Not written yet at the switchover, written since on the destination.
+        assert_eq!(
+            compare_disks(&disk(None), &disk(Some(1))),
+            DiskComparison::Same
+        );
+    }
+
+    #[test]
+    fn a_lost_write_or_a_changed_byte_is_reported() {
+        assert_eq!(
+            compare_disks(&disk(Some(9)), &disk(Some(7))),
+            DiskComparison::CounterBehind {
+                at_switchover: Some(9),
+                destination: Some(7)
+            }
+        );
+        assert_eq!(
+            compare_disks(&disk(Some(9)), &disk(None)),
+            DiskComparison::CounterBehind {
+                at_switchover: Some(9),
+                destination: None
+            }
+        );
+        let mut changed = disk(Some(9));
+        changed[1500] ^= 1;
+        assert_eq!(
+            compare_disks(&disk(Some(9)), &changed),
+            DiskComparison::DataDiffers { offset: 1500 }
+        );
+        assert_eq!(
+            compare_disks(&disk(Some(9)), &disk(Some(9))[..1536]),
+            DiskComparison::DataDiffers { offset: 1536 }
+        );
+    }
 }
