@@ -7,7 +7,7 @@
 //!
 //! `cargo run --release -p ballast-gossip --example sim_gossip_protocol -- [--nodes N]
 //! [--interval-ms MS] [--digest-nodes D (0: all)] [--samples K] [--join-delay-ms MS]
-//! [--timeout-rounds R] [--phi X]`
+//! [--timeout-rounds R] [--phi X] [--suspicion-hold-rounds R (0: off)]`
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ballast_gossip::{GOSSIP_BUILD_BYTES_MAX, GOSSIP_DIGEST_NODES_MAX, GOSSIP_MESSAGE_BYTES_MAX};
+use ballast_gossip::{
+    GOSSIP_BUILD_BYTES_MAX, GOSSIP_DIGEST_NODES_MAX, GOSSIP_MESSAGE_BYTES_MAX,
+    GOSSIP_SUSPICION_HOLD_ROUNDS,
+};
 use chitchat::transport::{ChannelTransport, RecvOutcome, SendOutcome, Socket, Transport};
 use chitchat::{
     spawn_chitchat, Chitchat, ChitchatConfig, ChitchatEnvelope, ChitchatHandle, ChitchatId,
@@ -30,6 +33,7 @@ struct Opts {
     join_delay_ms: u64,
     timeout_rounds: u32,
     phi_threshold: f64,
+    suspicion_hold_rounds: u32,
 }
 
 /// chitchat's channel transport, recording the largest message sent.
@@ -89,6 +93,8 @@ fn config(i: usize, opts: &Opts) -> ChitchatConfig {
             max_interval: interval * 20,
             initial_interval: interval,
             dead_node_grace_period: Duration::from_secs(3600),
+            suspicion_hold: (opts.suspicion_hold_rounds > 0)
+                .then(|| interval * opts.suspicion_hold_rounds),
         },
         marked_for_deletion_grace_period: Duration::from_secs(3600),
         catchup_callback: None,
@@ -107,22 +113,29 @@ async fn wait_all(
     check: impl Fn(&Chitchat) -> bool,
 ) -> Option<f64> {
     let t0 = Instant::now();
-    loop {
-        let mut all = true;
+    for polls in 0u64.. {
+        let mut holding = 0;
         for h in handles {
-            if !h.with_chitchat(|c| check(c)).await {
-                all = false;
-                break;
+            if h.with_chitchat(|c| check(c)).await {
+                holding += 1;
             }
         }
-        if all {
+        if holding == handles.len() {
             return Some(t0.elapsed().as_secs_f64());
+        }
+        if polls % 8 == 0 {
+            eprintln!(
+                "{:.1} s: {holding} of {} nodes there",
+                t0.elapsed().as_secs_f64(),
+                handles.len()
+            );
         }
         if t0.elapsed() > timeout {
             return None;
         }
         tokio::time::sleep(poll).await;
     }
+    None
 }
 
 fn others_live(c: &Chitchat) -> usize {
@@ -190,6 +203,7 @@ async fn run(opts: Opts) -> anyhow::Result<serde_json::Value> {
         "interval_ms": opts.interval_ms,
         "digest_nodes_max": opts.digest_nodes,
         "phi_threshold": opts.phi_threshold,
+        "suspicion_hold_rounds": opts.suspicion_hold_rounds,
         "full_membership_rounds": rounds(membership),
         "propagation_p50_rounds": rounds(propagation.get(propagation.len() / 2).copied()),
         "propagation_max_rounds": rounds(propagation.last().copied()),
@@ -209,6 +223,7 @@ fn main() -> anyhow::Result<()> {
         join_delay_ms: 10,
         timeout_rounds: 200,
         phi_threshold: 8.0,
+        suspicion_hold_rounds: GOSSIP_SUSPICION_HOLD_ROUNDS,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -223,6 +238,7 @@ fn main() -> anyhow::Result<()> {
             "--join-delay-ms" => opts.join_delay_ms = value.parse()?,
             "--timeout-rounds" => opts.timeout_rounds = value.parse()?,
             "--phi" => opts.phi_threshold = value.parse()?,
+            "--suspicion-hold-rounds" => opts.suspicion_hold_rounds = value.parse()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }

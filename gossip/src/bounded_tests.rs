@@ -14,7 +14,9 @@ use chitchat::{
 };
 
 use crate::codec;
-use crate::endpoint::{GOSSIP_BUILD_BYTES_MAX, GOSSIP_DIGEST_NODES_MAX};
+use crate::endpoint::{
+    GOSSIP_BUILD_BYTES_MAX, GOSSIP_DIGEST_NODES_MAX, GOSSIP_SUSPICION_HOLD_ROUNDS,
+};
 use crate::summary::{LoadSummary, NodeRunState, PROTOCOL_VERSION};
 
 const KNOWN_NODES: usize = 1_000;
@@ -71,6 +73,7 @@ fn config(port: u16, seeds: &[u16], bounded: bool) -> ChitchatConfig {
         seed_nodes: seeds.iter().map(|p| addr(*p).to_string()).collect(),
         failure_detector_config: FailureDetectorConfig {
             initial_interval: interval,
+            suspicion_hold: Some(interval * GOSSIP_SUSPICION_HOLD_ROUNDS),
             ..FailureDetectorConfig::default()
         },
         marked_for_deletion_grace_period: Duration::from_secs(3600),

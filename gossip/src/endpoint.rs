@@ -56,6 +56,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// entry a digest stays near 2.5 KiB, and each node is listed once per ~8 digests at
 /// 1 000 nodes (see docs/performance.md, "Gossip at 1 000 nodes").
 pub const GOSSIP_DIGEST_NODES_MAX: usize = 128;
+/// Rounds an unrefuted suspicion must stand before a node counts a peer dead, in
+/// clusters larger than the digest bound (docs/design-gossip.md, "Failure detection past
+/// the digest bound"): long enough for the suspect to hear of it and its refutation to
+/// come round (a rumour reaches every node of 1 000 in ~4 rounds, p99).
+pub const GOSSIP_SUSPICION_HOLD_ROUNDS: u32 = 12;
 /// Default of [`EndpointConfig::gossip_build_bytes_max`].
 pub const GOSSIP_BUILD_BYTES_MAX: usize = 16 * 1024;
 
@@ -549,6 +554,7 @@ async fn start_chitchat(
             max_interval: interval * 20,
             initial_interval: interval,
             dead_node_grace_period: config.dead_grace,
+            suspicion_hold: Some(interval * GOSSIP_SUSPICION_HOLD_ROUNDS),
         },
         marked_for_deletion_grace_period: Duration::from_secs(3600),
         catchup_callback: None,

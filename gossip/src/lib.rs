@@ -48,6 +48,8 @@ mod signed_state;
 mod spoof_tests;
 mod stats;
 mod summary;
+#[cfg(test)]
+mod suspicion_tests;
 mod tasks;
 mod tls;
 mod transport;
@@ -57,7 +59,7 @@ pub use codec::GOSSIP_MESSAGE_BYTES_MAX;
 pub use conn_cache::CACHED_CONNECTIONS_MAX;
 pub use endpoint::{
     Endpoint, EndpointConfig, GOSSIP_BUILD_BYTES_MAX, GOSSIP_DIGEST_NODES_MAX,
-    INBOUND_CONNECTIONS_MAX,
+    GOSSIP_SUSPICION_HOLD_ROUNDS, INBOUND_CONNECTIONS_MAX,
 };
 pub use error::{EndpointError, FrameError, IdentityError, PkiError, RpcError, TlsError};
 pub use identity::{

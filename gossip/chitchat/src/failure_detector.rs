@@ -18,6 +18,8 @@ pub struct FailureDetector {
     live_nodes: HashSet<ChitchatId>,
     /// Denotes dead nodes.
     dead_nodes: HashMap<ChitchatId, Instant>,
+    /// Multiplies `phi_threshold` (ballast patch: see `suspicion`).
+    threshold_scale: f64,
 }
 
 impl FailureDetector {
@@ -27,7 +29,18 @@ impl FailureDetector {
             config,
             live_nodes: HashSet::new(),
             dead_nodes: HashMap::new(),
+            threshold_scale: 1.0,
         }
+    }
+
+    /// Sets the factor `phi_threshold` is multiplied by (ballast patch).
+    pub(crate) fn set_threshold_scale(&mut self, scale: f64) {
+        self.threshold_scale = scale.max(1.0);
+    }
+
+    /// Whether the node is live by the phi detector.
+    pub(crate) fn is_live(&self, chitchat_id: &ChitchatId) -> bool {
+        self.live_nodes.contains(chitchat_id)
     }
 
     /// Reports node heartbeat.
@@ -55,9 +68,18 @@ impl FailureDetector {
 
     /// Marks the node as dead or alive based on the current phi value.
     pub fn update_node_liveness(&mut self, chitchat_id: &ChitchatId) {
-        let phi_opt = self.phi(chitchat_id);
+        // ballast patch: past the digest bound (threshold scaled), a node is live from its
+        // first heartbeat on, judged against the prior interval until a second one comes:
+        // suspicion, not a second heartbeat, guards against old news of a dead node.
+        let phi_opt = if self.threshold_scale > 1.0 {
+            self.node_samples
+                .get(chitchat_id)
+                .and_then(SamplingWindow::phi_or_prior)
+        } else {
+            self.phi(chitchat_id)
+        };
         let is_alive = phi_opt
-            .map(|phi| phi <= self.config.phi_threshold)
+            .map(|phi| phi <= self.config.phi_threshold * self.threshold_scale)
             .unwrap_or(false);
         debug!(node_id=%chitchat_id.node_id, phi=?phi_opt, is_alive=is_alive, "computing node liveness");
         if is_alive {
@@ -148,6 +170,10 @@ pub struct FailureDetectorConfig {
     pub initial_interval: Duration,
     /// Threshold period after which dead node can be removed from the cluster.
     pub dead_node_grace_period: Duration,
+    /// ballast patch: how long an unrefuted suspicion must stand before the node counts
+    /// as dead, once the cluster is larger than `ChitchatConfig::max_digest_nodes`
+    /// (see `suspicion`). `None`: no suspicion (upstream behaviour).
+    pub suspicion_hold: Option<Duration>,
 }
 
 impl FailureDetectorConfig {
@@ -164,6 +190,7 @@ impl FailureDetectorConfig {
             max_interval,
             initial_interval,
             dead_node_grace_period,
+            suspicion_hold: None,
         }
     }
 }
@@ -176,6 +203,7 @@ impl Default for FailureDetectorConfig {
             max_interval: Duration::from_secs(10),
             initial_interval: Duration::from_secs(5),
             dead_node_grace_period: Duration::from_secs(24 * 60 * 60), // 24 hours
+            suspicion_hold: None,
         }
     }
 }
@@ -265,6 +293,15 @@ impl SamplingWindow {
     }
 
     /// Returns the elapsed time after the last heartbeat at which phi reaches `phi_threshold`.
+    /// `phi`, or, before a second heartbeat, the elapsed time over the prior interval.
+    fn phi_or_prior(&self) -> Option<f64> {
+        let last_heartbeat = self.last_heartbeat?;
+        let interval_mean = self
+            .mean_interval()
+            .unwrap_or(self.additive_smoothing.prior_mean);
+        Some(last_heartbeat.elapsed().as_secs_f64() / interval_mean)
+    }
+
     fn failure_detection_timeout(&self, phi_threshold: f64) -> Option<Duration> {
         let timeout_secs = self.mean_interval()? * phi_threshold;
         Duration::try_from_secs_f64(timeout_secs).ok()

@@ -12,6 +12,7 @@ mod message_serialize;
 pub(crate) mod serialize;
 mod server;
 mod state;
+mod suspicion;
 pub mod transport;
 mod types;
 
@@ -26,6 +27,7 @@ use failure_detector::FailureDetector;
 pub use failure_detector::FailureDetectorConfig;
 pub use listener::ListenerHandle;
 pub use serialize::{Deserializable, Serializable};
+pub use suspicion::{INCARNATION_KEY, SUSPECT_KEY_PREFIX};
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tracing::{error, info, warn};
@@ -37,6 +39,7 @@ use crate::digest::Digest;
 pub use crate::message::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 pub use crate::server::{ChitchatHandle, spawn_chitchat};
 use crate::state::ClusterState;
+use crate::suspicion::Suspicion;
 pub use crate::types::{ChitchatId, DeletionStatus, Heartbeat, Version, VersionedValue};
 
 /// Sets up a tracing subscriber writing to the test harness's captured
@@ -93,6 +96,9 @@ pub struct Chitchat {
     self_state_rewrites: u64,
     /// Set when `config.max_digest_nodes` bounds digests.
     digest_budget: Option<DigestBudget>,
+    /// Set when `failure_detector_config.suspicion_hold` is and digests are bounded
+    /// (ballast patch; see `suspicion`).
+    suspicion: Option<Suspicion>,
 }
 
 impl Chitchat {
@@ -105,6 +111,13 @@ impl Chitchat {
         let previous_live_nodes = HashMap::new();
         let (live_nodes_watcher_tx, live_nodes_watcher_rx) = watch::channel(BTreeMap::new());
         let digest_budget = config.max_digest_nodes.map(DigestBudget::new);
+        let suspicion = match (
+            config.failure_detector_config.suspicion_hold,
+            digest_budget.is_some(),
+        ) {
+            (Some(hold), true) => Some(Suspicion::new(hold, config.gossip_interval * 2)),
+            _ => None,
+        };
         let mut chitchat = Chitchat {
             config,
             cluster_state: ClusterState::with_seed_addrs(seed_addrs),
@@ -114,6 +127,7 @@ impl Chitchat {
             live_nodes_watcher_rx,
             self_state_rewrites: 0,
             digest_budget,
+            suspicion,
         };
 
         let self_node_state = chitchat.self_node_state();
@@ -170,7 +184,9 @@ impl Chitchat {
         // ballast patch: our own state is ours alone; a peer's delta about it (relayed,
         // possibly made up) is never applied to it.
         let self_id = self.self_chitchat_id().clone();
-        delta.node_deltas.retain(|node_delta| node_delta.chitchat_id != self_id);
+        delta
+            .node_deltas
+            .retain(|node_delta| node_delta.chitchat_id != self_id);
         let before: Vec<(ChitchatId, Version)> = match &self.digest_budget {
             Some(_) => delta
                 .node_deltas
@@ -298,9 +314,37 @@ impl Chitchat {
     /// Marks the node as dead or alive depending on the new phi values and updates the live nodes
     /// watcher accordingly.
     pub(crate) fn update_nodes_liveness(&mut self) {
+        // ballast patch: past the digest bound, suspicion detects failures and the phi
+        // threshold scales with the cluster (see `suspicion`).
+        let nodes = self.cluster_state.nodes().count();
+        let over_bound = self
+            .config
+            .max_digest_nodes
+            .filter(|bound| nodes > *bound)
+            .map(|bound| nodes as f64 / bound as f64);
+        self.failure_detector
+            .set_threshold_scale(if self.suspicion.is_some() {
+                over_bound.unwrap_or(1.0)
+            } else {
+                1.0
+            });
         for chitchat_id in self.cluster_state.nodes() {
             if chitchat_id != self.self_chitchat_id() {
                 self.failure_detector.update_node_liveness(chitchat_id);
+            }
+        }
+        if let Some(suspicion) = &mut self.suspicion {
+            let self_id = &self.config.chitchat_id;
+            if over_bound.is_some() {
+                let detector = &self.failure_detector;
+                suspicion.evaluate(
+                    self_id,
+                    &mut self.cluster_state,
+                    |id| detector.is_live(id),
+                    tokio::time::Instant::now(),
+                );
+            } else {
+                suspicion.clear(self_id, &mut self.cluster_state);
             }
         }
         let current_live_nodes = self
@@ -361,7 +405,26 @@ impl Chitchat {
     /// Returns the set of nodes considered alive by the failure detector. It includes the
     /// current node (also called "self node"), which is always considered alive.
     pub fn live_nodes(&self) -> impl Iterator<Item = &ChitchatId> {
-        once(self.self_chitchat_id()).chain(self.failure_detector.live_nodes())
+        let suspicion = self.suspicion.as_ref();
+        once(self.self_chitchat_id()).chain(
+            self.failure_detector
+                .live_nodes()
+                .filter(move |id| !suspicion.is_some_and(|s| s.is_dead(id))),
+        )
+    }
+
+    /// A SYN went to `addr` (ballast patch: a probe, see `suspicion`).
+    pub(crate) fn note_probe_sent(&mut self, addr: SocketAddr) {
+        if let Some(suspicion) = &mut self.suspicion {
+            suspicion.note_sent(addr, tokio::time::Instant::now());
+        }
+    }
+
+    /// A message came from `addr` (ballast patch: it answers our probes).
+    pub(crate) fn note_heard_from(&mut self, addr: &SocketAddr) {
+        if let Some(suspicion) = &mut self.suspicion {
+            suspicion.note_heard(addr);
+        }
     }
 
     /// Returns the current adaptive failure detection timeout for a remote node.
