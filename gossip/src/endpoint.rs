@@ -31,7 +31,9 @@ use crate::rpc::{
     RPC_FRAME_BYTES_DEFAULT,
 };
 use crate::signed_state::Unverified;
-use crate::signed_state::{ForgedState, ForgeryLog, StateSigner, StateVerifier, RESIGN_ROUNDS};
+use crate::signed_state::{
+    resign_rounds, ForgedState, ForgeryLog, StateSigner, StateVerifier, K_RESIGN,
+};
 use crate::stats::{EndpointStats, Refusal, Stats};
 use crate::summary::{LoadSummary, PROTOCOL_VERSION};
 use crate::tasks::{TaskOwner, Tasks};
@@ -339,7 +341,7 @@ impl Endpoint {
             forgeries: forgeries.clone(),
             revoker: revoker.clone(),
             incompatible_peers: incompatible.clone(),
-            resign_every: config.gossip_interval * RESIGN_ROUNDS,
+            gossip_interval: config.gossip_interval,
         }));
         info!(node = %node_id, addr = %local_addr, "endpoint started");
         let endpoint = Self {
@@ -585,7 +587,7 @@ struct ViewParts {
     revoker: Arc<Revoker>,
     incompatible_peers: Arc<std::sync::Mutex<Vec<IncompatiblePeer>>>,
     /// Sign our state again this often even when it did not change (signed liveness).
-    resign_every: Duration,
+    gossip_interval: Duration,
 }
 
 /// Keeps the membership view up to date, and our signed state fresh.
@@ -603,7 +605,7 @@ async fn run_view(parts: ViewParts) {
         forgeries,
         revoker,
         incompatible_peers,
-        resign_every,
+        gossip_interval,
     } = parts;
     let mut revocations_seen: std::collections::HashMap<ChitchatId, String> = Default::default();
     let mut signed_at = tokio::time::Instant::now();
@@ -629,9 +631,13 @@ async fn run_view(parts: ViewParts) {
             for rev in learned {
                 revoker.apply(rev, c.self_node_state());
             }
-            if forged || signed_at.elapsed() >= resign_every {
+            let rounds = resign_rounds(c.node_states().len());
+            let published = c.self_node_state().get(K_RESIGN) == Some(&*rounds.to_string());
+            if forged || !published || signed_at.elapsed() >= gossip_interval * rounds {
                 let id = c.self_chitchat_id().clone();
-                signer.sign(&id, c.self_node_state());
+                let own = c.self_node_state();
+                own.set(K_RESIGN, rounds);
+                signer.sign(&id, own);
                 signed_at = tokio::time::Instant::now();
             }
             c.node_states()

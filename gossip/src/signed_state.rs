@@ -13,7 +13,11 @@
 //! Liveness is signed too: a node signs again every [`RESIGN_ROUNDS`] gossip rounds even
 //! when nothing changed (a higher `SEQ`), and a peer whose signed state has not advanced
 //! for [`STALE_ROUNDS`] rounds leaves the view, so relayed heartbeats cannot keep a dead
-//! node in it. (docs/design.md, "Signed node state".)
+//! node in it. Every node receives every signature, so past 128 nodes the period grows
+//! with the cluster ([`resign_rounds`]): a node then receives 8 to 16 signatures a round
+//! whatever the cluster's size. The signer publishes its period in `ballast.resign_rounds`
+//! (signed), and a peer's stale bound follows the period it published.
+//! (docs/design.md, "Signed node state".)
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,10 +42,28 @@ use crate::tls::TlsBundle;
 pub(crate) const K_CERT: &str = "ballast.cert";
 /// The key holding `SEQ:SIGNATURE` (signature DER, base64).
 pub(crate) const K_SIG: &str = "ballast.sig";
-/// A node signs again after this many gossip rounds without a change.
+/// The key holding the signer's re-sign period, in rounds (see [`resign_rounds`]).
+pub(crate) const K_RESIGN: &str = "ballast.resign_rounds";
+/// A node of up to 128 nodes signs again after this many gossip rounds without a change.
 pub(crate) const RESIGN_ROUNDS: u32 = 8;
-/// A peer whose signed state has not advanced for this many rounds leaves the view.
-pub(crate) const STALE_ROUNDS: u32 = 24;
+/// Longest re-sign period accepted from a peer, in rounds.
+const RESIGN_ROUNDS_MAX: u32 = 1024;
+/// A peer whose signed state has not advanced for this many rounds leaves the view
+/// (at the shortest period: the bound is 3 periods).
+pub(crate) const STALE_ROUNDS: u32 = 3 * RESIGN_ROUNDS;
+/// Nodes up to which [`RESIGN_ROUNDS`] holds.
+const RESIGN_NODES: usize = 128;
+
+/// The re-sign period for a cluster of `nodes`: 8 rounds up to 128 nodes, then doubled
+/// each time the cluster doubles (16 up to 256, 32 up to 512, 64 up to 1 024, …), so
+/// that a node receives at most 16 signatures a round.
+pub(crate) fn resign_rounds(nodes: usize) -> u32 {
+    let doublings = nodes.div_ceil(RESIGN_NODES).max(1).next_power_of_two();
+    u32::try_from(doublings)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(RESIGN_ROUNDS)
+        .min(RESIGN_ROUNDS_MAX)
+}
 /// Longest `ballast.cert` / `ballast.sig` value accepted, in bytes.
 const VALUE_BYTES_MAX: usize = 8 * 1024;
 /// Most certificates remembered as checked (by their text); then the memory resets.
@@ -69,10 +91,10 @@ pub(crate) fn signed_message<'a>(
     msg
 }
 
-/// The keys a signature covers, in order: the summary's and the certificate. Other keys
-/// are neither signed nor read, so a relayed extra key changes nothing.
+/// The keys a signature covers, in order: the summary's, the certificate and the re-sign
+/// period. Other keys are neither signed nor read, so a relayed extra key changes nothing.
 fn signed_key_names() -> impl Iterator<Item = &'static str> {
-    SUMMARY_KEYS.into_iter().chain([K_CERT])
+    SUMMARY_KEYS.into_iter().chain([K_CERT, K_RESIGN])
 }
 
 /// The signed keys present in a node state, with their values, in order.
@@ -167,6 +189,8 @@ struct Verified {
     advanced_at: Instant,
     /// Since when values newer than `sig` have been waiting for a signature.
     unsigned_since: Option<Instant>,
+    /// Three of the re-sign periods it published (see [`resign_rounds`]).
+    stale_after: Duration,
 }
 
 /// Checks peers' signed states and remembers the last one of each that verified.
@@ -182,7 +206,7 @@ pub(crate) struct StateVerifier {
     refused: HashMap<ChitchatId, String>,
     /// Refusals not yet taken by the view task.
     forged: Vec<(String, String)>,
-    stale_after: Duration,
+    gossip_interval: Duration,
 }
 
 impl StateVerifier {
@@ -202,7 +226,7 @@ impl StateVerifier {
             signed_names: HashSet::new(),
             refused: HashMap::new(),
             forged: Vec::new(),
-            stale_after: gossip_interval * STALE_ROUNDS,
+            gossip_interval,
         })
     }
 
@@ -241,14 +265,13 @@ impl StateVerifier {
         let newer_values = signed_key_names()
             .filter_map(|k| state.get_versioned(k))
             .any(|v| v.version > sig_version);
-        let stale_after = self.stale_after;
         if let Some(prev) = self.verified.get_mut(id) {
             if prev.sig == sig {
                 if !newer_values {
                     prev.unsigned_since = None;
                 } else {
                     let since = *prev.unsigned_since.get_or_insert(now);
-                    if now.duration_since(since) > stale_after {
+                    if now.duration_since(since) > prev.stale_after {
                         self.refuse(
                             id,
                             sig,
@@ -284,6 +307,7 @@ impl StateVerifier {
                         summary: summary.clone(),
                         advanced_at: now,
                         unsigned_since: None,
+                        stale_after: self.stale_after_for(state),
                     },
                 );
                 Ok(summary)
@@ -308,11 +332,22 @@ impl StateVerifier {
     ) -> Result<LoadSummary, Unverified> {
         match self.verified.get(id) {
             None => Err(none),
-            Some(prev) if now.duration_since(prev.advanced_at) > self.stale_after => {
+            Some(prev) if now.duration_since(prev.advanced_at) > prev.stale_after => {
                 Err(Unverified::Stale(now.duration_since(prev.advanced_at)))
             }
             Some(prev) => Ok(prev.summary.clone()),
         }
+    }
+
+    /// The stale bound of a peer whose state just verified: three of its published re-sign
+    /// periods (signed with it), [`RESIGN_ROUNDS`] when it published none.
+    fn stale_after_for(&self, state: &NodeState) -> Duration {
+        let period = state
+            .get(K_RESIGN)
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(RESIGN_ROUNDS)
+            .clamp(RESIGN_ROUNDS, RESIGN_ROUNDS_MAX);
+        self.gossip_interval * period * (STALE_ROUNDS / RESIGN_ROUNDS)
     }
 
     /// Records that `sig` of `id` did not verify (once per signature).
@@ -441,5 +476,93 @@ impl ForgeryLog {
     pub(crate) fn recent(&self) -> Vec<ForgedState> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use chitchat::NodeState;
+
+    use super::{resign_rounds, StateSigner, StateVerifier, Unverified, K_RESIGN};
+    use crate::endpoint_test_util::{summary, tls};
+    use crate::pki::create_ca;
+
+    #[test]
+    fn the_resign_period_doubles_with_the_cluster_past_128_nodes() {
+        let cases = [
+            (1, 8),
+            (128, 8),
+            (129, 16),
+            (256, 16),
+            (257, 32),
+            (1_000, 64),
+            (1_024, 64),
+            (10_000, 1_024),
+            (1_000_000, 1_024),
+        ];
+        for (nodes, rounds) in cases {
+            assert_eq!(resign_rounds(nodes), rounds, "{nodes} nodes");
+        }
+        // What a node receives: nodes / period signatures a round, at most 16.
+        for nodes in [129, 200, 256, 500, 1_000, 2_000, 8_192] {
+            assert!(
+                nodes as f64 / f64::from(resign_rounds(nodes)) <= 16.0,
+                "{nodes}"
+            );
+        }
+    }
+
+    /// A state of "test-node" signed with its own key, publishing `period` if given.
+    fn signed_state(period: Option<u32>) -> (StateVerifier, NodeState) {
+        let ca = create_ca("ballast").expect("ca");
+        let mut state = NodeState::for_test();
+        for (k, v) in summary(1.0).to_kv() {
+            state.set(k, v);
+        }
+        if let Some(p) = period {
+            state.set(K_RESIGN, p);
+        }
+        let id = state.chitchat_id().clone();
+        StateSigner::new(&tls(&ca, "test-node"))
+            .expect("signer")
+            .sign(&id, &mut state);
+        let verifier =
+            StateVerifier::new(&tls(&ca, "node-v"), Duration::from_millis(100)).expect("verifier");
+        (verifier, state)
+    }
+
+    #[test]
+    fn a_peer_goes_stale_after_three_of_its_published_periods() {
+        let round = Duration::from_millis(100);
+        let t0 = Instant::now();
+        for (period, stale_rounds) in [(None, 24), (Some(8), 24), (Some(64), 192)] {
+            let (mut v, state) = signed_state(period);
+            let id = state.chitchat_id().clone();
+            assert!(v.check(&id, &state, t0).is_ok(), "{period:?}");
+            let just_before = t0 + round * stale_rounds;
+            assert!(v.check(&id, &state, just_before).is_ok(), "{period:?}");
+            let after = t0 + round * (stale_rounds + 1);
+            assert!(
+                matches!(v.check(&id, &state, after), Err(Unverified::Stale(_))),
+                "{period:?}: not stale after {} rounds",
+                stale_rounds + 1
+            );
+        }
+    }
+
+    #[test]
+    fn a_published_period_past_the_maximum_is_cut_to_it() {
+        let round = Duration::from_millis(100);
+        let t0 = Instant::now();
+        let (mut v, state) = signed_state(Some(1_000_000));
+        let id = state.chitchat_id().clone();
+        assert!(v.check(&id, &state, t0).is_ok());
+        let after = t0 + round * (3 * 1_024 + 1);
+        assert!(matches!(
+            v.check(&id, &state, after),
+            Err(Unverified::Stale(_))
+        ));
     }
 }

@@ -18,12 +18,17 @@
 //!    suspicion's. A node counts a peer dead once an unrefuted suspicion of it has stood
 //!    here for the hold time (long enough for a refutation to come round).
 //!
+//! A node suspects only while it is itself healthy: when more than one in eight of its
+//! recent probes went unanswered, the fault is more likely its own (an overloaded node,
+//! a link being set up) than the peer's, and it suspects nobody (Lifeguard's "local
+//! health", in spirit). One dead peer among its probes stays well below that.
+//!
 //! Only the rare events (a probe without answer, a refutation) travel, so what a node
 //! sends does not grow with the cluster. Suspicion is on only when the cluster is
 //! larger than the digest bound; the phi detector's threshold is then multiplied by
 //! `N / bound`, so that it stays a backstop (and still ends a dead node's state).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -39,6 +44,10 @@ pub const SUSPECT_KEY_PREFIX: &str = "__suspect:";
 pub const INCARNATION_KEY: &str = "__incarnation";
 /// Most suspicion keys a node keeps in its own state at once.
 const OWN_SUSPICIONS_MAX: usize = 32;
+/// Recent probe outcomes a node judges its own health by.
+const RECENT_PROBES: usize = 32;
+/// A node suspects nobody while more of its recent probes than this went unanswered.
+const UNANSWERED_MAX: usize = RECENT_PROBES / 8;
 
 /// A peer's incarnation as written in its state (0 when it never wrote one).
 fn incarnation(cluster_state: &ClusterState, id: &ChitchatId) -> u64 {
@@ -72,6 +81,8 @@ pub(crate) struct Suspicion {
     standing: HashMap<ChitchatId, Instant>,
     /// Suspects whose suspicion has stood for the hold time.
     dead: HashSet<ChitchatId>,
+    /// Our last [`RECENT_PROBES`] probes: answered in time or not.
+    recent: VecDeque<bool>,
 }
 
 impl Suspicion {
@@ -82,7 +93,22 @@ impl Suspicion {
             awaiting: HashMap::new(),
             standing: HashMap::new(),
             dead: HashSet::new(),
+            recent: VecDeque::with_capacity(RECENT_PROBES),
         }
+    }
+
+    fn record(&mut self, answered: bool) {
+        if self.recent.len() == RECENT_PROBES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(answered);
+    }
+
+    /// Whether we judge ourselves healthy enough to suspect others: a full window of
+    /// recent probes with at most [`UNANSWERED_MAX`] unanswered.
+    fn healthy(&self) -> bool {
+        self.recent.len() == RECENT_PROBES
+            && self.recent.iter().filter(|answered| !**answered).count() <= UNANSWERED_MAX
     }
 
     /// A SYN went to `addr` (the first unanswered one counts).
@@ -92,7 +118,9 @@ impl Suspicion {
 
     /// A message came from `addr`: it answers our probes.
     pub(crate) fn note_heard(&mut self, addr: &SocketAddr) {
-        self.awaiting.remove(addr);
+        if self.awaiting.remove(addr).is_some() {
+            self.record(true);
+        }
     }
 
     /// Whether `id` counts as dead by suspicion.
@@ -104,6 +132,7 @@ impl Suspicion {
     /// take back our own suspicions.
     pub(crate) fn clear(&mut self, self_id: &ChitchatId, cluster_state: &mut ClusterState) {
         self.awaiting.clear();
+        self.recent.clear();
         self.standing.clear();
         self.dead.clear();
         let own: Vec<String> = match cluster_state.node_state(self_id) {
@@ -169,6 +198,12 @@ impl Suspicion {
             }
             waiting
         });
+        for _ in &expired {
+            self.record(false);
+        }
+        if !self.healthy() {
+            expired.clear();
+        }
         let mut new_suspicions: Vec<(String, u64)> = Vec::new();
         for addr in expired {
             let suspect = cluster_state.nodes().find(|id| {
@@ -240,11 +275,22 @@ mod tests {
     const HOLD: Duration = Duration::from_secs(10);
     const ACK: Duration = Duration::from_secs(1);
 
+    /// A suspicion state whose recent probes were all answered.
+    fn healthy() -> Suspicion {
+        let mut s = Suspicion::new(HOLD, ACK);
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for _ in 0..super::RECENT_PROBES {
+            s.note_sent(peer, Instant::now());
+            s.note_heard(&peer);
+        }
+        s
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_probe_suspects_and_the_suspicion_kills_after_the_hold() {
         let (me, x) = (id(1), id(2));
         let mut cs = cluster(&[1, 2, 3]);
-        let mut s = Suspicion::new(HOLD, ACK);
+        let mut s = healthy();
         let t0 = Instant::now();
         s.note_sent(x.gossip_advertise_addr, t0);
         s.evaluate(&me, &mut cs, |_| true, t0 + ACK / 2);
@@ -263,7 +309,7 @@ mod tests {
     async fn an_answered_probe_suspects_nobody() {
         let (me, x) = (id(1), id(2));
         let mut cs = cluster(&[1, 2]);
-        let mut s = Suspicion::new(HOLD, ACK);
+        let mut s = healthy();
         let t0 = Instant::now();
         s.note_sent(x.gossip_advertise_addr, t0);
         s.note_heard(&x.gossip_advertise_addr);
@@ -291,10 +337,51 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_node_whose_own_probes_go_unanswered_suspects_nobody() {
+        let (me, x) = (id(1), id(2));
+        let mut cs = cluster(&[1, 2, 3]);
+        // Before a full window of outcomes, and with many unanswered: no suspicion.
+        let mut fresh = Suspicion::new(HOLD, ACK);
+        let t0 = Instant::now();
+        fresh.note_sent(x.gossip_advertise_addr, t0);
+        fresh.evaluate(&me, &mut cs, |_| true, t0 + ACK);
+        assert_eq!(
+            cs.node_state(&me)
+                .unwrap()
+                .iter_prefix("__suspect:")
+                .count(),
+            0
+        );
+        let mut s = healthy();
+        for port in 100..105u16 {
+            s.note_sent(id(port).gossip_advertise_addr, t0);
+        }
+        s.evaluate(&me, &mut cs, |_| true, t0 + ACK);
+        s.note_sent(x.gossip_advertise_addr, t0 + ACK);
+        s.evaluate(&me, &mut cs, |_| true, t0 + ACK * 2);
+        assert_eq!(
+            cs.node_state(&me)
+                .unwrap()
+                .iter_prefix("__suspect:")
+                .count(),
+            0
+        );
+        // Healthy again (answers since), the next unanswered probe suspects.
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for _ in 0..super::RECENT_PROBES {
+            s.note_sent(peer, t0 + ACK * 2);
+            s.note_heard(&peer);
+        }
+        s.note_sent(x.gossip_advertise_addr, t0 + ACK * 2);
+        s.evaluate(&me, &mut cs, |_| true, t0 + ACK * 3);
+        assert_eq!(cs.node_state(&me).unwrap().get(&suspect_key(&x)), Some("0"));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_suspect_refutes_and_the_refutation_clears_the_suspicion() {
         let (y, x) = (id(1), id(2));
         let mut at_y = cluster(&[1, 2]);
-        let mut sy = Suspicion::new(HOLD, ACK);
+        let mut sy = healthy();
         let t0 = Instant::now();
         sy.note_sent(x.gossip_advertise_addr, t0);
         sy.evaluate(&y, &mut at_y, |_| true, t0 + ACK);
