@@ -43,6 +43,8 @@ pub struct GossipBenchOptions {
     pub digest_nodes_max: Option<usize>,
     /// Each endpoint's connection cache bound (`EndpointConfig::cached_connections_max`).
     pub cached_connections_max: usize,
+    /// Suspicion past the digest bound (`EndpointConfig::gossip_suspicion_hold_rounds`).
+    pub suspicion_hold_rounds: Option<u32>,
 }
 
 impl Default for GossipBenchOptions {
@@ -57,6 +59,7 @@ impl Default for GossipBenchOptions {
             join_delay_ms: None,
             digest_nodes_max: EndpointConfig::default().gossip_digest_nodes_max,
             cached_connections_max: EndpointConfig::default().cached_connections_max,
+            suspicion_hold_rounds: EndpointConfig::default().gossip_suspicion_hold_rounds,
         }
     }
 }
@@ -237,6 +240,7 @@ async fn start_cluster(
             initial_summary: Some(summary(i as f64)),
             gossip_digest_nodes_max: opts.digest_nodes_max,
             cached_connections_max: opts.cached_connections_max,
+            gossip_suspicion_hold_rounds: opts.suspicion_hold_rounds,
             ..EndpointConfig::default()
         };
         let ep = Endpoint::start(config, t, Arc::new(NoRpc)).await?;

@@ -97,6 +97,12 @@ pub struct EndpointConfig {
     /// Most nodes listed in one gossip digest (chitchat's `max_digest_nodes`); `None`
     /// lists every node, and a message then grows with the cluster.
     pub gossip_digest_nodes_max: Option<usize>,
+    /// Failure detection by suspicion once the cluster is larger than the digest bound:
+    /// rounds an unrefuted suspicion must stand ([`GOSSIP_SUSPICION_HOLD_ROUNDS`] is the
+    /// designed value). `None` (the default): off, the phi detector alone, as up to
+    /// the bound — see docs/design-gossip.md, "Failure detection past the digest bound",
+    /// for why it is not on by default yet.
+    pub gossip_suspicion_hold_rounds: Option<u32>,
     /// Most outgoing connections cached (least recently used evicted and closed).
     pub cached_connections_max: usize,
     /// Limit of an RPC frame's payload.
@@ -127,6 +133,7 @@ impl Default for EndpointConfig {
             max_gossip_message_bytes: GOSSIP_MESSAGE_BYTES_MAX,
             gossip_build_bytes_max: GOSSIP_BUILD_BYTES_MAX,
             gossip_digest_nodes_max: Some(GOSSIP_DIGEST_NODES_MAX),
+            gossip_suspicion_hold_rounds: None,
             cached_connections_max: CACHED_CONNECTIONS_MAX,
             max_rpc_frame_bytes: RPC_FRAME_BYTES_DEFAULT,
             rpc_timeout: Duration::from_secs(10),
@@ -556,7 +563,7 @@ async fn start_chitchat(
             max_interval: interval * 20,
             initial_interval: interval,
             dead_node_grace_period: config.dead_grace,
-            suspicion_hold: Some(interval * GOSSIP_SUSPICION_HOLD_ROUNDS),
+            suspicion_hold: config.gossip_suspicion_hold_rounds.map(|r| interval * r),
         },
         marked_for_deletion_grace_period: Duration::from_secs(3600),
         catchup_callback: None,

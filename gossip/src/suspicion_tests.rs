@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chitchat::{INCARNATION_KEY, SUSPECT_KEY_PREFIX};
 
-use crate::endpoint::{Endpoint, EndpointConfig};
+use crate::endpoint::{Endpoint, EndpointConfig, GOSSIP_SUSPICION_HOLD_ROUNDS};
 use crate::endpoint_test_util::{summary, tls, wait, Nothing};
 use crate::pki::{create_ca, CaBundle};
 
@@ -30,6 +30,7 @@ async fn start(ca: &CaBundle, i: usize, seeds: &[SocketAddr]) -> Endpoint {
         seeds: seeds.iter().map(ToString::to_string).collect(),
         gossip_interval: INTERVAL,
         gossip_digest_nodes_max: Some(DIGEST_NODES),
+        gossip_suspicion_hold_rounds: Some(GOSSIP_SUSPICION_HOLD_ROUNDS),
         initial_summary: Some(summary(1.0)),
         ..EndpointConfig::default()
     };

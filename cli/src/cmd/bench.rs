@@ -37,6 +37,10 @@ enum What {
         /// Each endpoint's connection cache bound.
         #[arg(long, default_value_t = ballast_gossip::CACHED_CONNECTIONS_MAX)]
         conn_cache: usize,
+        /// Failure detection by suspicion past the digest bound, with this hold in
+        /// rounds (off by default; 12 is the designed value).
+        #[arg(long)]
+        suspicion_hold_rounds: Option<u32>,
         /// Bound on each phase (membership, one propagation, failure detection), seconds.
         #[arg(long, default_value_t = 60)]
         phase_timeout_s: u64,
@@ -107,6 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             join_delay_ms,
             digest_nodes,
             conn_cache,
+            suspicion_hold_rounds,
             phase_timeout_s,
             json,
         } => {
@@ -117,6 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 join_delay_ms,
                 digest_nodes_max: (digest_nodes > 0).then_some(digest_nodes),
                 cached_connections_max: conn_cache,
+                suspicion_hold_rounds,
                 phase_timeout_s,
                 ..GossipBenchOptions::default()
             };
