@@ -593,7 +593,8 @@ struct ViewParts {
     forgeries: Arc<ForgeryLog>,
     revoker: Arc<Revoker>,
     incompatible_peers: Arc<std::sync::Mutex<Vec<IncompatiblePeer>>>,
-    /// Sign our state again this often even when it did not change (signed liveness).
+    /// The gossip interval: our state is signed again every `resign_rounds` of it even
+    /// when it did not change (signed liveness).
     gossip_interval: Duration,
 }
 

@@ -64,6 +64,7 @@ pub(crate) fn resign_rounds(nodes: usize) -> u32 {
         .saturating_mul(RESIGN_ROUNDS)
         .min(RESIGN_ROUNDS_MAX)
 }
+
 /// Longest `ballast.cert` / `ballast.sig` value accepted, in bytes.
 const VALUE_BYTES_MAX: usize = 8 * 1024;
 /// Most certificates remembered as checked (by their text); then the memory resets.
