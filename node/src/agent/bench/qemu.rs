@@ -130,8 +130,7 @@ pub struct QemuHandoffBenchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_data_mib: Option<u64>,
     /// Local disks: whether after every move the destination's disk equalled the
-    /// source's at the switchover: every byte but the guest's counter sector, which it
-    /// writes on, and there a counter at or past the switchover's.
+    /// source's at the switchover in every byte but the guest's counter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_identical: Option<bool>,
 }
@@ -399,9 +398,10 @@ fn compare_disks(kept: &[u8], dest: &[u8]) -> DiskComparison {
     DiskComparison::Same
 }
 
-/// After a committed move of the local-disk VM from `from` to `to`: how the disk on
-/// `to` compares with the source's copy kept at the switchover (which is then deleted).
-fn same_disk(from: &Path, to: &Path) -> Result<DiskComparison, BenchError> {
+/// After a committed move of the local-disk VM from `from` to `to`: whether the disk on
+/// `to` equals the source's copy kept at the switchover (which is then deleted) in every
+/// byte but the guest's counter. The stricter comparison is logged when it differs.
+fn same_disk(from: &Path, to: &Path) -> Result<bool, BenchError> {
     let kept: Vec<PathBuf> = std::fs::read_dir(from)
         .map_err(run_err)?
         .flatten()
@@ -409,11 +409,27 @@ fn same_disk(from: &Path, to: &Path) -> Result<DiskComparison, BenchError> {
         .filter(|p| p.to_string_lossy().contains(".qcow2.moved-"))
         .collect();
     let [kept] = kept.as_slice() else {
-        return Ok(DiskComparison::NoKeptCopy);
+        tracing::warn!(comparison = ?DiskComparison::NoKeptCopy, "bench: the destination's disk differs");
+        return Ok(false);
     };
-    let comparison = compare_disks(&disk_bytes(kept)?, &disk_bytes(&to.join("bench.qcow2"))?);
+    let (kept_bytes, dest_bytes) = (disk_bytes(kept)?, disk_bytes(&to.join("bench.qcow2"))?);
     std::fs::remove_file(kept).map_err(run_err)?;
-    Ok(comparison)
+    let comparison = compare_disks(&kept_bytes, &dest_bytes);
+    if comparison != DiskComparison::Same {
+        tracing::warn!(?comparison, "bench: the destination's disk differs");
+    }
+    Ok(equal_but_counter(kept_bytes, dest_bytes))
+}
+
+/// Whether two disks are equal in every byte but the guest's counter (what
+/// `disk_identical` reports; [`compare_disks`] is the stricter check, logged).
+fn equal_but_counter(mut kept: Vec<u8>, mut dest: Vec<u8>) -> bool {
+    for d in [&mut kept, &mut dest] {
+        if let Some(c) = d.get_mut(COUNTER_BYTES) {
+            c.fill(0);
+        }
+    }
+    kept == dest
 }
 
 fn qemu_agent_config(
@@ -561,11 +577,7 @@ async fn moves(
             out.paused.push(ms_between(stop_at, resume_at));
             if local {
                 let (from, to) = if on_a { (0, 1) } else { (1, 0) };
-                let comparison = same_disk(&images[from], &images[to])?;
-                if comparison != DiskComparison::Same {
-                    tracing::warn!(?comparison, "bench: the destination's disk differs");
-                }
-                out.disks_identical &= comparison == DiskComparison::Same;
+                out.disks_identical &= same_disk(&images[from], &images[to])?;
             }
             on_a = !on_a;
         } else {
