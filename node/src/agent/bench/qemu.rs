@@ -130,7 +130,8 @@ pub struct QemuHandoffBenchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_data_mib: Option<u64>,
     /// Local disks: whether after every move the destination's disk equalled the
-    /// source's at the switchover in every byte but the guest's counter.
+    /// source's at the switchover in every byte outside the guest's counter sector, with
+    /// the destination's counter at or past the switchover's (no write lost).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_identical: Option<bool>,
 }
@@ -398,38 +399,69 @@ fn compare_disks(kept: &[u8], dest: &[u8]) -> DiskComparison {
     DiskComparison::Same
 }
 
-/// After a committed move of the local-disk VM from `from` to `to`: whether the disk on
-/// `to` equals the source's copy kept at the switchover (which is then deleted) in every
-/// byte but the guest's counter. The stricter comparison is logged when it differs.
-fn same_disk(from: &Path, to: &Path) -> Result<bool, BenchError> {
-    let kept: Vec<PathBuf> = std::fs::read_dir(from)
+/// How long the bench waits for the source to keep its disk after a commit (the source
+/// retires it when it quits its copy, a step after the commit) and for the guest's first
+/// write.
+const KEPT_COPY_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits (bounded by [`KEPT_COPY_WAIT`]) until the disk-writer guest has written its
+/// counter to the disk at `path`, so that every move carries the guest's writes.
+async fn guest_wrote(path: &Path) -> Result<(), BenchError> {
+    let deadline = Instant::now() + KEPT_COPY_WAIT;
+    while disk_writer_counter(&disk_bytes(path)?).is_none() {
+        if Instant::now() >= deadline {
+            return Err(run_err(std::io::Error::other(format!(
+                "the guest wrote nothing to {} within {} s",
+                path.display(),
+                KEPT_COPY_WAIT.as_secs()
+            ))));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// The source's disk files kept (renamed) in `dir` after a move.
+fn kept_copies(dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
+    Ok(std::fs::read_dir(dir)
         .map_err(run_err)?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.to_string_lossy().contains(".qcow2.moved-"))
-        .collect();
-    let [kept] = kept.as_slice() else {
-        tracing::warn!(comparison = ?DiskComparison::NoKeptCopy, "bench: the destination's disk differs");
-        return Ok(false);
+        .collect())
+}
+
+/// After a committed move of the local-disk VM from `from` to `to`: how the disk on `to`
+/// compares with the source's copy kept at the switchover (which is then deleted). Waits
+/// (bounded) for the source to keep it: the commit returns before the source quits.
+async fn same_disk(from: &Path, to: &Path) -> Result<DiskComparison, BenchError> {
+    let deadline = Instant::now() + KEPT_COPY_WAIT;
+    let kept = loop {
+        let mut kept = kept_copies(from)?;
+        if kept.len() == 1 {
+            break kept.remove(0);
+        }
+        if kept.len() > 1 || Instant::now() >= deadline {
+            tracing::warn!(
+                copies = kept.len(),
+                "bench: the source kept no single copy of its disk"
+            );
+            return Ok(DiskComparison::NoKeptCopy);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let (kept_bytes, dest_bytes) = (disk_bytes(kept)?, disk_bytes(&to.join("bench.qcow2"))?);
-    std::fs::remove_file(kept).map_err(run_err)?;
+    let (kept_bytes, dest_bytes) = (disk_bytes(&kept)?, disk_bytes(&to.join("bench.qcow2"))?);
+    std::fs::remove_file(&kept).map_err(run_err)?;
     let comparison = compare_disks(&kept_bytes, &dest_bytes);
+    tracing::info!(
+        at_switchover = ?disk_writer_counter(&kept_bytes),
+        destination = ?disk_writer_counter(&dest_bytes),
+        "bench: the guest's disk counter"
+    );
     if comparison != DiskComparison::Same {
         tracing::warn!(?comparison, "bench: the destination's disk differs");
     }
-    Ok(equal_but_counter(kept_bytes, dest_bytes))
-}
-
-/// Whether two disks are equal in every byte but the guest's counter (what
-/// `disk_identical` reports; [`compare_disks`] is the stricter check, logged).
-fn equal_but_counter(mut kept: Vec<u8>, mut dest: Vec<u8>) -> bool {
-    for d in [&mut kept, &mut dest] {
-        if let Some(c) = d.get_mut(COUNTER_BYTES) {
-            c.fill(0);
-        }
-    }
-    kept == dest
+    Ok(comparison)
 }
 
 fn qemu_agent_config(
@@ -540,6 +572,9 @@ async fn moves(
         disks_identical: true,
     };
     let local = spec.driver_opts.get("storage").map(String::as_str) == Some("local");
+    if local {
+        guest_wrote(&images[0].join("bench.qcow2")).await?;
+    }
     let mut bare_samples = Vec::with_capacity(n);
     for _ in 0..n {
         bare_samples.push(bare.migrate(WARMUP).await.map_err(run_err)?);
@@ -577,7 +612,8 @@ async fn moves(
             out.paused.push(ms_between(stop_at, resume_at));
             if local {
                 let (from, to) = if on_a { (0, 1) } else { (1, 0) };
-                out.disks_identical &= same_disk(&images[from], &images[to])?;
+                out.disks_identical &=
+                    same_disk(&images[from], &images[to]).await? == DiskComparison::Same;
             }
             on_a = !on_a;
         } else {
