@@ -308,10 +308,11 @@ fn scenario(hosts: &Hosts, c: &mut Cluster, k: usize, fp: FailpointCase) {
 }
 
 /// The steps inside the source driver's migration (mirrors copying, ready, memory
-/// migrating, switched over with the mirrors not yet completed), where the restarted
-/// agent decides from QEMU's state and the driver's mark: before the switchover the move
-/// aborts (the mirrors are abandoned), after it the mirrors are completed and it commits.
-const DRIVER_STEPS: [FailpointCase; 4] = [
+/// migrating, paused before the switchover with the mirrors not yet completed, switched
+/// over), where the restarted agent decides from QEMU's state and the driver's mark:
+/// before the switchover the move aborts (the mirrors are abandoned, the source resumes
+/// on its own disks), after it the move commits.
+const DRIVER_STEPS: [FailpointCase; 5] = [
     FailpointCase {
         name: "driver:mirror-running",
         side: Side::Source,
@@ -326,6 +327,12 @@ const DRIVER_STEPS: [FailpointCase; 4] = [
     },
     FailpointCase {
         name: "driver:memory-migrating",
+        side: Side::Source,
+        fail_migration: false,
+        must_fire: true,
+    },
+    FailpointCase {
+        name: "driver:paused-before-switchover",
         side: Side::Source,
         fail_migration: false,
         must_fire: true,

@@ -39,17 +39,21 @@ pub enum DriverStep {
     MirrorReady,
     /// The memory migration was started.
     MemoryMigrating,
-    /// The memory migration completed (the source stopped); the mirrors are not
-    /// completed yet.
+    /// The memory is copied and the source stopped; QEMU waits before the switchover,
+    /// the mirrors are not completed yet.
+    PausedBeforeSwitchover,
+    /// The memory migration completed (the source stopped); the mirrors were completed
+    /// in the pause before it.
     SwitchedOver,
 }
 
 impl DriverStep {
     /// Every step.
-    pub const ALL: [DriverStep; 4] = [
+    pub const ALL: [DriverStep; 5] = [
         Self::MirrorRunning,
         Self::MirrorReady,
         Self::MemoryMigrating,
+        Self::PausedBeforeSwitchover,
         Self::SwitchedOver,
     ];
 
@@ -59,6 +63,7 @@ impl DriverStep {
             Self::MirrorRunning => "mirror-running",
             Self::MirrorReady => "mirror-ready",
             Self::MemoryMigrating => "memory-migrating",
+            Self::PausedBeforeSwitchover => "paused-before-switchover",
             Self::SwitchedOver => "switched-over",
         }
     }

@@ -13,7 +13,7 @@
 
 use super::target::Target;
 use super::vm_dir::{MirrorMark, VmDir};
-use super::{bench_local, disks, qmp, QemuConfig, QemuDriver};
+use super::{bench_local, disks, outgoing, qmp, QemuConfig, QemuDriver};
 use crate::driver::{Driver, DriverError};
 use ballast_store::{VmId, VmSpec};
 use std::io;
@@ -344,16 +344,24 @@ impl BareMigrations {
                     .then(|| cfg.bandwidth_mbps.saturating_mul(125_000)),
             };
             src.qmp(vm, &src_dir, params).await?;
+            let copied = target.disks.is_some();
+            src.qmp(vm, &src_dir, outgoing::pause_before_switchover(copied))
+                .await?;
             let uri = target.migration.clone();
             src.qmp(vm, &src_dir, qmp::Migrate { uri }).await?;
-            let info = wait_completed(src, vm, &src_dir, cfg).await?;
-            if target.disks.is_some() {
-                bench_local::complete_and_unexport((src, &src_dir), (dst, &dst_dir), vm, &local)
+            if copied {
+                wait_status(src, vm, &src_dir, cfg, "pre-switchover").await?;
+                bench_local::complete(src, vm, &src_dir, &local).await?;
+                src.qmp(vm, &src_dir, outgoing::continue_switchover())
                     .await?;
+            }
+            let info = wait_status(src, vm, &src_dir, cfg, "completed").await?;
+            if copied {
+                dst.unexport(vm, &dst_dir).await?;
             }
             let (t2, w2) = (Instant::now(), SystemTime::now());
             dst.qmp(vm, &dst_dir, qmp::Cont {}).await?;
-            Ok::<_, DriverError>((t1, t2, w2, info, spec, target.disks.is_some()))
+            Ok::<_, DriverError>((t1, t2, w2, info, spec, copied))
         }
         .await;
         let (t1, t2, w2, info, spec, copied) = match result {
@@ -415,19 +423,20 @@ pub async fn bench_qmp_migrate(
     t
 }
 
-/// Polls the source's `query-migrate` until `completed` (bounded by the migration
-/// timeout).
-async fn wait_completed(
+/// Polls the source's `query-migrate` until its status is `wanted` (bounded by the
+/// migration timeout).
+async fn wait_status(
     src: &QemuDriver,
     vm: &VmId,
     dir: &VmDir,
     cfg: &QemuConfig,
+    wanted: &str,
 ) -> Result<qmp::MigrationInfo, DriverError> {
     let deadline = Instant::now() + cfg.timeouts.migration();
     loop {
         let info = src.qmp(vm, dir, qmp::QueryMigrate {}).await?;
         match info.status.as_deref() {
-            Some("completed") => return Ok(info),
+            Some(s) if s == wanted => return Ok(info),
             Some("failed" | "cancelled") => {
                 return Err(DriverError::MigrationFailed {
                     vm: vm.clone(),

@@ -1,10 +1,11 @@
 //! The bare copy of a VM's local disks for the yardstick of `ballast bench handoff
 //! --driver qemu --storage local`: the QMP commands an operator types by hand around
 //! `migrate` (after the destination exported its new images over NBD): on the source an
-//! NBD client node and a `blockdev-mirror` per disk, poll until every job is ready; after
-//! the memory migration completed, `block-job-cancel` (complete) each, poll until
-//! concluded, dismiss and delete the nodes; on the destination delete the exports and stop
-//! the NBD server. Polled every millisecond; none of the driver's bookkeeping.
+//! NBD client node and a `blockdev-mirror` per disk, poll until every job is ready; in
+//! the memory migration's pause before the switchover (`pause-before-switchover`),
+//! `block-job-cancel` (complete) each, poll until concluded, dismiss and delete the nodes;
+//! after it the caller deletes the exports and stops the NBD server on the destination.
+//! Polled every millisecond; none of the driver's bookkeeping.
 
 use super::qmp_block as qb;
 use super::target::DiskExport;
@@ -93,15 +94,14 @@ pub(super) async fn mirror_until_ready(
     wait_jobs(src, vm, dir, disks.len(), "ready").await
 }
 
-/// After the switchover: completes the mirrors, removes jobs and nodes on the source and
-/// the exports and NBD server on the destination.
-pub(super) async fn complete_and_unexport(
-    src: (&QemuDriver, &VmDir),
-    dst: (&QemuDriver, &VmDir),
+/// In the pause before the switchover: completes the mirrors and removes their jobs and
+/// nodes on the source.
+pub(super) async fn complete(
+    s: &QemuDriver,
     vm: &VmId,
+    sdir: &VmDir,
     disks: &[(usize, PathBuf)],
 ) -> Result<(), DriverError> {
-    let (s, sdir) = src;
     for (index, _) in disks {
         let cancel = qb::BlockJobCancel {
             device: job(*index),
@@ -121,6 +121,5 @@ pub(super) async fn complete_and_unexport(
         )
         .await?;
     }
-    let (d, ddir) = dst;
-    d.unexport(vm, ddir).await
+    Ok(())
 }

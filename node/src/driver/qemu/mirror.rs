@@ -1,8 +1,9 @@
 //! The source's part of copying a VM's local disks: an NBD client node per disk pointing
 //! at the destination's export and a `blockdev-mirror` job (sync full) into it; the
 //! memory migration starts once every mirror is ready (in step, guest writes going to
-//! both), and after the switchover each mirror is completed (`block-job-cancel` of a
-//! ready job: the destination holds a point-in-time copy of the stopped source). On
+//! both), and in its pause before the switchover (guest stopped, block nodes still
+//! active) each mirror is completed (`block-job-cancel` of a ready job: the destination
+//! holds a point-in-time copy of the stopped source). On
 //! abort every job is abandoned and its node removed; the source's own images are only
 //! ever read.
 //!
@@ -210,9 +211,10 @@ impl QemuDriver {
         }
     }
 
-    /// After the switchover (the source stopped): completes every mirror, so that the
-    /// destination's disks equal the source's now, and records it; then removes the jobs
-    /// and NBD nodes. Idempotent (a recorded completion is not done again).
+    /// With the source stopped (in the pause before the switchover): completes every
+    /// mirror, so that the destination's disks equal the source's now, and records it;
+    /// then removes the jobs and NBD nodes. Idempotent (a recorded completion is not done
+    /// again).
     pub(super) async fn complete_mirrors(&self, vm: &VmId, dir: &VmDir) -> Result<(), DriverError> {
         let meta = dir
             .read_meta()?

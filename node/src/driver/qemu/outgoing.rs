@@ -22,13 +22,36 @@ fn in_progress(status: &str) -> bool {
     !matches!(status, "none" | "completed" | "failed" | "cancelled")
 }
 
+/// The migration state in which QEMU waits, with `pause-before-switchover` on.
+const PRE_SWITCHOVER: &str = "pre-switchover";
+
+/// Turns a migration capability on or off.
+fn capability(capability: &'static str, state: bool) -> qmp::MigrateSetCapabilities {
+    qmp::MigrateSetCapabilities {
+        capabilities: vec![qmp::CapabilityState { capability, state }],
+    }
+}
+
 /// Turns on QEMU's `MIGRATION` events (one per migration state change).
 pub(crate) fn events_capability() -> qmp::MigrateSetCapabilities {
-    qmp::MigrateSetCapabilities {
-        capabilities: vec![qmp::CapabilityState {
-            capability: "events",
-            state: true,
-        }],
+    capability("events", true)
+}
+
+/// Turns QEMU's `pause-before-switchover` on (a VM with local disks) or off. With it on,
+/// a migration whose memory is copied stops the guest and waits in `pre-switchover`,
+/// before it sends the device state and releases the block devices, until
+/// `migrate-continue`: the disk mirrors are completed in that pause, while nothing
+/// writes to the disks and every block node is still active (libvirt's order).
+/// Completing them after the switchover left a mirror running while QEMU released the
+/// block nodes (docs/design.md, §Drivers).
+pub(crate) fn pause_before_switchover(on: bool) -> qmp::MigrateSetCapabilities {
+    capability("pause-before-switchover", on)
+}
+
+/// Lets a migration paused in `pre-switchover` go on.
+pub(crate) fn continue_switchover() -> qmp::MigrateContinue {
+    qmp::MigrateContinue {
+        state: PRE_SWITCHOVER,
     }
 }
 
@@ -124,6 +147,8 @@ impl QemuDriver {
             }
         };
         self.tune_migration(vm, &dir).await?;
+        self.qmp(vm, &dir, pause_before_switchover(export.is_some()))
+            .await?;
         let mut disk = DiskBytes::default();
         if let Some(export) = export {
             let deadline = started + self.cfg.timeouts.migration();
@@ -172,8 +197,24 @@ impl QemuDriver {
         self.poll_migration(vm, &dir, started, &with_disk).await?;
         if export.is_some() {
             failpoints::driver_step(DriverStep::SwitchedOver);
+            // Completed in the pause before the switchover; this only checks the record.
             self.complete_mirrors(vm, &dir).await?;
         }
+        Ok(())
+    }
+
+    /// In the pause before the switchover (guest stopped, memory copied, devices not
+    /// sent): completes the disk mirrors, so that the destination's disks equal the
+    /// source's, then lets the migration go on.
+    async fn switch_over_with_disks(
+        &self,
+        vm: &VmId,
+        dir: &super::VmDir,
+    ) -> Result<(), DriverError> {
+        failpoints::driver_step(DriverStep::PausedBeforeSwitchover);
+        self.complete_mirrors(vm, dir).await?;
+        self.qmp(vm, dir, continue_switchover()).await?;
+        tracing::debug!(vm = %vm, "disks copied; the switchover goes on");
         Ok(())
     }
 
@@ -190,12 +231,21 @@ impl QemuDriver {
         // Right after `migrate` QEMU may still say `none` while it connects; a `none`
         // that lasts this long means the migration never started.
         let none_deadline = Instant::now() + self.cfg.timeouts.qmp();
+        // `migrate-continue` is sent once: QEMU may still say `pre-switchover` just after.
+        let mut continued = false;
         loop {
             let mut events = self.events(vm, dir).await?;
             let info = self.qmp(vm, dir, qmp::QueryMigrate {}).await?;
             let status = info.status.clone().unwrap_or_else(|| "none".into());
             progress(progress_of(&info));
             match status.as_str() {
+                PRE_SWITCHOVER if !continued => {
+                    continued = true;
+                    if let Err(e) = self.switch_over_with_disks(vm, dir).await {
+                        self.cancel_out(vm).await?;
+                        return Err(e);
+                    }
+                }
                 "completed" => {
                     tracing::info!(vm = %vm, total_ms = ?info.total_time, downtime_ms = ?info.downtime, "migration completed");
                     return Ok(());

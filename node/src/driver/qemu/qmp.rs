@@ -226,6 +226,14 @@ qmp_command!(Quit, "quit", qapi::Empty);
 pub(crate) struct MigrateCancel {}
 qmp_command!(MigrateCancel, "migrate_cancel", qapi::Empty);
 
+/// `migrate-continue`: lets a migration paused in `state` (`pre-switchover`) go on.
+#[derive(Debug, Serialize)]
+pub(crate) struct MigrateContinue {
+    /// The state the migration is paused in.
+    pub(crate) state: &'static str,
+}
+qmp_command!(MigrateContinue, "migrate-continue", qapi::Empty);
+
 /// `migrate` to `uri`.
 #[derive(Debug, Serialize)]
 pub(crate) struct Migrate {
