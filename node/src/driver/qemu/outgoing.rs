@@ -242,7 +242,9 @@ impl QemuDriver {
                 PRE_SWITCHOVER if !continued => {
                     continued = true;
                     if let Err(e) = self.switch_over_with_disks(vm, dir).await {
-                        self.cancel_out(vm).await?;
+                        if let Err(e2) = self.cancel_out(vm).await {
+                            tracing::warn!(vm = %vm, error = %e2, "migration not cancelled after the disk copy failed");
+                        }
                         return Err(e);
                     }
                 }
