@@ -57,6 +57,10 @@ impl Socket for RecordingSocket {
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         self.inner.recv().await
     }
+
+    fn counts_as_probe(&self, to: SocketAddr) -> bool {
+        self.inner.counts_as_probe(to)
+    }
 }
 
 fn addr(port: u16) -> SocketAddr {

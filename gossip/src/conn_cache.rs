@@ -3,7 +3,7 @@
 //! least recently used first out: an evicted connection is closed, so that its peer and
 //! its reader task let go of it too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -74,6 +74,8 @@ enum Dialled {
 struct Lru {
     map: HashMap<Key, Entry>,
     tick: u64,
+    /// Destinations whose last dial failed (bounded by the cache's size).
+    failed: HashSet<Key>,
 }
 
 /// Outgoing connections by destination.
@@ -130,6 +132,30 @@ impl ConnCache {
         Some((conn.clone(), id.clone()))
     }
 
+    /// Whether a message to (`addr`, `alpn`, `server_name`) would not first wait for a
+    /// first handshake: a connection is cached (live, or one that ended), or the last dial
+    /// or connection there failed. Neither dials nor counts as a use.
+    pub(crate) fn has_history(
+        &self,
+        addr: SocketAddr,
+        alpn: &'static [u8],
+        server_name: &str,
+    ) -> bool {
+        let key = (addr, alpn, server_name.to_owned());
+        let lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        lru.map.contains_key(&key) || lru.failed.contains(&key)
+    }
+
+    /// Records how a dial to `key` ended.
+    fn dialled(&self, key: &Key, ok: bool) {
+        let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            lru.failed.remove(key);
+        } else if lru.failed.len() < self.connections_max {
+            lru.failed.insert(key.clone());
+        }
+    }
+
     /// Returns a live cached connection or makes a new one (bounded by the connect
     /// timeout), with the identity the server proved.
     pub(crate) async fn get(
@@ -170,7 +196,10 @@ impl ConnCache {
         };
         let dialled = tokio::time::timeout(self.connect_timeout, handshake)
             .await
-            .map_err(|_| ConnectFailure::Failed("handshake timed out".to_owned()))??;
+            .map_err(|_| ConnectFailure::Failed("handshake timed out".to_owned()))
+            .and_then(|r| r);
+        self.dialled(&key, dialled.is_ok());
+        let dialled = dialled?;
         let conn = match dialled {
             Dialled::New(conn) => conn,
             Dialled::Cached(conn, id) => return Ok((conn, id, false)),
@@ -266,10 +295,21 @@ impl ConnCache {
         }
     }
 
-    /// Drops `conn` from the cache (after it failed), unless it was already replaced.
+    /// Drops `conn` from the cache (after it failed), unless it was already replaced; its
+    /// destination counts as one whose last dial failed.
     pub(crate) fn forget(&self, conn: &quinn::Connection) {
         let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
-        lru.map
-            .retain(|_, (c, _, _)| c.stable_id() != conn.stable_id());
+        let gone: Vec<Key> = lru
+            .map
+            .iter()
+            .filter(|(_, (c, _, _))| c.stable_id() == conn.stable_id())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            lru.map.remove(&key);
+            if lru.failed.len() < self.connections_max {
+                lru.failed.insert(key);
+            }
+        }
     }
 }

@@ -337,4 +337,12 @@ impl Socket for QuicSocket {
             .await
             .ok_or_else(|| anyhow::anyhow!("gossip transport closed"))
     }
+
+    /// A SYN to an address never reached before (and not failed) waits for a first
+    /// handshake; chitchat then does not count it as a probe (suspicion).
+    fn counts_as_probe(&self, to: SocketAddr) -> bool {
+        self.shared
+            .cache
+            .has_history(to, ALPN_GOSSIP, ANY_NODE_SERVER_NAME)
+    }
 }

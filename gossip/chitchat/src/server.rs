@@ -354,9 +354,12 @@ impl Server {
 
     /// Gossips with another peer.
     async fn gossip(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let probe = self.transport.counts_as_probe(addr);
         let syn = {
             let mut chitchat = self.chitchat.lock().await;
-            chitchat.note_probe_sent(addr);
+            if probe {
+                chitchat.note_probe_sent(addr);
+            }
             ChitchatEnvelope {
                 version: chitchat.config.protocol_version,
                 message: chitchat.create_syn_message(),

@@ -56,6 +56,14 @@ pub trait Socket: Send + Sync + 'static {
     // Only returns an error if the transport is broken and may not receive message
     // in the future.
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome>;
+
+    /// Whether a SYN sent to `to` now tells if `to` answers in time (ballast patch; see
+    /// `suspicion`): not when the transport must first make a connection to `to`, one it
+    /// has not failed to make before, as the SYN waits for that handshake. Connectionless
+    /// transports answer `true`, the default.
+    fn counts_as_probe(&self, _to: SocketAddr) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
