@@ -5,9 +5,9 @@
 mod handoff_util;
 
 use ballast_node::handoff::world::{vm_id, CopyState, Held, SimAction, World};
+use ballast_node::handoff::{Notice, Role};
 #[cfg(feature = "planted-bugs")]
-use ballast_node::handoff::PlantedBug;
-use ballast_node::handoff::{Notice, Role, TimerKind};
+use ballast_node::handoff::{PlantedBug, TimerKind};
 use handoff_util::*;
 
 fn vm0() -> ballast_store::VmId {
