@@ -74,8 +74,18 @@ enum Dialled {
 struct Lru {
     map: HashMap<Key, Entry>,
     tick: u64,
-    /// Destinations whose last dial failed (bounded by the cache's size).
+    /// Destinations whose last dial or connection failed (bounded by the cache's size).
     failed: HashSet<Key>,
+}
+
+impl Lru {
+    /// Records that the last dial or connection to `key` failed, while fewer than `max`
+    /// destinations are recorded.
+    fn note_failed(&mut self, key: Key, max: usize) {
+        if self.failed.len() < max {
+            self.failed.insert(key);
+        }
+    }
 }
 
 /// Outgoing connections by destination.
@@ -151,8 +161,8 @@ impl ConnCache {
         let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
         if ok {
             lru.failed.remove(key);
-        } else if lru.failed.len() < self.connections_max {
-            lru.failed.insert(key.clone());
+        } else {
+            lru.note_failed(key.clone(), self.connections_max);
         }
     }
 
@@ -307,9 +317,7 @@ impl ConnCache {
             .collect();
         for key in gone {
             lru.map.remove(&key);
-            if lru.failed.len() < self.connections_max {
-                lru.failed.insert(key);
-            }
+            lru.note_failed(key, self.connections_max);
         }
     }
 }

@@ -402,18 +402,18 @@ fn compare_disks(kept: &[u8], dest: &[u8]) -> DiskComparison {
 /// How long the bench waits for the source to keep its disk after a commit (the source
 /// retires it when it quits its copy, a step after the commit) and for the guest's first
 /// write.
-const KEPT_COPY_WAIT: Duration = Duration::from_secs(30);
+const DISK_WAIT: Duration = Duration::from_secs(30);
 
-/// Waits (bounded by [`KEPT_COPY_WAIT`]) until the disk-writer guest has written its
+/// Waits (bounded by [`DISK_WAIT`]) until the disk-writer guest has written its
 /// counter to the disk at `path`, so that every move carries the guest's writes.
 async fn guest_wrote(path: &Path) -> Result<(), BenchError> {
-    let deadline = Instant::now() + KEPT_COPY_WAIT;
+    let deadline = Instant::now() + DISK_WAIT;
     while disk_writer_counter(&disk_bytes(path)?).is_none() {
         if Instant::now() >= deadline {
             return Err(run_err(std::io::Error::other(format!(
                 "the guest wrote nothing to {} within {} s",
                 path.display(),
-                KEPT_COPY_WAIT.as_secs()
+                DISK_WAIT.as_secs()
             ))));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -435,7 +435,7 @@ fn kept_copies(dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
 /// compares with the source's copy kept at the switchover (which is then deleted). Waits
 /// (bounded) for the source to keep it: the commit returns before the source quits.
 async fn same_disk(from: &Path, to: &Path) -> Result<DiskComparison, BenchError> {
-    let deadline = Instant::now() + KEPT_COPY_WAIT;
+    let deadline = Instant::now() + DISK_WAIT;
     let kept = loop {
         let mut kept = kept_copies(from)?;
         if kept.len() == 1 {

@@ -350,7 +350,7 @@ impl BareMigrations {
             let uri = target.migration.clone();
             src.qmp(vm, &src_dir, qmp::Migrate { uri }).await?;
             if copied {
-                wait_status(src, vm, &src_dir, cfg, "pre-switchover").await?;
+                wait_status(src, vm, &src_dir, cfg, outgoing::PRE_SWITCHOVER).await?;
                 bench_local::complete(src, vm, &src_dir, &local).await?;
                 src.qmp(vm, &src_dir, outgoing::continue_switchover())
                     .await?;

@@ -23,7 +23,7 @@ fn in_progress(status: &str) -> bool {
 }
 
 /// The migration state in which QEMU waits, with `pause-before-switchover` on.
-const PRE_SWITCHOVER: &str = "pre-switchover";
+pub(crate) const PRE_SWITCHOVER: &str = "pre-switchover";
 
 /// Turns a migration capability on or off.
 fn capability(capability: &'static str, state: bool) -> qmp::MigrateSetCapabilities {
